@@ -1,0 +1,339 @@
+"""Token sampling: validated parameters and a numpy sampler.
+
+`SamplingParams` holds every knob; `Sampler` turns one logits vector (the model's float32
+``[vocab]`` output) plus the token history into one token id, and, when asked, log-probabilities.
+
+Order of operations (the same as vLLM / HF ``generate``; each step sees the previous one's output):
+
+1. **repetition penalty** (HF/CTRL style) on every id seen in the prompt or the generated tokens:
+   a positive logit is divided by the penalty, a negative one multiplied by it;
+2. **presence penalty** (subtract ``presence_penalty`` once from every id that was generated) and
+   **frequency penalty** (subtract ``frequency_penalty * count`` for each generated id), OpenAI
+   semantics, generated tokens only;
+3. **logit bias**: ``logits[id] += bias``;
+4. **temperature**: ``temperature == 0`` means greedy (argmax of the penalised, biased logits,
+   lowest id on ties; steps 5-7 and the random draw are skipped); otherwise ``logits /= T``;
+5. **top-k**: keep exactly the ``k`` largest logits (ties at the boundary broken towards the lower
+   id, so exactly ``k`` survive);
+6. **top-p** (nucleus): on the softmax of the survivors, sorted by probability (ties: lower id
+   first), keep the shortest prefix whose cumulative probability reaches ``top_p``; a token is kept
+   iff the mass strictly before it is ``< top_p``, so the most likely token always survives;
+7. **min-p**: on the softmax of the survivors, drop tokens whose probability is below
+   ``min_p * max_probability``;
+8. draw one token from the renormalised softmax of the survivors (inverse-CDF with one uniform
+   number from a PCG64 generator seeded with ``seed``).
+
+Log-probabilities (``logprobs=n``) describe the model's own distribution: ``log_softmax`` of the
+raw logits, before penalties, bias, temperature and filters (as vLLM and the OpenAI API report
+them). The chosen token's log-probability and the ``n`` most likely ids are returned.
+
+Everything is computed in float64 from the float32 logits. Ids at or beyond ``vocab_limit`` (a
+tokenizer smaller than the model's vocabulary, see `Sampler`) are never sampled.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field, fields
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = [
+    "SamplingParams",
+    "Sampler",
+    "Sample",
+    "DEFAULT_STOP_TOKEN_IDS",
+    "RETURN_TOKEN_ID",
+    "CALL_TOKEN_ID",
+]
+
+RETURN_TOKEN_ID = 200002  # <|return|>
+CALL_TOKEN_ID = 200012  # <|call|>
+# Harmony's `stop_tokens_for_assistant_actions`.
+DEFAULT_STOP_TOKEN_IDS: tuple[int, ...] = (RETURN_TOKEN_ID, CALL_TOKEN_ID)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens and when to stop. Invalid values raise `ValueError` on construction.
+
+    temperature: 0 = greedy, otherwise > 0 (default 1.0).
+    top_k: keep the k most likely tokens; None or 0 = off.
+    top_p: nucleus mass in (0, 1]; 1.0 = off.
+    min_p: in [0, 1]; drop tokens less likely than ``min_p`` times the most likely one; 0 = off.
+    repetition_penalty: > 0; 1.0 = off (prompt and generated ids).
+    presence_penalty, frequency_penalty: in [-2, 2]; 0 = off (generated ids only).
+    logit_bias: ``{token_id: bias}``, bias in [-100, 100].
+    seed: same seed, same logits -> same tokens. None = fresh OS entropy.
+    stop_token_ids: sampling one of these ends generation (the id is reported, never decoded
+        into text). Default: harmony's ``<|return|>`` (200002) and ``<|call|>`` (200012).
+    stop: stop strings; generation ends when the generated text contains one; the returned text
+        stops right before it.
+    max_tokens: upper bound on generated tokens; None = until a stop or the context is full.
+    logprobs: None = no log-probabilities; n >= 0 = chosen token's plus the n most likely.
+    """
+
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Optional[Mapping[int, float]] = None
+    seed: Optional[int] = None
+    stop_token_ids: Sequence[int] = DEFAULT_STOP_TOKEN_IDS
+    stop: Union[str, Sequence[str], None] = None
+    max_tokens: Optional[int] = None
+    logprobs: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"invalid sampling parameter {name}={getattr(self, name)!r}: {why}")
+
+        def real(name: str) -> float:
+            v = getattr(self, name)
+            if not _is_real(v) or not math.isfinite(float(v)):
+                raise bad(name, "must be a finite number")
+            setattr(self, name, float(v))
+            return float(v)
+
+        if real("temperature") < 0:
+            raise bad("temperature", "must be >= 0 (0 = greedy)")
+        if self.top_k is not None:
+            if not _is_int(self.top_k) or self.top_k < 0:
+                raise bad("top_k", "must be a non-negative integer (None or 0 = off)")
+            self.top_k = int(self.top_k) or None
+        if not 0.0 < real("top_p") <= 1.0:
+            raise bad("top_p", "must be in (0, 1]")
+        if not 0.0 <= real("min_p") <= 1.0:
+            raise bad("min_p", "must be in [0, 1]")
+        if real("repetition_penalty") <= 0:
+            raise bad("repetition_penalty", "must be > 0 (1 = off)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= real(name) <= 2.0:
+                raise bad(name, "must be in [-2, 2]")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, Mapping):
+                raise bad("logit_bias", "must be a mapping {token_id: bias}")
+            clean: dict[int, float] = {}
+            for k, v in self.logit_bias.items():
+                # JSON objects have string keys: accept "123".
+                if isinstance(k, str) and k.strip().lstrip("-").isdigit():
+                    k = int(k)
+                if not _is_int(k) or k < 0:
+                    raise bad("logit_bias", f"key {k!r} is not a token id (integer >= 0)")
+                if not _is_real(v) or not math.isfinite(float(v)) or not -100 <= float(v) <= 100:
+                    raise bad("logit_bias", f"bias {v!r} for token {k} must be in [-100, 100]")
+                clean[int(k)] = float(v)
+            self.logit_bias = clean
+        if self.seed is not None and not _is_int(self.seed):
+            raise bad("seed", "must be an integer or None")
+        if self.seed is not None and self.seed < 0:
+            raise bad("seed", "must be >= 0")
+        if self.stop_token_ids is None:
+            self.stop_token_ids = ()
+        if _is_int(self.stop_token_ids):
+            self.stop_token_ids = (self.stop_token_ids,)  # type: ignore[assignment]
+        try:
+            ids = tuple(self.stop_token_ids)
+        except TypeError:
+            raise bad("stop_token_ids", "must be a sequence of token ids") from None
+        if not all(_is_int(t) and t >= 0 for t in ids):
+            raise bad("stop_token_ids", "every entry must be an integer token id >= 0")
+        self.stop_token_ids = tuple(int(t) for t in ids)
+        if self.stop is None:
+            self.stop = ()
+        elif isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        else:
+            try:
+                self.stop = tuple(self.stop)
+            except TypeError:
+                raise bad("stop", "must be a string or a sequence of strings") from None
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise bad("stop", "every stop string must be a non-empty string")
+        if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 1):
+            raise bad("max_tokens", "must be a positive integer or None")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or self.logprobs < 0):
+            raise bad("logprobs", "must be a non-negative integer or None")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @classmethod
+    def from_kwargs(cls, base: Optional["SamplingParams"] = None, **kwargs: object) -> "SamplingParams":
+        """`base` with `kwargs` replaced; unknown names raise `ValueError` (they are user input)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(names))}")
+        values = {f.name: getattr(base, f.name) for f in fields(cls)} if base is not None else {}
+        values.update(kwargs)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class Sample:
+    """One sampled token. `logprob`/`top_logprobs` are set only when ``params.logprobs`` is set;
+    `top_logprobs` lists ``(id, logprob)`` most likely first."""
+
+    token: int
+    logprob: Optional[float] = None
+    top_logprobs: Optional[list[tuple[int, float]]] = None
+
+    def __int__(self) -> int:
+        return self.token
+
+
+def _counts(ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.fromiter((int(t) for t in ids), dtype=np.int64)
+    if arr.size == 0:
+        return arr, arr
+    return np.unique(arr, return_counts=True)
+
+
+class Sampler:
+    """Stateful sampler: owns the random generator, so a run of draws is reproducible from
+    ``params.seed``.
+
+    vocab_limit: ids ``>= vocab_limit`` are never sampled (used when the tokenizer knows fewer ids
+    than the model has logits). None = every logit is eligible.
+    """
+
+    def __init__(self, params: Optional[SamplingParams] = None, vocab_limit: Optional[int] = None):
+        self.params = params if params is not None else SamplingParams()
+        if vocab_limit is not None and (not _is_int(vocab_limit) or vocab_limit < 1):
+            raise ValueError(f"vocab_limit must be a positive integer, got {vocab_limit!r}")
+        self.vocab_limit = vocab_limit
+        self.rng = np.random.Generator(np.random.PCG64(self.params.seed))
+
+    # ------------------------------------------------------------------ processing
+    def _check_logits(self, logits: np.ndarray) -> np.ndarray:
+        x = np.asarray(logits)
+        if x.ndim != 1 or x.size == 0:
+            raise ValueError(f"logits must be a non-empty 1-D array, got shape {x.shape}")
+        return x.astype(np.float64, copy=True)
+
+    def process(self, logits: np.ndarray, generated: Sequence[int] = (),
+                prompt: Sequence[int] = ()) -> np.ndarray:
+        """Steps 1-4 (penalties, bias, temperature). Returns float64 logits, ``-inf`` where an id
+        cannot be sampled. With temperature 0 the logits are returned unscaled."""
+        p = self.params
+        x = self._check_logits(logits)
+        vocab = x.size
+        if self.vocab_limit is not None and self.vocab_limit < vocab:
+            x[self.vocab_limit:] = -np.inf
+        x[np.isnan(x)] = -np.inf
+
+        if p.repetition_penalty != 1.0:
+            seen, _ = _counts(list(prompt) + list(generated))
+            seen = seen[(seen >= 0) & (seen < vocab)]
+            v = x[seen]
+            x[seen] = np.where(v > 0, v / p.repetition_penalty, v * p.repetition_penalty)
+        if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+            ids, cnt = _counts(generated)
+            ok = (ids >= 0) & (ids < vocab)
+            ids, cnt = ids[ok], cnt[ok]
+            x[ids] -= p.presence_penalty + p.frequency_penalty * cnt
+        if p.logit_bias:
+            for tid, b in p.logit_bias.items():
+                if tid >= vocab:
+                    raise ValueError(f"logit_bias token id {tid} is outside the vocabulary "
+                                     f"(size {vocab})")
+                x[tid] += b
+        if not p.greedy and p.temperature != 1.0:
+            x /= p.temperature
+        return x
+
+    def probs(self, logits: np.ndarray, generated: Sequence[int] = (),
+              prompt: Sequence[int] = ()) -> np.ndarray:
+        """The exact distribution the next draw comes from (float64 ``[vocab]``, sums to 1).
+        Greedy gives a one-hot vector."""
+        x = self.process(logits, generated, prompt)
+        p = self.params
+        if not np.isfinite(x).any():
+            raise ValueError("no token can be sampled: every logit is -inf or masked")
+        if p.greedy:
+            out = np.zeros_like(x)
+            out[int(np.argmax(x))] = 1.0
+            return out
+        keep = np.isfinite(x)
+        if p.top_k is not None and p.top_k < int(keep.sum()):
+            keep = _top_k_mask(x, p.top_k)
+        probs = _softmax_where(x, keep)
+        if p.top_p < 1.0:
+            idx = np.flatnonzero(keep)
+            order = idx[np.lexsort((idx, -probs[idx]))]  # prob descending, then id ascending
+            before = np.cumsum(probs[order]) - probs[order]
+            drop = order[before >= p.top_p]
+            if drop.size:
+                keep[drop] = False
+                probs = _softmax_where(x, keep)
+        if p.min_p > 0.0:
+            keep &= probs >= p.min_p * probs.max()
+            probs = _softmax_where(x, keep)
+        return probs
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, logits: np.ndarray, generated: Sequence[int] = (),
+               prompt: Sequence[int] = ()) -> Sample:
+        """Pick the next token after `generated` (the tokens produced so far in this generation;
+        `prompt` matters only for the repetition penalty)."""
+        probs = self.probs(logits, generated, prompt)
+        if self.params.greedy:
+            token = int(np.argmax(probs))
+        else:
+            idx = np.flatnonzero(probs)
+            cdf = np.cumsum(probs[idx])
+            u = self.rng.random() * cdf[-1]
+            token = int(idx[min(int(np.searchsorted(cdf, u, side="right")), idx.size - 1)])
+        return self._with_logprobs(token, logits)
+
+    def _with_logprobs(self, token: int, logits: np.ndarray) -> Sample:
+        n = self.params.logprobs
+        if n is None:
+            return Sample(token)
+        x = np.asarray(logits, dtype=np.float64)
+        if self.vocab_limit is not None and self.vocab_limit < x.size:
+            x = x[: self.vocab_limit]
+        m = x.max()
+        lse = m + math.log(float(np.exp(x - m).sum()))
+        top: list[tuple[int, float]] = []
+        if n > 0:
+            k = min(n, x.size)
+            part = np.argpartition(-x, k - 1)[:k]
+            part = part[np.lexsort((part, -x[part]))]
+            top = [(int(i), float(x[i] - lse)) for i in part]
+        return Sample(token, float(x[token] - lse) if token < x.size else -math.inf, top)
+
+
+def _softmax_where(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(x)
+    v = x[keep]
+    e = np.exp(v - v.max())
+    out[keep] = e / e.sum()
+    return out
+
+
+def _top_k_mask(x: np.ndarray, k: int) -> np.ndarray:
+    """Mask of exactly the k largest values; among values equal to the k-th, lower ids win."""
+    kth = np.partition(x, x.size - k)[x.size - k]
+    keep = x > kth
+    need = k - int(keep.sum())
+    if need > 0:
+        ties = np.flatnonzero(x == kth)[:need]
+        keep[ties] = True
+    return keep
