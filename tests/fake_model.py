@@ -1,0 +1,134 @@
+"""Test-only stand-in for `gptoss.Model` with the same Python interface.
+
+Logits depend only on the last token (a deterministic pseudo-random row per token, no table
+stored), unless a `script` function says which token must come next given everything in the
+cache, in which case that token gets a large logit. Counters record how much work was done, so
+tests can check KV-cache reuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+try:  # use the engine's error class once it exists
+    from gptoss import ContextOverflowError  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - before the engine lands
+    class ContextOverflowError(ValueError):
+        pass
+
+
+@dataclass
+class FakeConfig:
+    vocab_size: int
+    max_position_embeddings: int
+    eos_token_id: Optional[int] = 200002
+
+
+class FakeSequence:
+    def __init__(self, model: "FakeModel"):
+        self.model = model
+        self._tokens: list[int] = []
+        self.freed = False
+        model.sequences_created += 1
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self._tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def _append(self, tokens: Sequence[int]) -> np.ndarray:
+        if self.freed:
+            raise RuntimeError("sequence was freed")
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("empty prompt")
+        for t in tokens:
+            if not 0 <= t < self.model.config.vocab_size:
+                raise ValueError(f"token id {t} out of range")
+        if len(self._tokens) + len(tokens) > self.model.max_context:
+            raise ContextOverflowError(
+                f"{len(self._tokens) + len(tokens)} tokens exceed max_context "
+                f"{self.model.max_context}")
+        self._tokens.extend(tokens)
+        return self.model.logits_for(self._tokens)
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        self.model.prefilled_tokens += len(tokens)
+        self.model.prefill_calls += 1
+        return self._append(tokens)
+
+    def decode(self, token: int) -> np.ndarray:
+        self.model.decoded_tokens += 1
+        return self._append([token])
+
+    def fork(self) -> "FakeSequence":
+        s = FakeSequence(self.model)
+        s._tokens = list(self._tokens)
+        return s
+
+    def truncate(self, n: int) -> bool:
+        if not self.model.can_truncate or n > len(self._tokens) or n < 0:
+            return False
+        del self._tokens[n:]
+        return True
+
+    def free(self) -> None:
+        self.freed = True
+        self.model.sequences_freed += 1
+
+
+class FakeModel:
+    def __init__(self, vocab_size: int = 64, max_context: int = 512, seed: int = 0,
+                 script: Optional[Callable[[list[int]], Optional[int]]] = None,
+                 can_truncate: bool = True):
+        self.config = FakeConfig(vocab_size, max_context)
+        self.max_context = max_context
+        self.seed = seed
+        self.script = script
+        self.can_truncate = can_truncate
+        self.prefilled_tokens = 0
+        self.prefill_calls = 0
+        self.decoded_tokens = 0
+        self.sequences_created = 0
+        self.sequences_freed = 0
+        self.step_calls = 0
+
+    def logits_for(self, tokens: list[int]) -> np.ndarray:
+        v = self.config.vocab_size
+        if self.script is not None:
+            nxt = self.script(tokens)
+            if nxt is not None:
+                x = np.zeros(v, dtype=np.float32)
+                x[nxt] = 30.0
+                return x
+        rng = np.random.default_rng([self.seed, tokens[-1]])
+        return (rng.standard_normal(v) * 2).astype(np.float32)
+
+    def new_sequence(self) -> FakeSequence:
+        return FakeSequence(self)
+
+    def step(self, batch):
+        self.step_calls += 1
+        return [seq.prefill(toks) if len(seq) == 0 else
+                (seq.decode(toks[0]) if len(toks) == 1 else seq.prefill(toks))
+                for seq, toks in batch]
+
+
+def reply_script(start_marker: Sequence[int], reply: Sequence[int]):
+    """A script that answers with `reply`, token by token, after the last `start_marker`."""
+    marker = list(start_marker)
+
+    def script(tokens: list[int]) -> Optional[int]:
+        m = len(marker)
+        for i in range(len(tokens) - m, -1, -1):
+            if tokens[i:i + m] == marker:
+                k = len(tokens) - (i + m)
+                return reply[k] if k < len(reply) else None
+        return None
+
+    return script
