@@ -13,11 +13,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["ModelConfig", "PRESETS", "find_checkpoint", "CheckpointError"]
+from .errors import CheckpointError
 
-
-class CheckpointError(ValueError):
-    """The checkpoint on disk is missing, malformed or inconsistent with its config."""
+__all__ = ["ModelConfig", "PRESETS", "preset", "find_checkpoint", "CheckpointError"]
 
 
 @dataclass

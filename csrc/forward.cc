@@ -1,0 +1,175 @@
+// One forward chunk: a ragged batch of token runs from distinct sequences, every layer, and
+// the logits the caller asked for. Spec section 2; activations fp32.
+#include <algorithm>
+#include <cmath>
+
+#include "common.h"
+#include "cpu/matmul.h"
+#include "cpu/ops.h"
+#include "model.h"
+
+namespace gptoss {
+
+void Engine::forward_chunk(const std::vector<Chunk>& chunks) {
+  const ModelConfig& c = cfg_;
+  const int64_t H = c.hidden, I = c.inter, E = c.n_experts, K = c.top_k;
+  const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim, half = D / 2;
+  const int64_t Bs = opt_.block_size;
+
+  int64_t T = 0;
+  for (const auto& ch : chunks) T += ch.n;
+
+  // Per-row metadata; KV blocks for the new positions (copy-on-write for shared ones).
+  std::vector<int32_t> tok(T);
+  std::vector<int64_t> pos(T);
+  std::vector<SequenceState*> row_seq(T);
+  {
+    int64_t r = 0;
+    for (const auto& ch : chunks) {
+      SequenceState& s = seqs_.at(ch.seq);
+      reserve(s, s.len + ch.n);
+      for (int64_t i = 0; i < ch.n; ++i, ++r) {
+        tok[r] = ch.tokens[i];
+        pos[r] = s.len + i;
+        row_seq[r] = &s;
+      }
+    }
+  }
+
+  // Activation buffers, carved out of one reusable allocation.
+  const int64_t need = T * (H /*x*/ + H /*t*/ + Q /*q*/ + 2 * KV /*k,v*/ + Q /*att*/ + H /*tmp*/ + H /*moe*/ +
+                            E /*router*/ + K /*w*/ + D /*rope*/ + K /*idx (as float slots)*/) +
+                       T * (2 * I + I + H) /*expert scratch*/ + T * H /*gather*/;
+  if (int64_t(buf_.size()) < need) buf_.assign(size_t(need), 0.f);
+  float* p = buf_.data();
+  auto take = [&](int64_t n) { float* r = p; p += n; return r; };
+  float* x = take(T * H);
+  float* t = take(T * H);
+  float* q = take(T * Q);
+  float* k = take(T * KV);
+  float* v = take(T * KV);
+  float* att = take(T * Q);
+  float* tmp = take(T * H);
+  float* moe = take(T * H);
+  float* rl = take(T * E);
+  float* rw = take(T * K);
+  float* cs = take(T * D);
+  int32_t* ridx = reinterpret_cast<int32_t*>(take(T * K));
+  float* h1 = take(T * 2 * I);
+  float* act = take(T * I);
+  float* y = take(T * H);
+  float* xg = take(T * H);
+
+  cpu::embedding(tok.data(), T, w_.embed, H, x);
+  cpu::rope_table(pos.data(), T, c.inv_freq.data(), half, c.rope_conc, cs);
+
+  std::vector<cpu::KVLayerView> views(T);
+  std::vector<int64_t> counts(E), offsets(E + 1);
+  std::vector<int32_t> order(T * K);
+
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = w_.layers[l];
+    const bool sliding = c.sliding[l];
+
+    // ---- attention block
+    cpu::rmsnorm(x, T, H, L.attn_norm.data(), c.rms_eps, t);
+    cpu::matmul_bf16(t, T, H, H, L.q_w, Q, H, nullptr, q, Q);
+    cpu::matmul_bf16(t, T, H, H, L.k_w, KV, H, nullptr, k, KV);
+    cpu::matmul_bf16(t, T, H, H, L.v_w, KV, H, nullptr, v, KV);
+    add_bias_rows(q, T, Q, L.q_b.data());
+    add_bias_rows(k, T, KV, L.k_b.data());
+    add_bias_rows(v, T, KV, L.v_b.data());
+    cpu::rope_apply(q, T, Q, c.n_heads, half, cs);
+    cpu::rope_apply(k, T, KV, c.n_kv, half, cs);
+
+    BlockPool& pool = sliding ? *win_pool_ : *full_pool_;
+    const int64_t li = sliding ? win_layers_[l] : full_layers_[l];
+    for (int64_t r = 0; r < T; ++r) {
+      SequenceState& s = *row_seq[r];
+      views[r] = {pool.block_ptrs(), sliding ? s.win_table.data() : s.full_table.data(),
+                  li * 2 * c.n_kv * Bs * D, Bs};
+    }
+    cpu::kv_store(k, KV, v, KV, T, pos.data(), views.data(), c.n_kv, D);
+    cpu::attention(q, Q, T, pos.data(), views.data(), c.n_heads, c.n_kv, D, c.attn_scale, L.sinks.data(),
+                   sliding ? c.window : 0, att);
+    cpu::matmul_bf16(att, T, Q, Q, L.o_w, H, Q, nullptr, tmp, H);
+    for (int64_t r = 0; r < T; ++r)
+      for (int64_t i = 0; i < H; ++i) x[r * H + i] += tmp[r * H + i] + L.o_b[i];
+
+    // ---- MoE block
+    cpu::rmsnorm(x, T, H, L.mlp_norm.data(), c.rms_eps, t);
+    cpu::matmul_bf16(t, T, H, H, L.router_w, E, H, nullptr, rl, E);
+    add_bias_rows(rl, T, E, L.router_b.data());
+    cpu::router_topk_softmax(rl, T, E, K, ridx, rw);
+
+    // Group (row, slot) pairs by expert so each selected expert's weights are read once.
+    std::fill(counts.begin(), counts.end(), 0);
+    for (int64_t i = 0; i < T * K; ++i) counts[ridx[i]]++;
+    offsets[0] = 0;
+    for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+    {
+      std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+      for (int64_t i = 0; i < T * K; ++i) order[fill[ridx[i]]++] = int32_t(i);
+    }
+    std::fill(moe, moe + T * H, 0.f);
+    const int64_t nb1 = H / 32, nb2 = I / 32;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t m = counts[e];
+      if (m == 0) continue;
+      const int32_t* sel = order.data() + offsets[e];
+      const float* xin = t;
+      if (!(m == T && T == 1)) {
+        for (int64_t j = 0; j < m; ++j) std::memcpy(xg + j * H, t + (sel[j] / K) * H, H * sizeof(float));
+        xin = xg;
+      }
+      cpu::matmul_mxfp4(xin, m, H, H, L.mlp1_blocks + e * 2 * I * nb1 * 16, L.mlp1_scales + e * 2 * I * nb1,
+                        2 * I, nullptr, h1, 2 * I);
+      add_bias_rows(h1, m, 2 * I, L.mlp1_b.data() + e * 2 * I);
+      cpu::swiglu(h1, m, I, c.swiglu_alpha, c.swiglu_limit, act);
+      cpu::matmul_mxfp4(act, m, I, I, L.mlp2_blocks + e * H * nb2 * 16, L.mlp2_scales + e * H * nb2, H,
+                        nullptr, y, H);
+      const float* b2 = L.mlp2_b.data() + e * H;
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t r = sel[j] / K;
+        const float wgt = rw[sel[j]];
+        float* dst = moe + r * H;
+        const float* src = y + j * H;
+        for (int64_t i = 0; i < H; ++i) dst[i] += (src[i] + b2[i]) * wgt;
+      }
+    }
+    for (int64_t i = 0; i < T * H; ++i) x[i] += moe[i];
+  }
+
+  // ---- logits for the rows that asked for them. Those rows are consecutive in the output.
+  std::vector<int64_t> rows;
+  float* out0 = nullptr;
+  {
+    int64_t r = 0;
+    for (const auto& ch : chunks) {
+      if (ch.all_logits || ch.last_of_item) {
+        if (!out0) out0 = ch.out;
+        if (ch.all_logits)
+          for (int64_t i = 0; i < ch.n; ++i) rows.push_back(r + i);
+        else
+          rows.push_back(r + ch.n - 1);
+      }
+      r += ch.n;
+    }
+  }
+  if (!rows.empty()) {
+    const int64_t R = int64_t(rows.size());
+    for (int64_t j = 0; j < R; ++j) std::memcpy(xg + j * H, x + rows[j] * H, H * sizeof(float));
+    cpu::rmsnorm(xg, R, H, w_.final_norm.data(), c.rms_eps, xg);
+    cpu::matmul_bf16(xg, R, H, H, w_.unembed, c.vocab, H, nullptr, out0, c.vocab);
+  }
+
+  // ---- commit the new tokens to their sequences
+  for (const auto& ch : chunks) {
+    SequenceState& s = seqs_.at(ch.seq);
+    s.tokens.insert(s.tokens.end(), ch.tokens, ch.tokens + ch.n);
+    s.len += ch.n;
+    release_window(s);
+  }
+}
+
+}  // namespace gptoss

@@ -1,0 +1,118 @@
+// The gpt-oss model on the CPU: configuration, weights (views into the checkpoint), and the
+// Engine that owns the paged KV cache and runs batched forward steps over many sequences.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "kv_cache.h"
+#include "safetensors.h"
+
+namespace gptoss {
+
+struct ModelConfig {
+  int64_t n_layers = 0, n_experts = 0, top_k = 0, vocab = 0, hidden = 0, inter = 0;
+  int64_t head_dim = 0, n_heads = 0, n_kv = 0, window = 0, max_context = 0;
+  float swiglu_limit = 7.0f, swiglu_alpha = 1.702f, rms_eps = 1e-5f, attn_scale = 0.125f;
+  std::vector<uint8_t> sliding;   // per layer: 1 = sliding window, 0 = full attention
+  std::vector<float> inv_freq;    // head_dim/2 YaRN frequencies
+  float rope_conc = 1.0f;         // YaRN concentration (applied to cos and sin)
+
+  int64_t q_dim() const { return n_heads * head_dim; }
+  int64_t kv_dim() const { return n_kv * head_dim; }
+  void validate() const;
+};
+
+struct LayerWeights {
+  std::vector<float> attn_norm, q_b, k_b, v_b, sinks, o_b, mlp_norm, router_b, mlp1_b, mlp2_b;
+  const uint16_t *q_w = nullptr, *k_w = nullptr, *v_w = nullptr, *o_w = nullptr, *router_w = nullptr;
+  const uint8_t *mlp1_blocks = nullptr, *mlp1_scales = nullptr, *mlp2_blocks = nullptr, *mlp2_scales = nullptr;
+};
+
+struct Weights {
+  const uint16_t* embed = nullptr;
+  const uint16_t* unembed = nullptr;
+  std::vector<float> final_norm;
+  std::vector<LayerWeights> layers;
+};
+
+// Where tensors come from: mapped safetensors files, or caller-owned memory (kept alive by
+// `keepalive`, e.g. numpy arrays of an in-memory synthetic model).
+struct TensorSource {
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  std::vector<TensorInfo> memory;
+  std::shared_ptr<void> keepalive;
+};
+
+// Builds the weight views for `layout` ("hf" or "original"), checking that every tensor is
+// present with the right shape and dtype; errors name the tensor and its file.
+Weights bind_weights(const ModelConfig& cfg, const TensorSource& src, const std::string& layout);
+
+struct EngineOptions {
+  int64_t block_size = 16;
+  int64_t kv_cache_bytes = int64_t(4) << 30;  // cap for the KV pools together
+  int64_t window_retain = 256;                // extra window positions kept for rewinding
+  int64_t max_chunk_tokens = 512;             // tokens per forward chunk (bounds activation memory)
+  int threads = 0;                            // 0 = all cores
+};
+
+// One entry of a batched step: run `n` tokens of sequence `seq`, return logits for the last
+// token only, or for every token.
+struct StepItem {
+  int64_t seq;
+  const int32_t* tokens;
+  int64_t n;
+  bool all_logits;
+};
+
+class Engine {
+ public:
+  Engine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::string& layout, EngineOptions opt);
+  ~Engine();
+
+  const ModelConfig& config() const { return cfg_; }
+  const EngineOptions& options() const { return opt_; }
+
+  int64_t new_sequence();
+  int64_t fork(int64_t seq);
+  void free_sequence(int64_t seq);
+  // Rewinds `seq` to its first n tokens; false (nothing changed) when the window layers no
+  // longer hold what position n needs.
+  bool truncate(int64_t seq, int64_t n);
+  int64_t length(int64_t seq) const;
+  const std::vector<int32_t>& tokens(int64_t seq) const;
+  bool has_sequence(int64_t seq) const { return seqs_.count(seq) != 0; }
+  int64_t num_sequences() const { return int64_t(seqs_.size()); }
+
+  // Advances every item's sequence by its tokens; writes logits into `out`, in item order:
+  // 1 row per item (or n rows when all_logits), each of `vocab` floats. Validates everything
+  // before touching any state, so a bad item changes nothing.
+  void step(const std::vector<StepItem>& items, float* out);
+  int64_t logits_rows(const std::vector<StepItem>& items) const;
+
+  // KV cache statistics: blocks in use / allocated / cap, per pool (full, window).
+  std::vector<int64_t> kv_stats() const;
+
+ private:
+  struct Chunk { int64_t seq; const int32_t* tokens; int64_t n; bool all_logits; bool last_of_item; float* out; };
+  void forward_chunk(const std::vector<Chunk>& chunks);
+  void reserve(SequenceState& s, int64_t new_len);
+  void make_writable(BlockPool& pool, std::vector<int32_t>& table, int64_t first_block, int64_t last_block);
+  void release_window(SequenceState& s);
+
+  ModelConfig cfg_;
+  EngineOptions opt_;
+  std::unique_ptr<TensorSource> src_;
+  Weights w_;
+  std::vector<int64_t> full_layers_, win_layers_;  // layer -> index inside its pool's group
+  std::unique_ptr<BlockPool> full_pool_, win_pool_;
+  std::unordered_map<int64_t, SequenceState> seqs_;
+  int64_t next_seq_ = 1;
+  std::vector<float> buf_;  // activations of the current chunk, reused across steps
+};
+
+}  // namespace gptoss

@@ -1,0 +1,49 @@
+// safetensors files, memory-mapped read-only. Tensor data is used in place: nothing is copied
+// or dequantized at load time, so loading costs page-cache, not private RAM.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace gptoss {
+
+enum class DType { BF16, F16, F32, U8, I8, I32, I64, F64, BOOL, Other };
+const char* dtype_name(DType d);
+size_t dtype_size(DType d);
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::Other;
+  std::string dtype_str;        // as written in the header
+  std::vector<int64_t> shape;
+  const void* data = nullptr;   // points into the mapping (or into caller-owned memory)
+  size_t nbytes = 0;
+  std::string file;             // where it came from, for error messages
+};
+
+class SafetensorsFile {
+ public:
+  // Maps `path` and validates its header: JSON well-formed, every tensor's offsets inside the
+  // file and consistent with its dtype and shape. Throws CheckpointError naming the file.
+  explicit SafetensorsFile(const std::string& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  size_t size() const { return size_; }
+  // Ask the kernel to start reading the whole file (sequentially) in the background.
+  void prefetch() const;
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t size_ = 0;
+  std::vector<TensorInfo> tensors_;
+};
+
+}  // namespace gptoss

@@ -1,0 +1,290 @@
+"""`gptoss.Model`: a gpt-oss checkpoint loaded into the C++ runtime, and its sequences.
+
+The runtime keeps many sequences at once in a paged KV cache. A `Sequence` is a handle to one
+of them; `Model.step` advances several in one batched call (a ragged batch: each sequence may
+bring one token or a whole prompt).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Iterable, Optional, Sequence as Seq, Union
+
+import numpy as np
+
+from .config import ModelConfig, find_checkpoint, preset
+from .errors import CheckpointError, ContextOverflowError
+
+__all__ = ["Model", "Sequence"]
+
+TokenList = Union[Seq[int], np.ndarray]
+
+
+def _core():
+    try:
+        from . import _core as core  # type: ignore[attr-defined]
+    except ImportError as e:  # pragma: no cover - only when the extension was not built
+        raise ImportError(f"gptoss C++ extension is not built/installed ({e}); run `pip install .`") from None
+    return core
+
+
+def _as_tokens(tokens: TokenList, what: str = "tokens") -> np.ndarray:
+    if isinstance(tokens, (int, np.integer)):
+        raise TypeError(f"{what} must be a sequence of token ids, not a single int")
+    arr = np.asarray(tokens)
+    if arr.size == 0:
+        raise ValueError(f"{what} is empty: at least one token is needed")
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {arr.shape}")
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer token ids, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _default_kv_bytes() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        total = 16 << 30
+    return max(256 << 20, total // 4)
+
+
+def _preload(files: list[str], progress: Optional[bool]) -> None:
+    """Read the checkpoint once, sequentially, so the mapped pages are resident before the first
+    token (disk order is far faster than the forward pass's access order). Shows a progress bar
+    on stderr for large checkpoints."""
+    total = sum(os.path.getsize(f) for f in files)
+    show = progress if progress is not None else (total > (1 << 30) and sys.stderr.isatty())
+    buf = bytearray(64 << 20)
+    mv = memoryview(buf)
+    done, t0, last = 0, time.time(), 0.0
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            try:
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            except (AttributeError, OSError):  # pragma: no cover
+                pass
+            while True:
+                n = fh.readinto(mv)
+                if not n:
+                    break
+                done += n
+                now = time.time()
+                if show and (now - last > 0.2 or done == total):
+                    last = now
+                    frac = done / total if total else 1.0
+                    bar = "#" * int(30 * frac)
+                    rate = done / max(now - t0, 1e-6) / 1e9
+                    sys.stderr.write(f"\rloading [{bar:<30}] {done / 1e9:6.2f}/{total / 1e9:.2f} GB {rate:5.2f} GB/s")
+                    sys.stderr.flush()
+    if show:
+        sys.stderr.write("\n")
+
+
+class Sequence:
+    """One sequence in the model's KV cache. Free it (or let it be collected) to return its blocks."""
+
+    def __init__(self, model: "Model", sid: int) -> None:
+        self._model = model
+        self._id = sid
+
+    @property
+    def id(self) -> int:
+        return self._id
+
+    @property
+    def model(self) -> "Model":
+        return self._model
+
+    def _sid(self) -> int:
+        if self._id < 0:
+            raise ValueError("this sequence was freed")
+        return self._id
+
+    def prefill(self, tokens: TokenList, all_logits: bool = False) -> np.ndarray:
+        """Append `tokens`; returns the float32 next-token logits after the last one, shape
+        [vocab] (or [len(tokens), vocab] for every position with all_logits=True)."""
+        out = self._model._engine.step([self._sid()], [_as_tokens(tokens)], [all_logits])
+        return out if all_logits else out[0]
+
+    def decode(self, token: int) -> np.ndarray:
+        """Append one token; returns the next-token logits, shape [vocab]."""
+        if not isinstance(token, (int, np.integer)) or isinstance(token, bool):
+            raise TypeError(f"decode takes one int token id, got {type(token).__name__}")
+        return self._model._engine.step([self._sid()], [np.array([int(token)], dtype=np.int64)], [False])[0]
+
+    def fork(self) -> "Sequence":
+        """A new sequence sharing this one's cache (copy-on-write)."""
+        return Sequence(self._model, self._model._engine.fork(self._sid()))
+
+    def truncate(self, n: int) -> bool:
+        """Keep only the first n tokens. False (and nothing changed) if the sliding-window layers
+        no longer hold what position n needs; then start a fresh sequence instead."""
+        return bool(self._model._engine.truncate(self._sid(), int(n)))
+
+    def free(self) -> None:
+        if self._id >= 0:
+            sid, self._id = self._id, -1
+            self._model._engine.free(sid)
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self._model._engine.tokens(self._sid()))
+
+    def __len__(self) -> int:
+        return int(self._model._engine.length(self._sid()))
+
+    def __del__(self) -> None:
+        try:
+            if self._id >= 0 and self._model._engine is not None:
+                self._model._engine.free(self._id)
+                self._id = -1
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"Sequence(id={self._id}, len={len(self) if self._id >= 0 else 'freed'})"
+
+
+class Model:
+    """A gpt-oss model in the gptoss runtime.
+
+    Args:
+        path: checkpoint directory: the HF layout (config.json, model.safetensors.index.json and
+            shards) or the `original/` layout; a hub download with both is read from its root.
+        device: "cpu" ("cuda" needs a CUDA build; see `gptoss.build_info()`).
+        max_context: longest sequence allowed (default: the config's max_position_embeddings).
+        threads: worker threads (default: all cores).
+        kv_cache_bytes: cap on KV cache memory (default: a quarter of physical RAM).
+        block_size: KV cache block size in tokens.
+        window_retain: extra positions the sliding-window layers keep, so a sequence can be
+            rewound (`Sequence.truncate`) by up to this much.
+        max_chunk_tokens: tokens per forward chunk (long prompts are processed in chunks).
+        preload: read the checkpoint into the page cache before returning (default: yes for
+            files on disk); progress: show a progress bar (default: for large checkpoints on a TTY).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], device: str = "cpu", max_context: Optional[int] = None,
+                 threads: Optional[int] = None, kv_cache_bytes: Optional[int] = None, block_size: int = 16,
+                 window_retain: int = 256, max_chunk_tokens: int = 512, preload: bool = True,
+                 progress: Optional[bool] = None, *, _config: Optional[ModelConfig] = None,
+                 _arrays: Optional[dict] = None) -> None:
+        self._engine: Any = None
+        _check_device(device)
+        if _config is not None:
+            self.config = _config
+            self.checkpoint_dir: Optional[str] = None
+            self.layout = "hf"
+            files: list[str] = []
+        else:
+            layout, directory, files = find_checkpoint(os.fspath(path))
+            self.config = ModelConfig.from_file(os.path.join(directory, "config.json"))
+            self.checkpoint_dir = directory
+            self.layout = layout
+            if preload:
+                _preload(files, progress)
+        cfg = self.config
+        if max_context is None:
+            max_context = cfg.max_position_embeddings
+        if not isinstance(max_context, int) or max_context <= 0:
+            raise ValueError(f"max_context must be a positive int, got {max_context!r}")
+        self.max_context = int(max_context)
+        if threads is not None and (not isinstance(threads, int) or threads <= 0):
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        inv_freq, conc = cfg.yarn()
+        cdict = dict(
+            num_hidden_layers=cfg.num_hidden_layers, num_experts=cfg.num_experts,
+            experts_per_token=cfg.experts_per_token, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size, head_dim=cfg.head_dim,
+            num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
+            sliding_window=cfg.sliding_window, max_context=self.max_context, swiglu_limit=cfg.swiglu_limit,
+            rms_norm_eps=cfg.rms_norm_eps, attn_scale=cfg.head_dim ** -0.5,
+            sliding=[1 if cfg.is_sliding(i) else 0 for i in range(cfg.num_hidden_layers)],
+            inv_freq=inv_freq, rope_concentration=conc,
+        )
+        self.device = device
+        self._engine = _core().Engine(
+            cdict, files, _arrays, self.layout, block_size=block_size,
+            kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else _default_kv_bytes(),
+            window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0)
+
+    @classmethod
+    def synthetic(cls, preset_or_config: Union[str, ModelConfig, dict] = "tiny", seed: int = 0,
+                  device: str = "cpu", **kwargs: Any) -> "Model":
+        """A model with random weights in memory (nothing is written to disk): a preset name
+        ("tiny", "gpt-oss-20b", "gpt-oss-120b"), a ModelConfig, or a config dict."""
+        from .synthetic import synthetic_tensors
+
+        if isinstance(preset_or_config, str):
+            cfg = preset(preset_or_config)
+        elif isinstance(preset_or_config, ModelConfig):
+            cfg = preset_or_config
+        elif isinstance(preset_or_config, dict):
+            cfg = ModelConfig.from_dict(preset_or_config)
+        else:
+            raise TypeError("preset_or_config must be a preset name, a ModelConfig or a dict")
+        arrays = dict(synthetic_tensors(cfg, seed=seed, layout="hf"))
+        return cls("<synthetic>", device=device, _config=cfg, _arrays=arrays, **kwargs)
+
+    # ------------------------------------------------------------------ sequences
+    def new_sequence(self) -> Sequence:
+        return Sequence(self, self._engine.new_sequence())
+
+    def step(self, batch: Iterable[tuple[Sequence, TokenList]], all_logits: bool = False) -> list[np.ndarray]:
+        """Advance several sequences in one batched call: each (sequence, tokens) pair appends its
+        tokens; returns, per pair, the next-token logits [vocab] (or [n, vocab] with all_logits)."""
+        pairs = list(batch)
+        if not pairs:
+            return []
+        seqs, toks = [], []
+        for s, t in pairs:
+            if not isinstance(s, Sequence) or s._model is not self:
+                raise ValueError("step: every entry must be a Sequence of this model")
+            seqs.append(s._sid())
+            toks.append(_as_tokens(t))
+        out = self._engine.step(seqs, toks, [all_logits] * len(seqs))
+        res, r = [], 0
+        for t in toks:
+            n = len(t) if all_logits else 1
+            res.append(out[r:r + n] if all_logits else out[r])
+            r += n
+        return res
+
+    def forward(self, tokens: TokenList) -> np.ndarray:
+        """Float32 logits [len(tokens), vocab]: row t is the next-token distribution after tokens[:t+1]."""
+        s = self.new_sequence()
+        try:
+            return s.prefill(tokens, all_logits=True)
+        finally:
+            s.free()
+
+    def kv_cache_stats(self) -> dict[str, int]:
+        f_used, f_alloc, f_max, w_used, w_alloc, w_max = self._engine.kv_stats()
+        return dict(full_blocks_used=f_used, full_blocks_allocated=f_alloc, full_blocks_max=f_max,
+                    window_blocks_used=w_used, window_blocks_allocated=w_alloc, window_blocks_max=w_max)
+
+    # ------------------------------------------------------------------ chat (harmony)
+    def chat(self, messages: Any, **kwargs: Any) -> Any:
+        """Harmony chat on this model; see `gptoss.chat.chat`."""
+        from .chat import chat
+
+        return chat(self, messages, **kwargs)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Model({self.checkpoint_dir or 'synthetic'!r}, layers={c.num_hidden_layers}, "
+                f"experts={c.num_experts}, vocab={c.vocab_size}, device={self.device!r})")
+
+
+def _check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    if isinstance(device, str) and device.startswith("cuda"):
+        info = _core().build_info()
+        if not info.get("cuda"):
+            raise RuntimeError("device='cuda' requested but this gptoss build has no CUDA backend "
+                               "(build_info()['cuda'] is False); reinstall on a machine with nvcc")
+        raise RuntimeError("device='cuda': the CUDA backend is not available in this version yet")
+    raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
