@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random checkpoints written by gptoss.synthetic in the real layouts."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # test helpers (hf_reference, numpy_reference, ...)
+
+from gptoss.config import ModelConfig, preset  # noqa: E402
+
+# Small configurations that still exercise every structural feature: GQA, several layer pairs,
+# odd layer counts, windows shorter than the sequences, different expert counts and top-k.
+TINY_CONFIGS = {
+    "tiny": dict(),
+    "tiny4": dict(num_hidden_layers=4),
+    "gqa4": dict(num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2, num_experts=8,
+                 experts_per_token=4, hidden_size=96, intermediate_size=64, sliding_window=5),
+    "hd32": dict(num_hidden_layers=2, head_dim=32, num_attention_heads=6, num_key_value_heads=3,
+                 num_experts=5, experts_per_token=3, hidden_size=128, intermediate_size=96,
+                 sliding_window=11, vocab_size=777),
+}
+
+
+def tiny_config(name: str) -> ModelConfig:
+    return preset("tiny", **TINY_CONFIGS[name])
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory):
+    """make_checkpoint(name, seed, layout) -> directory of a written tiny checkpoint (cached)."""
+    from gptoss.synthetic import write_checkpoint
+
+    cache: dict = {}
+
+    def make(name: str = "tiny", seed: int = 0, layout: str = "hf") -> str:
+        key = (name, seed, layout)
+        if key not in cache:
+            d = tmp_path_factory.mktemp(f"{name}-{seed}-{layout}")
+            write_checkpoint(tiny_config(name), str(d), seed=seed, layout=layout)
+            cache[key] = str(d)
+        return cache[key]
+
+    return make

@@ -1,0 +1,142 @@
+"""Sequences, the paged KV cache and batching: every path must give the logits of one full
+forward pass (which test_forward_reference.py checks against transformers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gptoss
+from conftest import tiny_config
+
+TOL = dict(rtol=0, atol=2e-5)
+
+
+def _toks(n: int, seed: int, vocab: int = 1024) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(0, vocab, n)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    # block_size 4 and a small retention margin so that paging and window release are exercised.
+    return gptoss.Model.synthetic(tiny_config("tiny4"), seed=5, block_size=4, window_retain=3)
+
+
+def test_forward_shape_and_rows(model):
+    toks = _toks(30, 0)
+    full = model.forward(toks)
+    assert full.shape == (30, 1024) and full.dtype == np.float32
+    # Row t only depends on tokens[:t+1].
+    np.testing.assert_allclose(model.forward(toks[:17]), full[:17], **TOL)
+
+
+def test_incremental_decode_matches_forward(model):
+    toks = _toks(40, 1)
+    full = model.forward(toks)
+    s = model.new_sequence()
+    rows = [s.prefill(toks[:7])]
+    rows += [s.decode(t) for t in toks[7:]]
+    np.testing.assert_allclose(np.stack(rows), full[6:], **TOL)
+    assert len(s) == 40 and s.tokens == toks
+    s.free()
+
+
+def test_prefill_in_pieces_and_chunks():
+    toks = _toks(45, 2)
+    m = gptoss.Model.synthetic(tiny_config("tiny"), seed=6, block_size=4, max_chunk_tokens=7)
+    ref = gptoss.Model.synthetic(tiny_config("tiny"), seed=6, block_size=16, max_chunk_tokens=512).forward(toks)
+    np.testing.assert_allclose(m.forward(toks), ref, **TOL)  # chunked all-logits
+    s = m.new_sequence()
+    s.prefill(toks[:10])
+    np.testing.assert_allclose(s.prefill(toks[10:31], all_logits=True), ref[10:31], **TOL)
+    np.testing.assert_allclose(s.prefill(toks[31:]), ref[-1], **TOL)
+
+
+def test_ragged_batch_matches_one_at_a_time(model):
+    prompts = [_toks(n, 10 + n) for n in (3, 19, 1, 11)]
+    singles = [model.forward(p) for p in prompts]
+    seqs = [model.new_sequence() for _ in prompts]
+    outs = model.step(list(zip(seqs, prompts)))
+    for o, ref in zip(outs, singles):
+        np.testing.assert_allclose(o, ref[-1], **TOL)
+    # Then several decode steps for all at once, with different next tokens.
+    nxt = [_toks(6, 100 + i) for i in range(len(prompts))]
+    for j in range(6):
+        outs = model.step([(s, [n[j]]) for s, n in zip(seqs, nxt)])
+        for i, o in enumerate(outs):
+            ref = model.forward(prompts[i] + nxt[i][: j + 1])[-1]
+            np.testing.assert_allclose(o, ref, **TOL)
+    # Mixed: one sequence prefills a long run while others decode, all-logits rows in order.
+    outs = model.step([(seqs[0], _toks(9, 7)), (seqs[1], [5]), (seqs[2], _toks(2, 8))], all_logits=True)
+    assert [o.shape[0] for o in outs] == [9, 1, 2]
+    np.testing.assert_allclose(outs[1][0], model.forward(prompts[1] + nxt[1] + [5])[-1], **TOL)
+    for s in seqs:
+        s.free()
+
+
+def test_fork_matches_unforked_twin(model):
+    prefix = _toks(13, 20)
+    a = model.new_sequence()
+    a.prefill(prefix)
+    b = a.fork()
+    assert b.tokens == prefix and len(b) == 13
+    ta, tb = _toks(9, 21), _toks(9, 22)
+    la = [a.decode(t) for t in ta]
+    lb = [b.decode(t) for t in tb]
+    np.testing.assert_allclose(np.stack(la), model.forward(prefix + ta)[13:], **TOL)
+    np.testing.assert_allclose(np.stack(lb), model.forward(prefix + tb)[13:], **TOL)
+    # Forking a sequence mid-block and freeing the parent leaves the child intact.
+    c = a.fork()
+    a.free()
+    np.testing.assert_allclose(c.decode(3), model.forward(prefix + ta + [3])[-1], **TOL)
+    b.free()
+    c.free()
+
+
+def test_truncate_rewinds(model):
+    toks = _toks(30, 30)
+    s = model.new_sequence()
+    s.prefill(toks)
+    # Within the retention margin of the window layers: works, and continues exactly.
+    assert s.truncate(28)
+    assert len(s) == 28 and s.tokens == toks[:28]
+    np.testing.assert_allclose(s.decode(9), model.forward(toks[:28] + [9])[-1], **TOL)
+    # Far back: the window layers no longer hold what is needed; nothing changes.
+    assert not s.truncate(5)
+    assert len(s) == 29
+    with pytest.raises(ValueError):
+        s.truncate(100)
+    s.free()
+    with pytest.raises(ValueError):
+        s.decode(1)
+
+
+def test_window_layers_release_blocks():
+    m = gptoss.Model.synthetic(tiny_config("tiny"), seed=1, block_size=4, window_retain=0)
+    s = m.new_sequence()
+    s.prefill(_toks(64, 3))
+    st = m.kv_cache_stats()
+    assert st["full_blocks_used"] == 16  # every position of the full-attention layer
+    assert st["window_blocks_used"] <= (8 + 4) // 4 + 1  # window 8 plus the partial block
+    s.free()
+    st = m.kv_cache_stats()
+    assert st["full_blocks_used"] == 0 and st["window_blocks_used"] == 0
+
+
+def test_sequences_are_freed_when_collected():
+    m = gptoss.Model.synthetic("tiny", seed=2)
+    for _ in range(3):
+        s = m.new_sequence()
+        s.prefill(_toks(20, 4))
+        del s
+    assert m.kv_cache_stats()["full_blocks_used"] == 0
+
+
+def test_kv_cache_full_is_a_clean_error():
+    m = gptoss.Model.synthetic("tiny", seed=3, block_size=4, kv_cache_bytes=40_000)
+    s = m.new_sequence()
+    with pytest.raises(MemoryError, match="KV cache"):
+        s.prefill(_toks(200, 5))
+    assert len(s) == 0  # nothing changed
+    s.prefill(_toks(4, 5))  # still usable for what fits
+    assert len(s) == 4
