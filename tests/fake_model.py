@@ -13,10 +13,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-try:  # use the engine's error class once it exists
-    from gptoss import ContextOverflowError  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - before the engine lands
-    class ContextOverflowError(ValueError):
+try:  # the engine's error class, so tests catch what the real model raises
+    from gptoss.errors import ContextOverflowError
+except ImportError:  # pragma: no cover - before errors.py lands
+    class ContextOverflowError(ValueError):  # type: ignore[no-redef]
         pass
 
 

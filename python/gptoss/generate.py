@@ -41,6 +41,7 @@ __all__ = [
     "generate",
     "generate_batch",
     "TextDecoder",
+    "check_vocab",
 ]
 
 FINISH_REASONS = ("stop", "length", "context_length", "cancelled")
@@ -255,6 +256,22 @@ def model_max_context(model: Any) -> Optional[int]:
     if v is None:
         v = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     return int(v) if v is not None else None
+
+
+def check_vocab(model: Any, tokens: Sequence[int], tokenizer: Any = None) -> None:
+    """Raise a `ValueError` that explains a tokenizer/model vocabulary mismatch when `tokens`
+    (encoded by the o200k_harmony tokenizer) use ids the model does not have."""
+    vocab = model_vocab_size(model)
+    if vocab is None or not tokens:
+        return
+    top = max(tokens)
+    if top >= vocab:
+        n = getattr(tokenizer, "n_vocab", None) or 201088
+        raise ValueError(
+            f"the prompt uses token id {top} but the model's vocabulary has only {vocab} ids: "
+            f"the model does not match the o200k_harmony tokenizer ({n} ids). A synthetic "
+            "checkpoint used with the tokenizer needs the full vocabulary "
+            f"(gptoss synthetic ... --vocab {n}).")
 
 
 # ---------------------------------------------------------------------------- generation

@@ -1,0 +1,499 @@
+"""Chat: render a conversation with harmony, generate, parse the reply as it streams.
+
+    for ev in chat(model, [{"role": "user", "content": "Hi"}], reasoning_effort="low"):
+        if isinstance(ev, ReasoningDelta): ...   # analysis channel text
+        elif isinstance(ev, ContentDelta): ...   # final (or commentary preamble) text
+        elif isinstance(ev, ToolCall): ...       # a complete function call, JSON arguments
+        elif isinstance(ev, Done): ...           # usage and finish reason; ev.messages
+
+With ``stream=False`` it returns a `ChatResponse`: the list of parsed assistant messages (harmony
+`Message`s, ready to append to the history) with ``.usage``, ``.finish_reason`` and
+``.tool_calls``.
+
+Messages may be harmony `Message`s or OpenAI-style dicts:
+``{"role": "system"|"developer"|"user"|"assistant"|"tool", "content": str}``; an assistant dict
+may carry ``"reasoning"`` (analysis text) and ``"tool_calls"`` (``[{"id", "function": {"name",
+"arguments"}}]``); a tool dict names its function with ``"name"`` or ``"tool_call_id"``.
+
+The system message (identity, reasoning effort, channels) is generated unless the first message
+is a harmony system message with `SystemContent`. A plain-string system or developer message
+becomes the developer instructions; `instructions=` and `tools=` are added to them.
+
+Multi-turn with tools: append the returned messages and a tool result (`tool_result`) to the
+history and call again. A `Conversation` does this bookkeeping and keeps one `Session` so the KV
+cache of the unchanged token prefix is reused across turns (the whole previous prompt plus the
+reply, except where harmony drops the analysis of a finished turn).
+
+Vocabulary: rendering uses the o200k_harmony tokenizer (201088 ids). The model must have at least
+as many logits as the prompt's largest id, otherwise a `ValueError` explains the mismatch (a
+synthetic checkpoint for chat needs ``--vocab 201088``); ids the tokenizer does not know (a model
+vocabulary larger than the tokenizer's) are never sampled.
+
+Replies that are not valid harmony (a random synthetic model writes those) never raise: harmony's
+lenient parser recovers what it can (text outside any header streams as `ContentDelta` with
+``channel=None``), and a reply that never got past its first header is shown as raw text.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+from .generate import GenerationStream, Session, Usage, check_vocab
+from .sampling import SamplingParams
+
+__all__ = [
+    "ReasoningDelta",
+    "ContentDelta",
+    "ToolCall",
+    "Done",
+    "ChatResponse",
+    "Conversation",
+    "chat",
+    "tool_result",
+    "REASONING_EFFORTS",
+]
+
+REASONING_EFFORTS = ("low", "medium", "high")
+
+
+# ---------------------------------------------------------------------------- events
+@dataclass
+class ReasoningDelta:
+    """Text on the analysis channel (chain of thought: not for end users)."""
+
+    text: str
+
+
+@dataclass
+class ContentDelta:
+    """User-visible text: channel "final", "commentary" (a preamble before tool calls), or None
+    (raw text from a reply that is not valid harmony)."""
+
+    text: str
+    channel: Optional[str] = "final"
+
+
+@dataclass
+class ToolCall:
+    """A complete tool call. `name` is the function name for ``functions.*`` recipients and the
+    full recipient otherwise (``browser.search``, ``python``)."""
+
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+    call_id: str
+    recipient: str = ""
+    channel: Optional[str] = "commentary"
+
+    def json(self) -> Any:
+        """The arguments parsed as JSON (raises `ValueError` when the model wrote invalid JSON)."""
+        return json.loads(self.arguments)
+
+
+@dataclass
+class Done:
+    """Last event. finish_reason: "stop" (<|return|>), "tool_calls" (<|call|>), "length"
+    (max_tokens), "context_length" (the context is full) or "cancelled"."""
+
+    usage: Usage
+    finish_reason: str
+    messages: list = field(default_factory=list)
+    tool_calls: list = field(default_factory=list)
+
+
+ChatEvent = Union[ReasoningDelta, ContentDelta, ToolCall, Done]
+
+
+class ChatResponse(list):
+    """The parsed assistant messages of one reply, plus `usage`, `finish_reason`, `tool_calls`."""
+
+    def __init__(self, messages: Iterable[Any], usage: Usage, finish_reason: str,
+                 tool_calls: Sequence[ToolCall]):
+        super().__init__(messages)
+        self.usage = usage
+        self.finish_reason = finish_reason
+        self.tool_calls = list(tool_calls)
+
+    @property
+    def content(self) -> str:
+        """Concatenated text of the final-channel (or unparsed) messages."""
+        return "".join(_text_of(m) for m in self
+                       if getattr(m, "channel", None) in ("final", None)
+                       and not getattr(m, "recipient", None))
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(_text_of(m) for m in self if getattr(m, "channel", None) == "analysis")
+
+
+# ---------------------------------------------------------------------------- harmony glue
+def _harmony() -> Any:
+    from . import harmony
+
+    return harmony
+
+
+def _text_of(msg: Any) -> str:
+    c = getattr(msg, "content", "")
+    if isinstance(c, str):
+        return c
+    if isinstance(c, (list, tuple)):  # list of content parts
+        return "".join(p if isinstance(p, str) else str(getattr(p, "text", "")) for p in c)
+    return str(getattr(c, "text", c))
+
+
+def _tool(spec: Any) -> Any:
+    h = _harmony()
+    if isinstance(spec, h.Tool):
+        return spec
+    if isinstance(spec, Mapping):
+        fn = spec.get("function", spec) if spec.get("type", "function") == "function" else spec
+        if "name" not in fn:
+            raise ValueError(f"tool definition without a name: {spec!r}")
+        return h.Tool(name=fn["name"], description=fn.get("description", ""),
+                      parameters=fn.get("parameters"))
+    raise ValueError(f"a tool must be a harmony Tool or a dict with name/description/parameters, "
+                     f"got {type(spec).__name__}")
+
+
+def _message(m: Any, call_names: dict[str, str]) -> list[Any]:
+    """One input message (harmony Message or OpenAI-style dict) as harmony Messages."""
+    h = _harmony()
+    if isinstance(m, h.Message):
+        return [m]
+    if not isinstance(m, Mapping):
+        raise ValueError(f"a message must be a harmony Message or a dict, got {type(m).__name__}")
+    role = m.get("role")
+    if role not in ("system", "developer", "user", "assistant", "tool"):
+        raise ValueError(f"unknown message role {role!r}")
+    content = m.get("content")
+    if content is None:
+        content = ""
+    if isinstance(content, list):  # OpenAI content parts
+        content = "".join(p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content)
+    out: list[Any] = []
+    if role == "assistant":
+        reasoning = m.get("reasoning") or m.get("reasoning_content") or m.get("thinking")
+        if reasoning:
+            out.append(h.Message(role="assistant", content=str(reasoning), channel="analysis"))
+        if content:
+            out.append(h.Message(role="assistant", content=str(content),
+                                 channel=m.get("channel", "final")))
+        for tc in m.get("tool_calls") or ():
+            fn = tc.get("function", tc)
+            name = fn["name"]
+            args = fn.get("arguments", "{}")
+            if not isinstance(args, str):
+                args = json.dumps(args)
+            recipient = name if "." in name else f"functions.{name}"
+            if tc.get("id"):
+                call_names[tc["id"]] = recipient
+            out.append(h.Message(role="assistant", content=args, channel="commentary",
+                                 recipient=recipient, content_type="<|constrain|>json"))
+        return out
+    if role == "tool":
+        name = m.get("name") or call_names.get(m.get("tool_call_id", ""), None)
+        if not name:
+            raise ValueError("a tool message needs 'name' (the function) or a 'tool_call_id' "
+                             "that matches an earlier assistant tool call")
+        author = name if "." in name else f"functions.{name}"
+        if not isinstance(content, str):
+            content = json.dumps(content)
+        return [h.Message(role="tool", content=content, author_name=author, recipient="assistant",
+                          channel=m.get("channel", "commentary"))]
+    return [h.Message(role=role, content=content if role in ("system", "developer")
+                      else str(content))]
+
+
+def _role(msg: Any) -> str:
+    r = getattr(msg, "role", "")
+    return str(getattr(r, "value", r)).lower()
+
+
+def build_messages(messages: Sequence[Any], *, reasoning_effort: str = "low",
+                   instructions: Optional[str] = None, tools: Sequence[Any] = (),
+                   current_date: Optional[str] = None) -> list[Any]:
+    """The full harmony message list: system, developer (if any), then the conversation."""
+    h = _harmony()
+    if reasoning_effort not in REASONING_EFFORTS:
+        raise ValueError(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}, "
+                         f"got {reasoning_effort!r}")
+    call_names: dict[str, str] = {}
+    msgs: list[Any] = []
+    for m in messages:
+        msgs.extend(_message(m, call_names))
+    system = None
+    if msgs and _role(msgs[0]) == "system" and isinstance(msgs[0].content, h.SystemContent):
+        system, msgs = msgs[0], msgs[1:]
+    dev_text: list[str] = []
+    developer = None
+    rest: list[Any] = []
+    for m in msgs:
+        r = _role(m)
+        if r in ("system", "developer"):
+            if isinstance(m.content, h.DeveloperContent):
+                if developer is not None:
+                    raise ValueError("more than one developer message with DeveloperContent")
+                developer = m.content
+            elif isinstance(m.content, h.SystemContent):
+                raise ValueError("a system message with SystemContent must come first")
+            elif str(m.content):
+                dev_text.append(str(m.content))
+        else:
+            rest.append(m)
+    if instructions:
+        dev_text.append(instructions)
+    tool_list = [_tool(t) for t in tools]
+    if system is None:
+        kw: dict[str, Any] = {"reasoning_effort": reasoning_effort}
+        if current_date is not None:
+            kw["current_date"] = current_date
+        system = h.Message(role="system", content=h.SystemContent(**kw))
+    out = [system]
+    if developer is not None:
+        if dev_text or tool_list:
+            raise ValueError("pass instructions and tools either in a DeveloperContent message "
+                             "or as arguments, not both")
+        out.append(h.Message(role="developer", content=developer))
+    elif dev_text or tool_list:
+        out.append(h.Message(role="developer", content=h.DeveloperContent(
+            instructions="\n\n".join(dev_text) or None, tools=tuple(tool_list))))
+    return out + rest
+
+
+def tool_result(call: Union[ToolCall, str], output: Any, *, channel: Optional[str] = None) -> Any:
+    """The harmony message carrying a tool's output back to the model. `call` is the `ToolCall`
+    (or the function name / recipient); non-string output is JSON-encoded."""
+    h = _harmony()
+    if isinstance(call, ToolCall):
+        author = call.recipient or f"functions.{call.name}"
+        channel = channel or call.channel or "commentary"
+    else:
+        author = call if "." in call else f"functions.{call}"
+        channel = channel or "commentary"
+    text = output if isinstance(output, str) else json.dumps(output)
+    return h.Message(role="tool", content=text, author_name=author, recipient="assistant",
+                     channel=channel)
+
+
+def default_tokenizer(model: Any) -> Any:
+    """The tokenizer of `model` (attribute ``tokenizer``) or loaded from its checkpoint folder."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None:
+        return tok
+    from .tokenizer import load_tokenizer
+
+    path = getattr(model, "path", None) or getattr(model, "checkpoint_dir", None)
+    return load_tokenizer(checkpoint_dir=path)
+
+
+# ---------------------------------------------------------------------------- the reply parser
+class _ReplyParser:
+    """Feeds generated tokens to harmony's (lenient) `StreamParser` and turns its events into
+    chat events."""
+
+    def __init__(self, tokenizer: Any):
+        h = _harmony()
+        self.h = h
+        self.tokenizer = tokenizer
+        self.parser = h.StreamParser(role="assistant", strict=False, tokenizer=tokenizer)
+        self.tool_calls: list[ToolCall] = []
+        self.extra: list[Any] = []  # messages recovered from a reply that is not harmony
+        self._channel: Optional[str] = None
+        self._recipient: Optional[str] = None
+
+    def feed(self, token: int) -> list[ChatEvent]:
+        return self._convert(self.parser.process(token))
+
+    def finish(self) -> list[ChatEvent]:
+        """End of generation without a stop token (length limit, full context, cancel)."""
+        out: list[ChatEvent] = []
+        p = self.parser
+        if p.state == "header" and p.tokens and not p.messages and p.current_channel is None:
+            # Nothing parsable yet (a random model never wrote <|message|>): show the raw text
+            # rather than nothing.
+            text = self.tokenizer.decode(p.tokens)
+            if text:
+                out.append(ContentDelta(text, None))
+                self.extra.append(self.h.Message(role="assistant", content=text))
+        out.extend(self._convert(p.process_eos()))
+        return out
+
+    def _convert(self, events: Sequence[Any]) -> list[ChatEvent]:
+        h = self.h
+        out: list[ChatEvent] = []
+        for ev in events:
+            if isinstance(ev, h.MessageStart):
+                self._channel = ev.channel
+                self._recipient = ev.recipient if ev.recipient != "all" else None
+            elif isinstance(ev, h.ContentDelta):
+                if self._recipient:
+                    continue  # tool-call arguments arrive whole in the ToolCall event
+                if self._channel == "analysis":
+                    out.append(ReasoningDelta(ev.text))
+                else:
+                    out.append(ContentDelta(ev.text, self._channel))
+            elif isinstance(ev, h.MessageEnd):
+                m = ev.message
+                if m.recipient and m.recipient != "all" and m.role == "assistant":
+                    r = m.recipient
+                    call = ToolCall(name=r[len("functions."):] if r.startswith("functions.") else r,
+                                    arguments=m.text, call_id="call_" + uuid.uuid4().hex[:24],
+                                    recipient=r, channel=m.channel)
+                    self.tool_calls.append(call)
+                    out.append(call)
+                self._channel = self._recipient = None
+        return out
+
+    def messages(self) -> list[Any]:
+        return list(self.parser.messages) + self.extra
+
+
+# ---------------------------------------------------------------------------- chat
+def _render(messages: Sequence[Any], tokenizer: Any) -> list[int]:
+    h = _harmony()
+    return list(h.render(list(messages), for_completion=True, next_role="assistant",
+                         tokenizer=tokenizer))
+
+
+def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
+         tools: Sequence[Any] = (), instructions: Optional[str] = None, stream: bool = True,
+         tokenizer: Any = None, session: Optional[Session] = None,
+         sampling: Optional[SamplingParams] = None, current_date: Optional[str] = None,
+         on_token: Optional[Callable[[int], None]] = None, **sampling_kwargs: Any):
+    """Generate the assistant's reply to `messages`.
+
+    stream=True: an iterator of `ReasoningDelta`, `ContentDelta`, `ToolCall` and a final `Done`.
+    stream=False: a `ChatResponse` (list of parsed assistant messages with usage).
+    session: a `Session` whose KV cache is reused for the common token prefix (a `Conversation`
+        passes its own); by default a fresh sequence is used and freed.
+    on_token: called with every generated token id before it is parsed (``--raw`` display).
+    sampling / **sampling_kwargs: `SamplingParams` fields (temperature, max_tokens, seed, ...).
+        The default stop tokens are <|return|> and <|call|>.
+    All argument errors raise `ValueError` before any token is generated.
+    """
+    params = SamplingParams.from_kwargs(sampling, **sampling_kwargs) \
+        if (sampling_kwargs or sampling is None) else sampling
+    tok = tokenizer if tokenizer is not None else default_tokenizer(model)
+    full = build_messages(messages, reasoning_effort=reasoning_effort, instructions=instructions,
+                          tools=tools, current_date=current_date)
+    prompt = _render(full, tok)
+    check_vocab(model, prompt, tok)
+    gen = GenerationStream(model, prompt, params, session=session,
+                           vocab_limit=getattr(tok, "n_vocab", None))
+    events = _events(gen, tok, on_token)
+    if stream:
+        return events
+    done: Optional[Done] = None
+    for ev in events:
+        if isinstance(ev, Done):
+            done = ev
+    assert done is not None
+    return ChatResponse(done.messages, done.usage, done.finish_reason, done.tool_calls)
+
+
+def _events(gen: GenerationStream, tokenizer: Any,
+            on_token: Optional[Callable[[int], None]] = None) -> Iterator[ChatEvent]:
+    call_id = getattr(tokenizer, "call", 200012)
+    rp = _ReplyParser(tokenizer)
+    last: Optional[int] = None
+    try:
+        for chunk in gen:
+            last = chunk.token
+            if on_token is not None:
+                on_token(chunk.token)
+            yield from rp.feed(chunk.token)
+    finally:
+        gen.close()
+    res = gen.result
+    assert res is not None
+    finish = res.finish_reason
+    if finish != "stop":
+        yield from rp.finish()
+    elif last == call_id or (rp.tool_calls and res.stop_reason == call_id):
+        finish = "tool_calls"
+    yield Done(usage=res.usage, finish_reason=finish, messages=rp.messages(),
+               tool_calls=list(rp.tool_calls))
+
+
+# ---------------------------------------------------------------------------- conversation
+class Conversation:
+    """A multi-turn chat that keeps its history and its KV cache.
+
+        conv = Conversation(model, reasoning_effort="low", tools=[...], temperature=0.7)
+        for ev in conv.send("What's the weather in Paris?"): ...
+        conv.add_tool_result(call, {"temp": 20})
+        for ev in conv.send(): ...          # continue after the tool result
+        conv.close()
+
+    Each reply's parsed messages are appended to `messages` once it is complete (streamed
+    replies: when the iterator is exhausted).
+    """
+
+    def __init__(self, model: Any, *, messages: Sequence[Any] = (), tokenizer: Any = None,
+                 reasoning_effort: str = "low", instructions: Optional[str] = None,
+                 tools: Sequence[Any] = (), current_date: Optional[str] = None,
+                 sampling: Optional[SamplingParams] = None, **sampling_kwargs: Any):
+        self.model = model
+        self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
+        self.messages: list[Any] = list(messages)
+        self.reasoning_effort = reasoning_effort
+        self.instructions = instructions
+        self.tools = list(tools)
+        self.current_date = current_date
+        self.sampling = SamplingParams.from_kwargs(sampling, **sampling_kwargs) \
+            if (sampling_kwargs or sampling is None) else sampling
+        self.session = Session(model)
+        self.usage = Usage()
+        # Validate now rather than on the first send.
+        build_messages([], reasoning_effort=reasoning_effort, instructions=instructions,
+                       tools=self.tools, current_date=current_date)
+
+    def add_user(self, content: str) -> None:
+        self.messages.append(_harmony().Message(role="user", content=content))
+
+    def add_tool_result(self, call: Union[ToolCall, str], output: Any) -> None:
+        self.messages.append(tool_result(call, output))
+
+    def send(self, content: Optional[str] = None, *, stream: bool = True,
+             on_token: Optional[Callable[[int], None]] = None, **overrides: Any):
+        """Add a user message (if given) and generate the reply; like `chat` otherwise."""
+        if content is not None:
+            self.add_user(content)
+        params = SamplingParams.from_kwargs(self.sampling, **overrides) if overrides \
+            else self.sampling
+        events = chat(self.model, self.messages, reasoning_effort=self.reasoning_effort,
+                      tools=self.tools, instructions=self.instructions, stream=True,
+                      tokenizer=self.tokenizer, session=self.session, sampling=params,
+                      current_date=self.current_date, on_token=on_token)
+        it = self._record(events)
+        if stream:
+            return it
+        done: Optional[Done] = None
+        for ev in it:
+            if isinstance(ev, Done):
+                done = ev
+        assert done is not None
+        return ChatResponse(done.messages, done.usage, done.finish_reason, done.tool_calls)
+
+    def _record(self, events: Iterator[ChatEvent]) -> Iterator[ChatEvent]:
+        for ev in events:
+            if isinstance(ev, Done):
+                self.messages.extend(ev.messages)
+                self.usage = self.usage + ev.usage
+            yield ev
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self.session)
+
+    def close(self) -> None:
+        self.session.free()
+
+    def __enter__(self) -> "Conversation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
