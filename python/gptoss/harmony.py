@@ -939,7 +939,8 @@ class StreamParser:
         if self._state == "content":
             self.truncated = True
             self._finish_message(None, events)
-        elif self._state == "header" and self._header_tokens:
+        elif self._state == "header" and (self._header_tokens or self.tokens):
+            # Mid-header (even right after <|start|>); only an empty stream is fine.
             self.truncated = True
             self._problem("unexpected end of stream inside a message header")
             self._reset()
