@@ -42,7 +42,9 @@ import json
 import math
 import os
 import statistics
+import queue
 import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -390,15 +392,43 @@ def _original_shards(cfg: ModelConfig, pieces: list[_Piece], num_shards: Optiona
 
 
 def _write_file(path: str, seed: int, pieces: Sequence[_Piece], progress: Optional["_Progress"]) -> int:
+    # Values are generated here while a writer thread does the (GIL-free) file writes; the
+    # bounded queue keeps at most a few chunks in memory.
     pieces = _safetensors_order(pieces)
     tmp = path + ".partial"
+    q: "queue.Queue[Optional[np.ndarray]]" = queue.Queue(maxsize=3)
+    failure: list[BaseException] = []
+
+    def writer(f) -> None:
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                f.write(memoryview(item).cast("B"))
+        except BaseException as e:  # pragma: no cover - disk full etc.
+            failure.append(e)
+            while q.get() is not None:
+                pass
+
     with open(tmp, "wb") as f:
         f.write(_header_bytes(pieces))
-        for p in pieces:
-            for chunk in _piece_chunks(seed, p):
-                f.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
-                if progress:
-                    progress.add(chunk.nbytes)
+        th = threading.Thread(target=writer, args=(f,), daemon=True)
+        th.start()
+        try:
+            for p in pieces:
+                for chunk in _piece_chunks(seed, p):
+                    if failure:
+                        break
+                    q.put(np.ascontiguousarray(chunk))
+                    if progress:
+                        progress.add(chunk.nbytes)
+        finally:
+            q.put(None)
+            th.join()
+    if failure:
+        os.unlink(tmp)
+        raise failure[0]
     os.replace(tmp, path)
     return os.path.getsize(path)
 
