@@ -50,6 +50,7 @@ py::array as_array(const py::handle& obj, const char* name, const char* dtype_na
 // Row stride (in elements) of a 2-D array whose rows are contiguous.
 int64_t row_stride_2d(const py::array& a, const char* name) {
   const py::ssize_t item = a.itemsize();
+  if (a.size() == 0) return a.shape(1);  // nothing is read; numpy may report any strides
   if (a.shape(1) > 1 && a.strides(1) != item)
     throw InvalidArgument(std::string(name) + " rows must be contiguous (inner stride " +
                           std::to_string(a.strides(1)) + " bytes)");

@@ -1,0 +1,502 @@
+// CPU matrix products: run-time SIMD dispatch, OpenMP partitioning, the GEMM driver and its
+// register-blocked micro-kernels, the scalar path, and the double-precision reference oracles.
+//
+// Shapes:
+//   T <= kGemvMaxT ("decode"): dot products along K, weights streamed once from memory and
+//     decoded once per row for all T tokens (matmul_bf16.cc / matmul_mxfp4.cc). Threads take
+//     contiguous ranges of rows. Memory-bound.
+//   T > kGemvMaxT ("prefill", grouped MoE tokens): GEMM. X is packed once per call as
+//     XT[k][t] (tokens contiguous); each thread takes super-tiles of W rows, converts a
+//     [rows x KC] tile to fp32 into a per-thread buffer (once, reused for every token), and runs a
+//     micro-kernel with rows x (16|32|48|64) tokens of accumulators in registers:
+//       for k: xt = XT[k][t0 : t0+16*NV] (NV vectors); for each row r: acc[r][:] += Wd[r][k] * xt
+//     Accumulators are kept transposed in a per-thread YT[r][t] buffer across K chunks, and
+//     written to Y (+ bias) at the end.
+#include "cpu/matmul.h"
+
+// GCC 12 reports false "may be used uninitialized" warnings inside the intrinsic headers when they
+// are used from target-attributed functions (GCC PR105593); silence them for this file.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "common.h"
+#include "cpu/simd.h"
+
+namespace gptoss::cpu {
+
+// =============================== SIMD selection ==============================================
+
+static Simd detect_cpu_simd() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("fma"))
+    return Simd::Avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Simd::Avx2;
+  return Simd::Scalar;
+}
+
+Simd active_simd() {
+  static const Simd cpu = detect_cpu_simd();
+  Simd s = cpu;
+  if (const char* e = std::getenv("GPTOSS_SIMD")) {
+    Simd want = cpu;
+    if (!std::strcmp(e, "scalar")) want = Simd::Scalar;
+    else if (!std::strcmp(e, "avx2")) want = Simd::Avx2;
+    else if (!std::strcmp(e, "avx512")) want = Simd::Avx512;
+    if (static_cast<int>(want) < static_cast<int>(s)) s = want;
+  }
+  return s;
+}
+
+const char* simd_name(Simd s) {
+  switch (s) {
+    case Simd::Avx512: return "avx512";
+    case Simd::Avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+const char* simd_level() { return simd_name(active_simd()); }
+
+// =============================== reference oracles ===========================================
+
+void matmul_bf16_ref(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W,
+                     int64_t N, int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = bias ? double(bf16_to_f32(bias[n])) : 0.0;
+      for (int64_t k = 0; k < K; ++k)
+        s += double(bf16_to_f32(W[n * ldw + k])) * double(X[t * ldx + k]);
+      Y[t * ldy + n] = float(s);
+    }
+}
+
+void matmul_mxfp4_ref(const float* X, int64_t T, int64_t K, int64_t ldx, const uint8_t* blocks,
+                      const uint8_t* scales, int64_t N, const uint16_t* bias, float* Y,
+                      int64_t ldy) {
+  const int64_t nb = K / 32;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = bias ? double(bf16_to_f32(bias[n])) : 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        uint8_t byte = blocks[(n * nb + k / 32) * 16 + (k % 32) / 2];
+        int nib = (k % 2 == 0) ? (byte & 0xF) : (byte >> 4);
+        double w = std::ldexp(double(kMxfp4Table[nib]), int(scales[n * nb + k / 32]) - 127);
+        s += w * double(X[t * ldx + k]);
+      }
+      Y[t * ldy + n] = float(s);
+    }
+}
+
+// =============================== helpers =====================================================
+
+namespace {
+
+// Threads for a call touching `work` bytes of weights: one thread per kMinBytesPerThread.
+int threads_for(int64_t work_bytes, int64_t max_useful) {
+  constexpr int64_t kMinBytesPerThread = 96 << 10;
+  int64_t nt = std::min<int64_t>(omp_get_max_threads(), work_bytes / kMinBytesPerThread);
+  nt = std::min(nt, max_useful);
+  return int(std::max<int64_t>(nt, 1));
+}
+
+// Rows [n0, n1) of thread `tid` out of `nt`, in units of `align` rows.
+void split_rows(int64_t N, int nt, int tid, int64_t align, int64_t* n0, int64_t* n1) {
+  int64_t units = (N + align - 1) / align;
+  int64_t per = units / nt, rem = units % nt;
+  int64_t u0 = tid * per + std::min<int64_t>(tid, rem);
+  int64_t u1 = u0 + per + (tid < rem ? 1 : 0);
+  *n0 = std::min(N, u0 * align);
+  *n1 = std::min(N, u1 * align);
+}
+
+// 64-byte aligned float buffer that only grows (per thread, reused across calls).
+struct FloatBuf {
+  float* p = nullptr;
+  size_t cap = 0;
+  ~FloatBuf() { std::free(p); }
+  float* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      size_t bytes = ((n * sizeof(float)) + 63) / 64 * 64;
+      p = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!p) throw std::bad_alloc();
+      cap = n;
+    }
+    return p;
+  }
+};
+
+// Position of element j (0..31) of a 32-block in the permuted [even16 | odd16] order.
+inline int perm32(int j) { return (j & 1) ? 16 + (j >> 1) : (j >> 1); }
+
+// xp[t][K] = X[t][:] with every 32-block permuted to [even16 | odd16].
+void permute_x_mxfp4(const float* X, int64_t T, int64_t K, int64_t ldx, float* xp) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* src = X + t * ldx;
+    float* dst = xp + t * K;
+    for (int64_t kb = 0; kb < K; kb += 32)
+      for (int j = 0; j < 16; ++j) {
+        dst[kb + j] = src[kb + 2 * j];
+        dst[kb + 16 + j] = src[kb + 2 * j + 1];
+      }
+  }
+}
+
+// =============================== scalar path =================================================
+
+void bf16_scalar(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W, int64_t N,
+                 int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy) {
+  int nt = threads_for(N * K * 2 * std::max<int64_t>(T / 8, 1), N);
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> w(K);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t k = 0; k < K; ++k) w[k] = bf16_to_f32(W[n * ldw + k]);
+      float b = bias ? bf16_to_f32(bias[n]) : 0.0f;
+      for (int64_t t = 0; t < T; ++t) {
+        const float* x = X + t * ldx;
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; ++k) s += w[k] * x[k];
+        Y[t * ldy + n] = s + b;
+      }
+    }
+  }
+}
+
+void mxfp4_scalar(const float* X, int64_t T, int64_t K, int64_t ldx, const uint8_t* blocks,
+                  const uint8_t* scales, int64_t N, const uint16_t* bias, float* Y, int64_t ldy) {
+  const int64_t nb = K / 32;
+  int nt = threads_for(N * nb * 17 * std::max<int64_t>(T / 8, 1), N);
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> w(K);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t b = 0; b < nb; ++b) {
+        float s = kE8m0.v[scales[n * nb + b]];
+        const uint8_t* q = blocks + (n * nb + b) * 16;
+        for (int j = 0; j < 16; ++j) {
+          w[32 * b + 2 * j] = kMxfp4Table[q[j] & 0xF] * s;
+          w[32 * b + 2 * j + 1] = kMxfp4Table[q[j] >> 4] * s;
+        }
+      }
+      float bv = bias ? bf16_to_f32(bias[n]) : 0.0f;
+      for (int64_t t = 0; t < T; ++t) {
+        const float* x = X + t * ldx;
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; ++k) s += w[k] * x[k];
+        Y[t * ldy + n] = s + bv;
+      }
+    }
+  }
+}
+
+// =============================== GEMM micro-kernels ==========================================
+
+template <int R, int NV>
+GPTOSS_TARGET_AVX512 void gemm_kernel_avx512(const float* xt, int64_t ldxt, const float* wd,
+                                             int64_t ldwd, int64_t kc, float* yt, int64_t ldyt,
+                                             bool acc) {
+  __m512 c[R][NV];
+  if (acc) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_loadu_ps(yt + r * ldyt + 16 * v);
+  } else {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 x[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_ps(xt + k * ldxt + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      __m512 w = _mm512_set1_ps(wd[r * ldwd + k]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_fmadd_ps(w, x[v], c[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(yt + r * ldyt + 16 * v, c[r][v]);
+}
+
+template <int R, int NV>
+GPTOSS_TARGET_AVX2 void gemm_kernel_avx2(const float* xt, int64_t ldxt, const float* wd,
+                                         int64_t ldwd, int64_t kc, float* yt, int64_t ldyt,
+                                         bool acc) {
+  __m256 c[R][NV];
+  if (acc) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm256_loadu_ps(yt + r * ldyt + 8 * v);
+  } else {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    __m256 x[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) x[v] = _mm256_loadu_ps(xt + k * ldxt + 8 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      __m256 w = _mm256_broadcast_ss(wd + r * ldwd + k);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm256_fmadd_ps(w, x[v], c[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(yt + r * ldyt + 8 * v, c[r][v]);
+}
+
+}  // namespace
+
+// Kernel tables: kernel[nv] handles nv token vectors (nv = 1..max_nv).
+struct GemmIsaImpl {
+  int rows;
+  int tok_vec;
+  int max_nv;
+  GemmKernel kernel[5];
+};
+
+static const GemmIsaImpl kGemmAvx512 = {
+    12, 16, 2,
+    {nullptr, gemm_kernel_avx512<12, 1>, gemm_kernel_avx512<12, 2>, nullptr, nullptr}};
+static const GemmIsaImpl kGemmAvx2 = {
+    6, 8, 2, {nullptr, gemm_kernel_avx2<6, 1>, gemm_kernel_avx2<6, 2>, nullptr, nullptr}};
+
+namespace {
+
+// Tile converter: rows [n0, n0+nrows) x k in [k0, k0+kc) of W -> fp32 wd[r][k-k0].
+struct WeightSource {
+  // bf16
+  const uint16_t* W = nullptr;
+  int64_t ldw = 0;
+  // mxfp4
+  const uint8_t* blocks = nullptr;
+  const uint8_t* scales = nullptr;
+  int64_t K = 0;
+  Simd simd = Simd::Scalar;
+
+  void convert(int64_t n0, int64_t nrows, int64_t k0, int64_t kc, float* wd, int64_t ldwd) const {
+    if (W) {
+      if (simd == Simd::Avx512) bf16_tile_avx512(W, ldw, n0, nrows, k0, kc, wd, ldwd);
+      else bf16_tile_avx2(W, ldw, n0, nrows, k0, kc, wd, ldwd);
+    } else {
+      if (simd == Simd::Avx512) mxfp4_tile_avx512(blocks, scales, K, n0, nrows, k0, kc, wd, ldwd);
+      else mxfp4_tile_avx2(blocks, scales, K, n0, nrows, k0, kc, wd, ldwd);
+    }
+  }
+  // Prefetches (into L2) the bytes that convert() will read for rows [n0, n0 + nrows).
+  void prefetch(int64_t n0, int64_t nrows, int64_t k0, int64_t kc) const {
+    for (int64_t r = 0; r < nrows; ++r) {
+      const char* p;
+      int64_t bytes;
+      if (W) {
+        p = reinterpret_cast<const char*>(W + (n0 + r) * ldw + k0);
+        bytes = kc * 2;
+      } else {
+        const int64_t nb = K / 32;
+        p = reinterpret_cast<const char*>(blocks + ((n0 + r) * nb + k0 / 32) * 16);
+        bytes = kc / 2;
+        __builtin_prefetch(scales + (n0 + r) * nb + k0 / 32, 0, 2);
+      }
+      for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
+      __builtin_prefetch(p + bytes - 1, 0, 2);
+    }
+  }
+};
+
+constexpr int64_t kTokChunk = 512;  // tokens packed per pass (bounds the XT and YT buffers)
+constexpr int64_t kSuperRows = 96;  // W rows converted per tile (multiple of every isa.rows)
+constexpr int64_t kMaxKc = 256;     // K per tile (multiple of 32)
+
+// Layouts (tokens in panels of TB = tok_vec * max_nv, the last panel possibly narrower, w wide):
+//   XT: panel starting at token t0 holds XT[t0*K + k*w + (t - t0)], so a micro-kernel streams
+//       one contiguous [kc x w] block (a plain [k][tpad] layout would put the k rows a power
+//       of two apart and thrash a few L1 sets);
+//   YT: YT[t0*ncpad + r*w + (t - t0)].
+void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const float* X,
+          int64_t T, int64_t K, int64_t ldx, int64_t N, const uint16_t* bias, float* Y,
+          int64_t ldy) {
+  const int R = isa.rows, TV = isa.tok_vec;
+  const int64_t TB = int64_t(TV) * isa.max_nv;
+  const int nthreads = omp_get_max_threads();
+  // K chunk: the largest multiple of 32 <= kMaxKc that splits K into near-equal chunks.
+  const int64_t nkc = std::max<int64_t>(1, (K + kMaxKc - 1) / kMaxKc);
+  const int64_t KC = std::max<int64_t>(32, ((K + nkc - 1) / nkc + 31) / 32 * 32);
+  // Rows per super-tile: enough tiles to keep every thread busy.
+  int64_t NC = std::min<int64_t>(kSuperRows, ((N + nthreads - 1) / nthreads + R - 1) / R * R);
+  NC = std::max<int64_t>(NC, R);
+  const int64_t ncpad = (NC + R - 1) / R * R;
+  const int64_t ntiles = (N + NC - 1) / NC;
+  const int64_t tchunk = std::min<int64_t>(kTokChunk, (T + TV - 1) / TV * TV);
+
+  static thread_local FloatBuf xt_buf;
+  float* XT = xt_buf.get(size_t(K) * size_t(tchunk));
+  const int nt = int(std::min<int64_t>(nthreads, ntiles));
+
+  for (int64_t tc0 = 0; tc0 < T; tc0 += tchunk) {
+    const int64_t tcn = std::min(tchunk, T - tc0);
+    const int64_t tpad = (tcn + TV - 1) / TV * TV;
+#pragma omp parallel num_threads(nt)
+    {
+      // Pack XT (k permuted within 32-blocks for MXFP4), zero padded to tpad tokens.
+#pragma omp for schedule(static)
+      for (int64_t kb = 0; kb < K; kb += 32) {
+        const int64_t kn = std::min<int64_t>(32, K - kb);
+        for (int64_t p0 = 0; p0 < tpad; p0 += TB) {
+          const int64_t w = std::min(TB, tpad - p0);
+          float* panel = XT + p0 * K;
+          for (int64_t t = p0; t < p0 + w; ++t) {
+            if (t < tcn) {
+              const float* s = X + (tc0 + t) * ldx + kb;
+              if (permute32)
+                for (int j = 0; j < kn; ++j) panel[(kb + perm32(j)) * w + (t - p0)] = s[j];
+              else
+                for (int j = 0; j < kn; ++j) panel[(kb + j) * w + (t - p0)] = s[j];
+            } else {
+              for (int j = 0; j < kn; ++j) panel[(kb + j) * w + (t - p0)] = 0.0f;
+            }
+          }
+        }
+      }
+      static thread_local FloatBuf wd_buf, yt_buf;
+      float* wd = wd_buf.get(size_t(ncpad) * size_t(KC));
+      float* yt = yt_buf.get(size_t(ncpad) * size_t(tpad));
+      int64_t tb, te;  // this thread's tiles
+      split_rows(ntiles, omp_get_num_threads(), omp_get_thread_num(), 1, &tb, &te);
+      for (int64_t tile = tb; tile < te; ++tile) {
+        const int64_t n0 = tile * NC;
+        const int64_t nrows = std::min(NC, N - n0);
+        const int64_t nrpad = (nrows + R - 1) / R * R;
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+          const int64_t kc = std::min(KC, K - k0);
+          src.convert(n0, nrows, k0, kc, wd, KC);
+          for (int64_t r = nrows; r < nrpad; ++r) std::memset(wd + r * KC, 0, sizeof(float) * kc);
+          // The W bytes of the next tile step, prefetched a few rows per micro-kernel call.
+          int64_t pn0 = n0, pk0 = k0 + KC, prow = 0, prows = 0;
+          if (pk0 >= K) {
+            pn0 = n0 + NC;
+            pk0 = 0;
+          }
+          if (tile + (pn0 != n0 ? 1 : 0) < te) prows = std::min(NC, N - pn0);
+          const int64_t pkc = std::min(KC, K - pk0);
+          const int64_t ncalls = ((tpad + TB - 1) / TB) * (nrpad / R);
+          const int64_t per_call = (prows + ncalls - 1) / std::max<int64_t>(ncalls, 1);
+          for (int64_t t0 = 0; t0 < tpad; t0 += TB) {
+            const int64_t w = std::min(TB, tpad - t0);
+            GemmKernel kern = isa.kernel[w / TV];
+            const float* xp = XT + t0 * K + k0 * w;
+            float* yp = yt + t0 * ncpad;
+            for (int64_t r0 = 0; r0 < nrpad; r0 += R) {
+              if (prow < prows) {
+                const int64_t cnt = std::min(per_call, prows - prow);
+                src.prefetch(pn0 + prow, cnt, pk0, pkc);
+                prow += cnt;
+              }
+              kern(xp, w, wd + r0 * KC, KC, kc, yp + r0 * w, w, k0 > 0);
+            }
+          }
+        }
+        for (int64_t t0 = 0; t0 < tcn; t0 += TB) {
+          const int64_t w = std::min(TB, tpad - t0);
+          const float* yp = yt + t0 * ncpad;
+          for (int64_t t = t0; t < std::min(tcn, t0 + w); ++t) {
+            float* y = Y + (tc0 + t) * ldy + n0;
+            for (int64_t r = 0; r < nrows; ++r)
+              y[r] = (K > 0 ? yp[r * w + (t - t0)] : 0.0f) +
+                     (bias ? bf16_to_f32(bias[n0 + r]) : 0.0f);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// =============================== public entry points =========================================
+
+// Up to this many tokens, the dot-product (GEMV) path reads the weights once per 4 tokens;
+// above it the GEMM path converts them once per call.
+constexpr int64_t kGemvMaxT = 4;
+
+void matmul_bf16(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W, int64_t N,
+                 int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy) {
+  if (T <= 0 || N <= 0) return;
+  const Simd simd = active_simd();
+  if (simd == Simd::Scalar) return bf16_scalar(X, T, K, ldx, W, N, ldw, bias, Y, ldy);
+  if (T <= kGemvMaxT || K == 0) {
+    const int nt = threads_for(N * K * 2, (N + 3) / 4);
+#pragma omp parallel num_threads(nt)
+    {
+      int64_t n0, n1;
+      split_rows(N, omp_get_num_threads(), omp_get_thread_num(), 4, &n0, &n1);
+      if (n0 < n1) {
+        if (simd == Simd::Avx512) bf16_rows_avx512(X, T, K, ldx, W, ldw, bias, Y, ldy, n0, n1);
+        else bf16_rows_avx2(X, T, K, ldx, W, ldw, bias, Y, ldy, n0, n1);
+      }
+    }
+    return;
+  }
+  WeightSource src;
+  src.W = W;
+  src.ldw = ldw;
+  src.K = K;
+  src.simd = simd;
+  gemm(simd == Simd::Avx512 ? kGemmAvx512 : kGemmAvx2, src, false, X, T, K, ldx, N, bias, Y, ldy);
+}
+
+void matmul_mxfp4(const float* X, int64_t T, int64_t K, int64_t ldx, const uint8_t* blocks,
+                  const uint8_t* scales, int64_t N, const uint16_t* bias, float* Y, int64_t ldy) {
+  if (T <= 0 || N <= 0) return;
+  const Simd simd = active_simd();
+  if (simd == Simd::Scalar) return mxfp4_scalar(X, T, K, ldx, blocks, scales, N, bias, Y, ldy);
+  if (T <= kGemvMaxT || K == 0) {
+    static thread_local FloatBuf xp_buf;
+    float* xp = xp_buf.get(size_t(T) * size_t(K) + 1);
+    permute_x_mxfp4(X, T, K, ldx, xp);
+    const int nt = threads_for(N * (K / 32) * 17, (N + 3) / 4);
+#pragma omp parallel num_threads(nt)
+    {
+      int64_t n0, n1;
+      split_rows(N, omp_get_num_threads(), omp_get_thread_num(), 4, &n0, &n1);
+      if (n0 < n1) {
+        if (simd == Simd::Avx512) mxfp4_rows_avx512(xp, T, K, blocks, scales, bias, Y, ldy, n0, n1);
+        else mxfp4_rows_avx2(xp, T, K, blocks, scales, bias, Y, ldy, n0, n1);
+      }
+    }
+    return;
+  }
+  WeightSource src;
+  src.blocks = blocks;
+  src.scales = scales;
+  src.K = K;
+  src.simd = simd;
+  gemm(simd == Simd::Avx512 ? kGemmAvx512 : kGemmAvx2, src, true, X, T, K, ldx, N, bias, Y, ldy);
+}
+
+}  // namespace gptoss::cpu

@@ -1,0 +1,91 @@
+// Internal helpers shared by the CPU matmul kernels: run-time SIMD selection, the function
+// attributes that let one baseline-compiled binary carry AVX2 and AVX-512 code, the MXFP4
+// tables, and the per-ISA kernel entry points (defined in matmul_bf16.cc / matmul_mxfp4.cc).
+//
+// Nothing here is compiled with -march flags: every SIMD function carries its own
+// __attribute__((target(...))), and is only called after CPUID says the CPU has that ISA.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#define GPTOSS_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define GPTOSS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+namespace gptoss::cpu {
+
+enum class Simd : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+// Widest level the CPU supports (CPUID + OS state, checked once), lowered by GPTOSS_SIMD if that
+// is set. The environment is re-read on every call, so tests can switch paths by setting
+// os.environ["GPTOSS_SIMD"] between calls. Unknown values are ignored; a value above what the CPU
+// supports is clamped to what it supports.
+Simd active_simd();
+const char* simd_name(Simd s);
+
+// E2M1 values of the 16 nibbles (spec section 4).
+inline constexpr float kMxfp4Table[16] = {+0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                         -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+// 2^(s - 127) as a float for every E8M0 scale byte s, built at compile time (s = 0 is the
+// denormal 2^-127, exact; s = 255 gives +inf, as float(ldexp(1, 128)) does).
+struct E8m0Table {
+  float v[256];
+};
+constexpr E8m0Table make_e8m0_table() {
+  E8m0Table t{};
+  float p = 1.0f;
+  for (int i = 0; i < 127; ++i) p *= 0.5f;
+  for (int s = 0; s < 255; ++s) {
+    t.v[s] = p;
+    p = s < 254 ? p * 2.0f : p;
+  }
+  t.v[255] = std::numeric_limits<float>::infinity();
+  return t;
+}
+alignas(64) inline constexpr E8m0Table kE8m0 = make_e8m0_table();
+
+// ---- GEMM building blocks (T > small) -------------------------------------------------------
+// The GEMM is computed as Y^T = Wd · X^T on tiles: X is packed once per call into XT[k][t]
+// (tokens contiguous, padded with zeros to a multiple of the token block), a tile of W rows is
+// converted into fp32 rows Wd[r][k] (once per tile, reused for all tokens), and a register-
+// blocked micro-kernel computes YT[r][t] for `kRows` rows x (16|32) tokens. For MXFP4 the k order
+// inside every 32-block is permuted to [even 16 | odd 16] in both XT and Wd, so dequantized
+// weights need no interleaving.
+
+// Micro-kernel (matmul.cc): YT[r][t] (+)= sum_k Wd[r][k] * XT[k][t] for a fixed per-ISA number
+// of rows and of token vectors. acc=false starts from zero.
+using GemmKernel = void (*)(const float* xt, int64_t ldxt, const float* wd, int64_t ldwd,
+                            int64_t kc, float* yt, int64_t ldyt, bool acc);
+
+// Per-ISA GEMV-style kernels for small T (dot products along K, weights decoded once and applied
+// to every token). They compute rows [n0, n1) of Y for all T tokens (T <= kSmallT).
+inline constexpr int kSmallT = 4;
+
+void bf16_rows_avx512(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W,
+                      int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy, int64_t n0,
+                      int64_t n1);
+void bf16_rows_avx2(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W,
+                    int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy, int64_t n0,
+                    int64_t n1);
+// Converts rows [n0, n0+nrows) x columns [k0, k0+kc) of W to fp32 Wd[r][k - k0] (row stride ldwd).
+void bf16_tile_avx512(const uint16_t* W, int64_t ldw, int64_t n0, int64_t nrows, int64_t k0,
+                      int64_t kc, float* wd, int64_t ldwd);
+void bf16_tile_avx2(const uint16_t* W, int64_t ldw, int64_t n0, int64_t nrows, int64_t k0,
+                    int64_t kc, float* wd, int64_t ldwd);
+
+// xp: X with k permuted to [even16|odd16] per 32-block, [T][K] contiguous (row stride K).
+void mxfp4_rows_avx512(const float* xp, int64_t T, int64_t K, const uint8_t* blocks,
+                       const uint8_t* scales, const uint16_t* bias, float* Y, int64_t ldy,
+                       int64_t n0, int64_t n1);
+void mxfp4_rows_avx2(const float* xp, int64_t T, int64_t K, const uint8_t* blocks,
+                     const uint8_t* scales, const uint16_t* bias, float* Y, int64_t ldy,
+                     int64_t n0, int64_t n1);
+// Dequantizes rows [n0, n0+nrows) x columns [k0, k0+kc) (k0, kc multiples of 32) into Wd in the
+// permuted [even16|odd16] order.
+void mxfp4_tile_avx512(const uint8_t* blocks, const uint8_t* scales, int64_t K, int64_t n0,
+                       int64_t nrows, int64_t k0, int64_t kc, float* wd, int64_t ldwd);
+void mxfp4_tile_avx2(const uint8_t* blocks, const uint8_t* scales, int64_t K, int64_t n0,
+                     int64_t nrows, int64_t k0, int64_t kc, float* wd, int64_t ldwd);
+
+}  // namespace gptoss::cpu
