@@ -1,0 +1,373 @@
+"""The ``gptoss`` command.
+
+    gptoss chat --model DIR [-r low|medium|high] [--developer-message TEXT] [--raw]
+                [--hide-reasoning] [--vocab-file F] [--max-tokens N] [--temperature T] [--seed S]
+    gptoss generate --model DIR [--max-tokens N] ... PROMPT
+    gptoss synthetic --preset tiny --out DIR [...]      (same as python -m gptoss.synthetic)
+
+``chat`` is an interactive conversation: one user message per line, streamed replies, the
+history kept (and its KV cache reused) across turns. On a terminal the reasoning is shown dim
+and labelled, on a pipe it is labelled ``[reasoning]`` / ``[assistant]``; ``--hide-reasoning``
+drops it; ``--raw`` prints the raw harmony tokens instead. Input may be piped: every line is
+one message and the program exits 0 at end of input. ``/reset`` clears the history, ``/exit``
+quits.
+
+Errors (bad arguments, missing or malformed checkpoint, no tokenizer, vocabulary mismatch,
+context overflow) print ``gptoss: error: ...`` and exit with status 1 (2 for usage errors);
+``GPTOSS_DEBUG=1`` shows the traceback. Ctrl-C during a reply stops the reply; at the prompt it
+exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Optional, Sequence, TextIO
+
+__all__ = ["main"]
+
+DIM, BOLD, RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
+# Raw completion stops on <|endoftext|> as well as the harmony end-of-turn tokens.
+GENERATE_STOP_TOKENS = (199999, 200002, 200012)
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------- arguments
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, metavar="DIR",
+                   help="checkpoint folder (HF layout or its original/ folder)")
+    p.add_argument("--vocab-file", metavar="F", default=None,
+                   help="o200k_base.tiktoken (or tokenizer.json) when the checkpoint has no "
+                        "tokenizer, e.g. for synthetic checkpoints")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--context", "-c", type=_positive_int, default=None, metavar="N",
+                   help="maximum context length in tokens (default: the model's)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: Optional[int]) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", "-l", type=_positive_int, default=max_tokens, metavar="N",
+                   help=f"maximum tokens per reply (default: {max_tokens or 'until done'})")
+    g.add_argument("--temperature", "-t", type=float, default=1.0, metavar="T",
+                   help="0 = greedy (default: 1.0)")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P")
+    g.add_argument("--top-k", type=int, default=None, metavar="K")
+    g.add_argument("--min-p", type=float, default=0.0, metavar="P")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R")
+    g.add_argument("--seed", type=int, default=None, metavar="S")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gptoss", description="Run gpt-oss models.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("chat", help="interactive chat (harmony format)",
+                       description="Interactive chat. One message per input line; EOF ends.")
+    _add_model_args(c)
+    c.add_argument("-r", "--reasoning-effort", choices=["low", "medium", "high"], default="low")
+    c.add_argument("--developer-message", default=None, metavar="TEXT",
+                   help="developer instructions (the system prompt)")
+    c.add_argument("--raw", action="store_true", help="print the raw harmony tokens")
+    c.add_argument("--hide-reasoning", action="store_true", help="do not print the reasoning")
+    c.add_argument("--stats", action="store_true",
+                   help="print token counts after each reply (stderr)")
+    c.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    _add_sampling_args(c, None)
+
+    g = sub.add_parser("generate", help="raw text completion",
+                       description="Complete PROMPT as plain text (no chat format).")
+    _add_model_args(g)
+    g.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads stdin)")
+    g.add_argument("--stop", action="append", default=None, metavar="STR",
+                   help="stop string (repeatable)")
+    g.add_argument("--allow-special", action="store_true",
+                   help="encode special-token text like <|start|> as the special ids")
+    g.add_argument("--stats", action="store_true", help="print token counts (stderr)")
+    _add_sampling_args(g, 100)
+
+    sub.add_parser("synthetic", help="write a random checkpoint (see gptoss synthetic -h)",
+                   add_help=False)
+    return ap
+
+
+def _sampling(args: argparse.Namespace, stop_token_ids: Optional[Sequence[int]] = None,
+              stop: Optional[Sequence[str]] = None) -> Any:
+    from .sampling import SamplingParams
+
+    kw: dict[str, Any] = dict(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty, seed=args.seed, max_tokens=args.max_tokens,
+        stop=stop)
+    if stop_token_ids is not None:
+        kw["stop_token_ids"] = stop_token_ids
+    return SamplingParams(**kw)
+
+
+# ---------------------------------------------------------------------------- loading
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .tokenizer import load_tokenizer
+
+    if not os.path.exists(args.model):
+        raise CLIError(f"model folder not found: {args.model}")
+    try:
+        tokenizer = load_tokenizer(checkpoint_dir=args.model, vocab_file=args.vocab_file)
+    except FileNotFoundError as e:
+        hint = "" if args.vocab_file else \
+            " (for a checkpoint without tokenizer files pass --vocab-file o200k_base.tiktoken)"
+        raise CLIError(f"{e}{hint}") from e
+    try:
+        from . import Model  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise CLIError(f"the gptoss engine is not available ({e}); build and install the "
+                       "package (pip install .)") from e
+    kw: dict[str, Any] = {"device": args.device}
+    if args.context is not None:
+        kw["max_context"] = args.context
+    if args.threads is not None:
+        kw["threads"] = args.threads
+    model = Model(args.model, **kw)
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------- chat
+class _Printer:
+    """Writes streamed events, labelling channel changes."""
+
+    def __init__(self, out: TextIO, color: bool, hide_reasoning: bool):
+        self.out = out
+        self.color = color
+        self.hide_reasoning = hide_reasoning
+        self.section: Optional[str] = None
+        self.at_line_start = True
+
+    def _write(self, s: str) -> None:
+        if s:
+            self.out.write(s)
+            self.at_line_start = s.endswith("\n")
+            self.out.flush()
+
+    def _enter(self, section: str) -> None:
+        if section == self.section:
+            return
+        if not self.at_line_start:
+            self._write("\n")
+        if self.color:
+            self._write(RESET)
+            label = {"reasoning": f"{DIM}Thinking:{RESET}{DIM}\n",
+                     "assistant": f"{BOLD}Assistant:{RESET}\n",
+                     "commentary": f"{BOLD}Assistant (commentary):{RESET}\n"}[section]
+        else:
+            label = f"[{section}]\n"
+        self._write(label)
+        self.section = section
+
+    def reasoning(self, text: str) -> None:
+        if not self.hide_reasoning:
+            self._enter("reasoning")
+            self._write(text)
+
+    def content(self, text: str, channel: Optional[str]) -> None:
+        self._enter("commentary" if channel == "commentary" else "assistant")
+        self._write(text)
+
+    def tool_call(self, name: str, arguments: str) -> None:
+        self._enter("assistant")
+        self._write(f"{'[tool call] ' if not self.color else BOLD + 'Tool call: ' + RESET}"
+                    f"{name}({arguments}) (no tools are available in this chat)\n")
+
+    def end(self) -> None:
+        if self.color:
+            self._write(RESET)
+        if not self.at_line_start:
+            self._write("\n")
+        self.section = None
+
+
+def _read_line(interactive: bool, color: bool) -> Optional[str]:
+    """One user message; None at end of input."""
+    if interactive:
+        try:
+            return input(f"{BOLD}>{RESET} " if color else "> ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    if not line:
+        return None
+    return line.rstrip("\r\n")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import Conversation, ContentDelta, Done, ReasoningDelta, ToolCall
+
+    params = _sampling(args)
+    model, tokenizer = _load(args)
+    interactive = sys.stdin.isatty()
+    out = sys.stdout
+    color = args.color == "always" or (args.color == "auto" and out.isatty()
+                                       and not os.environ.get("NO_COLOR"))
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+
+    def new_conversation() -> Any:
+        return Conversation(model, tokenizer=tokenizer, reasoning_effort=args.reasoning_effort,
+                            instructions=args.developer_message, sampling=params)
+
+    conv = new_conversation()
+    try:
+        while True:
+            try:
+                line = _read_line(interactive, color)
+            except KeyboardInterrupt:
+                out.write("\n")
+                return 130
+            if line is None:
+                if interactive:
+                    out.write("\n")
+                return 0
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/exit", "/quit"):
+                return 0
+            if text == "/reset":
+                conv.close()
+                conv = new_conversation()
+                continue
+            printer = _Printer(out, color, args.hide_reasoning)
+            on_token = None
+            if args.raw:
+                def on_token(t: int) -> None:
+                    out.write(tokenizer.decode([t]))
+                    out.flush()
+            n_before = len(conv.messages)
+            events = conv.send(line, on_token=on_token)
+            try:
+                for ev in events:
+                    if args.raw:
+                        if isinstance(ev, Done):
+                            _stats(args, ev)
+                        continue
+                    if isinstance(ev, ReasoningDelta):
+                        printer.reasoning(ev.text)
+                    elif isinstance(ev, ContentDelta):
+                        printer.content(ev.text, ev.channel)
+                    elif isinstance(ev, ToolCall):
+                        printer.tool_call(ev.name, ev.arguments)
+                    elif isinstance(ev, Done):
+                        printer.end()
+                        _stats(args, ev)
+                        if ev.finish_reason == "context_length":
+                            print("gptoss: the context is full; use /reset to start over",
+                                  file=sys.stderr)
+            except KeyboardInterrupt:
+                events.close()
+                printer.end()
+                del conv.messages[n_before:]  # drop the interrupted turn
+                print("[interrupted]", file=sys.stderr)
+                if not interactive:
+                    return 130
+            finally:
+                if args.raw:
+                    out.write("\n")
+                    out.flush()
+    finally:
+        conv.close()
+
+
+def _stats(args: argparse.Namespace, done: Any) -> None:
+    if args.stats:
+        u = done.usage
+        print(f"[{u.prompt_tokens} prompt tokens ({u.cached_tokens} cached), "
+              f"{u.completion_tokens} generated, finish: {done.finish_reason}]", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- generate
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import check_vocab, generate
+
+    prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt_text:
+        raise CLIError("the prompt is empty")
+    params = _sampling(args, stop_token_ids=GENERATE_STOP_TOKENS, stop=args.stop)
+    model, tokenizer = _load(args)
+    tokens = tokenizer.encode(prompt_text, allowed_special="all" if args.allow_special else ())
+    check_vocab(model, tokens, tokenizer)
+    gen = generate(model, tokens, params, stream=True, tokenizer=tokenizer,
+                   vocab_limit=getattr(tokenizer, "n_vocab", None))
+    out = sys.stdout
+    try:
+        for chunk in gen:
+            if chunk.text:
+                out.write(chunk.text)
+                out.flush()
+    except KeyboardInterrupt:
+        gen.close()
+        out.write("\n")
+        return 130
+    out.write("\n")
+    out.flush()
+    res = gen.result
+    if args.stats and res is not None:
+        u = res.usage
+        print(f"[{u.prompt_tokens} prompt tokens, {u.completion_tokens} generated, "
+              f"finish: {res.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "synthetic":
+        from .synthetic import main as synthetic_main
+
+        return int(synthetic_main(argv[1:]) or 0)
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.command is None:
+        ap.print_help(sys.stderr)
+        return 2
+    try:
+        if args.command == "chat":
+            return cmd_chat(args)
+        return cmd_generate(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error; silence the flush at exit.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except Exception as e:  # every failure becomes one line unless debugging
+        if os.environ.get("GPTOSS_DEBUG"):
+            raise
+        msg = str(e) or type(e).__name__
+        if isinstance(e, (CLIError, ValueError, OSError, KeyError, ImportError)):
+            print(f"gptoss: error: {msg}", file=sys.stderr)
+        else:
+            print(f"gptoss: error: {type(e).__name__}: {msg} (GPTOSS_DEBUG=1 shows the "
+                  "traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
