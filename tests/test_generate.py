@@ -263,3 +263,60 @@ def test_generate_batch_uses_one_step_per_token():
     m = FakeModel(64, seed=6)
     generate_batch(m, [[1], [2], [3]], max_tokens=4, stop_token_ids=(), temperature=0)
     assert m.step_calls == 4  # prefill + 3 decodes
+
+
+# ---------------------------------------------------------------- the real engine (tiny, random)
+import importlib.util  # noqa: E402
+
+needs_core = pytest.mark.skipif(importlib.util.find_spec("gptoss._core") is None,
+                                reason="compiled module gptoss._core not built")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from gptoss import Model
+
+    return Model.synthetic("tiny", seed=3, max_context=96)
+
+
+@needs_core
+def test_engine_greedy_generate_matches_forward(tiny):
+    res = generate(tiny, [5, 6, 7], temperature=0, max_tokens=6, stop_token_ids=())
+    toks = [5, 6, 7]
+    for _ in range(6):
+        toks.append(int(np.argmax(tiny.forward(toks)[-1])))
+    assert res.tokens == toks[3:]
+
+
+@needs_core
+def test_engine_session_reuse_matches_fresh_runs(tiny):
+    p = SamplingParams(temperature=0, max_tokens=5, stop_token_ids=())
+    sess = Session(tiny)
+    r1 = generate(tiny, [1, 2, 3, 4, 5, 6], p, session=sess)
+    prompt2 = [1, 2, 3, 4, 5, 6] + r1.tokens + [11, 12]
+    r2 = generate(tiny, prompt2, p, session=sess)
+    assert r2.usage.cached_tokens == 6 + 4
+    assert r2.tokens == generate(tiny, prompt2, p).tokens
+    r3 = generate(tiny, [1, 2, 3, 9], p, session=sess)  # rewind with truncate
+    assert r3.usage.cached_tokens == 3
+    assert r3.tokens == generate(tiny, [1, 2, 3, 9], p).tokens
+    sess.free()
+
+
+@needs_core
+def test_engine_context_limit_and_overflow(tiny):
+    res = generate(tiny, list(range(90)), seed=0, stop_token_ids=())
+    assert res.finish_reason == "context_length" and len(res.tokens) == 96 - 90 + 1
+    from gptoss import ContextOverflowError
+
+    with pytest.raises(ContextOverflowError):
+        generate(tiny, list(range(97)), seed=0)
+
+
+@needs_core
+def test_engine_batch_matches_single(tiny):
+    prompts = [[1, 2], [3, 4, 5], [6]]
+    batch = generate_batch(tiny, prompts, temperature=0, max_tokens=4, stop_token_ids=())
+    for pr, b in zip(prompts, batch):
+        assert b.tokens == generate(tiny, pr, temperature=0, max_tokens=4,
+                                    stop_token_ids=()).tokens
