@@ -744,7 +744,8 @@ def _trim(s: str) -> str:
 
 
 def _split_ascii_ws(s: str) -> list[str]:
-    parts, cur = [], []
+    parts: list[str] = []
+    cur: list[str] = []
     for ch in s:
         if ch in _ASCII_WS:
             if cur:

@@ -318,7 +318,7 @@ class Tokenizer:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Raw bytes of ``ids``; special tokens decode to their text."""
-        ids = list(ids)
+        ids = [int(t) for t in ids]  # accept numpy integers
         bad = [t for t in ids if not (0 <= t < N_VOCAB)]
         if bad:
             raise ValueError(f"token ids out of range [0, {N_VOCAB}): {bad[:5]}")
