@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "cpu/matmul.h"
+#include "cpu/roofline.h"
 #include "model.h"
 
 #include <omp.h>
@@ -157,6 +158,19 @@ void register_engine_bindings(py::module_& m) {
           },
           py::arg("seqs"), py::arg("tokens"), py::arg("all_logits"));
 
+  m.def("measure_read_bandwidth", [](int64_t bytes, int reps) {
+    py::gil_scoped_release nogil;
+    return cpu::measure_read_bandwidth(bytes, reps);
+  }, py::arg("bytes") = int64_t(1) << 30, py::arg("reps") = 5,
+     "GB/s reading a large buffer with all threads (best of reps)");
+  m.def("measure_copy_bandwidth", [](int64_t bytes, int reps) {
+    py::gil_scoped_release nogil;
+    return cpu::measure_copy_bandwidth(bytes, reps);
+  }, py::arg("bytes") = int64_t(1) << 30, py::arg("reps") = 5, "GB/s (read + write) copying a large buffer");
+  m.def("measure_peak_gflops", []() {
+    py::gil_scoped_release nogil;
+    return cpu::measure_peak_gflops();
+  }, "fp32 FMA GFLOP/s on all threads at the SIMD width in use");
   m.def("build_info", []() {
     py::dict d;
     d["version"] = GPTOSS_VERSION;

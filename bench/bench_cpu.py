@@ -1,0 +1,138 @@
+"""CPU decode / prefill benchmark on a full-size synthetic checkpoint, against the machine's limits.
+
+    python bench/bench_cpu.py [--checkpoint DIR] [--preset gpt-oss-20b] [--decode 32] [--prompt 512]
+
+Without --checkpoint it writes a random checkpoint in the real layout (13.8 GB for 20b) to
+/tmp/gptoss-bench-<preset> once and reuses it. Random weights cost exactly the bytes and FLOPs
+of real ones. Reports, in one run:
+  - memory read bandwidth (all threads, 1 GiB streaming sum) and fp32 FMA peak;
+  - batch-1 decode tokens/s, the bytes one decode step must read, and the fraction of the
+    measured bandwidth that reaches (the roofline for decode);
+  - prefill tokens/s for a --prompt-token prompt, its GFLOP/s and the fraction of peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import gptoss
+from gptoss import _core
+from gptoss.config import ModelConfig, preset
+
+
+def decode_bytes(c: ModelConfig, context: int) -> int:
+    """Bytes one batch-1 decode step must read: the active weights as stored plus the KV cache."""
+    H, I, E, k = c.hidden_size, c.intermediate_size, c.num_experts, c.experts_per_token
+    Q, KV = c.q_dim, c.kv_dim
+    attn = 2 * (H * (Q + 2 * KV) + (Q + 2 * KV)) + 2 * (Q * H + H) + 2 * c.num_attention_heads
+    norms = 2 * 2 * H
+    router = 2 * (E * H + E)
+    mlp1 = 2 * I * H // 32 * 17 + 2 * 2 * I  # blocks + scales + bias, per expert
+    mlp2 = H * I // 32 * 17 + 2 * H
+    per_layer = attn + norms + router + k * (mlp1 + mlp2)
+    kv = 0
+    for layer in range(c.num_hidden_layers):
+        keys = min(context, c.sliding_window) if c.is_sliding(layer) else context
+        kv += 2 * keys * KV * 4  # fp32 K and V
+    return c.num_hidden_layers * per_layer + kv + 2 * H * c.vocab_size + 2 * H  # + unembedding, embedding row
+
+
+def prefill_flops(c: ModelConfig, n: int) -> float:
+    """FLOPs of a prefill of n tokens (logits for the last token only)."""
+    H, I, k = c.hidden_size, c.intermediate_size, c.experts_per_token
+    Q, KV = c.q_dim, c.kv_dim
+    dense = H * (Q + 2 * KV) + Q * H + c.num_experts * H + k * (2 * I * H + H * I)
+    f = 2.0 * dense * n * c.num_hidden_layers
+    for layer in range(c.num_hidden_layers):  # QK^T and PV over the keys each query sees
+        keys = sum(min(i + 1, c.sliding_window) if c.is_sliding(layer) else i + 1 for i in range(n))
+        f += 2 * 2 * c.num_attention_heads * c.head_dim * keys
+    return f + 2.0 * H * c.vocab_size
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", help="checkpoint directory (default: a synthetic one, written once)")
+    ap.add_argument("--preset", default="gpt-oss-20b")
+    ap.add_argument("--decode", type=int, default=32, help="decode steps to time")
+    ap.add_argument("--prompt", type=int, default=512, help="prefill length to time")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    ckpt = args.checkpoint
+    if ckpt is None:
+        ckpt = f"/tmp/gptoss-bench-{args.preset}"
+        if not os.path.exists(os.path.join(ckpt, "config.json")):
+            from gptoss.synthetic import write_checkpoint
+
+            print(f"writing synthetic {args.preset} to {ckpt} ...", file=sys.stderr)
+            write_checkpoint(preset(args.preset), ckpt, seed=0, layout="hf", progress=True)
+
+    info = gptoss.build_info()
+    bw = _core.measure_read_bandwidth(1 << 30, 5)
+    peak = _core.measure_peak_gflops()
+
+    t0 = time.time()
+    m = gptoss.Model(ckpt, max_context=max(4096, args.prompt + 64), threads=args.threads, progress=True)
+    load_s = time.time() - t0
+    c = m.config
+    rng = np.random.default_rng(0)
+
+    # Decode: a short prompt, then timed single-token steps (greedy).
+    s = m.new_sequence()
+    logits = s.prefill([int(t) for t in rng.integers(0, c.vocab_size, 16)])
+    for _ in range(2):  # warm-up
+        logits = s.decode(int(np.argmax(logits)))
+    times = []
+    for _ in range(args.decode):
+        t = time.perf_counter()
+        logits = s.decode(int(np.argmax(logits)))
+        times.append(time.perf_counter() - t)
+    ctx = len(s)
+    s.free()
+    step = statistics.median(times)
+    nbytes = decode_bytes(c, ctx)
+    dec_tps = 1.0 / step
+    dec_frac = nbytes / step / 1e9 / bw
+
+    # Prefill.
+    prompt = [int(t) for t in rng.integers(0, c.vocab_size, args.prompt)]
+    s = m.new_sequence()
+    t = time.perf_counter()
+    s.prefill(prompt)
+    pf_s = time.perf_counter() - t
+    s.free()
+    pf_tps = args.prompt / pf_s
+    gflops = prefill_flops(c, args.prompt) / pf_s / 1e9
+
+    res = dict(
+        checkpoint=ckpt, layers=c.num_hidden_layers, experts=c.num_experts, simd=info["simd"],
+        threads=info["openmp_threads"], read_bandwidth_GBps=bw, peak_fp32_GFLOPs=peak, load_s=load_s,
+        decode_tok_s=dec_tps, decode_step_ms_median=step * 1e3, decode_step_ms_min=min(times) * 1e3,
+        decode_bytes_per_token=nbytes, decode_roofline_tok_s=bw * 1e9 / nbytes, decode_fraction_of_bandwidth=dec_frac,
+        prefill_tokens=args.prompt, prefill_s=pf_s, prefill_tok_s=pf_tps, prefill_GFLOPs=gflops,
+        prefill_fraction_of_peak=gflops / peak,
+    )
+    print(f"\ngptoss CPU benchmark: {args.preset if not args.checkpoint else ckpt} "
+          f"({c.num_hidden_layers} layers, {c.num_experts} experts), {info['simd']}, {info['openmp_threads']} threads")
+    print(f"  machine: read bandwidth {bw:.1f} GB/s, fp32 FMA peak {peak:.0f} GFLOP/s; load {load_s:.1f} s")
+    print(f"  decode  (batch 1, ctx {ctx}): {dec_tps:.2f} tok/s  ({step * 1e3:.0f} ms/step median, "
+          f"{min(times) * 1e3:.0f} best); {nbytes / 1e9:.3f} GB/token -> {nbytes / step / 1e9:.1f} GB/s = "
+          f"{100 * dec_frac:.0f}% of bandwidth (roofline {bw * 1e9 / nbytes:.2f} tok/s)")
+    print(f"  prefill ({args.prompt} tokens): {pf_tps:.1f} tok/s ({pf_s:.1f} s), {gflops:.0f} GFLOP/s = "
+          f"{100 * gflops / peak:.0f}% of fp32 peak")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

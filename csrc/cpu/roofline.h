@@ -1,0 +1,16 @@
+// Machine limits measured in the same process as a benchmark: memory read bandwidth and fp32
+// FMA peak, so that benchmark figures can be reported as a fraction of what the machine can do.
+#pragma once
+
+#include <cstdint>
+
+namespace gptoss::cpu {
+
+// Best-of-`reps` GB/s for reading a `bytes`-sized buffer with all threads (a large streaming sum).
+double measure_read_bandwidth(int64_t bytes, int reps);
+// Best-of-`reps` GB/s for copying `bytes` (counted as read + write bytes).
+double measure_copy_bandwidth(int64_t bytes, int reps);
+// fp32 GFLOP/s of independent FMA chains on all threads at the widest SIMD width available.
+double measure_peak_gflops();
+
+}  // namespace gptoss::cpu
