@@ -56,6 +56,17 @@ def prefill_flops(c: ModelConfig, n: int) -> float:
     return f + 2.0 * H * c.vocab_size
 
 
+def proc_status() -> dict[str, float]:
+    """RSS figures of this process in GB (VmHWM = peak RSS; RssAnon = private memory)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                out[k] = int(v.split()[0]) * 1024 / 1e9
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="checkpoint directory (default: a synthetic one, written once)")
@@ -82,6 +93,9 @@ def main() -> int:
     t0 = time.time()
     m = gptoss.Model(ckpt, max_context=max(4096, args.prompt + 64), threads=args.threads, progress=True)
     load_s = time.time() - t0
+    mem_load = proc_status()
+    ckpt_bytes = sum(os.path.getsize(os.path.join(m.checkpoint_dir, f))
+                     for f in os.listdir(m.checkpoint_dir) if f.endswith(".safetensors"))
     c = m.config
     rng = np.random.default_rng(0)
 
@@ -112,7 +126,9 @@ def main() -> int:
     pf_tps = args.prompt / pf_s
     gflops = prefill_flops(c, args.prompt) / pf_s / 1e9
 
+    mem_end = proc_status()
     res = dict(
+        checkpoint_GB=ckpt_bytes / 1e9, rss_after_load=mem_load, rss_at_end=mem_end,
         checkpoint=ckpt, layers=c.num_hidden_layers, experts=c.num_experts, simd=info["simd"],
         threads=info["openmp_threads"], read_bandwidth_GBps=bw, peak_fp32_GFLOPs=peak, load_s=load_s,
         decode_tok_s=dec_tps, decode_step_ms_median=step * 1e3, decode_step_ms_min=min(times) * 1e3,
@@ -123,6 +139,9 @@ def main() -> int:
     print(f"\ngptoss CPU benchmark: {args.preset if not args.checkpoint else ckpt} "
           f"({c.num_hidden_layers} layers, {c.num_experts} experts), {info['simd']}, {info['openmp_threads']} threads")
     print(f"  machine: read bandwidth {bw:.1f} GB/s, fp32 FMA peak {peak:.0f} GFLOP/s; load {load_s:.1f} s")
+    print(f"  memory: checkpoint {ckpt_bytes / 1e9:.2f} GB; after load RSS {mem_load['VmRSS']:.2f} GB "
+          f"(private {mem_load['RssAnon']:.2f} GB); peak RSS over the run {mem_end['VmHWM']:.2f} GB "
+          f"(private {mem_end['RssAnon']:.2f} GB, mapped file {mem_end['RssFile']:.2f} GB)")
     print(f"  decode  (batch 1, ctx {ctx}): {dec_tps:.2f} tok/s  ({step * 1e3:.0f} ms/step median, "
           f"{min(times) * 1e3:.0f} best); {nbytes / 1e9:.3f} GB/token -> {nbytes / step / 1e9:.1f} GB/s = "
           f"{100 * dec_frac:.0f}% of bandwidth (roofline {bw * 1e9 / nbytes:.2f} tok/s)")
