@@ -638,3 +638,38 @@ def test_default_tokenizer_from_environment(o200k_vocab_dir, monkeypatch: pytest
     msgs = [Message("user", "hi")]
     assert H.render(msgs) == H.render(msgs, tokenizer=tokenizer)
     assert H.parse(H.render(msgs)[2:], role="user") == msgs
+
+
+# Odd but legal inputs: non-dict properties, non-list oneOf, empty enums, huge
+# integers, float formatting, control characters, plain-text system/developer
+# content, recipient "all", a bare <|constrain|> content type.
+EDGE_SCHEMAS = [
+ {"type":"object","properties":{"a":True,"b":{"oneOf":"notalist","description":"d","default":1},"c":{"type":[]},"d":{"type":"string","enum":[1,"x",None]},
+   "e":{"type":"string","enum":[]},"f":{"type":"string","enum":["q"],"default":"q"},"g":{"default":None},"h":{"type":"array","items":None},
+   "i":{"type":"object"},"j":{"type":"object","properties":{"k":{"type":"object","description":"inner","properties":{"l":{"type":"integer","description":"deep"}}}}},
+   "m":{"oneOf":[]},"n":{"oneOf":[{"type":"string","enum":["a","b"],"default":"a","description":"v1"},{"type":"null","default":None,"nullable":True}],"title":"T"},
+   "o":{"type":"number","nullable":True,"default":-0.0},"p":{"type":"number","default":123456789012345678901234567890},"q":{"type":"number","default":1e16},"r":{"type":"number","default":1e15},
+   "s":{"type":"number","default":0.0001},"t":{"type":"number","default":0.00001},"u":{"type":"string","default":"a\nb\"c\\"},"v":{"type":"array","items":{"type":"array","items":{"type":"object","properties":{"w":{"type":"string"}}}}},
+   "x":{"type":["string","null"],"nullable":True},"y":{"type":"boolean","examples":[1,"two"]},"z":{"description":5,"title":None,"type":"string"},
+   "ctrl":{"type":"string","default":"\x01\x7f\u2028é"},
+  },"required":["a","zz",3]},
+ {"type":"object","description":"top desc","properties":{"a":{"type":"string"}}},
+ {"oneOf":[{"type":"string","enum":["x"],"default":"x"},{"type":"number","nullable":True,"description":"n"}]},
+ {"oneOf":[{"type":"object","properties":{"q":{"oneOf":[{"type":"string"},{"type":"integer"}]}}}]},
+ {"type":"object","properties":{"a":{"oneOf":[{"type":"string","description":"same"}],"description":"same","examples":["e"],"title":"Ti"}}},
+ {},
+ {"type":"integer"},
+]
+
+
+@pytest.mark.parametrize("idx", range(len(EDGE_SCHEMAS)))
+def test_render_edge_cases_match_official(idx: int, tokenizer, harmony_env) -> None:
+    msgs = [
+        Message("system", "plain system text"),
+        Message("developer", DeveloperContent(tools=(Tool("t", "d", EDGE_SCHEMAS[idx]),))),
+        Message("developer", "plain dev"),
+        Message("assistant", "x", recipient="all"),
+        Message("assistant", "y", channel="c", recipient="all", content_type="<|constrain|>"),
+        Message("user", "u", recipient="assistant", content_type="x<|constrain|>y"),
+    ]
+    assert H.render(msgs, tokenizer=tokenizer) == oracle_render(harmony_env, msgs)

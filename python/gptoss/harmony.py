@@ -302,7 +302,8 @@ def _json(v: Any) -> str:
     if v is False:
         return "false"
     if isinstance(v, int):
-        return str(v)
+        # serde_json holds integers as i64/u64; larger ones become f64.
+        return str(v) if -(2**63) <= v < 2**64 else _fmt_float(float(v))
     if isinstance(v, float):
         return _fmt_float(v)
     if isinstance(v, str):
