@@ -271,21 +271,175 @@ GPTOSS_TARGET_AVX2 void gemm_kernel_avx2(const float* xt, int64_t ldxt, const fl
     for (int v = 0; v < NV; ++v) _mm256_storeu_ps(yt + r * ldyt + 8 * v, c[r][v]);
 }
 
+// =============================== X packing (transposes) =======================================
+// pack_xt_*: for the k-blocks [kb0, kb1) (multiples of 32), writes the panels of XT (see gemm()):
+// token group g of 16 (8 for AVX2) at column g*16 - p0 of the panel starting at token p0.
+// Tokens >= tcn are zero. With permute32 each 32-block of k is reordered to [even16 | odd16].
+
+GPTOSS_TARGET_AVX512 static inline void transpose16_avx512(__m512 r[16]) {
+  __m512 t[16], u[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; i += 4) {
+    __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));      // column 4L+0 of rows i..i+3
+    u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));  // column 4L+1
+    u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));  // column 4L+2
+    u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));  // column 4L+3
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    __m512 w0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+    __m512 v1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    r[j] = _mm512_shuffle_f32x4(v0, v1, 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(v0, v1, 0xDD);
+    r[4 + j] = _mm512_shuffle_f32x4(w0, w1, 0x88);
+    r[12 + j] = _mm512_shuffle_f32x4(w0, w1, 0xDD);
+  }
+}
+
+GPTOSS_TARGET_AVX512 void pack_xt_avx512(const float* X, int64_t ldx, int64_t tcn, int64_t tpad,
+                                         int64_t K, int64_t kb0, int64_t kb1, bool permute32,
+                                         int64_t TB, float* XT) {
+  const __m512i ieven = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i iodd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  for (int64_t kb = kb0; kb < kb1; kb += 32) {
+    const int64_t kn = std::min<int64_t>(32, K - kb);
+    const __mmask16 m0 = kn >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << kn) - 1u);
+    const __mmask16 m1 = kn >= 32 ? __mmask16(0xFFFF)
+                                  : (kn <= 16 ? __mmask16(0) : __mmask16((1u << (kn - 16)) - 1u));
+    for (int64_t t16 = 0; t16 < tpad; t16 += 16) {
+      const int64_t p0 = t16 / TB * TB, w = std::min(TB, tpad - p0), col = t16 - p0;
+      float* panel = XT + p0 * K + col;
+      __m512 a[16], b[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) {
+        if (t16 + i < tcn) {
+          const float* s = X + (t16 + i) * ldx + kb;
+          a[i] = _mm512_maskz_loadu_ps(m0, s);
+          b[i] = _mm512_maskz_loadu_ps(m1, s + 16);
+        } else {
+          a[i] = _mm512_setzero_ps();
+          b[i] = _mm512_setzero_ps();
+        }
+      }
+      if (permute32) {
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) {
+          __m512 e = _mm512_permutex2var_ps(a[i], ieven, b[i]);
+          b[i] = _mm512_permutex2var_ps(a[i], iodd, b[i]);
+          a[i] = e;
+        }
+      }
+      transpose16_avx512(a);
+      for (int64_t kk = 0; kk < std::min<int64_t>(16, kn); ++kk)
+        _mm512_storeu_ps(panel + (kb + kk) * w, a[kk]);
+      if (kn > 16) {
+        transpose16_avx512(b);
+        for (int64_t kk = 0; kk < kn - 16; ++kk) _mm512_storeu_ps(panel + (kb + 16 + kk) * w, b[kk]);
+      }
+    }
+  }
+}
+
+GPTOSS_TARGET_AVX2 static inline void transpose8_avx2(__m256 r[8]) {
+  __m256 t[8], u[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
+}
+
+// [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6] (64-bit lanes 0 2 1 3).
+GPTOSS_TARGET_AVX2 static inline __m256 fix_lanes_avx2(__m256 v) {
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
+}
+
+GPTOSS_TARGET_AVX2 void pack_xt_avx2(const float* X, int64_t ldx, int64_t tcn, int64_t tpad,
+                                     int64_t K, int64_t kb0, int64_t kb1, bool permute32,
+                                     int64_t TB, float* XT) {
+  alignas(32) float tmp[8][32];
+  for (int64_t kb = kb0; kb < kb1; kb += 32) {
+    const int64_t kn = std::min<int64_t>(32, K - kb);
+    for (int64_t t8 = 0; t8 < tpad; t8 += 8) {
+      const int64_t p0 = t8 / TB * TB, w = std::min(TB, tpad - p0), col = t8 - p0;
+      float* panel = XT + p0 * K + col;
+      // Gather the 8 x 32 block (permuted, zero padded) into tmp, then transpose 8 x 8 tiles.
+      for (int i = 0; i < 8; ++i) {
+        if (t8 + i < tcn) {
+          const float* s = X + (t8 + i) * ldx + kb;
+          if (permute32) {
+            __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + 8);
+            __m256 a2 = _mm256_loadu_ps(s + 16), a3 = _mm256_loadu_ps(s + 24);
+            __m256 e0 = _mm256_shuffle_ps(a0, a1, _MM_SHUFFLE(2, 0, 2, 0));
+            __m256 o0 = _mm256_shuffle_ps(a0, a1, _MM_SHUFFLE(3, 1, 3, 1));
+            __m256 e1 = _mm256_shuffle_ps(a2, a3, _MM_SHUFFLE(2, 0, 2, 0));
+            __m256 o1 = _mm256_shuffle_ps(a2, a3, _MM_SHUFFLE(3, 1, 3, 1));
+            _mm256_store_ps(tmp[i], fix_lanes_avx2(e0));
+            _mm256_store_ps(tmp[i] + 8, fix_lanes_avx2(e1));
+            _mm256_store_ps(tmp[i] + 16, fix_lanes_avx2(o0));
+            _mm256_store_ps(tmp[i] + 24, fix_lanes_avx2(o1));
+          } else {
+            int j = 0;
+            for (; j + 8 <= kn; j += 8) _mm256_store_ps(tmp[i] + j, _mm256_loadu_ps(s + j));
+            for (; j < kn; ++j) tmp[i][j] = s[j];
+            for (; j < 32; ++j) tmp[i][j] = 0.0f;
+          }
+        } else {
+          for (int j = 0; j < 32; ++j) tmp[i][j] = 0.0f;
+        }
+      }
+      for (int64_t j0 = 0; j0 < kn; j0 += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_load_ps(tmp[i] + j0);
+        transpose8_avx2(r);
+        for (int64_t kk = 0; kk < std::min<int64_t>(8, kn - j0); ++kk)
+          _mm256_storeu_ps(panel + (kb + j0 + kk) * w, r[kk]);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // Kernel tables: kernel[nv] handles nv token vectors (nv = 1..max_nv).
+using PackFn = void (*)(const float* X, int64_t ldx, int64_t tcn, int64_t tpad, int64_t K,
+                       int64_t kb0, int64_t kb1, bool permute32, int64_t TB, float* XT);
 struct GemmIsaImpl {
   int rows;
   int tok_vec;
   int max_nv;
   GemmKernel kernel[5];
+  PackFn pack;
 };
 
 static const GemmIsaImpl kGemmAvx512 = {
     12, 16, 2,
-    {nullptr, gemm_kernel_avx512<12, 1>, gemm_kernel_avx512<12, 2>, nullptr, nullptr}};
+    {nullptr, gemm_kernel_avx512<12, 1>, gemm_kernel_avx512<12, 2>, nullptr, nullptr},
+    pack_xt_avx512};
 static const GemmIsaImpl kGemmAvx2 = {
-    6, 8, 2, {nullptr, gemm_kernel_avx2<6, 1>, gemm_kernel_avx2<6, 2>, nullptr, nullptr}};
+    6, 8, 2, {nullptr, gemm_kernel_avx2<6, 1>, gemm_kernel_avx2<6, 2>, nullptr, nullptr},
+    pack_xt_avx2};
 
 namespace {
 
@@ -364,25 +518,12 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
 #pragma omp parallel num_threads(nt)
     {
       // Pack XT (k permuted within 32-blocks for MXFP4), zero padded to tpad tokens.
-#pragma omp for schedule(static)
-      for (int64_t kb = 0; kb < K; kb += 32) {
-        const int64_t kn = std::min<int64_t>(32, K - kb);
-        for (int64_t p0 = 0; p0 < tpad; p0 += TB) {
-          const int64_t w = std::min(TB, tpad - p0);
-          float* panel = XT + p0 * K;
-          for (int64_t t = p0; t < p0 + w; ++t) {
-            if (t < tcn) {
-              const float* s = X + (tc0 + t) * ldx + kb;
-              if (permute32)
-                for (int j = 0; j < kn; ++j) panel[(kb + perm32(j)) * w + (t - p0)] = s[j];
-              else
-                for (int j = 0; j < kn; ++j) panel[(kb + j) * w + (t - p0)] = s[j];
-            } else {
-              for (int j = 0; j < kn; ++j) panel[(kb + j) * w + (t - p0)] = 0.0f;
-            }
-          }
-        }
+      {
+        int64_t b0, b1;
+        split_rows((K + 31) / 32, omp_get_num_threads(), omp_get_thread_num(), 1, &b0, &b1);
+        if (b0 < b1) isa.pack(X + tc0 * ldx, ldx, tcn, tpad, K, b0 * 32, b1 * 32, permute32, TB, XT);
       }
+#pragma omp barrier
       static thread_local FloatBuf wd_buf, yt_buf;
       float* wd = wd_buf.get(size_t(ncpad) * size_t(KC));
       float* yt = yt_buf.get(size_t(ncpad) * size_t(tpad));
