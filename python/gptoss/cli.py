@@ -198,11 +198,11 @@ class _Printer:
         self.section = None
 
 
-def _read_line(interactive: bool, color: bool) -> Optional[str]:
+def _read_line(interactive: bool) -> Optional[str]:
     """One user message; None at end of input."""
     if interactive:
         try:
-            return input(f"{BOLD}>{RESET} " if color else "> ")
+            return input("> ")  # no ANSI codes: they confuse readline's line width
         except EOFError:
             return None
     line = sys.stdin.readline()
@@ -234,7 +234,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         while True:
             try:
-                line = _read_line(interactive, color)
+                line = _read_line(interactive)
             except KeyboardInterrupt:
                 out.write("\n")
                 return 130
