@@ -226,9 +226,11 @@ def test_garbage_reply_never_raises(tokenizer):  # noqa: F811
 def test_sampled_ids_stay_in_tokenizer_vocab(tokenizer):  # noqa: F811
     m = FakeModel(VOCAB + 512, seed=2)  # bigger model vocab than the tokenizer
     big = {t: 100.0 for t in range(VOCAB, VOCAB + 512)}
+    seen = []
     res = chat(m, [{"role": "user", "content": "x"}], tokenizer=tokenizer, max_tokens=5,
-               seed=0, logit_bias=big, stream=False)
-    assert res.usage.completion_tokens == 5
+               seed=0, logit_bias=big, stream=False, on_token=seen.append)
+    assert res.usage.completion_tokens == 5 and len(seen) == 5
+    assert max(seen) < VOCAB
 
 
 def test_errors(model, tokenizer):  # noqa: F811

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Generator, Optional, Sequence
 
 import numpy as np
 
@@ -294,7 +294,7 @@ class GenerationStream:
         self.prompt = prompt
         self.params = params
         self.sampler = Sampler(params, vocab_limit=vocab_limit)
-        self.decoder = TextDecoder(tokenizer, params.stop) if tokenizer is not None else None
+        self.decoder = TextDecoder(tokenizer, tuple(params.stop or ())) if tokenizer is not None else None
         self._own_session = session is None
         self.session = session if session is not None else Session(model)
         self.result: Optional[GenerationResult] = None
@@ -309,12 +309,13 @@ class GenerationStream:
     def close(self) -> None:
         self._it.close()
 
-    def _run(self) -> Iterator[TokenChunk]:
+    def _run(self) -> Generator[TokenChunk, None, None]:
         p = self.params
         tokens: list[int] = []
         logprobs: Optional[list[Sample]] = [] if p.logprobs is not None else None
         usage = Usage(prompt_tokens=len(self.prompt))
-        finish, stop_reason = "cancelled", None
+        finish: str = "cancelled"
+        stop_reason: Any = None
         max_ctx = model_max_context(self.model)
         stops = set(p.stop_token_ids)
         try:
@@ -407,7 +408,7 @@ def generate_batch(model: Any, prompts: Sequence[Sequence[int]],
     for i in range(n):
         pi = base if base.seed is None else SamplingParams.from_kwargs(base, seed=base.seed + i)
         samplers.append(Sampler(pi, vocab_limit=vocab_limit))
-    decoders = [TextDecoder(tokenizer, base.stop) if tokenizer is not None else None
+    decoders = [TextDecoder(tokenizer, tuple(base.stop or ())) if tokenizer is not None else None
                 for _ in range(n)]
     out: list[list[int]] = [[] for _ in range(n)]
     lps: list[Optional[list[Sample]]] = [[] if base.logprobs is not None else None
