@@ -168,9 +168,19 @@ def _load(hf_dir: str):
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    import transformers
+    from transformers import GptOssConfig
+
+    config = GptOssConfig.from_pretrained(hf_dir, local_files_only=True)
+    # nn.Embedding refuses a padding_idx outside the table (real ids with a shrunken vocab);
+    # padding_idx only matters for training, so drop it.
+    if config.pad_token_id is not None and not 0 <= config.pad_token_id < config.vocab_size:
+        config.pad_token_id = None
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     model, info = GptOssForCausalLM.from_pretrained(
         hf_dir,
-        dtype=torch.float32,
+        config=config,
+        **{dtype_kw: torch.float32},
         attn_implementation="eager",
         experts_implementation="eager",
         quantization_config=Mxfp4Config(dequantize=True),
@@ -202,8 +212,12 @@ def hf_model(checkpoint_dir: str):
     return _MODELS[key]
 
 
-def clear_cache() -> None:
-    _MODELS.clear()
+def clear_cache(checkpoint_dir: "str | None" = None) -> None:
+    """Drop the cached model of `checkpoint_dir` (all cached models when None)."""
+    if checkpoint_dir is None:
+        _MODELS.clear()
+    else:
+        _MODELS.pop(os.path.realpath(checkpoint_dir), None)
 
 
 def hf_logits(checkpoint_dir: str, tokens: Sequence[int]) -> np.ndarray:

@@ -219,14 +219,18 @@ def swiglu(h: np.ndarray, limit: float = 7.0, alpha: float = SWIGLU_ALPHA) -> np
 
 def moe(t: np.ndarray, gate_w: np.ndarray, gate_b: np.ndarray, w1: np.ndarray, b1: np.ndarray,
         w2: np.ndarray, b2: np.ndarray, k: int, limit: float = 7.0) -> np.ndarray:
-    """t [T, H] (already normed); w1 [E, 2I, H], w2 [E, H, I] (nn.Linear orientation)."""
+    """t [T, H] (already normed); w1 [E, 2I, H], w2 [E, H, I] (nn.Linear orientation).
+
+    out[t] = sum over the chosen experts e of w_e * (W2[e] swiglu(W1[e] t + b1[e]) + b2[e]).
+    Expert weights may be stored in float32 (MXFP4 values are exact there); math is float64.
+    """
     idx, wts = router_topk_softmax(t @ gate_w.T + gate_b, k)
-    out = np.zeros_like(t)
-    for ti in range(t.shape[0]):
-        for e, w in zip(idx[ti], wts[ti]):
-            h = w1[e] @ t[ti] + b1[e]
-            y = w2[e] @ swiglu(h, limit) + b2[e]
-            out[ti] += w * y
+    out = np.zeros_like(t, dtype=np.float64)
+    for e in np.unique(idx):
+        rows, slots = np.nonzero(idx == e)  # a token picks an expert at most once
+        h = t[rows] @ np.asarray(w1[e], dtype=np.float64).T + b1[e]
+        y = swiglu(h, limit) @ np.asarray(w2[e], dtype=np.float64).T + b2[e]
+        out[rows] += wts[rows, slots][:, None] * y
     return out
 
 
@@ -242,9 +246,9 @@ class RefLayer:
     mlp_norm: np.ndarray
     gate_w: np.ndarray
     gate_b: np.ndarray
-    mlp1_w: np.ndarray  # [E, 2I, H]
+    mlp1_w: np.ndarray  # [E, 2I, H] (float32: dequantized MXFP4 is exact in float32)
     mlp1_b: np.ndarray
-    mlp2_w: np.ndarray  # [E, H, I]
+    mlp2_w: np.ndarray  # [E, H, I] (float32)
     mlp2_b: np.ndarray
 
 
@@ -297,6 +301,10 @@ class RefModel:
                 raise ValueError(f"{name}: expected BF16, got {dt}")
             return bf16_to_f64(a)
 
+        def fp4(blocks: str, scales: str) -> np.ndarray:
+            b, sc = u8(blocks), u8(scales)  # one expert at a time keeps the float64 temporaries small
+            return np.stack([mxfp4_dequant(b[e], sc[e]).astype(np.float32) for e in range(b.shape[0])])
+
         def u8(name: str) -> np.ndarray:
             dt, _, a = raw[name]
             if dt != "U8":
@@ -314,9 +322,9 @@ class RefModel:
                     bf(p + "self_attn.o_proj.weight"), bf(p + "self_attn.o_proj.bias"),
                     bf(p + "post_attention_layernorm.weight"),
                     bf(p + "mlp.router.weight"), bf(p + "mlp.router.bias"),
-                    mxfp4_dequant(u8(p + "mlp.experts.gate_up_proj_blocks"), u8(p + "mlp.experts.gate_up_proj_scales")),
+                    fp4(p + "mlp.experts.gate_up_proj_blocks", p + "mlp.experts.gate_up_proj_scales"),
                     bf(p + "mlp.experts.gate_up_proj_bias"),
-                    mxfp4_dequant(u8(p + "mlp.experts.down_proj_blocks"), u8(p + "mlp.experts.down_proj_scales")),
+                    fp4(p + "mlp.experts.down_proj_blocks", p + "mlp.experts.down_proj_scales"),
                     bf(p + "mlp.experts.down_proj_bias"),
                 )
             else:
@@ -325,9 +333,9 @@ class RefModel:
                     bf(p + "attn.norm.scale"), bf(p + "attn.qkv.weight"), bf(p + "attn.qkv.bias"),
                     bf(p + "attn.sinks"), bf(p + "attn.out.weight"), bf(p + "attn.out.bias"),
                     bf(p + "mlp.norm.scale"), bf(p + "mlp.gate.weight"), bf(p + "mlp.gate.bias"),
-                    mxfp4_dequant(u8(p + "mlp.mlp1_weight.blocks"), u8(p + "mlp.mlp1_weight.scales")),
+                    fp4(p + "mlp.mlp1_weight.blocks", p + "mlp.mlp1_weight.scales"),
                     bf(p + "mlp.mlp1_bias"),
-                    mxfp4_dequant(u8(p + "mlp.mlp2_weight.blocks"), u8(p + "mlp.mlp2_weight.scales")),
+                    fp4(p + "mlp.mlp2_weight.blocks", p + "mlp.mlp2_weight.scales"),
                     bf(p + "mlp.mlp2_bias"),
                 )
             layers.append(L)

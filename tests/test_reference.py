@@ -274,3 +274,19 @@ def test_rmsnorm_and_rope_by_hand():
         a = 2 * inv[d]
         assert y[d] == pytest.approx(x[0, 0, d] * math.cos(a) - x[0, 0, d + 4] * math.sin(a))
         assert y[d + 4] == pytest.approx(x[0, 0, d + 4] * math.cos(a) + x[0, 0, d] * math.sin(a))
+
+
+@pytest.mark.slow
+def test_real_dimensions_window_128(tmp_path):
+    """gpt-oss-20b attention/expert shapes (2 layers, 4 experts, small vocab), 140 tokens > window 128."""
+    cfg = preset("gpt-oss-20b", num_hidden_layers=2, num_experts=4, experts_per_token=2, vocab_size=512,
+                 eos_token_id=None, pad_token_id=None)
+    d = str(tmp_path / "real")
+    S.write_checkpoint(cfg, d, seed=21)
+    toks = _tokens(cfg, 140, seed=4)
+    a = H.hf_logits(d, toks)
+    ref = N.RefModel.load(d)
+    assert _rel_err(a, ref.logits(toks)) < 1e-5
+    ref.cfg.sliding_window = 127
+    assert _rel_err(a, ref.logits(toks)) > 1e-3
+    H.clear_cache(d)

@@ -337,6 +337,17 @@ def test_cli_overrides(tmp_path):
         np.testing.assert_array_equal(raw[k][2], a)
 
 
+def test_cli_vocab_override_drops_out_of_range_token_ids(tmp_path):
+    out = str(tmp_path / "v")
+    assert S.main(["--preset", "gpt-oss-20b", "--layers", "1", "--experts", "4", "--hidden", "64",
+                   "--intermediate", "64", "--heads", "2", "--kv-heads", "1", "--vocab", "300",
+                   "--out", out, "--quiet"]) == 0
+    with open(os.path.join(out, "config.json")) as f:
+        cj = json.load(f)
+    assert cj["pad_token_id"] is None and cj["eos_token_id"] is None and cj["vocab_size"] == 300
+    assert cj["sliding_window"] == 128 and cj["num_local_experts"] == 4
+
+
 def test_cli_rejects_bad_config(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gptoss.synthetic", "--preset", "tiny", "--hidden", "65",
                         "--out", str(tmp_path / "x")], env=_env(), capture_output=True, text=True, timeout=60)

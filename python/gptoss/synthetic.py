@@ -27,7 +27,7 @@ degenerate; all BF16 values come from a 65536-entry inverse-CDF table of N(mean,
 
 * embedding N(0, 1); unembedding N(0, (2/sqrt(hidden))^2) so logits have std ~2
 * qkv N(0, 1/hidden) (q, k, v entries ~N(0,1)), out N(0, 1/q_dim); biases N(0, 0.05^2)
-* norm scales N(1, 0.1^2); sinks N(0.5, 1.5^2) (several heads lean on the sink)
+* norm scales N(1, 0.1^2); sinks N(1, 2^2) (several heads lean on the sink, even at long range)
 * router N(0, (2/sqrt(hidden))^2), bias N(0, 0.1^2): router logits ~N(0, 4), clear top-k
 * expert biases N(0, 0.05^2) (mlp1) / N(0, 0.05^2) (mlp2)
 * MXFP4 blocks: uniform random bytes (uniform nibbles, RMS 2.93); scale bytes
@@ -121,7 +121,7 @@ def _logical_tensors(cfg: ModelConfig) -> list[_Logical]:
             _Logical(p + "attn.norm.scale", bf, (H,), _Init("normal", 1.0, 0.1)),
             _Logical(p + "attn.qkv.weight", bf, (cfg.qkv_dim, H), _Init("normal", 0.0, 1.0 / math.sqrt(H))),
             _Logical(p + "attn.qkv.bias", bf, (cfg.qkv_dim,), _Init("normal", 0.0, 0.05)),
-            _Logical(p + "attn.sinks", bf, (cfg.num_attention_heads,), _Init("normal", 0.5, 1.5)),
+            _Logical(p + "attn.sinks", bf, (cfg.num_attention_heads,), _Init("normal", 1.0, 2.0)),
             _Logical(p + "attn.out.weight", bf, (H, cfg.q_dim), _Init("normal", 0.0, 1.0 / math.sqrt(cfg.q_dim))),
             _Logical(p + "attn.out.bias", bf, (H,), _Init("normal", 0.0, 0.05)),
             _Logical(p + "mlp.norm.scale", bf, (H,), _Init("normal", 1.0, 0.1)),
@@ -560,6 +560,11 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
     over = {field: getattr(args, field) for _, field in _OVERRIDES if getattr(args, field) is not None}
     if args.layers is not None:
         over["num_hidden_layers"] = args.layers
+    vocab = over.get("vocab_size", PRESETS[args.preset].get("vocab_size"))
+    for tok in ("eos_token_id", "pad_token_id"):  # real ids do not fit a shrunken vocabulary
+        tid = PRESETS[args.preset].get(tok)
+        if tid is not None and vocab is not None and tid >= vocab:
+            over[tok] = None
     return preset(args.preset, **over)
 
 
