@@ -205,16 +205,21 @@ void mxfp4_scalar(const float* X, int64_t T, int64_t K, int64_t ldx, const uint8
 
 // =============================== GEMM micro-kernels ==========================================
 
+// Strides are compile-time constants (the driver lays its buffers out this way), so the 12
+// broadcast addresses are one base register plus constant displacements:
+//   xt: [kc][16*NV], wd: [R][kWdStride], yt: [R][16*NV].
+constexpr int64_t kWdStride = 256;
+
 template <int R, int NV>
-GPTOSS_TARGET_AVX512 void gemm_kernel_avx512(const float* xt, int64_t ldxt, const float* wd,
-                                             int64_t ldwd, int64_t kc, float* yt, int64_t ldyt,
-                                             bool acc) {
+GPTOSS_TARGET_AVX512 void gemm_kernel_avx512(const float* xt, int64_t, const float* wd, int64_t,
+                                             int64_t kc, float* yt, int64_t, bool acc) {
+  constexpr int64_t LD = 16 * NV;
   __m512 c[R][NV];
   if (acc) {
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_loadu_ps(yt + r * ldyt + 16 * v);
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_loadu_ps(yt + r * LD + 16 * v);
   } else {
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
@@ -224,10 +229,10 @@ GPTOSS_TARGET_AVX512 void gemm_kernel_avx512(const float* xt, int64_t ldxt, cons
   for (int64_t k = 0; k < kc; ++k) {
     __m512 x[NV];
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_ps(xt + k * ldxt + 16 * v);
+    for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_ps(xt + k * LD + 16 * v);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      __m512 w = _mm512_set1_ps(wd[r * ldwd + k]);
+      __m512 w = _mm512_set1_ps(wd[r * kWdStride + k]);
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_fmadd_ps(w, x[v], c[r][v]);
     }
@@ -235,19 +240,19 @@ GPTOSS_TARGET_AVX512 void gemm_kernel_avx512(const float* xt, int64_t ldxt, cons
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(yt + r * ldyt + 16 * v, c[r][v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(yt + r * LD + 16 * v, c[r][v]);
 }
 
 template <int R, int NV>
-GPTOSS_TARGET_AVX2 void gemm_kernel_avx2(const float* xt, int64_t ldxt, const float* wd,
-                                         int64_t ldwd, int64_t kc, float* yt, int64_t ldyt,
-                                         bool acc) {
+GPTOSS_TARGET_AVX2 void gemm_kernel_avx2(const float* xt, int64_t, const float* wd, int64_t,
+                                         int64_t kc, float* yt, int64_t, bool acc) {
+  constexpr int64_t LD = 8 * NV;
   __m256 c[R][NV];
   if (acc) {
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) c[r][v] = _mm256_loadu_ps(yt + r * ldyt + 8 * v);
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm256_loadu_ps(yt + r * LD + 8 * v);
   } else {
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
@@ -257,10 +262,10 @@ GPTOSS_TARGET_AVX2 void gemm_kernel_avx2(const float* xt, int64_t ldxt, const fl
   for (int64_t k = 0; k < kc; ++k) {
     __m256 x[NV];
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) x[v] = _mm256_loadu_ps(xt + k * ldxt + 8 * v);
+    for (int v = 0; v < NV; ++v) x[v] = _mm256_loadu_ps(xt + k * LD + 8 * v);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      __m256 w = _mm256_broadcast_ss(wd + r * ldwd + k);
+      __m256 w = _mm256_broadcast_ss(wd + r * kWdStride + k);
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) c[r][v] = _mm256_fmadd_ps(w, x[v], c[r][v]);
     }
@@ -268,7 +273,7 @@ GPTOSS_TARGET_AVX2 void gemm_kernel_avx2(const float* xt, int64_t ldxt, const fl
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(yt + r * ldyt + 8 * v, c[r][v]);
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(yt + r * LD + 8 * v, c[r][v]);
 }
 
 // =============================== X packing (transposes) =======================================
@@ -485,7 +490,7 @@ struct WeightSource {
 
 constexpr int64_t kTokChunk = 512;  // tokens packed per pass (bounds the XT and YT buffers)
 constexpr int64_t kSuperRows = 96;  // W rows converted per tile (multiple of every isa.rows)
-constexpr int64_t kMaxKc = 256;     // K per tile (multiple of 32)
+constexpr int64_t kMaxKc = kWdStride;  // K per tile (multiple of 32)
 
 // Layouts (tokens in panels of TB = tok_vec * max_nv, the last panel possibly narrower, w wide):
 //   XT: panel starting at token t0 holds XT[t0*K + k*w + (t - t0)], so a micro-kernel streams
@@ -525,7 +530,7 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
       }
 #pragma omp barrier
       static thread_local FloatBuf wd_buf, yt_buf;
-      float* wd = wd_buf.get(size_t(ncpad) * size_t(KC));
+      float* wd = wd_buf.get(size_t(ncpad) * size_t(kWdStride));
       float* yt = yt_buf.get(size_t(ncpad) * size_t(tpad));
       int64_t tb, te;  // this thread's tiles
       split_rows(ntiles, omp_get_num_threads(), omp_get_thread_num(), 1, &tb, &te);
@@ -535,8 +540,9 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
         const int64_t nrpad = (nrows + R - 1) / R * R;
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
           const int64_t kc = std::min(KC, K - k0);
-          src.convert(n0, nrows, k0, kc, wd, KC);
-          for (int64_t r = nrows; r < nrpad; ++r) std::memset(wd + r * KC, 0, sizeof(float) * kc);
+          src.convert(n0, nrows, k0, kc, wd, kWdStride);
+          for (int64_t r = nrows; r < nrpad; ++r)
+            std::memset(wd + r * kWdStride, 0, sizeof(float) * kc);
           // The W bytes of the next tile step, prefetched a few rows per micro-kernel call.
           int64_t pn0 = n0, pk0 = k0 + KC, prow = 0, prows = 0;
           if (pk0 >= K) {
@@ -558,7 +564,7 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
                 src.prefetch(pn0 + prow, cnt, pk0, pkc);
                 prow += cnt;
               }
-              kern(xp, w, wd + r0 * KC, KC, kc, yp + r0 * w, w, k0 > 0);
+              kern(xp, w, wd + r0 * kWdStride, kWdStride, kc, yp + r0 * w, w, k0 > 0);
             }
           }
         }

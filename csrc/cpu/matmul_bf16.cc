@@ -11,10 +11,17 @@
 #include "common.h"
 #include "cpu/simd.h"
 
+#ifndef GPTOSS_BF16_PF
+#define GPTOSS_BF16_PF 1
+#endif
+
 namespace gptoss::cpu {
 namespace {
 
 // ============================== AVX-512 ======================================================
+
+// Software prefetch distance of the GEMV path, in groups of rows.
+constexpr int kPrefetchGroups = GPTOSS_BF16_PF;
 
 GPTOSS_TARGET_AVX512 static inline __m512 bf16x16_avx512(const uint16_t* p) {
   __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -38,8 +45,15 @@ GPTOSS_TARGET_AVX512 static inline void bf16_block_avx512(const float* X, int64_
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
   const uint16_t* w = W + n * ldw;
+  // Software prefetch of the rows kPrefetchGroups groups of R ahead (the hardware prefetcher
+  // alone leaves a good part of the bandwidth unused), one line per row every 32 k.
+  const uint16_t* pf = w + kPrefetchGroups * R * ldw;
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
+    if (R == 4 && (k & 31) == 0) {
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(pf + r * ldw + k), _MM_HINT_T0);
+    }
     __m512 xv[TT];
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) xv[t] = _mm512_loadu_ps(X + t * ldx + k);
@@ -105,8 +119,13 @@ GPTOSS_TARGET_AVX2 static inline void bf16_block_avx2(const float* X, int64_t K,
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps();
   const uint16_t* w = W + n * ldw;
+  const uint16_t* pf = w + kPrefetchGroups * R * ldw;
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
+    if (R > 1 && (k & 31) == 0) {
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(pf + r * ldw + k), _MM_HINT_T0);
+    }
     __m256 xv[TT];
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_ps(X + t * ldx + k);

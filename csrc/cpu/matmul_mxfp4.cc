@@ -21,10 +21,17 @@
 #include "common.h"
 #include "cpu/simd.h"
 
+#ifndef GPTOSS_MXFP4_PF
+#define GPTOSS_MXFP4_PF 2
+#endif
+
 namespace gptoss::cpu {
 namespace {
 
 // ============================== AVX-512 ======================================================
+
+// Software prefetch distance of the GEMV path, in groups of rows.
+constexpr int kPrefetchGroups = GPTOSS_MXFP4_PF;
 
 template <int R, int TT>
 GPTOSS_TARGET_AVX512 static inline void mxfp4_block_avx512(const float* xp, int64_t K,
@@ -41,7 +48,15 @@ GPTOSS_TARGET_AVX512 static inline void mxfp4_block_avx512(const float* xp, int6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+  // The R rows are contiguous in memory (R*nb*16 bytes); while reading them, prefetch the next
+  // R rows one cache line per block step (R = 4: 64 bytes per step = exactly one group ahead).
+  const char* pf = reinterpret_cast<const char*>(bl) + kPrefetchGroups * R * nb * 16;
+  const char* pfs = reinterpret_cast<const char*>(sc) + kPrefetchGroups * R * nb;
   for (int64_t b = 0; b < nb; ++b) {
+    if constexpr (R == 4) {
+      _mm_prefetch(pf + 64 * b, _MM_HINT_T0);
+      if (b * 64 < R * nb) _mm_prefetch(pfs + 64 * b, _MM_HINT_T0);
+    }
     __m512 xe[TT], xo[TT];
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) {
@@ -137,7 +152,13 @@ GPTOSS_TARGET_AVX2 static inline void mxfp4_block_avx2(const float* xp, int64_t 
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps();
+  const char* pf = reinterpret_cast<const char*>(bl) + kPrefetchGroups * R * nb * 16;
+  const char* pfs = reinterpret_cast<const char*>(sc) + kPrefetchGroups * R * nb;
   for (int64_t b = 0; b < nb; ++b) {
+    if (R * 16 * b % 64 == 0) {  // one line of the rows kPrefetchGroups groups ahead
+      _mm_prefetch(pf + R * 16 * b, _MM_HINT_T0);
+      if (R * 16 * b < R * nb) _mm_prefetch(pfs + R * 16 * b, _MM_HINT_T0);
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       Dec8x4 d = decode_block_avx2(bl + (r * nb + b) * 16, tab, m4);
