@@ -2,16 +2,19 @@
 // register-blocked micro-kernels, the scalar path, and the double-precision reference oracles.
 //
 // Shapes:
-//   T <= kGemvMaxT ("decode"): dot products along K, weights streamed once from memory and
-//     decoded once per row for all T tokens (matmul_bf16.cc / matmul_mxfp4.cc). Threads take
-//     contiguous ranges of rows. Memory-bound.
-//   T > kGemvMaxT ("prefill", grouped MoE tokens): GEMM. X is packed once per call as
+//   T <= kGemvMaxT* (decode; small groups of MoE tokens): dot products along K. The weights are
+//     streamed from memory (with software prefetch) and decoded in registers once per pass of up
+//     to 4 tokens (matmul_bf16.cc / matmul_mxfp4.cc). Threads take contiguous ranges of rows.
+//     Memory-bound at T = 1.
+//   larger T (prefill, grouped MoE tokens): GEMM. X is packed once per call into panels of
 //     XT[k][t] (tokens contiguous); each thread takes super-tiles of W rows, converts a
 //     [rows x KC] tile to fp32 into a per-thread buffer (once, reused for every token), and runs a
-//     micro-kernel with rows x (16|32|48|64) tokens of accumulators in registers:
-//       for k: xt = XT[k][t0 : t0+16*NV] (NV vectors); for each row r: acc[r][:] += Wd[r][k] * xt
+//     micro-kernel with 12 rows x 32 tokens of accumulators in registers (6 x 16 on AVX2):
+//       for k: xt = XT[k][t0 : t0+32] (2 vectors); for each row r: acc[r][:] += Wd[r][k] * xt
 //     Accumulators are kept transposed in a per-thread YT[r][t] buffer across K chunks, and
-//     written to Y (+ bias) at the end.
+//     written to Y (+ bias) at the end. Compute-bound.
+// All paths accumulate in fp32 with products of exact fp32 values (bf16 and E2M1 x 2^e convert
+// exactly), so results differ from the double-precision oracles only by fp32 rounding.
 #include "cpu/matmul.h"
 
 // GCC 12 reports false "may be used uninitialized" warnings inside the intrinsic headers when they
@@ -587,16 +590,20 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
 
 // =============================== public entry points =========================================
 
-// Up to this many tokens, the dot-product (GEMV) path reads the weights once per 4 tokens;
-// above it the GEMM path converts them once per call.
-constexpr int64_t kGemvMaxT = 4;
+// Up to this many tokens the dot-product (GEMV) path is used: it reads the weights once per pass
+// of kSmallT* (4) tokens and decodes them in registers. Above, the GEMM path converts each weight
+// tile to fp32 once per call and pads the tokens to a multiple of 16. Crossovers measured on Zen 5
+// (one core, weights from DRAM): bf16 about T = 14 (the bf16 passes are memory bound), MXFP4
+// about T = 32 (decoding in registers is cheap next to writing fp32 tiles).
+constexpr int64_t kGemvMaxTBf16 = 12;
+constexpr int64_t kGemvMaxTMxfp4 = 28;
 
 void matmul_bf16(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W, int64_t N,
                  int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy) {
   if (T <= 0 || N <= 0) return;
   const Simd simd = active_simd();
   if (simd == Simd::Scalar) return bf16_scalar(X, T, K, ldx, W, N, ldw, bias, Y, ldy);
-  if (T <= kGemvMaxT || K == 0) {
+  if (T <= kGemvMaxTBf16 || K == 0) {
     const int nt = threads_for(N * K * 2, (N + 3) / 4);
 #pragma omp parallel num_threads(nt)
     {
@@ -622,7 +629,7 @@ void matmul_mxfp4(const float* X, int64_t T, int64_t K, int64_t ldx, const uint8
   if (T <= 0 || N <= 0) return;
   const Simd simd = active_simd();
   if (simd == Simd::Scalar) return mxfp4_scalar(X, T, K, ldx, blocks, scales, N, bias, Y, ldy);
-  if (T <= kGemvMaxT || K == 0) {
+  if (T <= kGemvMaxTMxfp4 || K == 0) {
     static thread_local FloatBuf xp_buf;
     float* xp = xp_buf.get(size_t(T) * size_t(K) + 1);
     permute_x_mxfp4(X, T, K, ldx, xp);

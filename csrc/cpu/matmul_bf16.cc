@@ -6,6 +6,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "common.h"
@@ -50,7 +51,7 @@ GPTOSS_TARGET_AVX512 static inline void bf16_block_avx512(const float* X, int64_
   const uint16_t* pf = w + kPrefetchGroups * R * ldw;
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
-    if (R == 4 && (k & 31) == 0) {
+    if ((k & 31) == 0) {
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(pf + r * ldw + k), _MM_HINT_T0);
     }
@@ -89,8 +90,9 @@ GPTOSS_TARGET_AVX512 static void bf16_rows_tt_avx512(const float* X, int64_t K, 
                                                      const uint16_t* W, int64_t ldw,
                                                      const uint16_t* bias, float* Y, int64_t ldy,
                                                      int64_t n0, int64_t n1) {
+  constexpr int R = 4;  // R*TT accumulators + TT x vectors within 32 zmm (TT <= 4)
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) bf16_block_avx512<4, TT>(X, K, ldx, W, ldw, bias, Y, ldy, n);
+  for (; n + R <= n1; n += R) bf16_block_avx512<R, TT>(X, K, ldx, W, ldw, bias, Y, ldy, n);
   for (; n < n1; ++n) bf16_block_avx512<1, TT>(X, K, ldx, W, ldw, bias, Y, ldy, n);
 }
 
@@ -164,10 +166,10 @@ GPTOSS_TARGET_AVX2 static void bf16_rows_tt_avx2(const float* X, int64_t K, int6
 GPTOSS_TARGET_AVX512 void bf16_rows_avx512(const float* X, int64_t T, int64_t K, int64_t ldx,
                                            const uint16_t* W, int64_t ldw, const uint16_t* bias,
                                            float* Y, int64_t ldy, int64_t n0, int64_t n1) {
-  for (int64_t t0 = 0; t0 < T; t0 += kSmallT) {
+  for (int64_t t0 = 0; t0 < T; t0 += kSmallTAvx512) {
     const float* x = X + t0 * ldx;
     float* y = Y + t0 * ldy;
-    switch (T - t0 >= kSmallT ? kSmallT : T - t0) {
+    switch (std::min<int64_t>(T - t0, kSmallTAvx512)) {
       case 1: bf16_rows_tt_avx512<1>(x, K, ldx, W, ldw, bias, y, ldy, n0, n1); break;
       case 2: bf16_rows_tt_avx512<2>(x, K, ldx, W, ldw, bias, y, ldy, n0, n1); break;
       case 3: bf16_rows_tt_avx512<3>(x, K, ldx, W, ldw, bias, y, ldy, n0, n1); break;
@@ -179,10 +181,10 @@ GPTOSS_TARGET_AVX512 void bf16_rows_avx512(const float* X, int64_t T, int64_t K,
 GPTOSS_TARGET_AVX2 void bf16_rows_avx2(const float* X, int64_t T, int64_t K, int64_t ldx,
                                        const uint16_t* W, int64_t ldw, const uint16_t* bias,
                                        float* Y, int64_t ldy, int64_t n0, int64_t n1) {
-  for (int64_t t0 = 0; t0 < T; t0 += kSmallT) {
+  for (int64_t t0 = 0; t0 < T; t0 += kSmallTAvx2) {
     const float* x = X + t0 * ldx;
     float* y = Y + t0 * ldy;
-    switch (T - t0 >= kSmallT ? kSmallT : T - t0) {
+    switch (std::min<int64_t>(T - t0, kSmallTAvx2)) {
       case 1: bf16_rows_tt_avx2<1>(x, K, ldx, W, ldw, bias, y, ldy, n0, n1); break;
       case 2: bf16_rows_tt_avx2<2>(x, K, ldx, W, ldw, bias, y, ldy, n0, n1); break;
       case 3: bf16_rows_tt_avx2<3>(x, K, ldx, W, ldw, bias, y, ldy, n0, n1); break;

@@ -16,6 +16,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "common.h"
@@ -48,14 +49,14 @@ GPTOSS_TARGET_AVX512 static inline void mxfp4_block_avx512(const float* xp, int6
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
-  // The R rows are contiguous in memory (R*nb*16 bytes); while reading them, prefetch the next
-  // R rows one cache line per block step (R = 4: 64 bytes per step = exactly one group ahead).
+  // The R rows are contiguous in memory (R*nb*16 bytes); while reading them, prefetch the rows
+  // kPrefetchGroups groups ahead, one cache line per 64 bytes consumed.
   const char* pf = reinterpret_cast<const char*>(bl) + kPrefetchGroups * R * nb * 16;
   const char* pfs = reinterpret_cast<const char*>(sc) + kPrefetchGroups * R * nb;
   for (int64_t b = 0; b < nb; ++b) {
-    if constexpr (R == 4) {
-      _mm_prefetch(pf + 64 * b, _MM_HINT_T0);
-      if (b * 64 < R * nb) _mm_prefetch(pfs + 64 * b, _MM_HINT_T0);
+    if (R * 16 * b % 64 == 0) {
+      _mm_prefetch(pf + R * 16 * b, _MM_HINT_T0);
+      if (R * 16 * b < R * nb) _mm_prefetch(pfs + R * 16 * b, _MM_HINT_T0);
     }
     __m512 xe[TT], xo[TT];
 #pragma GCC unroll 16
@@ -211,10 +212,10 @@ GPTOSS_TARGET_AVX512 void mxfp4_rows_avx512(const float* xp, int64_t T, int64_t 
                                             const uint8_t* blocks, const uint8_t* scales,
                                             const uint16_t* bias, float* Y, int64_t ldy,
                                             int64_t n0, int64_t n1) {
-  for (int64_t t0 = 0; t0 < T; t0 += kSmallT) {
+  for (int64_t t0 = 0; t0 < T; t0 += kSmallTAvx512) {
     const float* x = xp + t0 * K;
     float* y = Y + t0 * ldy;
-    switch (T - t0 >= kSmallT ? kSmallT : T - t0) {
+    switch (std::min<int64_t>(T - t0, kSmallTAvx512)) {
       case 1: mxfp4_rows_tt_avx512<1>(x, K, blocks, scales, bias, y, ldy, n0, n1); break;
       case 2: mxfp4_rows_tt_avx512<2>(x, K, blocks, scales, bias, y, ldy, n0, n1); break;
       case 3: mxfp4_rows_tt_avx512<3>(x, K, blocks, scales, bias, y, ldy, n0, n1); break;
@@ -227,10 +228,10 @@ GPTOSS_TARGET_AVX2 void mxfp4_rows_avx2(const float* xp, int64_t T, int64_t K,
                                         const uint8_t* blocks, const uint8_t* scales,
                                         const uint16_t* bias, float* Y, int64_t ldy, int64_t n0,
                                         int64_t n1) {
-  for (int64_t t0 = 0; t0 < T; t0 += kSmallT) {
+  for (int64_t t0 = 0; t0 < T; t0 += kSmallTAvx2) {
     const float* x = xp + t0 * K;
     float* y = Y + t0 * ldy;
-    switch (T - t0 >= kSmallT ? kSmallT : T - t0) {
+    switch (std::min<int64_t>(T - t0, kSmallTAvx2)) {
       case 1: mxfp4_rows_tt_avx2<1>(x, K, blocks, scales, bias, y, ldy, n0, n1); break;
       case 2: mxfp4_rows_tt_avx2<2>(x, K, blocks, scales, bias, y, ldy, n0, n1); break;
       case 3: mxfp4_rows_tt_avx2<3>(x, K, blocks, scales, bias, y, ldy, n0, n1); break;

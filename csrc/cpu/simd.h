@@ -59,8 +59,10 @@ using GemmKernel = void (*)(const float* xt, int64_t ldxt, const float* wd, int6
                             int64_t kc, float* yt, int64_t ldyt, bool acc);
 
 // Per-ISA GEMV-style kernels for small T (dot products along K, weights decoded once and applied
-// to every token). They compute rows [n0, n1) of Y for all T tokens (T <= kSmallT).
-inline constexpr int kSmallT = 4;
+// to every token). They compute rows [n0, n1) of Y for all T tokens, in passes over the weights
+// of up to kSmallT* tokens each (all the accumulators of a pass stay in registers).
+inline constexpr int kSmallTAvx512 = 4;
+inline constexpr int kSmallTAvx2 = 4;
 
 void bf16_rows_avx512(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W,
                       int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy, int64_t n0,
