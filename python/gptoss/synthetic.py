@@ -411,25 +411,30 @@ def _write_file(path: str, seed: int, pieces: Sequence[_Piece], progress: Option
             while q.get() is not None:
                 pass
 
-    with open(tmp, "wb") as f:
-        f.write(_header_bytes(pieces))
-        th = threading.Thread(target=writer, args=(f,), daemon=True)
-        th.start()
-        try:
-            for p in pieces:
-                for chunk in _piece_chunks(seed, p):
-                    if failure:
-                        break
-                    q.put(np.ascontiguousarray(chunk))
-                    if progress:
-                        progress.add(chunk.nbytes)
-        finally:
-            q.put(None)
-            th.join()
-    if failure:
-        os.unlink(tmp)
-        raise failure[0]
-    os.replace(tmp, path)
+    ok = False
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_header_bytes(pieces))
+            th = threading.Thread(target=writer, args=(f,), daemon=True)
+            th.start()
+            try:
+                for p in pieces:
+                    for chunk in _piece_chunks(seed, p):
+                        if failure:
+                            break
+                        q.put(np.ascontiguousarray(chunk))
+                        if progress:
+                            progress.add(chunk.nbytes)
+            finally:
+                q.put(None)
+                th.join()
+        if failure:
+            raise failure[0]
+        os.replace(tmp, path)
+        ok = True
+    finally:
+        if not ok and os.path.exists(tmp):
+            os.unlink(tmp)
     return os.path.getsize(path)
 
 
