@@ -215,7 +215,8 @@ constexpr int64_t kWdStride = 256;
 
 template <int R, int NV>
 GPTOSS_TARGET_AVX512 void gemm_kernel_avx512(const float* xt, int64_t, const float* wd, int64_t,
-                                             int64_t kc, float* yt, int64_t, bool acc) {
+                                             int64_t kc, float* yt, int64_t, bool acc,
+    const char* const* pf, int64_t npf) {
   constexpr int64_t LD = 16 * NV;
   __m512 c[R][NV];
   if (acc) {
@@ -230,6 +231,7 @@ GPTOSS_TARGET_AVX512 void gemm_kernel_avx512(const float* xt, int64_t, const flo
       for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
   }
   for (int64_t k = 0; k < kc; ++k) {
+    if (k < npf) _mm_prefetch(pf[k], _MM_HINT_T1);
     __m512 x[NV];
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_ps(xt + k * LD + 16 * v);
@@ -248,7 +250,8 @@ GPTOSS_TARGET_AVX512 void gemm_kernel_avx512(const float* xt, int64_t, const flo
 
 template <int R, int NV>
 GPTOSS_TARGET_AVX2 void gemm_kernel_avx2(const float* xt, int64_t, const float* wd, int64_t,
-                                         int64_t kc, float* yt, int64_t, bool acc) {
+                                         int64_t kc, float* yt, int64_t, bool acc,
+    const char* const* pf, int64_t npf) {
   constexpr int64_t LD = 8 * NV;
   __m256 c[R][NV];
   if (acc) {
@@ -263,6 +266,7 @@ GPTOSS_TARGET_AVX2 void gemm_kernel_avx2(const float* xt, int64_t, const float* 
       for (int v = 0; v < NV; ++v) c[r][v] = _mm256_setzero_ps();
   }
   for (int64_t k = 0; k < kc; ++k) {
+    if (k < npf) _mm_prefetch(pf[k], _MM_HINT_T1);
     __m256 x[NV];
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) x[v] = _mm256_loadu_ps(xt + k * LD + 8 * v);
@@ -471,8 +475,10 @@ struct WeightSource {
       else mxfp4_tile_avx2(blocks, scales, K, n0, nrows, k0, kc, wd, ldwd);
     }
   }
-  // Prefetches (into L2) the bytes that convert() will read for rows [n0, n0 + nrows).
-  void prefetch(int64_t n0, int64_t nrows, int64_t k0, int64_t kc) const {
+  // Appends to out the cache lines that convert() will read for rows [n0, n0 + nrows);
+  // returns the new count (at most cap).
+  int64_t lines(int64_t n0, int64_t nrows, int64_t k0, int64_t kc, const char** out, int64_t cnt,
+                int64_t cap) const {
     for (int64_t r = 0; r < nrows; ++r) {
       const char* p;
       int64_t bytes;
@@ -483,11 +489,14 @@ struct WeightSource {
         const int64_t nb = K / 32;
         p = reinterpret_cast<const char*>(blocks + ((n0 + r) * nb + k0 / 32) * 16);
         bytes = kc / 2;
-        __builtin_prefetch(scales + (n0 + r) * nb + k0 / 32, 0, 2);
+        if (cnt < cap) out[cnt++] = reinterpret_cast<const char*>(scales + (n0 + r) * nb + k0 / 32);
       }
-      for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
-      __builtin_prefetch(p + bytes - 1, 0, 2);
+      const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63);
+      const uintptr_t last = (reinterpret_cast<uintptr_t>(p) + bytes - 1) & ~uintptr_t(63);
+      for (uintptr_t a = first; a <= last && cnt < cap; a += 64)
+        out[cnt++] = reinterpret_cast<const char*>(a);
     }
+    return cnt;
   }
 };
 
@@ -534,6 +543,7 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
 #pragma omp barrier
       static thread_local FloatBuf wd_buf, yt_buf;
       float* wd = wd_buf.get(size_t(ncpad) * size_t(kWdStride));
+      const char* pf[kWdStride];  // prefetch list of one micro-kernel call (<= kc lines)
       float* yt = yt_buf.get(size_t(ncpad) * size_t(tpad));
       int64_t tb, te;  // this thread's tiles
       split_rows(ntiles, omp_get_num_threads(), omp_get_thread_num(), 1, &tb, &te);
@@ -562,12 +572,13 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
             const float* xp = XT + t0 * K + k0 * w;
             float* yp = yt + t0 * ncpad;
             for (int64_t r0 = 0; r0 < nrpad; r0 += R) {
+              int64_t npf = 0;
               if (prow < prows) {
                 const int64_t cnt = std::min(per_call, prows - prow);
-                src.prefetch(pn0 + prow, cnt, pk0, pkc);
+                npf = src.lines(pn0 + prow, cnt, pk0, pkc, pf, 0, kc);
                 prow += cnt;
               }
-              kern(xp, w, wd + r0 * kWdStride, kWdStride, kc, yp + r0 * w, w, k0 > 0);
+              kern(xp, w, wd + r0 * kWdStride, kWdStride, kc, yp + r0 * w, w, k0 > 0, pf, npf);
             }
           }
         }
@@ -593,10 +604,16 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
 // Up to this many tokens the dot-product (GEMV) path is used: it reads the weights once per pass
 // of kSmallT* (4) tokens and decodes them in registers. Above, the GEMM path converts each weight
 // tile to fp32 once per call and pads the tokens to a multiple of 16. Crossovers measured on Zen 5
-// (one core, weights from DRAM): bf16 about T = 14 (the bf16 passes are memory bound), MXFP4
-// about T = 32 (decoding in registers is cheap next to writing fp32 tiles).
-constexpr int64_t kGemvMaxTBf16 = 12;
-constexpr int64_t kGemvMaxTMxfp4 = 28;
+// (one core, weights from DRAM): bf16 between T = 8 and 12 (the bf16 passes are memory bound),
+// MXFP4 about T = 30 (decoding in registers costs little next to writing fp32 tiles).
+#ifndef GPTOSS_GEMV_MAX_T_BF16
+#define GPTOSS_GEMV_MAX_T_BF16 8
+#endif
+#ifndef GPTOSS_GEMV_MAX_T_MXFP4
+#define GPTOSS_GEMV_MAX_T_MXFP4 28
+#endif
+constexpr int64_t kGemvMaxTBf16 = GPTOSS_GEMV_MAX_T_BF16;
+constexpr int64_t kGemvMaxTMxfp4 = GPTOSS_GEMV_MAX_T_MXFP4;
 
 void matmul_bf16(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W, int64_t N,
                  int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy) {

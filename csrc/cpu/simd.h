@@ -54,9 +54,12 @@ alignas(64) inline constexpr E8m0Table kE8m0 = make_e8m0_table();
 // weights need no interleaving.
 
 // Micro-kernel (matmul.cc): YT[r][t] (+)= sum_k Wd[r][k] * XT[k][t] for a fixed per-ISA number
-// of rows and of token vectors. acc=false starts from zero.
+// of rows and of token vectors. acc=false starts from zero. While it runs, it prefetches (into
+// L2) the npf cache lines pf[0..npf) (npf <= kc), one per k step: the weights of the next tile,
+// spread thinly so that they never stall the FMAs.
 using GemmKernel = void (*)(const float* xt, int64_t ldxt, const float* wd, int64_t ldwd,
-                            int64_t kc, float* yt, int64_t ldyt, bool acc);
+                            int64_t kc, float* yt, int64_t ldyt, bool acc,
+                            const char* const* pf, int64_t npf);
 
 // Per-ISA GEMV-style kernels for small T (dot products along K, weights decoded once and applied
 // to every token). They compute rows [n0, n1) of Y for all T tokens, in passes over the weights
