@@ -80,7 +80,8 @@ class ModelConfig:
         need(self.rms_norm_eps > 0, "rms_norm_eps must be positive")
         for name in ("eos_token_id", "pad_token_id"):
             v = getattr(self, name)
-            need(v is None or (isinstance(v, int) and 0 <= v), f"{name} must be null or an id")
+            need(v is None or (isinstance(v, int) and 0 <= v < self.vocab_size),
+                 f"{name} must be null or an id below vocab_size, got {v!r}")
 
     # ---------------------------------------------------------------- derived
     @property
@@ -136,7 +137,8 @@ class ModelConfig:
             return default
 
         try:
-            rs = d.get("rope_scaling") or {}
+            # transformers 5 may write the RoPE settings (rope_theta included) as rope_parameters.
+            rs = d.get("rope_scaling") or d.get("rope_parameters") or {}
             kw: dict[str, Any] = dict(
                 num_hidden_layers=get("num_hidden_layers"),
                 num_experts=get("num_local_experts", "num_experts"),
@@ -150,7 +152,7 @@ class ModelConfig:
                 sliding_window=get("sliding_window", default=128),
                 swiglu_limit=float(get("swiglu_limit", default=7.0)),
                 initial_context_length=int(get("initial_context_length", default=rs.get("original_max_position_embeddings", 4096))),
-                rope_theta=float(get("rope_theta", default=150000.0)),
+                rope_theta=float(get("rope_theta", default=rs.get("rope_theta", 150000.0))),
                 rope_scaling_factor=float(rs.get("factor", get("rope_scaling_factor", default=32.0))),
                 rope_ntk_alpha=float(rs.get("beta_slow", get("rope_ntk_alpha", default=1.0))),
                 rope_ntk_beta=float(rs.get("beta_fast", get("rope_ntk_beta", default=32.0))),
@@ -292,6 +294,9 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     kw = dict(PRESETS[name])
     kw.update(overrides)
+    for k in ("eos_token_id", "pad_token_id"):  # a smaller vocab drops ids it no longer has
+        if k not in overrides and kw.get(k) is not None and kw[k] >= kw["vocab_size"]:
+            kw[k] = None
     return ModelConfig(**kw)
 
 
