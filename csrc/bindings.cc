@@ -13,4 +13,7 @@ PYBIND11_MODULE(_core, m) {
   py::module_ k = m.def_submodule("kernels", "CPU kernels, exposed for tests against numpy references");
   register_ops_bindings(k);
   register_matmul_bindings(k);
+#ifdef GPTOSS_WITH_CUDA
+  { void register_cuda_bindings(py::module_&); register_cuda_bindings(m); }  // csrc/cuda_py.cc
+#endif
 }

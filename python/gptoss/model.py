@@ -170,9 +170,9 @@ class Model:
                  threads: Optional[int] = None, kv_cache_bytes: Optional[int] = None, block_size: int = 16,
                  window_retain: int = 256, max_chunk_tokens: int = 512, preload: bool = True,
                  progress: Optional[bool] = None, *, _config: Optional[ModelConfig] = None,
-                 _arrays: Optional[dict] = None) -> None:
+                 _arrays: Optional[dict] = None, _synthetic_seed: Optional[int] = None) -> None:
         self._engine: Any = None
-        _check_device(device)
+        cuda_index = _check_device(device)
         if _config is not None:
             self.config = _config
             self.checkpoint_dir: Optional[str] = None
@@ -205,10 +205,19 @@ class Model:
             inv_freq=inv_freq, rope_concentration=conc,
         )
         self.device = device
-        self._engine = _core().Engine(
-            cdict, files, _arrays, self.layout, block_size=block_size,
-            kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else _default_kv_bytes(),
-            window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0)
+        if cuda_index is not None:
+            # KV cache: kv_cache_bytes caps it (default: most of the free device memory);
+            # GPTOSS_KV_DTYPE=bfloat16 halves it (default float32, as the CPU engine).
+            self._engine = _core().CudaEngine(
+                cdict, files, _arrays, self.layout, block_size=block_size,
+                kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else 0,
+                window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, device=cuda_index,
+                kv_dtype=os.environ.get("GPTOSS_KV_DTYPE", "float32"), synthetic_seed=_synthetic_seed)
+        else:
+            self._engine = _core().Engine(
+                cdict, files, _arrays, self.layout, block_size=block_size,
+                kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else _default_kv_bytes(),
+                window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0)
 
     @classmethod
     def synthetic(cls, preset_or_config: Union[str, ModelConfig, dict] = "tiny", seed: int = 0,
@@ -225,6 +234,10 @@ class Model:
             cfg = ModelConfig.from_dict(preset_or_config)
         else:
             raise TypeError("preset_or_config must be a preset name, a ModelConfig or a dict")
+        if isinstance(device, str) and device.startswith("cuda"):
+            # Random weights generated directly on the device (same magnitudes, different values
+            # than the host generator): no host copy of a full-size model.
+            return cls("<synthetic>", device=device, _config=cfg, _synthetic_seed=int(seed), **kwargs)
         arrays = dict(synthetic_tensors(cfg, seed=seed, layout="hf"))
         return cls("<synthetic>", device=device, _config=cfg, _arrays=arrays, **kwargs)
 
@@ -278,13 +291,28 @@ class Model:
                 f"experts={c.num_experts}, vocab={c.vocab_size}, device={self.device!r})")
 
 
-def _check_device(device: str) -> None:
+def _check_device(device: str) -> Optional[int]:
+    """None for the CPU; the CUDA device index for "cuda" / "cuda:N" (RuntimeError when this build
+    has no CUDA backend or no device is visible)."""
     if device == "cpu":
-        return
-    if isinstance(device, str) and device.startswith("cuda"):
-        info = _core().build_info()
-        if not info.get("cuda"):
+        return None
+    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
+        index = 0
+        if device != "cuda":
+            try:
+                index = int(device[5:])
+            except ValueError:
+                raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+        core = _core()
+        info = core.build_info()
+        if not info.get("cuda") or not hasattr(core, "CudaEngine"):
             raise RuntimeError("device='cuda' requested but this gptoss build has no CUDA backend "
                                "(build_info()['cuda'] is False); reinstall on a machine with nvcc")
-        raise RuntimeError("device='cuda': the CUDA backend is not available in this version yet")
+        n = core.cuda_device_count()
+        if n == 0:
+            raise RuntimeError("device='cuda' requested but no CUDA device is visible "
+                               "(no NVIDIA GPU or driver on this machine)")
+        if not 0 <= index < n:
+            raise RuntimeError(f"device={device!r} requested but only {n} CUDA device(s) are visible")
+        return index
     raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")

@@ -1,0 +1,352 @@
+// Python bindings of the CUDA backend (compiled only with GPTOSS_WITH_CUDA):
+//   _core.CudaEngine         same methods as _core.Engine (+ step_argmax, memory_info, device_name)
+//   _core.cuda_device_count  number of visible devices (0 without driver/GPU; never raises)
+//   _core.cuda_kernels       each kernel on numpy inputs (copy in, run, copy out), for tests
+#ifdef GPTOSS_WITH_CUDA
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "common.h"
+#include "engine.h"
+#include "model.h"
+#include "test_api.h"
+
+namespace py = pybind11;
+using namespace gptoss;
+
+namespace {
+
+template <typename T>
+using arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+template <typename T>
+T req(const py::dict& d, const char* key) {
+  if (!d.contains(key)) throw InvalidArgument(std::string("config is missing '") + key + "'");
+  return d[key].cast<T>();
+}
+
+ModelConfig config_from_dict(const py::dict& d) {
+  ModelConfig c;
+  c.n_layers = req<int64_t>(d, "num_hidden_layers");
+  c.n_experts = req<int64_t>(d, "num_experts");
+  c.top_k = req<int64_t>(d, "experts_per_token");
+  c.vocab = req<int64_t>(d, "vocab_size");
+  c.hidden = req<int64_t>(d, "hidden_size");
+  c.inter = req<int64_t>(d, "intermediate_size");
+  c.head_dim = req<int64_t>(d, "head_dim");
+  c.n_heads = req<int64_t>(d, "num_attention_heads");
+  c.n_kv = req<int64_t>(d, "num_key_value_heads");
+  c.window = req<int64_t>(d, "sliding_window");
+  c.max_context = req<int64_t>(d, "max_context");
+  c.swiglu_limit = req<float>(d, "swiglu_limit");
+  c.rms_eps = req<float>(d, "rms_norm_eps");
+  c.attn_scale = req<float>(d, "attn_scale");
+  c.sliding = req<std::vector<uint8_t>>(d, "sliding");
+  c.inv_freq = req<std::vector<float>>(d, "inv_freq");
+  c.rope_conc = req<float>(d, "rope_concentration");
+  return c;
+}
+
+DType dtype_of(const py::array& a) {
+  const char kind = a.dtype().kind();
+  const auto size = a.itemsize();
+  if (kind == 'u' && size == 1) return DType::U8;
+  if (kind == 'u' && size == 2) return DType::BF16;
+  if (kind == 'f' && size == 4) return DType::F32;
+  if (kind == 'f' && size == 2) return DType::F16;
+  if (kind == 'i' && size == 1) return DType::I8;
+  if (kind == 'i' && size == 4) return DType::I32;
+  if (kind == 'i' && size == 8) return DType::I64;
+  return DType::Other;
+}
+
+void need(bool c, const std::string& msg) {
+  if (!c) throw InvalidArgument(msg);
+}
+
+struct Items {
+  std::vector<std::vector<int32_t>> t32;
+  std::vector<StepItem> items;
+};
+
+Items make_items(int64_t vocab, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,
+                 const std::vector<bool>& all_logits) {
+  if (seqs.size() != toks.size() || seqs.size() != all_logits.size())
+    throw InvalidArgument("step: seqs, tokens and all_logits must have the same length");
+  Items r;
+  r.t32.resize(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (toks[i].ndim() != 1) throw InvalidArgument("step: each token list must be 1-D");
+    const int64_t n = toks[i].shape(0);
+    const int64_t* src = toks[i].data();
+    r.t32[i].resize(size_t(n));
+    for (int64_t j = 0; j < n; ++j) {
+      if (src[j] < 0 || src[j] >= vocab)
+        throw InvalidArgument("token id " + std::to_string(src[j]) + " at index " + std::to_string(j) +
+                              " is out of range [0, " + std::to_string(vocab) + ")");
+      r.t32[i][size_t(j)] = int32_t(src[j]);
+    }
+  }
+  for (size_t i = 0; i < seqs.size(); ++i)
+    r.items.push_back({seqs[i], r.t32[i].data(), int64_t(r.t32[i].size()), bool(all_logits[i])});
+  return r;
+}
+
+cuda::CudaEngineOptions make_opts(int64_t block_size, int64_t kv_cache_bytes, int64_t window_retain,
+                                  int64_t max_chunk_tokens, int device, const std::string& kv_dtype) {
+  cuda::CudaEngineOptions o;
+  o.block_size = block_size;
+  o.kv_cache_bytes = kv_cache_bytes;
+  o.window_retain = window_retain;
+  o.max_chunk_tokens = max_chunk_tokens;
+  o.device = device;
+  if (kv_dtype == "float32" || kv_dtype == "fp32") o.kv_bf16 = false;
+  else if (kv_dtype == "bfloat16" || kv_dtype == "bf16") o.kv_bf16 = true;
+  else throw InvalidArgument("kv_dtype must be 'float32' or 'bfloat16', got '" + kv_dtype + "'");
+  return o;
+}
+
+void register_kernels(py::module_& k) {
+  using namespace gptoss::cuda;
+  k.def("rmsnorm", [](arr<float> x, arr<float> w, float eps) {
+    need(x.ndim() == 2 && w.ndim() == 1 && w.shape(0) == x.shape(1), "rmsnorm: x [T,H], w [H]");
+    py::array_t<float> y({x.shape(0), x.shape(1)});
+    test::rmsnorm(x.data(), int(x.shape(0)), int(x.shape(1)), w.data(), eps, y.mutable_data());
+    return y;
+  });
+  k.def("add_rmsnorm", [](arr<float> x, arr<float> add, arr<float> w, float eps) {
+    // returns (x + sum_k add[:, k], rmsnorm(that) * w); add: [T, K, H]
+    need(x.ndim() == 2 && add.ndim() == 3 && add.shape(0) == x.shape(0) && add.shape(2) == x.shape(1) &&
+             w.ndim() == 1 && w.shape(0) == x.shape(1),
+         "add_rmsnorm: x [T,H], add [T,K,H], w [H]");
+    py::array_t<float> xo({x.shape(0), x.shape(1)}), y({x.shape(0), x.shape(1)});
+    std::memcpy(xo.mutable_data(), x.data(), size_t(x.size()) * 4);
+    test::add_rmsnorm(xo.mutable_data(), add.data(), int(add.shape(1)), int(x.shape(0)), int(x.shape(1)), w.data(),
+                      eps, y.mutable_data());
+    return py::make_tuple(xo, y);
+  });
+  k.def("embedding", [](arr<int32_t> tok, arr<uint16_t> E) {
+    need(tok.ndim() == 1 && E.ndim() == 2, "embedding: tokens [T], table [V,H]");
+    for (py::ssize_t i = 0; i < tok.shape(0); ++i) need(tok.data()[i] >= 0 && tok.data()[i] < E.shape(0), "token out of range");
+    py::array_t<float> x({tok.shape(0), E.shape(1)});
+    test::embedding(tok.data(), int(tok.shape(0)), E.data(), E.shape(0), int(E.shape(1)), x.mutable_data());
+    return x;
+  });
+  k.def("rope", [](arr<float> x, arr<int64_t> pos, arr<float> inv_freq, float conc, int n_heads) {
+    need(x.ndim() == 2 && pos.ndim() == 1 && pos.shape(0) == x.shape(0), "rope: x [T, heads*D], pos [T]");
+    const int half = int(inv_freq.shape(0));
+    need(x.shape(1) == int64_t(n_heads) * 2 * half, "rope: x width must be n_heads * 2 * len(inv_freq)");
+    py::array_t<float> y({x.shape(0), x.shape(1)});
+    test::rope(x.data(), int(x.shape(0)), pos.data(), inv_freq.data(), half, conc, n_heads, y.mutable_data());
+    return y;
+  });
+  k.def(
+      "attention",
+      [](arr<float> q, arr<float> kc, arr<float> vc, arr<int64_t> pos, arr<float> sinks, float scale, int window,
+         int block_size, uint32_t shuffle_seed, const std::string& kv_dtype, int split_len) {
+        need(kc.ndim() == 3 && vc.ndim() == 3 && q.ndim() == 2 && pos.ndim() == 1, "attention: bad ranks");
+        const int L = int(kc.shape(0)), n_kv = int(kc.shape(1)), D = int(kc.shape(2));
+        need(vc.shape(0) == L && vc.shape(1) == n_kv && vc.shape(2) == D, "attention: k/v shapes differ");
+        const int n_heads = int(sinks.shape(0));
+        need(n_heads % n_kv == 0 && q.shape(1) == int64_t(n_heads) * D && pos.shape(0) == q.shape(0), "attention: bad q/sinks");
+        need(block_size > 0, "attention: block_size must be positive");
+        for (py::ssize_t i = 0; i < pos.shape(0); ++i) need(pos.data()[i] >= 0 && pos.data()[i] < L, "pos out of range");
+        const int T = int(q.shape(0));
+        py::array_t<float> out({int64_t(T), int64_t(n_heads) * D});
+        test::attention(q.data(), T, n_heads, kc.data(), vc.data(), L, n_kv, D, pos.data(), sinks.data(), scale, window,
+                        block_size, shuffle_seed, kv_dtype == "bfloat16", split_len, out.mutable_data());
+        return out;
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos"), py::arg("sinks"), py::arg("scale"), py::arg("window"),
+      py::arg("block_size") = 4, py::arg("shuffle_seed") = 0, py::arg("kv_dtype") = "float32", py::arg("split_len") = 0);
+  k.def(
+      "matmul_bf16",
+      [](arr<float> x, arr<uint16_t> w, py::object bias, int path) {
+        need(x.ndim() == 2 && w.ndim() == 2 && w.shape(1) == x.shape(1), "matmul_bf16: x [M,K], w [N,K]");
+        const int M = int(x.shape(0)), K = int(x.shape(1)), N = int(w.shape(0));
+        arr<float> b;
+        if (!bias.is_none()) {
+          b = bias.cast<arr<float>>();
+          need(b.ndim() == 1 && b.shape(0) == N, "matmul_bf16: bias [N] (float32)");
+        }
+        py::array_t<float> y({int64_t(M), int64_t(N)});
+        test::dense(x.data(), M, K, w.data(), N, bias.is_none() ? nullptr : b.data(), path, y.mutable_data());
+        return y;
+      },
+      py::arg("x"), py::arg("w"), py::arg("bias") = py::none(), py::arg("path") = 0,
+      "Y = x w^T + bias (fp32 bias); path 0 auto, 1 GEMV, 2 tensor cores");
+  k.def("router", [](arr<float> t, arr<uint16_t> w, arr<float> b, int k) {
+    need(t.ndim() == 2 && w.ndim() == 2 && w.shape(1) == t.shape(1) && b.ndim() == 1 && b.shape(0) == w.shape(0) &&
+             k >= 1 && k <= w.shape(0),
+         "router: t [T,H], w [E,H], b [E], 1 <= k <= E");
+    const int T = int(t.shape(0));
+    py::array_t<int32_t> idx({int64_t(T), int64_t(k)});
+    py::array_t<float> rw({int64_t(T), int64_t(k)});
+    test::router(t.data(), T, int(t.shape(1)), w.data(), int(w.shape(0)), b.data(), k, idx.mutable_data(), rw.mutable_data());
+    return py::make_tuple(idx, rw);
+  });
+  k.def(
+      "moe",
+      [](arr<float> x, arr<int32_t> idx, arr<float> rw, arr<uint8_t> b1, arr<uint8_t> s1, arr<float> bias1,
+         arr<uint8_t> b2, arr<uint8_t> s2, arr<float> bias2, float alpha, float limit, bool tensor_cores) {
+        need(x.ndim() == 2 && idx.ndim() == 2 && rw.ndim() == 2 && idx.shape(0) == x.shape(0) &&
+                 rw.shape(0) == x.shape(0) && rw.shape(1) == idx.shape(1),
+             "moe: x [T,H], idx/rw [T,k]");
+        const int T = int(x.shape(0)), H = int(x.shape(1)), k = int(idx.shape(1));
+        need(b1.ndim() == 4 && b1.shape(2) == H / 32 && b1.shape(3) == 16 && H % 32 == 0, "moe: mlp1 blocks [E, 2I, H/32, 16]");
+        const int E = int(b1.shape(0)), I = int(b1.shape(1) / 2);
+        need(s1.size() == int64_t(E) * 2 * I * (H / 32) && bias1.size() == int64_t(E) * 2 * I, "moe: mlp1 scales/bias");
+        need(b2.ndim() == 4 && b2.shape(0) == E && b2.shape(1) == H && b2.shape(2) == I / 32 && I % 32 == 0,
+             "moe: mlp2 blocks [E, H, I/32, 16]");
+        need(s2.size() == int64_t(E) * H * (I / 32) && bias2.size() == int64_t(E) * H, "moe: mlp2 scales/bias");
+        for (py::ssize_t i = 0; i < idx.size(); ++i) need(idx.data()[i] >= 0 && idx.data()[i] < E, "moe: expert id out of range");
+        py::array_t<float> out({int64_t(T), int64_t(H)});
+        test::moe(x.data(), T, H, idx.data(), rw.data(), k, E, I, b1.data(), s1.data(), bias1.data(), b2.data(),
+                  s2.data(), bias2.data(), alpha, limit, tensor_cores, out.mutable_data());
+        return out;
+      },
+      py::arg("x"), py::arg("idx"), py::arg("rw"), py::arg("mlp1_blocks"), py::arg("mlp1_scales"),
+      py::arg("mlp1_bias"), py::arg("mlp2_blocks"), py::arg("mlp2_scales"), py::arg("mlp2_bias"),
+      py::arg("alpha") = 1.702f, py::arg("limit") = 7.0f, py::arg("tensor_cores") = false);
+  k.def(
+      "matmul_mxfp4",
+      [](arr<float> x, arr<uint8_t> blocks, arr<uint8_t> scales, py::object bias, bool tensor_cores) {
+        need(x.ndim() == 2 && x.shape(1) % 32 == 0, "matmul_mxfp4: x [T,K], K % 32 == 0");
+        const int T = int(x.shape(0)), K = int(x.shape(1));
+        need(blocks.ndim() == 3 && blocks.shape(1) == K / 32 && blocks.shape(2) == 16, "matmul_mxfp4: blocks [N, K/32, 16]");
+        const int N = int(blocks.shape(0));
+        need(scales.ndim() == 2 && scales.shape(0) == N && scales.shape(1) == K / 32, "matmul_mxfp4: scales [N, K/32]");
+        arr<float> b;
+        if (!bias.is_none()) {
+          b = bias.cast<arr<float>>();
+          need(b.ndim() == 1 && b.shape(0) == N, "matmul_mxfp4: bias [N] (float32)");
+        }
+        py::array_t<float> y({int64_t(T), int64_t(N)});
+        test::mxfp4_matmul(x.data(), T, K, blocks.data(), scales.data(), N, bias.is_none() ? nullptr : b.data(),
+                           tensor_cores, y.mutable_data());
+        return y;
+      },
+      py::arg("x"), py::arg("blocks"), py::arg("scales"), py::arg("bias") = py::none(), py::arg("tensor_cores") = false);
+  k.def("argmax", [](arr<float> logits) {
+    need(logits.ndim() == 2, "argmax: logits [R, V]");
+    py::array_t<int32_t> out(logits.shape(0));
+    test::argmax(logits.data(), int(logits.shape(0)), logits.shape(1), out.mutable_data());
+    return out;
+  });
+  k.def(
+      "fill",
+      [](const std::string& kind, int64_t n, float mean, float std, int base, uint64_t seed, uint64_t stream) -> py::object {
+        if (kind == "normal_bf16") {
+          py::array_t<uint16_t> a(n);
+          test::fill(0, n, mean, std, base, seed, stream, a.mutable_data());
+          return std::move(a);
+        }
+        if (kind == "normal_f32") {
+          py::array_t<float> a(n);
+          test::fill(1, n, mean, std, base, seed, stream, a.mutable_data());
+          return std::move(a);
+        }
+        py::array_t<uint8_t> a(n);
+        if (kind == "bytes") test::fill(2, n, mean, std, base, seed, stream, a.mutable_data());
+        else if (kind == "scales") test::fill(3, n, mean, std, base, seed, stream, a.mutable_data());
+        else throw InvalidArgument("fill: kind must be normal_bf16, normal_f32, bytes or scales");
+        return std::move(a);
+      },
+      py::arg("kind"), py::arg("n"), py::arg("mean") = 0.f, py::arg("std") = 1.f, py::arg("base") = 127,
+      py::arg("seed") = 0, py::arg("stream") = 0);
+}
+
+}  // namespace
+
+void register_cuda_bindings(py::module_& m) {
+  using cuda::CudaEngine;
+  m.def("cuda_device_count", &cuda::device_count, "Number of visible CUDA devices (0 without a driver or GPU)");
+  m.def("cuda_device_description", &cuda::device_description, py::arg("device") = 0);
+
+  py::class_<CudaEngine>(m, "CudaEngine")
+      .def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,
+                       const std::string& layout, int64_t block_size, int64_t kv_cache_bytes, int64_t window_retain,
+                       int64_t max_chunk_tokens, int threads, int device, const std::string& kv_dtype,
+                       py::object synthetic_seed) {
+             const auto opt = make_opts(block_size, kv_cache_bytes, window_retain, max_chunk_tokens, device, kv_dtype);
+             ModelConfig cfg = config_from_dict(config);
+             if (!synthetic_seed.is_none()) {
+               const uint64_t seed = synthetic_seed.cast<uint64_t>();
+               py::gil_scoped_release nogil;
+               return std::make_unique<CudaEngine>(std::move(cfg), seed, opt);
+             }
+             auto src = std::make_unique<TensorSource>();
+             for (const auto& f : files) src->files.push_back(std::make_unique<SafetensorsFile>(f));
+             if (!arrays.is_none()) {
+               py::dict d = arrays.cast<py::dict>();
+               for (auto kv : d) {
+                 py::array a = py::reinterpret_borrow<py::array>(kv.second);
+                 if (!(a.flags() & py::array::c_style))
+                   throw InvalidArgument("array for '" + kv.first.cast<std::string>() + "' must be C-contiguous");
+                 TensorInfo ti;
+                 ti.name = kv.first.cast<std::string>();
+                 ti.dtype = dtype_of(a);
+                 ti.dtype_str = dtype_name(ti.dtype);
+                 for (py::ssize_t i = 0; i < a.ndim(); ++i) ti.shape.push_back(a.shape(i));
+                 ti.data = a.data();
+                 ti.nbytes = size_t(a.nbytes());
+                 ti.file = "<memory>";
+                 src->memory.push_back(std::move(ti));
+               }
+               // The arrays are only read during construction (uploaded), under the GIL.
+             }
+             return std::make_unique<CudaEngine>(std::move(cfg), std::move(src), layout, opt);
+           }),
+           py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
+           py::arg("block_size") = 16, py::arg("kv_cache_bytes") = 0, py::arg("window_retain") = 256,
+           py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0, py::arg("device") = 0,
+           py::arg("kv_dtype") = "float32", py::arg("synthetic_seed") = py::none())
+      .def("new_sequence", &CudaEngine::new_sequence)
+      .def("fork", &CudaEngine::fork)
+      .def("free", &CudaEngine::free_sequence)
+      .def("truncate", &CudaEngine::truncate)
+      .def("length", &CudaEngine::length)
+      .def("has_sequence", &CudaEngine::has_sequence)
+      .def("tokens", [](const CudaEngine& e, int64_t s) { return e.tokens(s); })
+      .def_property_readonly("num_sequences", &CudaEngine::num_sequences)
+      .def("kv_stats", &CudaEngine::kv_stats)
+      .def("memory_info", &CudaEngine::memory_info)
+      .def("device_name", &CudaEngine::device_name)
+      .def("synchronize", [](CudaEngine& e) {
+        py::gil_scoped_release nogil;
+        e.synchronize();
+      })
+      .def(
+          "step",
+          [](CudaEngine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,
+             const std::vector<bool>& all_logits) {
+            Items it = make_items(e.config().vocab, seqs, toks, all_logits);
+            py::array_t<float> out({e.logits_rows(it.items), e.config().vocab});
+            float* o = out.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              e.step(it.items, o);
+            }
+            return out;
+          },
+          py::arg("seqs"), py::arg("tokens"), py::arg("all_logits"))
+      .def(
+          "step_argmax",
+          [](CudaEngine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks) {
+            Items it = make_items(e.config().vocab, seqs, toks, std::vector<bool>(seqs.size(), false));
+            py::array_t<int32_t> out(int64_t(seqs.size()));
+            int32_t* o = out.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              e.step_argmax(it.items, o);
+            }
+            return out;
+          },
+          py::arg("seqs"), py::arg("tokens"), "Greedy next token (argmax on the device) after each item");
+
+  py::module_ k = m.def_submodule("cuda_kernels", "CUDA kernels on numpy inputs (copy in, run, copy out), for tests");
+  register_kernels(k);
+}
+
+#endif  // GPTOSS_WITH_CUDA

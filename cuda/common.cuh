@@ -1,0 +1,76 @@
+// Shared helpers for the CUDA kernels: error checking, bf16 conversion, warp reductions.
+//
+// Every CUDA runtime call goes through CUDA_CHECK and every kernel launch is followed by
+// CUDA_CHECK_LAUNCH(), so a failure surfaces as a C++ exception at the call that caused it:
+// gptoss::OutOfMemory for allocation failures, gptoss::cuda::CudaError otherwise.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <cmath>
+#include <string>
+
+#include "common.h"
+
+namespace gptoss::cuda {
+
+struct CudaError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] inline void throw_cuda_error(cudaError_t e, const char* expr, const char* file, int line) {
+  std::string msg = std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ") at " +
+                    file + ":" + std::to_string(line) + ": " + expr;
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // clear the sticky-free allocation error
+    throw OutOfMemory(msg);
+  }
+  throw CudaError(msg);
+}
+
+#define CUDA_CHECK(expr)                                                                  \
+  do {                                                                                    \
+    cudaError_t e_ = (expr);                                                              \
+    if (e_ != cudaSuccess) ::gptoss::cuda::throw_cuda_error(e_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+__device__ __forceinline__ float bf16_bits_to_float(uint32_t h) { return __uint_as_float(h << 16); }
+
+// Round to nearest even (NaN stays NaN), matching csrc/common.h f32_to_bf16.
+__device__ __forceinline__ uint16_t float_to_bf16_bits(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// 2^(s-127) for an E8M0 scale byte (s = 0: the denormal 2^-127; s = 255: +inf), as the CPU.
+__device__ __forceinline__ float e8m0_to_float(uint32_t s) {
+  return s == 0 ? 5.87747175411e-39f : __uint_as_float(s << 23);
+}
+
+// E2M1 nibble -> float: {0, .5, 1, 1.5, 2, 3, 4, 6} with bit 3 the sign.
+__device__ __forceinline__ float e2m1_to_float(uint32_t n) {
+  const uint32_t e = (n >> 1) & 3u, m = n & 1u;
+  const uint32_t bits = e == 0 ? (m ? (126u << 23) : 0u) : (((e + 126u) << 23) | (m << 22));
+  return __uint_as_float(bits | ((n & 8u) << 28));
+}
+
+}  // namespace gptoss::cuda

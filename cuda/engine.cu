@@ -1,0 +1,750 @@
+// CudaEngine: sequences and the paged KV cache on the host side (the same bookkeeping as
+// csrc/model.cc), the forward pass as a sequence of kernel launches on one stream.
+#include "engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "common.cuh"
+#include "kernels.cuh"
+
+namespace gptoss::cuda {
+
+void check_kernel_image(int device);  // ops.cu
+
+namespace {
+
+std::string gib(double bytes) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.2f GiB", bytes / double(1 << 30));
+  return b;
+}
+
+// One allocation, freed by the owner (Impl keeps them all).
+void* dev_alloc(size_t bytes, const std::string& what) {
+  if (bytes == 0) bytes = 16;
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, bytes);
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    throw OutOfMemory("CUDA out of memory allocating " + gib(double(bytes)) + " for " + what + " (" + gib(double(fr)) +
+                      " free of " + gib(double(tot)) + ")");
+  }
+  CUDA_CHECK(e);
+  return p;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Reference-counted block ids over one preallocated device array (mirrors BlockPool).
+struct DevPool {
+  int64_t block_elems = 0, max_blocks = 0, next = 0, used = 0;
+  size_t elem_bytes = 4;
+  char* base = nullptr;
+  std::vector<int32_t> refs, free_ids;
+
+  int32_t allocate() {
+    int32_t b;
+    if (!free_ids.empty()) {
+      b = free_ids.back();
+      free_ids.pop_back();
+    } else {
+      if (next >= max_blocks)
+        throw OutOfMemory("KV cache is full: " + std::to_string(max_blocks) + " blocks of " +
+                          std::to_string(int64_t(block_elems * elem_bytes) / 1024) +
+                          " KiB in use; free sequences or raise kv_cache_bytes");
+      b = int32_t(next++);
+      refs.push_back(0);
+    }
+    refs[b] = 1;
+    ++used;
+    return b;
+  }
+  void retain(int32_t b) { ++refs[b]; }
+  void release(int32_t b) {
+    if (b < 0) return;
+    if (--refs[b] == 0) {
+      free_ids.push_back(b);
+      --used;
+    }
+  }
+  size_t block_bytes() const { return size_t(block_elems) * elem_bytes; }
+};
+
+struct DevLayer {
+  float *attn_norm, *qkv_b, *sinks, *o_b, *mlp_norm, *router_b, *mlp1_b, *mlp2_b;
+  uint16_t *qkv_w, *o_w, *router_w;
+  uint8_t *mlp1_blocks, *mlp1_scales, *mlp2_blocks, *mlp2_scales;
+};
+
+}  // namespace
+
+int device_count() noexcept {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string device_description(int device) {
+  cudaDeviceProp p;
+  if (cudaGetDeviceProperties(&p, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  return std::string(p.name) + " (sm_" + std::to_string(p.major) + std::to_string(p.minor) + ", " +
+         gib(double(p.totalGlobalMem)) + ")";
+}
+
+struct CudaEngine::Impl {
+  ModelConfig cfg;
+  CudaEngineOptions opt;
+  int sm_count = 0;
+  std::string dev_name;
+  cudaStream_t stream = nullptr;
+  std::vector<void*> allocs;
+  size_t weight_bytes = 0, work_bytes = 0, kv_bytes = 0;
+
+  // weights
+  uint16_t *embed = nullptr, *unembed = nullptr;
+  float* final_norm = nullptr;
+  float* inv_freq = nullptr;
+  std::vector<DevLayer> layers;
+
+  // KV cache
+  std::vector<int64_t> full_layers, win_layers;
+  DevPool full_pool, win_pool;
+  std::unordered_map<int64_t, SequenceState> seqs;
+  int64_t next_seq = 1;
+
+  // workspace (sized for max_chunk_tokens rows)
+  int64_t Tmax = 0, part_cap = 0;
+  float *x = nullptr, *t = nullptr, *qkv = nullptr, *att = nullptr, *rw = nullptr, *act = nullptr, *ypairs = nullptr;
+  float *part = nullptr, *logits = nullptr;
+  int32_t *ridx = nullptr, *argmax_out = nullptr;
+  MoeTiles tiles;
+  int32_t* meta = nullptr;   // per-chunk metadata (device)
+  int64_t meta_cap = 0;      // int32 entries
+  int32_t* staging = nullptr;  // pinned host copy of meta
+  int64_t staging_cap = 0;
+
+  template <typename T>
+  T* alloc(int64_t n, const std::string& what, size_t* counter) {
+    void* p = dev_alloc(size_t(n) * sizeof(T), what);
+    allocs.push_back(p);
+    *counter += size_t(n) * sizeof(T);
+    return static_cast<T*>(p);
+  }
+
+  ~Impl() {
+    if (stream) cudaStreamSynchronize(stream);
+    for (void* p : allocs) cudaFree(p);
+    if (meta) cudaFree(meta);
+    if (staging) cudaFreeHost(staging);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  void init_device() {
+    cfg.validate();
+    GPTOSS_CHECK_ARG(opt.block_size > 0 && opt.block_size <= 4096, "block_size must be in [1, 4096]");
+    GPTOSS_CHECK_ARG(opt.max_chunk_tokens > 0, "max_chunk_tokens must be positive");
+    GPTOSS_CHECK_ARG(opt.window_retain >= 0, "window_retain must be >= 0");
+    GPTOSS_CHECK_ARG(opt.kv_cache_bytes >= 0, "kv_cache_bytes must be >= 0 (0 = automatic)");
+    const int n = device_count();
+    if (n == 0)
+      throw CudaError("device='cuda': no CUDA device is visible (no GPU or no NVIDIA driver; cudaGetDeviceCount = 0)");
+    if (opt.device < 0 || opt.device >= n)
+      throw InvalidArgument("CUDA device " + std::to_string(opt.device) + " does not exist (" + std::to_string(n) +
+                            " visible)");
+    CUDA_CHECK(cudaSetDevice(opt.device));
+    cudaDeviceProp p;
+    CUDA_CHECK(cudaGetDeviceProperties(&p, opt.device));
+    dev_name = device_description(opt.device);
+    if (p.major < 8)
+      throw CudaError("unsupported GPU " + dev_name + ": the gptoss CUDA backend needs compute capability 8.0+");
+    check_kernel_image(opt.device);
+    sm_count = p.multiProcessorCount;
+    if (!attn_head_dim_supported(int(cfg.head_dim)))
+      throw InvalidArgument("CUDA backend: head_dim must be 32, 64 or 128, got " + std::to_string(cfg.head_dim));
+    if (attn_rows_per_group(int(cfg.n_heads), int(cfg.n_kv)) < 1)
+      throw InvalidArgument("CUDA backend: at most 64 query heads per KV head");
+    GPTOSS_CHECK_ARG(cfg.vocab < (int64_t(1) << 31) && cfg.max_context < (int64_t(1) << 30),
+                     "CUDA backend: vocab and max_context must fit in int32");
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  }
+
+  // ---- weights -------------------------------------------------------------------------------
+  void alloc_weights() {
+    const int64_t H = cfg.hidden, I = cfg.inter, E = cfg.n_experts, Q = cfg.q_dim(), KV = cfg.kv_dim();
+    const int64_t QKV = Q + 2 * KV;
+    size_t* c = &weight_bytes;
+    embed = alloc<uint16_t>(cfg.vocab * H, "the embedding", c);
+    unembed = alloc<uint16_t>(cfg.vocab * H, "the unembedding", c);
+    final_norm = alloc<float>(H, "the final norm", c);
+    inv_freq = alloc<float>(cfg.head_dim / 2, "rope frequencies", c);
+    CUDA_CHECK(cudaMemcpy(inv_freq, cfg.inv_freq.data(), cfg.inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice));
+    layers.resize(size_t(cfg.n_layers));
+    for (int64_t l = 0; l < cfg.n_layers; ++l) {
+      DevLayer& L = layers[size_t(l)];
+      const std::string w = "layer " + std::to_string(l) + " ";
+      L.attn_norm = alloc<float>(H, w + "attn norm", c);
+      L.qkv_w = alloc<uint16_t>(QKV * H, w + "qkv weight", c);
+      L.qkv_b = alloc<float>(QKV, w + "qkv bias", c);
+      L.sinks = alloc<float>(cfg.n_heads, w + "sinks", c);
+      L.o_w = alloc<uint16_t>(H * Q, w + "attention out weight", c);
+      L.o_b = alloc<float>(H, w + "attention out bias", c);
+      L.mlp_norm = alloc<float>(H, w + "mlp norm", c);
+      L.router_w = alloc<uint16_t>(E * H, w + "router weight", c);
+      L.router_b = alloc<float>(E, w + "router bias", c);
+      L.mlp1_blocks = alloc<uint8_t>(E * 2 * I * (H / 32) * 16, w + "mlp1 blocks", c);
+      L.mlp1_scales = alloc<uint8_t>(E * 2 * I * (H / 32), w + "mlp1 scales", c);
+      L.mlp1_b = alloc<float>(E * 2 * I, w + "mlp1 bias", c);
+      L.mlp2_blocks = alloc<uint8_t>(E * H * (I / 32) * 16, w + "mlp2 blocks", c);
+      L.mlp2_scales = alloc<uint8_t>(E * H * (I / 32), w + "mlp2 scales", c);
+      L.mlp2_b = alloc<float>(E * H, w + "mlp2 bias", c);
+    }
+  }
+
+  void upload(const TensorSource& src, const std::string& layout) {
+    Weights hw = bind_weights(cfg, src, layout);  // validates names, shapes, dtypes
+    alloc_weights();
+    const int64_t H = cfg.hidden, I = cfg.inter, E = cfg.n_experts, Q = cfg.q_dim(), KV = cfg.kv_dim();
+    auto h2d = [&](void* dst, const void* s, size_t bytes) {
+      CUDA_CHECK(cudaMemcpyAsync(dst, s, bytes, cudaMemcpyHostToDevice, stream));
+    };
+    auto vec = [&](float* dst, const std::vector<float>& v) { h2d(dst, v.data(), v.size() * sizeof(float)); };
+    h2d(embed, hw.embed, size_t(cfg.vocab * H) * 2);
+    h2d(unembed, hw.unembed, size_t(cfg.vocab * H) * 2);
+    vec(final_norm, hw.final_norm);
+    for (int64_t l = 0; l < cfg.n_layers; ++l) {
+      const LayerWeights& S = hw.layers[size_t(l)];
+      DevLayer& L = layers[size_t(l)];
+      vec(L.attn_norm, S.attn_norm);
+      h2d(L.qkv_w, S.q_w, size_t(Q * H) * 2);
+      h2d(L.qkv_w + Q * H, S.k_w, size_t(KV * H) * 2);
+      h2d(L.qkv_w + (Q + KV) * H, S.v_w, size_t(KV * H) * 2);
+      std::vector<float> b(S.q_b);
+      b.insert(b.end(), S.k_b.begin(), S.k_b.end());
+      b.insert(b.end(), S.v_b.begin(), S.v_b.end());
+      vec(L.qkv_b, b);
+      CUDA_CHECK(cudaStreamSynchronize(stream));  // `b` is a temporary
+      vec(L.sinks, S.sinks);
+      h2d(L.o_w, S.o_w, size_t(H * Q) * 2);
+      vec(L.o_b, S.o_b);
+      vec(L.mlp_norm, S.mlp_norm);
+      h2d(L.router_w, S.router_w, size_t(E * H) * 2);
+      vec(L.router_b, S.router_b);
+      h2d(L.mlp1_blocks, S.mlp1_blocks, size_t(E * 2 * I * (H / 32) * 16));
+      h2d(L.mlp1_scales, S.mlp1_scales, size_t(E * 2 * I * (H / 32)));
+      vec(L.mlp1_b, S.mlp1_b);
+      h2d(L.mlp2_blocks, S.mlp2_blocks, size_t(E * H * (I / 32) * 16));
+      h2d(L.mlp2_scales, S.mlp2_scales, size_t(E * H * (I / 32)));
+      vec(L.mlp2_b, S.mlp2_b);
+      CUDA_CHECK(cudaStreamSynchronize(stream));  // the host vectors of `hw` outlive this, but keep memory bounded
+    }
+  }
+
+  void generate(uint64_t seed) {
+    alloc_weights();
+    const int64_t H = cfg.hidden, I = cfg.inter, E = cfg.n_experts, Q = cfg.q_dim(), KV = cfg.kv_dim();
+    const float fp4_rms = std::sqrt((0.f + .25f + 1.f + 2.25f + 4.f + 9.f + 16.f + 36.f) / 8.f);
+    const float jitter = std::sqrt((0.25f + 1.0f + 4.0f) / 3.0f);
+    auto base = [&](int64_t fan_in) {
+      return 127 + int(std::lround(std::log2(1.0 / std::sqrt(double(fan_in)) / (fp4_rms * jitter))));
+    };
+    uint64_t sid = 0;
+    cudaStream_t st = stream;
+    fill_normal_bf16(embed, cfg.vocab * H, 0.f, 1.f, seed, sid++, st);
+    fill_normal_bf16(unembed, cfg.vocab * H, 0.f, 2.f / std::sqrt(float(H)), seed, sid++, st);
+    fill_normal_f32(final_norm, H, 1.f, 0.1f, seed, sid++, st);
+    for (int64_t l = 0; l < cfg.n_layers; ++l) {
+      DevLayer& L = layers[size_t(l)];
+      sid = 16 + uint64_t(l) * 32;
+      fill_normal_f32(L.attn_norm, H, 1.f, 0.1f, seed, sid++, st);
+      fill_normal_bf16(L.qkv_w, (Q + 2 * KV) * H, 0.f, 1.f / std::sqrt(float(H)), seed, sid++, st);
+      fill_normal_f32(L.qkv_b, Q + 2 * KV, 0.f, 0.05f, seed, sid++, st);
+      fill_normal_f32(L.sinks, cfg.n_heads, 1.f, 2.f, seed, sid++, st);
+      fill_normal_bf16(L.o_w, H * Q, 0.f, 1.f / std::sqrt(float(Q)), seed, sid++, st);
+      fill_normal_f32(L.o_b, H, 0.f, 0.05f, seed, sid++, st);
+      fill_normal_f32(L.mlp_norm, H, 1.f, 0.1f, seed, sid++, st);
+      fill_normal_bf16(L.router_w, E * H, 0.f, 2.f / std::sqrt(float(H)), seed, sid++, st);
+      fill_normal_f32(L.router_b, E, 0.f, 0.1f, seed, sid++, st);
+      fill_bytes(L.mlp1_blocks, E * 2 * I * (H / 32) * 16, seed, sid++, st);
+      fill_scales(L.mlp1_scales, E * 2 * I * (H / 32), base(H), seed, sid++, st);
+      fill_normal_f32(L.mlp1_b, E * 2 * I, 0.f, 0.05f, seed, sid++, st);
+      fill_bytes(L.mlp2_blocks, E * H * (I / 32) * 16, seed, sid++, st);
+      fill_scales(L.mlp2_scales, E * H * (I / 32), base(I), seed, sid++, st);
+      fill_normal_f32(L.mlp2_b, E * H, 0.f, 0.05f, seed, sid++, st);
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  // ---- workspace and KV cache -----------------------------------------------------------------
+  void alloc_workspace() {
+    const int64_t T = opt.max_chunk_tokens, H = cfg.hidden, I = cfg.inter, K = cfg.top_k, Q = cfg.q_dim();
+    const int64_t QKV = Q + 2 * cfg.kv_dim(), P = T * K;
+    Tmax = T;
+    size_t* c = &work_bytes;
+    x = alloc<float>(T * H, "activations", c);
+    t = alloc<float>(T * H, "activations", c);
+    qkv = alloc<float>(T * QKV, "activations", c);
+    att = alloc<float>(T * Q, "activations", c);
+    rw = alloc<float>(P, "routing weights", c);
+    ridx = alloc<int32_t>(P, "routing ids", c);
+    act = alloc<float>(P * I, "expert activations", c);
+    ypairs = alloc<float>(P * H, "expert outputs", c);
+    part_cap = std::max<int64_t>(T, 2048);
+    part = alloc<float>(part_cap * cfg.n_heads * (cfg.head_dim + 2), "attention partials", c);
+    logits = alloc<float>(T * cfg.vocab, "logits", c);
+    argmax_out = alloc<int32_t>(T, "argmax", c);
+    const int mt = moe_max_tiles(int(P), int(cfg.n_experts), moe_tile_size(false));
+    tiles.sorted = alloc<int32_t>(P, "moe tiles", c);
+    tiles.tile_e = alloc<int32_t>(mt, "moe tiles", c);
+    tiles.tile_start = alloc<int32_t>(mt, "moe tiles", c);
+    tiles.tile_count = alloc<int32_t>(mt, "moe tiles", c);
+    tiles.n_tiles = alloc<int32_t>(1, "moe tiles", c);
+  }
+
+  void alloc_kv() {
+    full_layers.assign(size_t(cfg.n_layers), -1);
+    win_layers.assign(size_t(cfg.n_layers), -1);
+    int64_t nf = 0, nw = 0;
+    for (int64_t l = 0; l < cfg.n_layers; ++l) {
+      if (cfg.sliding[size_t(l)]) win_layers[size_t(l)] = nw++;
+      else full_layers[size_t(l)] = nf++;
+    }
+    const size_t eb = opt.kv_bf16 ? 2 : 4;
+    const int64_t per_layer = 2 * cfg.n_kv * opt.block_size * cfg.head_dim;
+    const int64_t fb = std::max<int64_t>(1, nf) * per_layer, wb = std::max<int64_t>(1, nw) * per_layer;
+    size_t fr = 0, tot = 0;
+    CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+    const size_t margin = std::max<size_t>(size_t(512) << 20, tot / 50);  // CUDA context, cuBLAS-free slack
+    const size_t avail = fr > margin ? fr - margin : 0;
+    size_t budget = avail;
+    if (opt.kv_cache_bytes > 0) budget = std::min(budget, size_t(opt.kv_cache_bytes));
+    const size_t pair_bytes = eb * size_t((nf ? fb : 0) + (nw ? wb : 0));
+    const int64_t blocks = int64_t(budget / pair_bytes);
+    if (blocks < 2)
+      throw OutOfMemory("not enough device memory for the KV cache: 2 blocks need " + gib(2.0 * double(pair_bytes)) +
+                        ", " + gib(double(avail)) + " usable (" + gib(double(fr)) + " free of " + gib(double(tot)) +
+                        ", kv_cache_bytes cap " + std::to_string(opt.kv_cache_bytes) + ")");
+    auto setup = [&](DevPool& p, int64_t n_layers_kind, int64_t elems, const char* what) {
+      p.block_elems = elems;
+      p.elem_bytes = eb;
+      p.max_blocks = n_layers_kind ? blocks : 0;
+      if (p.max_blocks) p.base = alloc<char>(p.max_blocks * int64_t(p.block_bytes()), what, &kv_bytes);
+    };
+    setup(full_pool, nf, fb, "the KV cache (full-attention layers)");
+    setup(win_pool, nw, wb, "the KV cache (sliding-window layers)");
+  }
+
+  // ---- sequences (same semantics as csrc/model.cc) --------------------------------------------
+  SequenceState& find(int64_t id) {
+    auto it = seqs.find(id);
+    if (it == seqs.end()) throw InvalidArgument("unknown or freed sequence " + std::to_string(id));
+    return it->second;
+  }
+
+  void make_writable(DevPool& pool, std::vector<int32_t>& table, int64_t first, int64_t last) {
+    for (int64_t bi = first; bi <= last && bi < int64_t(table.size()); ++bi) {
+      const int32_t b = table[size_t(bi)];
+      if (b >= 0 && pool.refs[size_t(b)] > 1) {
+        const int32_t nb = pool.allocate();
+        CUDA_CHECK(cudaMemcpyAsync(pool.base + size_t(nb) * pool.block_bytes(), pool.base + size_t(b) * pool.block_bytes(),
+                                   pool.block_bytes(), cudaMemcpyDeviceToDevice, stream));
+        pool.release(b);
+        table[size_t(bi)] = nb;
+      }
+    }
+  }
+
+  void reserve(SequenceState& s, int64_t new_len) {
+    const int64_t B = opt.block_size;
+    const int64_t first = s.len / B, last = (new_len - 1) / B;
+    for (int which = 0; which < 2; ++which) {
+      std::vector<int32_t>& tab = which == 0 ? s.full_table : s.win_table;
+      DevPool& pool = which == 0 ? full_pool : win_pool;
+      if (pool.max_blocks == 0) continue;
+      make_writable(pool, tab, first, last);
+      while (int64_t(tab.size()) <= last) tab.push_back(pool.allocate());
+      for (int64_t bi = first; bi <= last; ++bi)
+        if (tab[size_t(bi)] < 0) tab[size_t(bi)] = pool.allocate();
+    }
+  }
+
+  void release_window(SequenceState& s) {
+    const int64_t B = opt.block_size;
+    const int64_t keep_from = s.len - cfg.window - opt.window_retain + 1;
+    for (int64_t bi = 0; bi < int64_t(s.win_table.size()); ++bi) {
+      if ((bi + 1) * B - 1 >= keep_from) break;
+      if (s.win_table[size_t(bi)] >= 0) {
+        win_pool.release(s.win_table[size_t(bi)]);
+        s.win_table[size_t(bi)] = -1;
+      }
+    }
+  }
+
+  void validate_step(const std::vector<StepItem>& items) {
+    std::unordered_set<int64_t> seen;
+    int64_t need_full = 0, need_win = 0;
+    const int64_t B = opt.block_size;
+    for (const auto& it : items) {
+      auto sit = seqs.find(it.seq);
+      if (sit == seqs.end()) throw InvalidArgument("unknown or freed sequence " + std::to_string(it.seq));
+      if (!seen.insert(it.seq).second)
+        throw InvalidArgument("sequence " + std::to_string(it.seq) + " appears twice in one batch");
+      if (it.n <= 0) throw InvalidArgument("empty token list for sequence " + std::to_string(it.seq));
+      for (int64_t i = 0; i < it.n; ++i)
+        if (it.tokens[i] < 0 || it.tokens[i] >= cfg.vocab)
+          throw InvalidArgument("token id " + std::to_string(it.tokens[i]) + " at index " + std::to_string(i) +
+                                " is out of range [0, " + std::to_string(cfg.vocab) + ")");
+      const SequenceState& s = sit->second;
+      if (s.len + it.n > cfg.max_context)
+        throw ContextOverflow("sequence " + std::to_string(it.seq) + " would hold " + std::to_string(s.len + it.n) +
+                              " tokens, more than the context limit of " + std::to_string(cfg.max_context));
+      const int64_t nb = ceil_div(s.len + it.n, B) - s.len / B + 1;
+      need_full += nb;
+      need_win += std::min(nb, ceil_div(cfg.window + opt.window_retain + opt.max_chunk_tokens, B) + 2);
+    }
+    auto check_pool = [](const DevPool& p, int64_t need, const char* what) {
+      if (p.max_blocks > 0 && p.used + need > p.max_blocks)
+        throw OutOfMemory(std::string("KV cache too small for this step (") + what + " pool: " +
+                          std::to_string(p.used) + " of " + std::to_string(p.max_blocks) + " blocks in use, up to " +
+                          std::to_string(need) + " more needed); free sequences or raise kv_cache_bytes");
+    };
+    check_pool(full_pool, need_full, "full-attention");
+    check_pool(win_pool, need_win, "sliding-window");
+  }
+
+  struct Chunk {
+    int64_t seq;
+    const int32_t* tokens;
+    int64_t n;
+    bool all_logits, last_of_item;
+    float* out;        // host logits destination (step)
+    int32_t* out_tok;  // host argmax destination (step_argmax)
+  };
+
+  void run(const std::vector<StepItem>& items, float* out, int32_t* out_tok) {
+    validate_step(items);
+    std::vector<Chunk> group;
+    int64_t in_group = 0;
+    float* o = out;
+    int32_t* ot = out_tok;
+    for (const auto& it : items) {
+      int64_t done = 0;
+      while (done < it.n) {
+        const int64_t take = std::min(it.n - done, opt.max_chunk_tokens - in_group);
+        const bool last = done + take == it.n;
+        const bool all = out_tok ? false : it.all_logits;
+        group.push_back(Chunk{it.seq, it.tokens + done, take, all, last, o, ot});
+        if (out) {
+          if (all) o += take * cfg.vocab;
+          else if (last) o += cfg.vocab;
+        } else if (last) {
+          ++ot;
+        }
+        done += take;
+        in_group += take;
+        if (in_group == opt.max_chunk_tokens) {
+          forward_chunk(group);
+          group.clear();
+          in_group = 0;
+        }
+      }
+    }
+    if (!group.empty()) forward_chunk(group);
+  }
+
+  void ensure_meta(int64_t n) {
+    if (n <= meta_cap) return;
+    const int64_t cap = std::max<int64_t>(n, meta_cap * 2);
+    if (meta) CUDA_CHECK(cudaFree(meta));
+    meta = nullptr;
+    meta = static_cast<int32_t*>(dev_alloc(size_t(cap) * 4, "step metadata"));
+    if (staging) CUDA_CHECK(cudaFreeHost(staging));
+    staging = nullptr;
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&staging), size_t(cap) * 4));
+    meta_cap = staging_cap = cap;
+  }
+
+  void forward_chunk(const std::vector<Chunk>& chunks) {
+    const ModelConfig& c = cfg;
+    const int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), QKV = Q + 2 * KV, D = c.head_dim;
+    const int64_t K = c.top_k, B = opt.block_size;
+    int64_t T = 0;
+    for (const auto& ch : chunks) T += ch.n;
+    for (const auto& ch : chunks) {
+      SequenceState& s = seqs.at(ch.seq);
+      reserve(s, s.len + ch.n);
+    }
+    const int rpg = attn_rows_per_group(int(c.n_heads), int(c.n_kv));
+
+    // ---- metadata: tok, pos, row_full, row_win, groups_full, groups_win, logit rows, tables
+    std::vector<int32_t> tok, pos, row_full, row_win, lrows, tab_full, tab_win;
+    std::vector<AttnGroup> gf, gw;
+    int max_span_full = 1, max_span_win = 1;
+    {
+      int64_t r = 0;
+      for (const auto& ch : chunks) {
+        const SequenceState& s = seqs.at(ch.seq);
+        const int32_t off_f = int32_t(tab_full.size()), off_w = int32_t(tab_win.size());
+        tab_full.insert(tab_full.end(), s.full_table.begin(), s.full_table.end());
+        tab_win.insert(tab_win.end(), s.win_table.begin(), s.win_table.end());
+        for (int64_t i = 0; i < ch.n; ++i) {
+          tok.push_back(ch.tokens[i]);
+          pos.push_back(int32_t(s.len + i));
+          row_full.push_back(off_f);
+          row_win.push_back(off_w);
+        }
+        for (int64_t i = 0; i < ch.n; i += rpg) {
+          const int32_t nr = int32_t(std::min<int64_t>(rpg, ch.n - i));
+          const int32_t p0 = int32_t(s.len + i);
+          gf.push_back(AttnGroup{int32_t(r + i), nr, p0, off_f});
+          gw.push_back(AttnGroup{int32_t(r + i), nr, p0, off_w});
+          const int32_t last = p0 + nr - 1;
+          max_span_full = std::max(max_span_full, last + 1);
+          max_span_win = std::max(max_span_win, last - std::max<int32_t>(0, p0 - int32_t(c.window) + 1) + 1);
+        }
+        if (ch.all_logits || ch.last_of_item) {
+          if (ch.all_logits)
+            for (int64_t i = 0; i < ch.n; ++i) lrows.push_back(int32_t(r + i));
+          else
+            lrows.push_back(int32_t(r + ch.n - 1));
+        }
+        r += ch.n;
+      }
+    }
+    if (tab_full.empty()) tab_full.push_back(0);
+    if (tab_win.empty()) tab_win.push_back(0);
+    const int64_t ng = int64_t(gf.size());
+    const int64_t o_tok = 0, o_pos = T, o_rf = 2 * T, o_rw = 3 * T, o_gf = 4 * T, o_gw = o_gf + 4 * ng,
+                  o_lr = o_gw + 4 * ng, o_tf = o_lr + int64_t(lrows.size()),
+                  o_tw = o_tf + int64_t(tab_full.size()), total = o_tw + int64_t(tab_win.size());
+    ensure_meta(total);
+    CUDA_CHECK(cudaStreamSynchronize(stream));  // the previous chunk's copy from staging is done
+    std::memcpy(staging + o_tok, tok.data(), size_t(T) * 4);
+    std::memcpy(staging + o_pos, pos.data(), size_t(T) * 4);
+    std::memcpy(staging + o_rf, row_full.data(), size_t(T) * 4);
+    std::memcpy(staging + o_rw, row_win.data(), size_t(T) * 4);
+    std::memcpy(staging + o_gf, gf.data(), size_t(ng) * 16);
+    std::memcpy(staging + o_gw, gw.data(), size_t(ng) * 16);
+    if (!lrows.empty()) std::memcpy(staging + o_lr, lrows.data(), lrows.size() * 4);
+    std::memcpy(staging + o_tf, tab_full.data(), tab_full.size() * 4);
+    std::memcpy(staging + o_tw, tab_win.data(), tab_win.size() * 4);
+    CUDA_CHECK(cudaMemcpyAsync(meta, staging, size_t(total) * 4, cudaMemcpyHostToDevice, stream));
+    const int32_t* d_tok = meta + o_tok;
+    const int32_t* d_pos = meta + o_pos;
+    const AttnGroup* d_gf = reinterpret_cast<const AttnGroup*>(meta + o_gf);
+    const AttnGroup* d_gw = reinterpret_cast<const AttnGroup*>(meta + o_gw);
+
+    cudaStream_t st = stream;
+    const int Ti = int(T), Hi = int(H);
+    const bool tc = T > 8;
+    tiles.tile = moe_tile_size(tc);
+    tiles.max_tiles = moe_max_tiles(int(T * K), int(c.n_experts), tiles.tile);
+
+    embedding(d_tok, Ti, embed, Hi, x, st);
+    rmsnorm(x, Ti, Hi, layers[0].attn_norm, c.rms_eps, t, st);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const DevLayer& L = layers[size_t(l)];
+      const bool sliding = c.sliding[size_t(l)];
+      dense(t, Hi, nullptr, Ti, Hi, L.qkv_w, Hi, int(QKV), L.qkv_b, qkv, int(QKV), EPI_STORE, st);
+      DevPool& pool = sliding ? win_pool : full_pool;
+      KVView kv;
+      kv.pool = pool.base;
+      kv.block_elems = pool.block_elems;
+      kv.layer_offset = (sliding ? win_layers[size_t(l)] : full_layers[size_t(l)]) * 2 * c.n_kv * B * D;
+      kv.block_size = int(B);
+      kv.n_kv = int(c.n_kv);
+      kv.head_dim = int(D);
+      kv.bf16 = opt.kv_bf16;
+      const int32_t* d_tables = meta + (sliding ? o_tw : o_tf);
+      rope_kv_store(qkv, int(QKV), Ti, d_pos, meta + (sliding ? o_rw : o_rf), d_tables, int(c.n_heads), int(c.n_kv),
+                    int(D / 2), inv_freq, c.rope_conc, kv, st);
+      AttnArgs a;
+      a.q = qkv;
+      a.ldq = int(QKV);
+      a.T = Ti;
+      a.kv = kv;
+      a.tables = d_tables;
+      a.groups = sliding ? d_gw : d_gf;
+      a.n_groups = int(ng);
+      a.n_heads = int(c.n_heads);
+      a.window = sliding ? int(c.window) : 0;
+      a.scale = c.attn_scale;
+      a.sinks = L.sinks;
+      a.part = part;
+      a.out = att;
+      a.ldo = int(Q);
+      attn_plan(a, sliding ? max_span_win : max_span_full, part_cap, sm_count);
+      attention(a, st);
+      dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st);
+      rmsnorm(x, Ti, Hi, L.mlp_norm, c.rms_eps, t, st);
+      router(t, Ti, Hi, L.router_w, L.router_b, int(c.n_experts), int(K), ridx, rw, st);
+      moe_route(ridx, int(T * K), int(c.n_experts), tiles, st);
+      MxWeights w1{L.mlp1_blocks, L.mlp1_scales, L.mlp1_b, int(2 * c.inter), Hi};
+      MxWeights w2{L.mlp2_blocks, L.mlp2_scales, L.mlp2_b, Hi, int(c.inter)};
+      moe_mlp1(t, Hi, int(K), tiles, w1, c.swiglu_alpha, c.swiglu_limit, act, tc, st);
+      moe_mlp2(act, tiles, w2, rw, ypairs, tc, st);
+      const float* next_norm = l + 1 < c.n_layers ? layers[size_t(l + 1)].attn_norm : final_norm;
+      add_rmsnorm(x, ypairs, int(K), Ti, Hi, next_norm, c.rms_eps, t, st);
+    }
+
+    // ---- logits (or greedy tokens) for the rows that asked for them, consecutive in the output
+    const int R = int(lrows.size());
+    if (R > 0) {
+      dense(t, Hi, meta + o_lr, R, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st);
+      const Chunk* first = nullptr;
+      for (const auto& ch : chunks)
+        if (ch.all_logits || ch.last_of_item) {
+          first = &ch;
+          break;
+        }
+      if (first->out) {
+        CUDA_CHECK(cudaMemcpyAsync(first->out, logits, size_t(R) * size_t(c.vocab) * 4, cudaMemcpyDeviceToHost, st));
+      } else {
+        argmax_rows(logits, R, c.vocab, argmax_out, st);
+        CUDA_CHECK(cudaMemcpyAsync(first->out_tok, argmax_out, size_t(R) * 4, cudaMemcpyDeviceToHost, st));
+      }
+    }
+    CUDA_CHECK(cudaStreamSynchronize(st));
+
+    for (const auto& ch : chunks) {
+      SequenceState& s = seqs.at(ch.seq);
+      s.tokens.insert(s.tokens.end(), ch.tokens, ch.tokens + ch.n);
+      s.len += ch.n;
+      release_window(s);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+
+CudaEngine::CudaEngine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::string& layout,
+                       CudaEngineOptions opt)
+    : p_(std::make_unique<Impl>()) {
+  p_->cfg = std::move(cfg);
+  p_->opt = opt;
+  p_->init_device();
+  p_->upload(*src, layout);
+  src.reset();  // host copies are no longer needed
+  p_->alloc_workspace();
+  p_->alloc_kv();
+}
+
+CudaEngine::CudaEngine(ModelConfig cfg, uint64_t seed, CudaEngineOptions opt) : p_(std::make_unique<Impl>()) {
+  p_->cfg = std::move(cfg);
+  p_->opt = opt;
+  p_->init_device();
+  p_->generate(seed);
+  p_->alloc_workspace();
+  p_->alloc_kv();
+}
+
+CudaEngine::~CudaEngine() {
+  if (p_) cudaSetDevice(p_->opt.device);
+}
+
+const ModelConfig& CudaEngine::config() const { return p_->cfg; }
+
+int64_t CudaEngine::new_sequence() {
+  const int64_t id = p_->next_seq++;
+  p_->seqs.emplace(id, SequenceState{});
+  return id;
+}
+
+int64_t CudaEngine::fork(int64_t seq) {
+  SequenceState copy = p_->find(seq);
+  for (int32_t b : copy.full_table)
+    if (b >= 0) p_->full_pool.retain(b);
+  for (int32_t b : copy.win_table)
+    if (b >= 0) p_->win_pool.retain(b);
+  const int64_t id = p_->next_seq++;
+  p_->seqs.emplace(id, std::move(copy));
+  return id;
+}
+
+void CudaEngine::free_sequence(int64_t seq) {
+  SequenceState& s = p_->find(seq);
+  for (int32_t b : s.full_table) p_->full_pool.release(b);
+  for (int32_t b : s.win_table) p_->win_pool.release(b);
+  p_->seqs.erase(seq);
+}
+
+bool CudaEngine::truncate(int64_t seq, int64_t n) {
+  SequenceState& s = p_->find(seq);
+  GPTOSS_CHECK_ARG(n >= 0 && n <= s.len, "truncate: n must be in [0, length]");
+  const int64_t B = p_->opt.block_size;
+  for (int64_t q = std::max<int64_t>(0, n - p_->cfg.window + 1); q < n; ++q) {
+    const int64_t bi = q / B;
+    if (bi >= int64_t(s.win_table.size()) || s.win_table[size_t(bi)] < 0) return false;
+  }
+  const int64_t keep = ceil_div(n, B);
+  while (int64_t(s.full_table.size()) > keep) {
+    p_->full_pool.release(s.full_table.back());
+    s.full_table.pop_back();
+  }
+  while (int64_t(s.win_table.size()) > keep) {
+    p_->win_pool.release(s.win_table.back());
+    s.win_table.pop_back();
+  }
+  s.len = n;
+  s.tokens.resize(size_t(n));
+  return true;
+}
+
+int64_t CudaEngine::length(int64_t seq) const { return p_->find(seq).len; }
+const std::vector<int32_t>& CudaEngine::tokens(int64_t seq) const { return p_->find(seq).tokens; }
+bool CudaEngine::has_sequence(int64_t seq) const { return p_->seqs.count(seq) != 0; }
+int64_t CudaEngine::num_sequences() const { return int64_t(p_->seqs.size()); }
+
+int64_t CudaEngine::logits_rows(const std::vector<StepItem>& items) const {
+  int64_t r = 0;
+  for (const auto& it : items) r += it.all_logits ? it.n : 1;
+  return r;
+}
+
+void CudaEngine::step(const std::vector<StepItem>& items, float* out) {
+  CUDA_CHECK(cudaSetDevice(p_->opt.device));
+  p_->run(items, out, nullptr);
+}
+
+void CudaEngine::step_argmax(const std::vector<StepItem>& items, int32_t* out) {
+  CUDA_CHECK(cudaSetDevice(p_->opt.device));
+  p_->run(items, nullptr, out);
+}
+
+std::vector<int64_t> CudaEngine::kv_stats() const {
+  const DevPool &f = p_->full_pool, &w = p_->win_pool;
+  return {f.used, f.next, f.max_blocks, w.used, w.next, w.max_blocks};
+}
+
+std::map<std::string, double> CudaEngine::memory_info() const {
+  size_t fr = 0, tot = 0;
+  CUDA_CHECK(cudaSetDevice(p_->opt.device));
+  CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+  return {{"weights", double(p_->weight_bytes)},
+          {"kv_cache", double(p_->kv_bytes)},
+          {"workspace", double(p_->work_bytes)},
+          {"used", double(tot - fr)},
+          {"total", double(tot)},
+          {"kv_elem_bytes", p_->opt.kv_bf16 ? 2.0 : 4.0},
+          {"sm_count", double(p_->sm_count)}};
+}
+
+std::string CudaEngine::device_name() const { return p_->dev_name; }
+
+void CudaEngine::synchronize() {
+  CUDA_CHECK(cudaSetDevice(p_->opt.device));
+  CUDA_CHECK(cudaStreamSynchronize(p_->stream));
+}
+
+}  // namespace gptoss::cuda

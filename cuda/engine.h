@@ -1,0 +1,77 @@
+// The gpt-oss model on a CUDA device: the same API and semantics as gptoss::Engine (model.h):
+// sequences in a paged KV cache with copy-on-write forks, truncation, ragged batched steps
+// that validate everything before touching any state. Weights are uploaded once as stored
+// (bf16 matrices, packed MXFP4 experts; small vectors as fp32) or generated on the device
+// (synthetic models); the KV cache lives in device memory (fp32 by default, bf16 optional).
+//
+// Plain C++ header (no CUDA types): included by the pybind11 module compiled by the host
+// compiler. Errors are the gptoss exception types of csrc/common.h; CUDA failures that are not
+// out-of-memory are std::runtime_error.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model.h"
+
+namespace gptoss::cuda {
+
+// Number of usable CUDA devices; 0 when there is no driver or no device (never throws).
+int device_count() noexcept;
+// "name (sm_XY, N GiB)" of a device, or "" if unavailable.
+std::string device_description(int device);
+
+struct CudaEngineOptions {
+  int64_t block_size = 16;
+  int64_t kv_cache_bytes = 0;     // cap on the KV cache; 0 = most of the free device memory
+  int64_t window_retain = 256;
+  int64_t max_chunk_tokens = 512;
+  int device = 0;
+  bool kv_bf16 = false;           // KV cache in bf16 (half the memory) instead of fp32
+};
+
+class CudaEngine {
+ public:
+  // Weights from a checkpoint (or in-memory arrays), uploaded to the device once.
+  CudaEngine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::string& layout, CudaEngineOptions opt);
+  // Random weights generated directly on the device (no host copy), with the magnitudes of
+  // python/gptoss/synthetic.py; deterministic in `seed` (but not equal to the host generator).
+  CudaEngine(ModelConfig cfg, uint64_t seed, CudaEngineOptions opt);
+  ~CudaEngine();
+  CudaEngine(const CudaEngine&) = delete;
+  CudaEngine& operator=(const CudaEngine&) = delete;
+
+  const ModelConfig& config() const;
+  int64_t new_sequence();
+  int64_t fork(int64_t seq);
+  void free_sequence(int64_t seq);
+  bool truncate(int64_t seq, int64_t n);
+  int64_t length(int64_t seq) const;
+  const std::vector<int32_t>& tokens(int64_t seq) const;
+  bool has_sequence(int64_t seq) const;
+  int64_t num_sequences() const;
+
+  // Same contract as Engine::step: logits rows into host memory `out`.
+  void step(const std::vector<StepItem>& items, float* out);
+  int64_t logits_rows(const std::vector<StepItem>& items) const;
+  // Greedy decoding: the argmax token after each item's last token (computed on the device,
+  // only the token ids are copied back). all_logits is ignored.
+  void step_argmax(const std::vector<StepItem>& items, int32_t* out);
+
+  std::vector<int64_t> kv_stats() const;
+  // Device memory in bytes: weights, kv_cache, workspace, used (total - free, whole device),
+  // total; and the KV element size.
+  std::map<std::string, double> memory_info() const;
+  std::string device_name() const;
+  void synchronize();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> p_;
+};
+
+}  // namespace gptoss::cuda

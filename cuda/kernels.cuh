@@ -1,0 +1,115 @@
+// Launchers of the CUDA kernels (device pointers, one stream). Shared by the engine
+// (engine.cu) and the numpy test entry points (test_api.cu). All activations are fp32; weight
+// matrices are bf16 ([N, K] row-major, "nn.Linear" orientation) or packed MXFP4, exactly as
+// stored in the checkpoint; small vectors (norms, biases, sinks) are fp32 copies.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace gptoss::cuda {
+
+// ---- ops.cu --------------------------------------------------------------------------------
+// x[t, :] = E[tok[t], :]  (bf16 table)
+void embedding(const int32_t* tok, int T, const uint16_t* E, int H, float* x, cudaStream_t st);
+// y = x / sqrt(mean(x^2) + eps) * w, row by row (y may alias x).
+void rmsnorm(const float* x, int T, int H, const float* w, float eps, float* y, cudaStream_t st);
+// x[t] += sum_{k<K} add[(t*K + k), :] (add may be null), then y = rmsnorm(x) * w.
+// This is the MoE combine + residual + the next layer's first RMSNorm in one pass.
+void add_rmsnorm(float* x, const float* add, int K, int T, int H, const float* w, float eps, float* y,
+                 cudaStream_t st);
+
+// One layer of the paged KV cache. A block holds, for every layer of its pool, K then V, each
+// [n_kv][block_size][head_dim] (the CPU layout), in fp32 or bf16.
+struct KVView {
+  void* pool = nullptr;        // block b starts at pool + b * block_elems elements
+  int64_t block_elems = 0;
+  int64_t layer_offset = 0;    // elements from a block's start to this layer's K
+  int block_size = 0, n_kv = 0, head_dim = 0;
+  bool bf16 = false;
+};
+
+// Per row t of qkv ([T, ld]: nq query heads, nk key heads, then nk value heads, head size
+// 2*half): half-split YaRN RoPE of q and k at position pos[t] (cos/sin of float(pos)*inv_freq
+// times conc), q rotated in place; if kv.pool, k (rotated) and v are stored at pos[t] in the
+// block tables[row_table[t] + pos[t] / block_size].
+void rope_kv_store(float* qkv, int ld, int T, const int32_t* pos, const int32_t* row_table, const int32_t* tables,
+                   int nq, int nk, int half, const float* inv_freq, float conc, const KVView& kv, cudaStream_t st);
+
+// Rows row0 .. row0+nrows-1 of a forward chunk: one sequence at positions pos0, pos0+1, ...
+struct AttnGroup {
+  int32_t row0, nrows, pos0, table_off;
+};
+
+struct AttnArgs {
+  const float* q = nullptr;  // [T, ldq], head h at column h*head_dim
+  int ldq = 0, T = 0;
+  KVView kv;
+  const int32_t* tables = nullptr;  // block ids; a group's table starts at table_off
+  const AttnGroup* groups = nullptr;
+  int n_groups = 0, n_heads = 0, window = 0;  // window <= 0: full causal
+  float scale = 1.f;
+  const float* sinks = nullptr;  // [n_heads]
+  int split_len = 0, n_splits = 1;
+  float* part = nullptr;  // [T * n_heads * n_splits * (head_dim + 2)]
+  float* out = nullptr;   // [T, ldo]
+  int ldo = 0;
+};
+// Max query rows per group for this GQA ratio (64 (row, head) pairs per block).
+int attn_rows_per_group(int n_heads, int n_kv);
+bool attn_head_dim_supported(int head_dim);
+// Chooses split_len / n_splits (max_span: the longest key range of any group; part_cap:
+// how many (row, split) partial slots the buffer holds).
+void attn_plan(AttnArgs& a, int max_span, int64_t part_cap, int sm_count);
+void attention(const AttnArgs& a, cudaStream_t st);
+
+// ---- gemm.cu -------------------------------------------------------------------------------
+enum Epi : int { EPI_STORE = 0, EPI_ADD = 1 };
+// Y[m, n] (= or +=) sum_k X[row(m), k] * W[n, k] + bias[n], row(m) = rows ? rows[m] : m.
+// path: 0 = auto (GEMV for M <= 8, tensor cores above), 1 = GEMV, 2 = tensor cores.
+void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uint16_t* W, int ldw, int N,
+           const float* bias, float* Y, int ldy, int epi, cudaStream_t st, int path = 0);
+
+// ---- moe.cu --------------------------------------------------------------------------------
+// Routing: logits = t W^T + b (W bf16 [E, H]); the top k (ties to the lower id, descending)
+// and the softmax over those k.
+void router(const float* t, int T, int H, const uint16_t* W, const float* b, int E, int k, int32_t* idx,
+            float* w, cudaStream_t st);
+
+// (token, slot) pairs grouped by expert, cut into tiles of at most `tile` pairs.
+struct MoeTiles {
+  int32_t* sorted = nullptr;      // [P] pair ids (t*k + slot), grouped by expert
+  int32_t* tile_e = nullptr;      // [max_tiles]
+  int32_t* tile_start = nullptr;  // [max_tiles] offset into sorted
+  int32_t* tile_count = nullptr;  // [max_tiles]
+  int32_t* n_tiles = nullptr;     // [1]
+  int max_tiles = 0, tile = 0;
+};
+int moe_max_tiles(int P, int E, int tile);
+int moe_tile_size(bool tensor_cores);
+void moe_route(const int32_t* idx, int P, int E, const MoeTiles& mt, cudaStream_t st);
+
+struct MxWeights {
+  const uint8_t* blocks = nullptr;  // [E, N, K/32, 16]
+  const uint8_t* scales = nullptr;  // [E, N, K/32]
+  const float* bias = nullptr;      // [E, N]
+  int N = 0, K = 0;
+};
+// mlp1 + SwiGLU: act[pos, i] = swiglu(W1[e] x[sorted[pos] / topk] + b1[e])  (act: [P, N/2])
+void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWeights& w, float alpha,
+              float limit, float* act, bool tensor_cores, cudaStream_t st);
+// mlp2 + routing weight: y[sorted[pos], :] = rw[sorted[pos]] * (W2[e] act[pos] + b2[e])  (y: [P, N])
+void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const float* rw, float* y,
+              bool tensor_cores, cudaStream_t st);
+
+// ---- ops.cu (sampling, synthetic weights) --------------------------------------------------
+// out[r] = argmax of logits[r, :V] (ties: lowest index; NaN ignored).
+void argmax_rows(const float* logits, int R, int64_t V, int32_t* out, cudaStream_t st);
+// Deterministic pseudo-random fills keyed by (seed, stream): Normal(mean, std) in bf16 or
+// fp32; uniform bytes; E8M0 scales base + {-1, 0, +1}.
+void fill_normal_bf16(uint16_t* p, int64_t n, float mean, float std, uint64_t seed, uint64_t stream, cudaStream_t st);
+void fill_normal_f32(float* p, int64_t n, float mean, float std, uint64_t seed, uint64_t stream, cudaStream_t st);
+void fill_bytes(uint8_t* p, int64_t n, uint64_t seed, uint64_t stream, cudaStream_t st);
+void fill_scales(uint8_t* p, int64_t n, int base, uint64_t seed, uint64_t stream, cudaStream_t st);
+
+}  // namespace gptoss::cuda

@@ -1,0 +1,262 @@
+// Mixture of experts: fused router (logits + bias + top-k + softmax over the k), grouping of
+// (token, slot) pairs by expert, and the MXFP4 expert products straight from the packed
+// checkpoint bytes:
+//  * decode (few tokens): a warp per output row (two rows, gate and linear, for mlp1) and up to
+//    4 pairs of one expert per block, so each selected expert's weights are read once per 4
+//    pairs; only the selected experts are touched. mlp1 fuses bias + interleaved SwiGLU with
+//    the clamp; mlp2 fuses bias + routing-weight scaling.
+//  * prefill / large batches: the tensor-core GEMM of tc_gemm.cuh over tiles of up to 64 pairs
+//    of one expert, dequantizing 32-weight MXFP4 blocks into shared memory.
+// The per-pair outputs y[pair] are summed in a fixed order by add_rmsnorm (ops.cu), so results
+// do not depend on scheduling (no atomics).
+#include "common.cuh"
+#include "kernels.cuh"
+#include "tc_gemm.cuh"
+
+namespace gptoss::cuda {
+namespace {
+
+constexpr int kRouterThreads = 256;
+
+__global__ void __launch_bounds__(kRouterThreads) router_kernel(const float* t, int H, const uint16_t* W,
+                                                                const float* b, int E, int k, int32_t* idx,
+                                                                float* w, bool vec) {
+  extern __shared__ float lg[];  // [E] logits, then [k] chosen ids
+  int* chosen = reinterpret_cast<int*>(lg + E);
+  const int row = blockIdx.x;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = kRouterThreads / 32;
+  const float* x = t + int64_t(row) * H;
+  for (int e = warp; e < E; e += nw) {
+    const uint16_t* wr = W + int64_t(e) * H;
+    float acc = 0.f;
+    const int H8 = vec ? H / 8 : 0;
+    for (int k8 = lane; k8 < H8; k8 += 32) {
+      const uint4 u = __ldg(reinterpret_cast<const uint4*>(wr) + k8);
+      const float4 a = *reinterpret_cast<const float4*>(x + 8 * k8);
+      const float4 c = *reinterpret_cast<const float4*>(x + 8 * k8 + 4);
+      acc += a.x * __uint_as_float(u.x << 16) + a.y * __uint_as_float(u.x & 0xffff0000u) +
+             a.z * __uint_as_float(u.y << 16) + a.w * __uint_as_float(u.y & 0xffff0000u) +
+             c.x * __uint_as_float(u.z << 16) + c.y * __uint_as_float(u.z & 0xffff0000u) +
+             c.z * __uint_as_float(u.w << 16) + c.w * __uint_as_float(u.w & 0xffff0000u);
+    }
+    for (int i = H8 * 8 + lane; i < H; i += 32) acc += x[i] * bf16_bits_to_float(wr[i]);
+    acc = warp_sum(acc);
+    if (lane == 0) lg[e] = acc + b[e];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < k; ++s) {
+      int best = -1;
+      for (int e = 0; e < E; ++e) {
+        bool taken = false;
+        for (int r = 0; r < s; ++r) taken |= chosen[r] == e;
+        if (taken) continue;
+        if (best < 0 || lg[e] > lg[best]) best = e;  // strict: ties keep the lower id
+      }
+      chosen[s] = best;
+    }
+    const float m = lg[chosen[0]];
+    float sum = 0.f;
+    for (int s = 0; s < k; ++s) sum += expf(lg[chosen[s]] - m);
+    for (int s = 0; s < k; ++s) {
+      idx[int64_t(row) * k + s] = chosen[s];
+      w[int64_t(row) * k + s] = expf(lg[chosen[s]] - m) / sum;
+    }
+  }
+}
+
+__global__ void route_kernel(const int32_t* idx, int P, int E, MoeTiles mt) {
+  extern __shared__ int sh[];
+  int* cnt = sh;
+  int* off = sh + E;
+  int* fill = sh + 2 * E;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    cnt[e] = 0;
+    fill[e] = 0;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < P; i += blockDim.x) atomicAdd(&cnt[idx[i]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int o = 0, nt = 0;
+    for (int e = 0; e < E; ++e) {
+      off[e] = o;
+      for (int s = 0; s < cnt[e]; s += mt.tile) {
+        mt.tile_e[nt] = e;
+        mt.tile_start[nt] = o + s;
+        mt.tile_count[nt] = min(mt.tile, cnt[e] - s);
+        ++nt;
+      }
+      o += cnt[e];
+    }
+    *mt.n_tiles = nt;
+  }
+  __syncthreads();
+  // Order inside an expert's list is arbitrary; every pair's result is computed independently.
+  for (int i = threadIdx.x; i < P; i += blockDim.x) {
+    const int e = idx[i];
+    mt.sorted[off[e] + atomicAdd(&fill[e], 1)] = i;
+  }
+}
+
+constexpr int kMoeWarps = 8;
+constexpr int kMoeTT = 4;  // pairs per tile on the GEMV path
+
+struct MoeGemvArgs {
+  const float* X;
+  int ldx, topk;
+  MoeTiles mt;
+  MxWeights w;
+  const float* rw;
+  float alpha, limit;
+  float* Y;
+  int ldy;
+};
+
+template <bool MLP1>
+__global__ void __launch_bounds__(kMoeWarps * 32) moe_gemv_kernel(MoeGemvArgs a) {
+  constexpr int R = MLP1 ? 2 : 1;
+  constexpr int TT = kMoeTT;
+  __shared__ float tab[16 * 32];  // E2M1 value of nibble v at [v * 32 + lane]: conflict-free lookups
+  for (int i = threadIdx.x; i < 16 * 32; i += blockDim.x) tab[i] = e2m1_to_float(uint32_t(i >> 5));
+  __syncthreads();
+  const int tile = blockIdx.y;
+  if (tile >= *a.mt.n_tiles) return;
+  const int e = a.mt.tile_e[tile], start = a.mt.tile_start[tile], cnt = a.mt.tile_count[tile];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int N = a.w.N, K = a.w.K;
+  const int unit = blockIdx.x * kMoeWarps + warp;
+  if (unit >= (MLP1 ? N / 2 : N)) return;
+  const int r0 = MLP1 ? 2 * unit : unit;
+  const float* xr[TT];
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    const int pos = start + min(t, cnt - 1);
+    const int src = MLP1 ? a.mt.sorted[pos] / a.topk : pos;
+    xr[t] = a.X + int64_t(src) * a.ldx;
+  }
+  const int nb = K / 32;
+  const float* tl = tab + lane;
+  float acc[R][TT];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < TT; ++t) acc[r][t] = 0.f;
+
+  for (int b = lane; b < nb; b += 32) {
+    uint32_t q[R][4];
+    float sc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t rr = int64_t(e) * N + r0 + r;
+      const uint4 u = __ldg(reinterpret_cast<const uint4*>(a.w.blocks + (rr * nb + b) * 16));
+      q[r][0] = u.x; q[r][1] = u.y; q[r][2] = u.z; q[r][3] = u.w;
+      sc[r] = e8m0_to_float(__ldg(a.w.scales + rr * nb + b));
+    }
+#pragma unroll
+    for (int t = 0; t < TT; ++t) {
+      if (t < cnt) {
+        const float4* xp = reinterpret_cast<const float4*>(xr[t] + 32 * b);
+        float part[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) part[r] = 0.f;
+#pragma unroll
+        for (int wd = 0; wd < 4; ++wd) {
+          const float4 xa = xp[2 * wd], xb = xp[2 * wd + 1];
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const uint32_t v = q[r][wd];
+            part[r] += tl[((v >> 0) & 15u) * 32] * xa.x + tl[((v >> 4) & 15u) * 32] * xa.y +
+                       tl[((v >> 8) & 15u) * 32] * xa.z + tl[((v >> 12) & 15u) * 32] * xa.w +
+                       tl[((v >> 16) & 15u) * 32] * xb.x + tl[((v >> 20) & 15u) * 32] * xb.y +
+                       tl[((v >> 24) & 15u) * 32] * xb.z + tl[((v >> 28) & 15u) * 32] * xb.w;
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r][t] += part[r] * sc[r];
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    float s[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) s[r] = warp_sum(acc[r][t]);
+    if (lane == 0 && t < cnt) {
+      const float* bias = a.w.bias + int64_t(e) * N;
+      if (MLP1) {
+        a.Y[int64_t(start + t) * a.ldy + unit] = swiglu1(s[0] + bias[r0], s[R - 1] + bias[r0 + 1], a.alpha, a.limit);
+      } else {
+        const int pair = a.mt.sorted[start + t];
+        a.Y[int64_t(pair) * a.ldy + r0] = a.rw[pair] * (s[0] + bias[r0]);
+      }
+    }
+  }
+}
+
+void check_mx(const MxWeights& w) {
+  if (w.K % 32 != 0) throw InvalidArgument("MXFP4 product: K must be a multiple of 32");
+}
+
+}  // namespace
+
+void router(const float* t, int T, int H, const uint16_t* W, const float* b, int E, int k, int32_t* idx, float* w,
+            cudaStream_t st) {
+  if (T <= 0) return;
+  const bool vec = H % 8 == 0 && (reinterpret_cast<uintptr_t>(W) & 15u) == 0 && (reinterpret_cast<uintptr_t>(t) & 15u) == 0;
+  const size_t smem = sizeof(float) * size_t(E) + sizeof(int) * size_t(k);
+  router_kernel<<<T, kRouterThreads, smem, st>>>(t, H, W, b, E, k, idx, w, vec);
+  CUDA_CHECK_LAUNCH();
+}
+
+int moe_tile_size(bool tensor_cores) { return tensor_cores ? kBM : kMoeTT; }
+
+int moe_max_tiles(int P, int E, int tile) { return P / tile + (E < P ? E : P) + 1; }
+
+void moe_route(const int32_t* idx, int P, int E, const MoeTiles& mt, cudaStream_t st) {
+  if (P <= 0) return;
+  route_kernel<<<1, 1024, sizeof(int) * 3 * size_t(E), st>>>(idx, P, E, mt);
+  CUDA_CHECK_LAUNCH();
+}
+
+void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWeights& w, float alpha, float limit,
+              float* act, bool tensor_cores, cudaStream_t st) {
+  check_mx(w);
+  if (mt.max_tiles <= 0) return;
+  if (tensor_cores) {
+    TcArgs a;
+    a.X = x; a.ldx = ldx; a.K = w.K; a.N = w.N; a.blocks = w.blocks; a.scales = w.scales; a.bias = w.bias;
+    a.Y = act; a.ldy = w.N / 2; a.sorted = mt.sorted; a.tile_e = mt.tile_e; a.tile_start = mt.tile_start;
+    a.tile_count = mt.tile_count; a.n_tiles = mt.n_tiles; a.topk = topk; a.alpha = alpha; a.limit = limit;
+    a.vec = ldx % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 15u) == 0;
+    dim3 grid(unsigned(cdiv(w.N, kBN)), unsigned(mt.max_tiles));
+    tc_gemm_kernel<TCB_MXFP4, TCE_SWIGLU><<<grid, kTcThreads, 0, st>>>(a);
+  } else {
+    MoeGemvArgs a{x, ldx, topk, mt, w, nullptr, alpha, limit, act, w.N / 2};
+    dim3 grid(unsigned(cdiv(w.N / 2, kMoeWarps)), unsigned(mt.max_tiles));
+    moe_gemv_kernel<true><<<grid, kMoeWarps * 32, 0, st>>>(a);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const float* rw, float* y, bool tensor_cores,
+              cudaStream_t st) {
+  check_mx(w);
+  if (mt.max_tiles <= 0) return;
+  if (tensor_cores) {
+    TcArgs a;
+    a.X = act; a.ldx = w.K; a.K = w.K; a.N = w.N; a.blocks = w.blocks; a.scales = w.scales; a.bias = w.bias;
+    a.Y = y; a.ldy = w.N; a.sorted = mt.sorted; a.tile_e = mt.tile_e; a.tile_start = mt.tile_start;
+    a.tile_count = mt.tile_count; a.n_tiles = mt.n_tiles; a.topk = 1; a.rw = rw;
+    a.vec = (reinterpret_cast<uintptr_t>(act) & 15u) == 0;
+    dim3 grid(unsigned(cdiv(w.N, kBN)), unsigned(mt.max_tiles));
+    tc_gemm_kernel<TCB_MXFP4, TCE_MOE_OUT><<<grid, kTcThreads, 0, st>>>(a);
+  } else {
+    MoeGemvArgs a{act, w.K, 1, mt, w, rw, 0.f, 0.f, y, w.N};
+    dim3 grid(unsigned(cdiv(w.N, kMoeWarps)), unsigned(mt.max_tiles));
+    moe_gemv_kernel<false><<<grid, kMoeWarps * 32, 0, st>>>(a);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace gptoss::cuda

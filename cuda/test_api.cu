@@ -1,0 +1,248 @@
+// Host-memory wrappers of the kernels for the tests (see test_api.h).
+#include "test_api.h"
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "common.cuh"
+#include "kernels.cuh"
+
+namespace gptoss::cuda::test {
+namespace {
+
+void require_device() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    throw CudaError("no CUDA device");
+  }
+}
+
+// RAII device buffer.
+struct Buf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  explicit Buf(size_t n) : bytes(n) {
+    require_device();
+    CUDA_CHECK(cudaMalloc(&p, n ? n : 16));
+  }
+  Buf(const void* host, size_t n) : Buf(n) {
+    if (n) CUDA_CHECK(cudaMemcpy(p, host, n, cudaMemcpyHostToDevice));
+  }
+  ~Buf() { cudaFree(p); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  template <typename T>
+  T* as() const { return static_cast<T*>(p); }
+  void to_host(void* dst, size_t n) const {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    if (n) CUDA_CHECK(cudaMemcpy(dst, p, n, cudaMemcpyDeviceToHost));
+  }
+};
+
+void sync() { CUDA_CHECK(cudaDeviceSynchronize()); }
+
+}  // namespace
+
+void rmsnorm(const float* x, int T, int H, const float* w, float eps, float* y) {
+  Buf dx(x, size_t(T) * H * 4), dw(w, size_t(H) * 4), dy(size_t(T) * H * 4);
+  cuda::rmsnorm(dx.as<float>(), T, H, dw.as<float>(), eps, dy.as<float>(), 0);
+  dy.to_host(y, size_t(T) * H * 4);
+}
+
+void add_rmsnorm(float* x, const float* add, int K, int T, int H, const float* w, float eps, float* y) {
+  Buf dx(x, size_t(T) * H * 4), da(add, size_t(T) * K * H * 4), dw(w, size_t(H) * 4), dy(size_t(T) * H * 4);
+  cuda::add_rmsnorm(dx.as<float>(), da.as<float>(), K, T, H, dw.as<float>(), eps, dy.as<float>(), 0);
+  dy.to_host(y, size_t(T) * H * 4);
+  dx.to_host(x, size_t(T) * H * 4);
+}
+
+void embedding(const int32_t* tok, int T, const uint16_t* E, int64_t V, int H, float* x) {
+  Buf dt(tok, size_t(T) * 4), dE(E, size_t(V) * H * 2), dx(size_t(T) * H * 4);
+  cuda::embedding(dt.as<int32_t>(), T, dE.as<uint16_t>(), H, dx.as<float>(), 0);
+  dx.to_host(x, size_t(T) * H * 4);
+}
+
+void rope(const float* x, int T, const int64_t* pos, const float* inv_freq, int half, float conc, int n_heads, float* y) {
+  std::vector<int32_t> p32(pos, pos + T);
+  const size_t bytes = size_t(T) * n_heads * 2 * half * 4;
+  Buf dx(x, bytes), dp(p32.data(), size_t(T) * 4), df(inv_freq, size_t(half) * 4);
+  KVView none;
+  cuda::rope_kv_store(dx.as<float>(), n_heads * 2 * half, T, dp.as<int32_t>(), nullptr, nullptr, n_heads, 0, half,
+                      df.as<float>(), conc, none, 0);
+  dx.to_host(y, bytes);
+}
+
+void attention(const float* q, int T, int n_heads, const float* k, const float* v, int L, int n_kv, int D,
+               const int64_t* pos, const float* sinks, float scale, int window, int block_size, uint32_t seed,
+               bool kv_bf16, int split_len, float* out) {
+  const int B = block_size, nblk = (L + B - 1) / B;
+  const int64_t per_layer = int64_t(2) * n_kv * B * D, block_elems = 2 * per_layer;
+  std::vector<int32_t> table(static_cast<size_t>(nblk));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(seed));
+  const size_t eb = kv_bf16 ? 2 : 4;
+  std::vector<uint8_t> pool(size_t(nblk) * size_t(block_elems) * eb, 0xff);  // NaN everywhere else
+  auto put = [&](int64_t i, float val) {
+    if (kv_bf16) reinterpret_cast<uint16_t*>(pool.data())[i] = f32_to_bf16(val);
+    else reinterpret_cast<float*>(pool.data())[i] = val;
+  };
+  for (int p = 0; p < L; ++p) {
+    const int64_t base = int64_t(table[size_t(p / B)]) * block_elems + per_layer;  // layer 1 of the block
+    for (int g = 0; g < n_kv; ++g)
+      for (int d = 0; d < D; ++d) {
+        put(base + (int64_t(g) * B + p % B) * D + d, k[(int64_t(p) * n_kv + g) * D + d]);
+        put(base + (int64_t(n_kv + g) * B + p % B) * D + d, v[(int64_t(p) * n_kv + g) * D + d]);
+      }
+  }
+  // Groups of consecutive positions, as the engine forms them for a prefill chunk.
+  const int rpg = attn_rows_per_group(n_heads, n_kv);
+  std::vector<AttnGroup> groups;
+  int max_span = 1;
+  for (int r = 0; r < T;) {
+    int n = 1;
+    while (r + n < T && n < rpg && pos[r + n] == pos[r] + n) ++n;
+    const int p0 = int(pos[r]), last = p0 + n - 1;
+    groups.push_back(AttnGroup{r, n, p0, 0});
+    const int lo = window > 0 ? std::max(0, p0 - window + 1) : 0;
+    max_span = std::max(max_span, last - lo + 1);
+    r += n;
+  }
+  Buf dq(q, size_t(T) * n_heads * D * 4), dpool(pool.data(), pool.size()), dt(table.data(), table.size() * 4),
+      dg(groups.data(), groups.size() * sizeof(AttnGroup)), ds(sinks, size_t(n_heads) * 4),
+      dout(size_t(T) * n_heads * D * 4);
+  AttnArgs a;
+  a.q = dq.as<float>();
+  a.ldq = n_heads * D;
+  a.T = T;
+  a.kv.pool = dpool.p;
+  a.kv.block_elems = block_elems;
+  a.kv.layer_offset = per_layer;
+  a.kv.block_size = B;
+  a.kv.n_kv = n_kv;
+  a.kv.head_dim = D;
+  a.kv.bf16 = kv_bf16;
+  a.tables = dt.as<int32_t>();
+  a.groups = dg.as<AttnGroup>();
+  a.n_groups = int(groups.size());
+  a.n_heads = n_heads;
+  a.window = window;
+  a.scale = scale;
+  a.sinks = ds.as<float>();
+  a.out = dout.as<float>();
+  a.ldo = n_heads * D;
+  int dev = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  if (split_len > 0) {
+    a.split_len = (split_len + 31) / 32 * 32;
+    a.n_splits = (max_span + a.split_len - 1) / a.split_len;
+  } else {
+    attn_plan(a, max_span, int64_t(T) * 64, sms);
+  }
+  Buf dpart(size_t(T) * n_heads * a.n_splits * (D + 2) * 4);
+  a.part = dpart.as<float>();
+  cuda::attention(a, 0);
+  dout.to_host(out, size_t(T) * n_heads * D * 4);
+}
+
+void dense(const float* x, int M, int K, const uint16_t* w, int N, const float* bias, int path, float* y) {
+  Buf dx(x, size_t(M) * K * 4), dw(w, size_t(N) * K * 2), dy(size_t(M) * N * 4);
+  Buf db(bias ? bias : x, bias ? size_t(N) * 4 : 0);
+  cuda::dense(dx.as<float>(), K, nullptr, M, K, dw.as<uint16_t>(), K, N, bias ? db.as<float>() : nullptr,
+              dy.as<float>(), N, EPI_STORE, 0, path);
+  dy.to_host(y, size_t(M) * N * 4);
+}
+
+void router(const float* t, int T, int H, const uint16_t* w, int E, const float* b, int k, int32_t* idx, float* rw) {
+  Buf dt(t, size_t(T) * H * 4), dw(w, size_t(E) * H * 2), db(b, size_t(E) * 4), di(size_t(T) * k * 4),
+      dr(size_t(T) * k * 4);
+  cuda::router(dt.as<float>(), T, H, dw.as<uint16_t>(), db.as<float>(), E, k, di.as<int32_t>(), dr.as<float>(), 0);
+  di.to_host(idx, size_t(T) * k * 4);
+  dr.to_host(rw, size_t(T) * k * 4);
+}
+
+namespace {
+struct TileBufs {
+  Buf sorted, te, ts, tc, nt;
+  MoeTiles mt;
+  TileBufs(int P, int E, bool tensor_cores)
+      : sorted(size_t(P) * 4),
+        te(size_t(moe_max_tiles(P, E, moe_tile_size(tensor_cores))) * 4),
+        ts(te.bytes),
+        tc(te.bytes),
+        nt(4) {
+    mt.sorted = sorted.as<int32_t>();
+    mt.tile_e = te.as<int32_t>();
+    mt.tile_start = ts.as<int32_t>();
+    mt.tile_count = tc.as<int32_t>();
+    mt.n_tiles = nt.as<int32_t>();
+    mt.tile = moe_tile_size(tensor_cores);
+    mt.max_tiles = moe_max_tiles(P, E, mt.tile);
+  }
+};
+}  // namespace
+
+void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int k, int E, int I, const uint8_t* b1,
+         const uint8_t* s1, const float* bias1, const uint8_t* b2, const uint8_t* s2, const float* bias2, float alpha,
+         float limit, bool tensor_cores, float* out) {
+  const int P = T * k;
+  Buf dx(x, size_t(T) * H * 4), di(idx, size_t(P) * 4), dr(rw, size_t(P) * 4);
+  Buf db1(b1, size_t(E) * 2 * I * (H / 32) * 16), ds1(s1, size_t(E) * 2 * I * (H / 32)),
+      dbias1(bias1, size_t(E) * 2 * I * 4);
+  Buf db2(b2, size_t(E) * H * (I / 32) * 16), ds2(s2, size_t(E) * H * (I / 32)), dbias2(bias2, size_t(E) * H * 4);
+  Buf act(size_t(P) * I * 4), y(size_t(P) * H * 4);
+  TileBufs tb(P, E, tensor_cores);
+  cuda::moe_route(di.as<int32_t>(), P, E, tb.mt, 0);
+  MxWeights w1{db1.as<uint8_t>(), ds1.as<uint8_t>(), dbias1.as<float>(), 2 * I, H};
+  MxWeights w2{db2.as<uint8_t>(), ds2.as<uint8_t>(), dbias2.as<float>(), H, I};
+  cuda::moe_mlp1(dx.as<float>(), H, k, tb.mt, w1, alpha, limit, act.as<float>(), tensor_cores, 0);
+  cuda::moe_mlp2(act.as<float>(), tb.mt, w2, dr.as<float>(), y.as<float>(), tensor_cores, 0);
+  std::vector<float> yh(size_t(P) * H);
+  y.to_host(yh.data(), yh.size() * 4);
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < H; ++i) {
+      float s = 0.f;
+      for (int j = 0; j < k; ++j) s += yh[(size_t(t) * k + j) * H + i];
+      out[size_t(t) * H + i] = s;
+    }
+}
+
+void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uint8_t* scales, int N, const float* bias,
+                  bool tensor_cores, float* y) {
+  // One expert, every token routed to it with weight 1: the mlp2 path computes 1 * (W x + b).
+  std::vector<int32_t> idx(size_t(T), 0);
+  std::vector<float> ones(size_t(T), 1.f), zeros(size_t(N), 0.f);
+  Buf dx(x, size_t(T) * K * 4), di(idx.data(), size_t(T) * 4), dr(ones.data(), size_t(T) * 4);
+  Buf db(blocks, size_t(N) * (K / 32) * 16), ds(scales, size_t(N) * (K / 32));
+  Buf dbias(bias ? bias : zeros.data(), size_t(N) * 4), dy(size_t(T) * N * 4);
+  TileBufs tb(T, 1, tensor_cores);
+  cuda::moe_route(di.as<int32_t>(), T, 1, tb.mt, 0);
+  MxWeights w{db.as<uint8_t>(), ds.as<uint8_t>(), dbias.as<float>(), N, K};
+  cuda::moe_mlp2(dx.as<float>(), tb.mt, w, dr.as<float>(), dy.as<float>(), tensor_cores, 0);
+  dy.to_host(y, size_t(T) * N * 4);
+}
+
+void argmax(const float* logits, int R, int64_t V, int32_t* out) {
+  Buf dl(logits, size_t(R) * size_t(V) * 4), dout(size_t(R) * 4);
+  cuda::argmax_rows(dl.as<float>(), R, V, dout.as<int32_t>(), 0);
+  dout.to_host(out, size_t(R) * 4);
+}
+
+void fill(int kind, int64_t n, float mean, float std, int base, uint64_t seed, uint64_t stream, void* out) {
+  const size_t eb = kind == 0 ? 2 : kind == 1 ? 4 : 1;
+  Buf d(size_t(n) * eb);
+  switch (kind) {
+    case 0: fill_normal_bf16(d.as<uint16_t>(), n, mean, std, seed, stream, 0); break;
+    case 1: fill_normal_f32(d.as<float>(), n, mean, std, seed, stream, 0); break;
+    case 2: fill_bytes(d.as<uint8_t>(), n, seed, stream, 0); break;
+    case 3: fill_scales(d.as<uint8_t>(), n, base, seed, stream, 0); break;
+    default: throw InvalidArgument("fill: kind must be 0..3");
+  }
+  sync();
+  d.to_host(out, size_t(n) * eb);
+}
+
+}  // namespace gptoss::cuda::test

@@ -1,0 +1,35 @@
+// Host-memory entry points for every CUDA kernel (copy in, run, copy out), so tests can
+// compare each kernel with its CPU twin in gptoss._core.kernels. Plain C++ header.
+#pragma once
+
+#include <cstdint>
+
+namespace gptoss::cuda::test {
+
+void rmsnorm(const float* x, int T, int H, const float* w, float eps, float* y);
+// x (in/out) += sum_k add[t*K + k]; y = rmsnorm(x) * w
+void add_rmsnorm(float* x, const float* add, int K, int T, int H, const float* w, float eps, float* y);
+void embedding(const int32_t* tok, int T, const uint16_t* E, int64_t V, int H, float* x);
+// x [T, n_heads * 2 * half] rotated at pos -> y
+void rope(const float* x, int T, const int64_t* pos, const float* inv_freq, int half, float conc, int n_heads, float* y);
+// q [T, Hq*D]; k, v [L, n_kv, D] (one sequence's dense cache, laid out in shuffled blocks of a
+// paged cache with a dummy layer in front); pos [T]; split_len 0 = automatic.
+void attention(const float* q, int T, int n_heads, const float* k, const float* v, int L, int n_kv, int D,
+               const int64_t* pos, const float* sinks, float scale, int window, int block_size, uint32_t seed,
+               bool kv_bf16, int split_len, float* out);
+// Y = X W^T + bias (bias fp32 or null); path 0 auto, 1 GEMV, 2 tensor cores.
+void dense(const float* x, int M, int K, const uint16_t* w, int N, const float* bias, int path, float* y);
+void router(const float* t, int T, int H, const uint16_t* w, int E, const float* b, int k, int32_t* idx, float* rw);
+// The MoE block for given routing: out[t] = sum_k rw[t,k] * (W2 swiglu(W1 x[t] + b1) + b2) over
+// experts idx[t, k].
+void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int k, int E, int I,
+         const uint8_t* b1, const uint8_t* s1, const float* bias1, const uint8_t* b2, const uint8_t* s2,
+         const float* bias2, float alpha, float limit, bool tensor_cores, float* out);
+// Y = X W^T + bias for one MXFP4 matrix (blocks [N, K/32, 16], scales [N, K/32]).
+void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uint8_t* scales, int N,
+                  const float* bias, bool tensor_cores, float* y);
+void argmax(const float* logits, int R, int64_t V, int32_t* out);
+// kind: 0 normal bf16 (out uint16), 1 normal f32, 2 bytes, 3 scales
+void fill(int kind, int64_t n, float mean, float std, int base, uint64_t seed, uint64_t stream, void* out);
+
+}  // namespace gptoss::cuda::test
