@@ -1,0 +1,497 @@
+"""CUDA backend: every kernel against its CPU twin (gptoss._core.kernels) on fresh random
+inputs and odd shapes, and the CUDA engine against the CPU engine end to end (ragged batches,
+chunked prefill, contexts past the sliding window, fork/truncate, errors).
+
+Everything marked `cuda` is skipped when the build has no CUDA backend or no device is visible.
+`test_cuda_backend_compiled_when_nvcc_present` runs everywhere (CI has nvcc but no GPU).
+
+Tolerances: the CUDA engine keeps fp32 activations and (by default) an fp32 KV cache like the
+CPU engine; tensor-core products split activations into two bf16 halves, so results agree to
+~1e-5 relative. The checks below use `rel` bounds on max|a - b| / max|b| with margin.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import gptoss
+from conftest import TINY_CONFIGS, tiny_config
+
+try:
+    from gptoss import _core as core
+except ImportError:  # pragma: no cover
+    core = None
+
+
+def _cuda_available() -> bool:
+    return core is not None and hasattr(core, "cuda_device_count") and core.cuda_device_count() > 0
+
+
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not _cuda_available(), reason="no CUDA build or no CUDA device")]
+
+
+def cuda_test(f):
+    for m in needs_cuda:
+        f = m(f)
+    return f
+
+
+# ---------------------------------------------------------------------------------- helpers
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    return u.astype(np.uint16)
+
+
+def from_bf16(h: np.ndarray) -> np.ndarray:
+    return (h.astype(np.uint32) << 16).view(np.float32)
+
+
+def assert_rel(got: np.ndarray, want: np.ndarray, rel: float, what: str = "") -> None:
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert np.all(np.isfinite(got)), f"{what}: non-finite values"
+    err = float(np.max(np.abs(got - want))) if got.size else 0.0
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    assert err <= rel * scale + 1e-6, f"{what}: max abs err {err:.3g} vs scale {scale:.3g} (rel {err / max(scale, 1e-30):.3g} > {rel})"
+
+
+def mx_random(rng, n: int, k: int, lo: int = 118, hi: int = 130):
+    return (rng.integers(0, 256, (n, k // 32, 16), dtype=np.uint8),
+            rng.integers(lo, hi, (n, k // 32), dtype=np.uint8))
+
+
+ck = core.kernels if core is not None else None
+
+
+def gk():
+    return core.cuda_kernels
+
+
+# ------------------------------------------------------------------- non-GPU build check
+def test_cuda_backend_compiled_when_nvcc_present():
+    if core is None:
+        pytest.skip("extension not built")
+    nvcc = shutil.which("nvcc") or (os.path.exists("/usr/local/cuda/bin/nvcc") and "/usr/local/cuda/bin/nvcc")
+    info = gptoss.build_info()
+    if os.environ.get("GPTOSS_CUDA", "").upper() == "OFF":
+        pytest.skip("CUDA explicitly disabled")
+    if not nvcc:
+        pytest.skip("no nvcc on this machine")
+    assert info["cuda"] is True, "nvcc is present but the CUDA backend was not compiled in"
+    assert info["cuda_archs"]
+    assert hasattr(core, "CudaEngine") and hasattr(core, "cuda_kernels")
+    assert isinstance(core.cuda_device_count(), int)  # never raises, even without a driver
+
+
+def test_cuda_device_errors_are_clear():
+    if core is None or not gptoss.build_info()["cuda"]:
+        pytest.skip("no CUDA build")
+    if _cuda_available():
+        pytest.skip("a device is present")
+    with pytest.raises(RuntimeError, match="cuda"):
+        gptoss.Model.synthetic("tiny", device="cuda")
+    with pytest.raises(RuntimeError):
+        gk().rmsnorm(np.ones((2, 4), np.float32), np.ones(4, np.float32), 1e-5)
+
+
+# ------------------------------------------------------------------------ small kernels
+@cuda_test
+@pytest.mark.parametrize("T,H", [(1, 64), (3, 96), (17, 2880), (5, 100), (2, 7)])
+def test_rmsnorm(T, H):
+    rng = np.random.default_rng(T * 1000 + H)
+    x = rng.standard_normal((T, H)).astype(np.float32) * 3
+    w = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
+    assert_rel(gk().rmsnorm(x, w, 1e-5), ck.rmsnorm(x, w, 1e-5), 1e-5, "rmsnorm")
+
+
+@cuda_test
+@pytest.mark.parametrize("T,K,H", [(1, 4, 64), (7, 2, 2880), (3, 3, 50)])
+def test_add_rmsnorm(T, K, H):
+    rng = np.random.default_rng(T + K + H)
+    x = rng.standard_normal((T, H)).astype(np.float32)
+    add = rng.standard_normal((T, K, H)).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
+    xo, y = gk().add_rmsnorm(x, add, w, 1e-5)
+    xr = x + add.sum(axis=1, dtype=np.float32)
+    assert_rel(xo, xr, 1e-6, "residual")
+    assert_rel(y, ck.rmsnorm(xr.astype(np.float32), w, 1e-5), 1e-5, "norm")
+
+
+@cuda_test
+def test_embedding():
+    rng = np.random.default_rng(1)
+    E = to_bf16(rng.standard_normal((333, 70)).astype(np.float32))
+    tok = rng.integers(0, 333, 41).astype(np.int32)
+    np.testing.assert_array_equal(gk().embedding(tok, E), ck.embedding(tok, E))
+
+
+@cuda_test
+@pytest.mark.parametrize("heads,half", [(4, 32), (3, 16), (8, 64)])
+def test_rope(heads, half):
+    rng = np.random.default_rng(heads * half)
+    cfg = gptoss.config.preset("tiny", head_dim=2 * half)
+    inv_freq, conc = cfg.yarn()
+    inv_freq = np.asarray(inv_freq, np.float32)
+    pos = np.array([0, 1, 5, 127, 128, 4095, 4096, 33333, 131071], np.int64)
+    x = rng.standard_normal((len(pos), heads * 2 * half)).astype(np.float32)
+    assert_rel(gk().rope(x, pos, inv_freq, conc, heads), ck.rope(x, pos, inv_freq, conc, heads), 2e-6, "rope")
+
+
+# ---------------------------------------------------------------------------- attention
+ATTN_CASES = [
+    # n_heads, n_kv, D, L, window, block_size, pos pattern
+    (4, 2, 64, 40, 0, 4, "prefill"),
+    (4, 2, 64, 40, 8, 4, "prefill"),
+    (64, 8, 64, 300, 128, 16, "prefill"),
+    (64, 8, 64, 700, 0, 16, "decode"),
+    (64, 8, 64, 700, 128, 16, "decode"),
+    (8, 2, 64, 33, 5, 1, "random"),
+    (6, 3, 32, 50, 11, 3, "random"),
+    (8, 8, 32, 20, 0, 7, "prefill"),
+    (16, 1, 64, 90, 0, 5, "prefill"),
+    (4, 1, 128, 70, 16, 16, "random"),
+]
+
+
+def _attn_inputs(case, seed):
+    nh, nkv, D, L, window, bs, pat = case
+    rng = np.random.default_rng(seed)
+    if pat == "prefill":
+        pos = np.arange(L, dtype=np.int64)
+    elif pat == "decode":
+        pos = np.array([L - 1], np.int64)
+    else:
+        pos = np.sort(rng.choice(L, size=min(L, 13), replace=False)).astype(np.int64)
+    q = rng.standard_normal((len(pos), nh * D)).astype(np.float32)
+    k = rng.standard_normal((L, nkv, D)).astype(np.float32)
+    v = rng.standard_normal((L, nkv, D)).astype(np.float32)
+    sinks = (1 + 2 * rng.standard_normal(nh)).astype(np.float32)
+    return q, k, v, pos, sinks, D ** -0.5, window, bs
+
+
+@cuda_test
+@pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("split_len", [0, 32])
+def test_attention(case, split_len):
+    q, k, v, pos, sinks, scale, window, bs = _attn_inputs(case, hash(case) % 1000)
+    want = ck.attention(q, k, v, pos, sinks, scale, window, bs, 3)
+    got = gk().attention(q, k, v, pos, sinks, scale, window, bs, 5, "float32", split_len)
+    assert_rel(got, want, 2e-5, "attention")
+
+
+@cuda_test
+@pytest.mark.parametrize("case", ATTN_CASES[:6], ids=lambda c: "-".join(map(str, c)))
+def test_attention_bf16_cache(case):
+    q, k, v, pos, sinks, scale, window, bs = _attn_inputs(case, 7)
+    kb, vb = from_bf16(to_bf16(k)).reshape(k.shape), from_bf16(to_bf16(v)).reshape(v.shape)
+    want = ck.attention(q, kb, vb, pos, sinks, scale, window, bs, 3)
+    got = gk().attention(q, k, v, pos, sinks, scale, window, bs, 5, "bfloat16", 0)
+    assert_rel(got, want, 2e-5, "attention (bf16 cache)")
+
+
+# -------------------------------------------------------------------------- dense GEMM
+@cuda_test
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 64, 70, 130])
+@pytest.mark.parametrize("K,N", [(64, 65), (100, 33), (2880, 300), (4096, 129), (7, 5)])
+@pytest.mark.parametrize("path", [0, 1, 2])
+def test_matmul_bf16(M, K, N, path):
+    rng = np.random.default_rng(M * 7 + K * 3 + N)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = to_bf16((rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32))
+    bias = rng.standard_normal(N).astype(np.float32)
+    want = ck.matmul_bf16(x, w) + bias
+    got = gk().matmul_bf16(x, w, bias, path)
+    assert_rel(got, want, 5e-5 if path != 1 else 1e-5, f"matmul_bf16 path {path}")
+    assert_rel(gk().matmul_bf16(x, w, None, path), ck.matmul_bf16(x, w), 5e-5, "no bias")
+
+
+@cuda_test
+@pytest.mark.parametrize("T", [1, 2, 5, 9, 64, 100])
+@pytest.mark.parametrize("K,N", [(64, 64), (2880, 96), (96, 50), (320, 130)])
+@pytest.mark.parametrize("tc", [False, True])
+def test_matmul_mxfp4(T, K, N, tc):
+    rng = np.random.default_rng(T + K + N)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    blocks, scales = mx_random(rng, N, K)
+    bias = rng.standard_normal(N).astype(np.float32)
+    want = ck.matmul_mxfp4(x, blocks, scales) + bias
+    assert_rel(gk().matmul_mxfp4(x, blocks, scales, bias, tc), want, 5e-5 if tc else 1e-5, "matmul_mxfp4")
+
+
+@cuda_test
+def test_matmul_mxfp4_extreme_scales():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    blocks, _ = mx_random(rng, 8, 64)
+    scales = np.array([[1, 2], [100, 150], [127, 127], [60, 200], [127, 0], [90, 91], [130, 120], [110, 140]], np.uint8)
+    for tc in (False, True):
+        assert_rel(gk().matmul_mxfp4(x, blocks, scales, None, tc), ck.matmul_mxfp4(x, blocks, scales), 5e-5)
+
+
+# ------------------------------------------------------------------------ router + MoE
+@cuda_test
+@pytest.mark.parametrize("T,H,E,k", [(1, 2880, 32, 4), (7, 2880, 128, 4), (5, 64, 4, 2), (3, 96, 5, 3), (2, 40, 8, 8)])
+def test_router(T, H, E, k):
+    rng = np.random.default_rng(T + H + E)
+    t = rng.standard_normal((T, H)).astype(np.float32)
+    w = to_bf16((2 * rng.standard_normal((E, H)) / np.sqrt(H)).astype(np.float32))
+    b = (0.1 * rng.standard_normal(E)).astype(np.float32)
+    logits = (ck.matmul_bf16(t, w) + b).astype(np.float32)
+    want_i, want_w = ck.router_topk_softmax(logits, k)
+    got_i, got_w = gk().router(t, w, b, k)
+    np.testing.assert_array_equal(got_i, want_i)
+    assert_rel(got_w, want_w, 1e-5, "router weights")
+
+
+@cuda_test
+def test_router_ties_go_to_lower_id():
+    H, E = 32, 12
+    t = np.zeros((2, H), np.float32)
+    t[:, 0] = 1.0
+    col = np.array([1, 3, 3, 2, 3, 0, 2, 2, 1, 3, 0, 0], np.float32)
+    w = np.zeros((E, H), np.uint16)
+    w[:, 0] = to_bf16(col)
+    b = np.zeros(E, np.float32)
+    idx, rw = gk().router(t, w, b, 6)
+    np.testing.assert_array_equal(idx[0], [1, 2, 4, 9, 3, 6])
+    want_i, want_w = ck.router_topk_softmax(col[None, :].repeat(2, 0), 6)
+    np.testing.assert_array_equal(idx, want_i)
+    assert_rel(rw, want_w, 1e-6)
+
+
+def _moe_reference(x, idx, rw, b1, s1, bias1, b2, s2, bias2, alpha=1.702, limit=7.0):
+    T, H = x.shape
+    out = np.zeros((T, H), np.float32)
+    for t in range(T):
+        for j in range(idx.shape[1]):
+            e = idx[t, j]
+            h = ck.matmul_mxfp4(x[t:t + 1], b1[e], s1[e]) + bias1[e]
+            a = ck.swiglu(h.astype(np.float32), alpha, limit)
+            y = ck.matmul_mxfp4(a.astype(np.float32), b2[e], s2[e]) + bias2[e]
+            out[t] += rw[t, j] * y[0]
+    return out
+
+
+@cuda_test
+@pytest.mark.parametrize("T,H,I,E,k", [(1, 64, 64, 4, 2), (5, 96, 64, 8, 4), (40, 64, 96, 5, 3), (70, 320, 64, 8, 4),
+                                       (3, 2880, 2880, 32, 4)])
+@pytest.mark.parametrize("tc", [False, True])
+def test_moe(T, H, I, E, k, tc):
+    rng = np.random.default_rng(T * 31 + H + E)
+    x = rng.standard_normal((T, H)).astype(np.float32)
+    idx = np.stack([rng.choice(E, k, replace=False) for _ in range(T)]).astype(np.int32)
+    rw = rng.dirichlet(np.ones(k), T).astype(np.float32)
+    b1, s1 = mx_random(rng, E * 2 * I, H, 118, 124)
+    b2, s2 = mx_random(rng, E * H, I, 118, 124)
+    b1, s1 = b1.reshape(E, 2 * I, H // 32, 16), s1.reshape(E, 2 * I, H // 32)
+    b2, s2 = b2.reshape(E, H, I // 32, 16), s2.reshape(E, H, I // 32)
+    bias1 = (0.5 * rng.standard_normal((E, 2 * I))).astype(np.float32)
+    bias2 = (0.05 * rng.standard_normal((E, H))).astype(np.float32)
+    want = _moe_reference(x, idx, rw, b1, s1, bias1, b2, s2, bias2)
+    got = gk().moe(x, idx, rw, b1, s1, bias1, b2, s2, bias2, 1.702, 7.0, tc)
+    assert_rel(got, want, 1e-4 if tc else 2e-5, "moe")
+
+
+# --------------------------------------------------------------------- argmax, RNG fills
+@cuda_test
+def test_argmax():
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((6, 201088)).astype(np.float32)
+    logits[1, 7] = logits[1, 100000] = 50.0   # tie: lower index
+    logits[2, :] = 1.0                        # all equal
+    logits[3, 5] = np.nan
+    logits[3, 6] = 60.0
+    logits[4, -1] = 99.0
+    got = gk().argmax(logits)
+    assert list(got) == [int(np.argmax(logits[0])), 7, 0, 6, 201087, int(np.argmax(logits[5]))]
+
+
+@cuda_test
+def test_device_random_fills():
+    n = 1 << 20
+    v = from_bf16(gk().fill("normal_bf16", n, 0.5, 2.0, seed=3, stream=1))
+    assert abs(v.mean() - 0.5) < 0.02 and abs(v.std() - 2.0) < 0.02
+    f = gk().fill("normal_f32", n, -1.0, 0.1, seed=3, stream=2)
+    assert abs(f.mean() + 1.0) < 0.002 and abs(f.std() - 0.1) < 0.002
+    assert not np.array_equal(f, gk().fill("normal_f32", n, -1.0, 0.1, seed=4, stream=2))
+    np.testing.assert_array_equal(f, gk().fill("normal_f32", n, -1.0, 0.1, seed=3, stream=2))
+    b = gk().fill("bytes", n + 3, seed=1)
+    assert abs(np.bincount(b, minlength=256) / len(b) - 1 / 256).max() < 1e-3
+    s = gk().fill("scales", 1000, base=120, seed=1)
+    assert set(np.unique(s)) == {119, 120, 121}
+
+
+# ---------------------------------------------------------------------------- end to end
+def _toks(n: int, seed: int, vocab: int) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(0, vocab, n)]
+
+
+SMALL = dict(num_hidden_layers=4, hidden_size=320, intermediate_size=192, num_experts=8, experts_per_token=4,
+             num_attention_heads=16, num_key_value_heads=2, head_dim=64, vocab_size=2000, sliding_window=16)
+E2E_REL = 2e-3
+
+
+def _pair(cfg, seed=0, **kw):
+    cpu = gptoss.Model.synthetic(cfg, seed=seed, **kw)
+    # Same host-generated weights on both devices: build the CUDA model from the same arrays.
+    from gptoss.synthetic import synthetic_tensors
+
+    arrays = dict(synthetic_tensors(cfg, seed=seed, layout="hf"))
+    gpu = gptoss.Model("<synthetic>", device="cuda", _config=cfg, _arrays=arrays, **kw)
+    return cpu, gpu
+
+
+@cuda_test
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS) + ["small"])
+def test_forward_matches_cpu(name):
+    cfg = gptoss.config.preset("tiny", **SMALL) if name == "small" else tiny_config(name)
+    cpu, gpu = _pair(cfg, seed=11, block_size=4)
+    toks = _toks(45, 1, cfg.vocab_size)  # > 8 rows: tensor-core paths; past every window
+    assert_rel(gpu.forward(toks), cpu.forward(toks), E2E_REL, f"{name} forward")
+    # Incremental decode (GEMV paths, split attention) after a short prefill.
+    sc, sg = cpu.new_sequence(), gpu.new_sequence()
+    assert_rel(sg.prefill(toks[:5]), sc.prefill(toks[:5]), E2E_REL, "prefill 5")
+    for i, t in enumerate(toks[5:30]):
+        assert_rel(sg.decode(t), sc.decode(t), E2E_REL, f"{name} decode {i}")
+    assert sg.tokens == sc.tokens and len(sg) == len(sc) == 30
+
+
+@cuda_test
+def test_ragged_batch_and_chunks():
+    cfg = gptoss.config.preset("tiny", **SMALL)
+    cpu, gpu = _pair(cfg, seed=3, block_size=4, max_chunk_tokens=7, window_retain=3)
+    prompts = [_toks(n, 10 + n, cfg.vocab_size) for n in (3, 19, 1, 11, 40)]
+    sc = [cpu.new_sequence() for _ in prompts]
+    sg = [gpu.new_sequence() for _ in prompts]
+    for a, b in zip(gpu.step(list(zip(sg, prompts))), cpu.step(list(zip(sc, prompts)))):
+        assert_rel(a, b, E2E_REL, "ragged prefill")
+    for j in range(12):
+        nxt = _toks(len(prompts), 100 + j, cfg.vocab_size)
+        outs_g = gpu.step([(s, [t]) for s, t in zip(sg, nxt)])
+        outs_c = cpu.step([(s, [t]) for s, t in zip(sc, nxt)])
+        for a, b in zip(outs_g, outs_c):
+            assert_rel(a, b, E2E_REL, f"ragged decode {j}")
+    mixed = [(0, _toks(9, 7, 2000)), (1, [5]), (2, _toks(2, 8, 2000))]
+    og = gpu.step([(sg[i], t) for i, t in mixed], all_logits=True)
+    oc = cpu.step([(sc[i], t) for i, t in mixed], all_logits=True)
+    assert [o.shape[0] for o in og] == [9, 1, 2]
+    for a, b in zip(og, oc):
+        assert_rel(a, b, E2E_REL, "mixed all_logits")
+    assert gpu.kv_cache_stats()["full_blocks_used"] > 0
+
+
+@cuda_test
+def test_long_context_past_window_and_batch_sizes():
+    cfg = gptoss.config.preset("tiny", **dict(SMALL, num_hidden_layers=2))
+    cpu, gpu = _pair(cfg, seed=5, block_size=16)
+    toks = _toks(700, 2, cfg.vocab_size)
+    sc, sg = cpu.new_sequence(), gpu.new_sequence()
+    assert_rel(sg.prefill(toks[:600]), sc.prefill(toks[:600]), E2E_REL, "prefill 600 (two chunks)")
+    for t in toks[600:620]:
+        assert_rel(sg.decode(t), sc.decode(t), E2E_REL, "long decode")
+    # Batches of 1..16 forks decoding together (GEMV and tensor-core thresholds, copy-on-write).
+    for bsz in (2, 8, 9, 16):
+        fc = [sc.fork() for _ in range(bsz)]
+        fg = [sg.fork() for _ in range(bsz)]
+        nxt = _toks(bsz, bsz, cfg.vocab_size)
+        for a, b in zip(gpu.step([(s, [t]) for s, t in zip(fg, nxt)]), cpu.step([(s, [t]) for s, t in zip(fc, nxt)])):
+            assert_rel(a, b, E2E_REL, f"batch {bsz}")
+        for s in fc + fg:
+            s.free()
+
+
+@cuda_test
+def test_fork_truncate_match_cpu():
+    cfg = tiny_config("tiny4")
+    cpu, gpu = _pair(cfg, seed=5, block_size=4, window_retain=3)
+    prefix = _toks(13, 20, cfg.vocab_size)
+    ac, ag = cpu.new_sequence(), gpu.new_sequence()
+    ac.prefill(prefix)
+    ag.prefill(prefix)
+    bc, bg = ac.fork(), ag.fork()
+    for t1, t2 in zip(_toks(6, 1, 1024), _toks(6, 2, 1024)):
+        assert_rel(ag.decode(t1), ac.decode(t1), E2E_REL, "fork parent")
+        assert_rel(bg.decode(t2), bc.decode(t2), E2E_REL, "fork child")
+    for n in (17, 15, 9, 2, 0):
+        assert ag.truncate(n) == ac.truncate(n), n
+        assert len(ag) == len(ac) and ag.tokens == ac.tokens
+    t = _toks(5, 9, 1024)
+    assert_rel(ag.prefill(t), ac.prefill(t), E2E_REL, "after truncate")
+    assert gpu.kv_cache_stats()["full_blocks_used"] == cpu.kv_cache_stats()["full_blocks_used"]
+    assert gpu.kv_cache_stats()["window_blocks_used"] == cpu.kv_cache_stats()["window_blocks_used"]
+    for s in (ac, ag, bc, bg):
+        s.free()
+    assert gpu.kv_cache_stats()["full_blocks_used"] == 0
+
+
+@cuda_test
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_checkpoint_on_cuda(make_checkpoint, layout):
+    d = make_checkpoint("gqa4", 1, layout)
+    cpu = gptoss.Model(d)
+    gpu = gptoss.Model(d, device="cuda")
+    toks = _toks(20, 4, cpu.config.vocab_size)
+    assert_rel(gpu.forward(toks), cpu.forward(toks), E2E_REL, layout)
+
+
+@cuda_test
+def test_bf16_kv_cache(monkeypatch):
+    cfg = tiny_config("tiny4")
+    cpu = gptoss.Model.synthetic(cfg, seed=2)
+    from gptoss.synthetic import synthetic_tensors
+
+    monkeypatch.setenv("GPTOSS_KV_DTYPE", "bfloat16")
+    gpu = gptoss.Model("<synthetic>", device="cuda", _config=cfg,
+                       _arrays=dict(synthetic_tensors(cfg, seed=2, layout="hf")))
+    toks = _toks(40, 3, 1024)
+    a, b = gpu.forward(toks), cpu.forward(toks)
+    assert_rel(a, b, 5e-2, "bf16 KV cache")
+    assert np.mean(a.argmax(-1) == b.argmax(-1)) > 0.9
+    assert gpu._engine.memory_info()["kv_elem_bytes"] == 2
+
+
+@cuda_test
+def test_step_argmax_and_errors():
+    cfg = tiny_config("tiny")
+    cpu, gpu = _pair(cfg, seed=1, max_context=64, kv_cache_bytes=1 << 24)
+    s = gpu.new_sequence()
+    logits = s.prefill([1, 2, 3])
+    s2 = s.fork()
+    got = gpu._engine.step_argmax([s2.id], [np.array([4], np.int64)])
+    ref = s.decode(4)
+    assert int(got[0]) == int(np.argmax(ref))
+    with pytest.raises(ValueError):
+        s.decode(5000)
+    with pytest.raises(ValueError):
+        gpu.step([(s, [1]), (s, [2])])
+    with pytest.raises(gptoss.ContextOverflowError):
+        s.prefill(list(range(70)))
+    assert len(s) == 4  # rejected calls change nothing
+    assert np.all(np.isfinite(logits))
+    with pytest.raises(MemoryError):
+        gptoss.Model.synthetic(cfg, seed=1, device="cuda", kv_cache_bytes=1000)
+    small = gptoss.Model.synthetic(cfg, seed=1, device="cuda", kv_cache_bytes=2 * 2 * 2 * 2 * 16 * 64 * 4 * 2)
+    q = small.new_sequence()
+    with pytest.raises(MemoryError):
+        q.prefill(list(range(100)))
+    assert len(q) == 0
+
+
+@cuda_test
+def test_synthetic_on_device():
+    m = gptoss.Model.synthetic("tiny", seed=4, device="cuda")
+    a = m.forward([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    assert a.shape == (10, 1024) and np.all(np.isfinite(a))
+    assert 0.3 < float(a.std()) < 30
+    b = gptoss.Model.synthetic("tiny", seed=4, device="cuda").forward([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    np.testing.assert_array_equal(a, b)
+    c = gptoss.Model.synthetic("tiny", seed=5, device="cuda").forward([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    assert not np.allclose(a, c)
+    info = m._engine.memory_info()
+    assert info["weights"] > 0 and info["kv_cache"] > 0
