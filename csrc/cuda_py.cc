@@ -235,6 +235,14 @@ void register_kernels(py::module_& k) {
     return out;
   });
   k.def(
+      "copy_bandwidth",
+      [](int64_t bytes, int reps) {
+        py::gil_scoped_release nogil;
+        return test::copy_bandwidth(bytes, reps);
+      },
+      py::arg("bytes") = int64_t(1) << 30, py::arg("reps") = 5,
+      "device-to-device cudaMemcpy GB/s (read + write), best of reps");
+  k.def(
       "fill",
       [](const std::string& kind, int64_t n, float mean, float std, int base, uint64_t seed, uint64_t stream) -> py::object {
         if (kind == "normal_bf16") {

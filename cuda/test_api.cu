@@ -231,6 +231,27 @@ void argmax(const float* logits, int R, int64_t V, int32_t* out) {
   dout.to_host(out, size_t(R) * 4);
 }
 
+double copy_bandwidth(int64_t bytes, int reps) {
+  Buf a{size_t(bytes)}, b{size_t(bytes)};
+  CUDA_CHECK(cudaMemset(a.p, 1, size_t(bytes)));
+  cudaEvent_t e0, e1;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  float best = 1e30f;
+  for (int r = 0; r < reps + 1; ++r) {
+    CUDA_CHECK(cudaEventRecord(e0, 0));
+    CUDA_CHECK(cudaMemcpyAsync(b.p, a.p, size_t(bytes), cudaMemcpyDeviceToDevice, 0));
+    CUDA_CHECK(cudaEventRecord(e1, 0));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    if (r > 0) best = std::min(best, ms);  // the first run warms up
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return 2.0 * double(bytes) / (double(best) * 1e-3) / 1e9;
+}
+
 void fill(int kind, int64_t n, float mean, float std, int base, uint64_t seed, uint64_t stream, void* out) {
   const size_t eb = kind == 0 ? 2 : kind == 1 ? 4 : 1;
   Buf d(size_t(n) * eb);

@@ -30,6 +30,8 @@ void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uin
                   const float* bias, bool tensor_cores, float* y);
 void argmax(const float* logits, int R, int64_t V, int32_t* out);
 // kind: 0 normal bf16 (out uint16), 1 normal f32, 2 bytes, 3 scales
+// Device-to-device copy bandwidth in GB/s (bytes read + bytes written per second), best of reps.
+double copy_bandwidth(int64_t bytes, int reps);
 void fill(int kind, int64_t n, float mean, float std, int base, uint64_t seed, uint64_t stream, void* out);
 
 }  // namespace gptoss::cuda::test

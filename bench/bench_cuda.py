@@ -1,0 +1,154 @@
+"""CUDA benchmark on full-size synthetic gpt-oss models generated directly on the device.
+
+    python bench/bench_cuda.py --model gpt-oss-20b [--out DIR] [--quick]
+
+Measures: device copy bandwidth; prefill tok/s for 1k and 8k prompts; batch-1 decode tok/s at
+1k and 8k context; decode throughput at batch 8/32/64/128 (1k-token context shared by forks,
+copy-on-write); peak device memory. Each decode figure comes with the bytes one step reads
+(weights of the experts actually used, attention, router, unembedding, KV cache) and the
+fraction of the measured copy bandwidth that this represents (roofline). Greedy decoding
+(argmax on the device). Prints JSON lines while running and writes them to DIR/bench_<model>.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import gptoss
+from gptoss import _core as core
+
+
+def expected_unique(E: int, k: int, B: int) -> float:
+    """Expected number of distinct experts used by B tokens choosing k of E each (uniform)."""
+    return E * (1.0 - (1.0 - k / E) ** B)
+
+
+def step_bytes(cfg, B: int, ctx: int, kv_elem: int) -> float:
+    H, I, E, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.experts_per_token
+    Q = cfg.num_attention_heads * cfg.head_dim
+    KV = cfg.num_key_value_heads * cfg.head_dim
+    attn = 2 * ((Q + 2 * KV) * H + H * Q) + 4 * (Q + 2 * KV + H + cfg.num_attention_heads)
+    router = 2 * E * H + 4 * E
+    expert = (2 * I * H + H * I) * (17 / 32) + 4 * (2 * I + H)  # MXFP4 blocks + scales, fp32 biases
+    per_layer = attn + router + expected_unique(E, k, B) * expert + 4 * 2 * H
+    kv = 0.0
+    for layer in range(cfg.num_hidden_layers):
+        keys = min(ctx, cfg.sliding_window) if cfg.is_sliding(layer) else ctx
+        kv += B * keys * 2 * KV * kv_elem
+    return cfg.num_hidden_layers * per_layer + 2 * cfg.vocab_size * H + B * 2 * H + kv
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gpt-oss-20b")
+    ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    ap.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
+    ap.add_argument("--kv-gib", type=float, default=24.0, help="KV cache cap in GiB")
+    ap.add_argument("--batches", default="8,32,64,128")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    out = open(os.path.join(args.out, f"bench_{args.model}.jsonl"), "w")
+
+    def emit(**kw):
+        kw["model"] = args.model
+        line = json.dumps(kw)
+        print(line, flush=True)
+        out.write(line + "\n")
+        out.flush()
+
+    k = core.cuda_kernels
+    bw = k.copy_bandwidth(2 << 30, 5)
+    emit(what="copy_bandwidth", gbps=round(bw, 1), device=core.cuda_device_description(0))
+
+    t0 = time.time()
+    m = gptoss.Model.synthetic(args.model, seed=0, device="cuda", kv_cache_bytes=int(args.kv_gib * (1 << 30)),
+                               max_context=16384)
+    eng = m._engine
+    eng.synchronize()
+    info = eng.memory_info()
+    emit(what="load", seconds=round(time.time() - t0, 2), weights_gib=round(info["weights"] / 2**30, 2),
+         kv_gib=round(info["kv_cache"] / 2**30, 2), workspace_gib=round(info["workspace"] / 2**30, 2))
+    cfg = m.config
+    kv_elem = int(info["kv_elem_bytes"])
+    rng = np.random.default_rng(0)
+    V = cfg.vocab_size
+
+    def prompt(n):
+        return rng.integers(0, V, n).astype(np.int64)
+
+    def greedy(seqs, toks):
+        return eng.step_argmax([s.id for s in seqs], [np.array([t], np.int64) for t in toks])
+
+    # warm-up (module loading, first launches)
+    w = m.new_sequence()
+    w.prefill(prompt(64))
+    for _ in range(3):
+        greedy([w], [1])
+    w.free()
+    eng.synchronize()
+
+    results = {}
+    seqs = {}
+    for n in (1024, 8192):
+        s = m.new_sequence()
+        p = prompt(n)
+        eng.synchronize()
+        t = time.perf_counter()
+        eng.step_argmax([s.id], [p])
+        eng.synchronize()
+        dt = time.perf_counter() - t
+        results[f"prefill_{n}"] = n / dt
+        emit(what="prefill", tokens=n, seconds=round(dt, 3), tok_s=round(n / dt, 1))
+        seqs[n] = s
+
+    steps = 8 if args.quick else 48
+    for ctx in (1024, 8192):
+        s = seqs[ctx]
+        tok = 1
+        t = time.perf_counter()
+        for _ in range(steps):
+            tok = int(greedy([s], [tok])[0])
+        eng.synchronize()
+        dt = (time.perf_counter() - t) / steps
+        by = step_bytes(cfg, 1, ctx + steps // 2, kv_elem)
+        frac = by / dt / (bw * 1e9)
+        results[f"decode1_{ctx}"] = (1 / dt, frac)
+        emit(what="decode", batch=1, context=ctx, ms_per_step=round(dt * 1e3, 3), tok_s=round(1 / dt, 1),
+             gb_per_step=round(by / 1e9, 3), roofline_frac=round(frac, 3))
+    seqs[8192].free()
+
+    base = seqs[1024]
+    for B in [int(b) for b in args.batches.split(",") if b]:
+        forks = [base.fork() for _ in range(B)]
+        toks = list(rng.integers(0, V, B))
+        greedy(forks, toks)  # first step: copy-on-write of the shared last block
+        n = 4 if args.quick else 16
+        eng.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            toks = list(greedy(forks, toks))
+        eng.synchronize()
+        dt = (time.perf_counter() - t) / n
+        by = step_bytes(cfg, B, 1024 + n, kv_elem)
+        frac = by / dt / (bw * 1e9)
+        results[f"decode{B}_1024"] = (B / dt, frac)
+        emit(what="decode", batch=B, context=1024, ms_per_step=round(dt * 1e3, 3), tok_s=round(B / dt, 1),
+             gb_per_step=round(by / 1e9, 3), roofline_frac=round(frac, 3))
+        for f in forks:
+            f.free()
+    info = eng.memory_info()
+    emit(what="memory", used_gib=round(info["used"] / 2**30, 2), total_gib=round(info["total"] / 2**30, 2),
+         weights_gib=round(info["weights"] / 2**30, 2), kv_gib=round(info["kv_cache"] / 2**30, 2))
+    emit(what="summary", **{k: (round(v, 1) if isinstance(v, float) else [round(v[0], 1), round(v[1], 3)])
+                            for k, v in results.items()}, copy_gbps=round(bw, 1), used_gib=round(info["used"] / 2**30, 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# One-shot GPU check for a bare CUDA box (python3, pip, nvcc): builds the extension for the local
+# GPU only, runs the CUDA tests, benchmarks full-size synthetic gpt-oss-20b and -120b generated
+# on the device, prints a compact table last. Everything is logged under $OUT (default
+# ./gpu_out). Each step has its own timeout, so one hang does not eat the budget (~8 min total).
+#
+#   bash bench/gpu_check.sh            # OUT=/path bash bench/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/gpu_out}
+mkdir -p "$OUT"
+SUM="$OUT/summary.txt"
+: > "$SUM"
+T0=$(date +%s)
+log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$SUM"; }
+
+log "gpu_check start $(git rev-parse --short HEAD 2>/dev/null)"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || log "nvidia-smi failed"
+head -15 "$OUT/nvidia-smi.txt"
+ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
+ARCH=${ARCH:-90}
+log "arch sm_$ARCH, nvcc: $(nvcc --version 2>/dev/null | tail -1)"
+
+# 1. build tools (only what the build and the tests need)
+timeout 120 python3 -m pip install -q cmake ninja "pybind11>=2.12" numpy pytest > "$OUT/pip.log" 2>&1 \
+  || log "pip install failed (see pip.log); trying with what is installed"
+export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+
+# 2. build for this GPU only
+BUILD=$ROOT/build/gpu_check
+PYBIND_DIR=$(python3 -m pybind11 --cmakedir 2>/dev/null)
+log "configure + build (sm_$ARCH)"
+if ! timeout 300 bash -c "cmake -S '$ROOT' -B '$BUILD' -G Ninja -DCMAKE_BUILD_TYPE=Release -DGPTOSS_CUDA=ON \
+      -DGPTOSS_CUDA_ARCHS='${ARCH}-real' -Dpybind11_DIR='$PYBIND_DIR' -DPython_EXECUTABLE=$(command -v python3) \
+      && ninja -C '$BUILD' -j$(nproc)" > "$OUT/build.log" 2>&1; then
+  log "BUILD FAILED"; tail -40 "$OUT/build.log"; exit 1
+fi
+log "build ok"
+PKG=$BUILD/pkg
+rm -rf "$PKG" && mkdir -p "$PKG" && cp -r "$ROOT/python/gptoss" "$PKG/" && cp "$BUILD"/_core*.so "$PKG/gptoss/"
+export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}"
+python3 -c "import gptoss, gptoss._core as c; print(gptoss.build_info(), c.cuda_device_count(), c.cuda_device_description(0))" \
+  2>&1 | tee -a "$SUM"
+
+# 3. smoke: one tiny model on both devices (a one-line health figure even if pytest dies)
+timeout 60 python3 - > "$OUT/smoke.txt" 2>&1 <<'PY'
+import numpy as np, gptoss
+from gptoss.synthetic import synthetic_tensors
+cfg = gptoss.config.preset("tiny", num_hidden_layers=4)
+arrays = dict(synthetic_tensors(cfg, seed=0, layout="hf"))
+cpu = gptoss.Model.synthetic(cfg, seed=0)
+gpu = gptoss.Model("<synthetic>", device="cuda", _config=cfg, _arrays=arrays)
+toks = list(range(1, 41))
+a, b = gpu.forward(toks), cpu.forward(toks)
+s = gpu.new_sequence(); s.prefill(toks[:4]); d = [s.decode(t) for t in toks[4:12]]
+print("smoke forward rel err", float(np.abs(a - b).max() / np.abs(b).max()),
+      "decode rel err", float(np.abs(np.stack(d) - b[4:12]).max() / np.abs(b).max()))
+PY
+log "$(tail -3 "$OUT/smoke.txt")"
+
+# 4. CUDA tests
+log "pytest -m cuda tests/test_cuda.py"
+timeout 240 python3 -m pytest -m cuda tests/test_cuda.py -q -rfE -p no:cacheprovider --maxfail=60 \
+  > "$OUT/pytest.log" 2>&1
+RC=$?
+log "pytest rc=$RC: $(tail -1 "$OUT/pytest.log")"
+grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30 | tee -a "$SUM"
+
+# 5. benchmarks (each bounded)
+for M in gpt-oss-20b gpt-oss-120b; do
+  log "bench $M"
+  timeout 150 python3 -u bench/bench_cuda.py --model $M --out "$OUT" > "$OUT/bench_$M.log" 2>&1
+  log "bench $M rc=$?"
+  tail -3 "$OUT/bench_$M.log" | cut -c1-400
+done
+
+# 6. compact table
+python3 - "$OUT" <<'PY' | tee -a "$SUM"
+import json, os, sys
+out = sys.argv[1]
+rows = []
+for m in ("gpt-oss-20b", "gpt-oss-120b"):
+    p = os.path.join(out, f"bench_{m}.jsonl")
+    if not os.path.exists(p):
+        continue
+    for line in open(p):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if r["what"] == "prefill":
+            rows.append((m, f"prefill {r['tokens']}", f"{r['tok_s']:.0f} tok/s", ""))
+        elif r["what"] == "decode":
+            rows.append((m, f"decode b{r['batch']} ctx{r['context']}", f"{r['tok_s']:.0f} tok/s",
+                         f"{r['ms_per_step']:.2f} ms/step, {r['roofline_frac']*100:.0f}% of copy BW"))
+        elif r["what"] == "copy_bandwidth":
+            rows.append((m, "copy bandwidth", f"{r['gbps']:.0f} GB/s", r.get("device", "")))
+        elif r["what"] == "memory":
+            rows.append((m, "device memory used", f"{r['used_gib']:.1f} GiB",
+                         f"weights {r['weights_gib']} GiB, kv {r['kv_gib']} GiB (cap)"))
+print(f"{'model':<14}{'figure':<26}{'value':<16}note")
+for r in rows:
+    print(f"{r[0]:<14}{r[1]:<26}{r[2]:<16}{r[3]}")
+PY
+log "done (pytest rc=$RC)"
