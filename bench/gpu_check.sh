@@ -27,6 +27,12 @@ timeout 120 python3 -m pip install -q cmake ninja "pybind11>=2.12" numpy pytest 
   || log "pip install failed (see pip.log); trying with what is installed"
 export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 
+PYINC=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+if [ ! -f "$PYINC/Python.h" ]; then
+  log "Python.h missing in $PYINC: trying apt-get install python3-dev"
+  (timeout 120 apt-get install -y python3-dev || timeout 120 sudo apt-get install -y python3-dev) > "$OUT/apt.log" 2>&1
+fi
+
 # 2. build for this GPU only
 BUILD=$ROOT/build/gpu_check
 PYBIND_DIR=$(python3 -m pybind11 --cmakedir 2>/dev/null)
