@@ -12,6 +12,9 @@
 #include "common.h"
 #include "cpu/simd.h"
 
+#ifndef GPTOSS_BF16_SEQ
+#define GPTOSS_BF16_SEQ 1
+#endif
 #ifndef GPTOSS_BF16_PF
 #define GPTOSS_BF16_PF 1
 #endif
@@ -49,9 +52,20 @@ GPTOSS_TARGET_AVX512 static inline void bf16_block_avx512(const float* X, int64_
   // Software prefetch of the rows kPrefetchGroups groups of R ahead (the hardware prefetcher
   // alone leaves a good part of the bandwidth unused), one line per row every 32 k.
   const uint16_t* pf = w + kPrefetchGroups * R * ldw;
+  // When rows are packed (ldw == K) the R rows ahead are one contiguous region of R*K*2 bytes:
+  // prefetch it as a single sequential stream, R*32 bytes per 16-k step.
+  const bool packed = ldw == K && GPTOSS_BF16_SEQ;
+  const char* pfc = reinterpret_cast<const char*>(pf);
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
-    if ((k & 31) == 0) {
+    if (packed) {
+      if constexpr (R >= 2) {
+        if (((k * 2 * R) & 63) == 0) _mm_prefetch(pfc + k * 2 * R, _MM_HINT_T0);
+        if constexpr (R == 4) _mm_prefetch(pfc + k * 2 * R + 64, _MM_HINT_T0);
+      } else {
+        if ((k & 31) == 0) _mm_prefetch(pfc + k * 2, _MM_HINT_T0);
+      }
+    } else if ((k & 31) == 0) {
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(pf + r * ldw + k), _MM_HINT_T0);
     }
