@@ -136,9 +136,13 @@ GPTOSS_TARGET_AVX2 static inline void bf16_block_avx2(const float* X, int64_t K,
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps();
   const uint16_t* w = W + n * ldw;
   const uint16_t* pf = w + kPrefetchGroups * R * ldw;
+  const bool packed = ldw == K && GPTOSS_BF16_SEQ;  // see bf16_block_avx512
+  const char* pfc = reinterpret_cast<const char*>(pf);
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    if (R > 1 && (k & 31) == 0) {
+    if (packed) {
+      if (((k * 2 * R) & 63) == 0) _mm_prefetch(pfc + k * 2 * R, _MM_HINT_T0);
+    } else if ((k & 31) == 0) {
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(pf + r * ldw + k), _MM_HINT_T0);
     }
