@@ -160,10 +160,11 @@ void permute_x_mxfp4(const float* X, int64_t T, int64_t K, int64_t ldx, float* x
 
 void bf16_scalar(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W, int64_t N,
                  int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy) {
-  int nt = threads_for(N * K * 2 * std::max<int64_t>(T / 8, 1), N);
+  const int nt = threads_for(N * K * 2 * std::max<int64_t>(T / 8, 1), N);
+  std::vector<float> wbuf(size_t(nt) * size_t(K) + 1);
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<float> w(K);
+    float* w = wbuf.data() + size_t(omp_get_thread_num()) * size_t(K);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t k = 0; k < K; ++k) w[k] = bf16_to_f32(W[n * ldw + k]);
@@ -181,10 +182,11 @@ void bf16_scalar(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16
 void mxfp4_scalar(const float* X, int64_t T, int64_t K, int64_t ldx, const uint8_t* blocks,
                   const uint8_t* scales, int64_t N, const uint16_t* bias, float* Y, int64_t ldy) {
   const int64_t nb = K / 32;
-  int nt = threads_for(N * nb * 17 * std::max<int64_t>(T / 8, 1), N);
+  const int nt = threads_for(N * nb * 17 * std::max<int64_t>(T / 8, 1), N);
+  std::vector<float> wbuf(size_t(nt) * size_t(K) + 1);
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<float> w(K);
+    float* w = wbuf.data() + size_t(omp_get_thread_num()) * size_t(K);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t b = 0; b < nb; ++b) {
@@ -525,9 +527,14 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
   const int64_t ntiles = (N + NC - 1) / NC;
   const int64_t tchunk = std::min<int64_t>(kTokChunk, (T + TV - 1) / TV * TV);
 
-  static thread_local FloatBuf xt_buf;
-  float* XT = xt_buf.get(size_t(K) * size_t(tchunk));
   const int nt = int(std::min<int64_t>(nthreads, ntiles));
+  // All buffers are allocated here, outside the parallel region (an exception must not escape
+  // it): XT, then per thread a W tile [ncpad][kWdStride] and a YT block [ncpad][tchunk].
+  const size_t wd_size = size_t(ncpad) * size_t(kWdStride);
+  const size_t yt_size = size_t(ncpad) * size_t(tchunk);
+  static thread_local FloatBuf buf;
+  float* XT = buf.get(size_t(K) * size_t(tchunk) + size_t(nt) * (wd_size + yt_size));
+  float* thread_bufs = XT + size_t(K) * size_t(tchunk);
 
   for (int64_t tc0 = 0; tc0 < T; tc0 += tchunk) {
     const int64_t tcn = std::min(tchunk, T - tc0);
@@ -541,10 +548,9 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
         if (b0 < b1) isa.pack(X + tc0 * ldx, ldx, tcn, tpad, K, b0 * 32, b1 * 32, permute32, TB, XT);
       }
 #pragma omp barrier
-      static thread_local FloatBuf wd_buf, yt_buf;
-      float* wd = wd_buf.get(size_t(ncpad) * size_t(kWdStride));
+      float* wd = thread_bufs + size_t(omp_get_thread_num()) * (wd_size + yt_size);
+      float* yt = wd + wd_size;
       const char* pf[kWdStride];  // prefetch list of one micro-kernel call (<= kc lines)
-      float* yt = yt_buf.get(size_t(ncpad) * size_t(tpad));
       int64_t tb, te;  // this thread's tiles
       split_rows(ntiles, omp_get_num_threads(), omp_get_thread_num(), 1, &tb, &te);
       for (int64_t tile = tb; tile < te; ++tile) {
