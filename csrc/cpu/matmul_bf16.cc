@@ -1,5 +1,6 @@
 // bf16-weight kernels (AVX-512 and AVX2+FMA): the small-T dot-product path and the GEMM tile
 // converter. bf16 -> fp32 is a zero-extend and a 16-bit left shift, so all math is exact fp32.
+
 // GCC 12 reports false "may be used uninitialized" warnings inside the intrinsic headers when they
 // are used from target-attributed functions (GCC PR105593); silence them for this file.
 #pragma GCC diagnostic ignored "-Wuninitialized"

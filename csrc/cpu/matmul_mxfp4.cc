@@ -10,6 +10,7 @@
 //   the block's partial dot product once (T = 1) or the 32 decoded weights once (T > 1).
 // AVX2: pshufb maps nibbles to int8 2*E2M1 values (all integers), which are widened to int32 and
 //   converted to float; the factor 1/2 is folded into the block scale.
+
 // GCC 12 reports false "may be used uninitialized" warnings inside the intrinsic headers when they
 // are used from target-attributed functions (GCC PR105593); silence them for this file.
 #pragma GCC diagnostic ignored "-Wuninitialized"
