@@ -349,3 +349,24 @@ def test_deterministic():
     y0 = K_.matmul_mxfp4(x, blocks, scales)
     for _ in range(3):
         assert np.array_equal(K_.matmul_mxfp4(x, blocks, scales), y0)
+
+
+def test_concurrent_callers():
+    """Several Python threads (GIL released) calling at once: per-caller buffers, same results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(21)
+    K, N = 320, 61
+    blocks, scales = rand_mxfp4(rng, N, K)
+    w = rand_bf16(rng, (N, K))
+    xs = [rand_x(rng, t, K) for t in (1, 3, 40, 70, 1, 64)]
+    expect = [(K_.matmul_mxfp4(x, blocks, scales), K_.matmul_bf16(x, w)) for x in xs]
+
+    def run(i):
+        x = xs[i % len(xs)]
+        return i % len(xs), K_.matmul_mxfp4(x, blocks, scales), K_.matmul_bf16(x, w)
+
+    with ThreadPoolExecutor(4) as ex:
+        for i, ym, yb in ex.map(run, range(48)):
+            assert np.array_equal(ym, expect[i][0])
+            assert np.array_equal(yb, expect[i][1])
