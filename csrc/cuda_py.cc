@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "engine.h"
+#include "engine_py_common.h"
 #include "model.h"
 #include "test_api.h"
 
@@ -17,80 +18,10 @@ using namespace gptoss;
 
 namespace {
 
-template <typename T>
-using arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-template <typename T>
-T req(const py::dict& d, const char* key) {
-  if (!d.contains(key)) throw InvalidArgument(std::string("config is missing '") + key + "'");
-  return d[key].cast<T>();
-}
-
-ModelConfig config_from_dict(const py::dict& d) {
-  ModelConfig c;
-  c.n_layers = req<int64_t>(d, "num_hidden_layers");
-  c.n_experts = req<int64_t>(d, "num_experts");
-  c.top_k = req<int64_t>(d, "experts_per_token");
-  c.vocab = req<int64_t>(d, "vocab_size");
-  c.hidden = req<int64_t>(d, "hidden_size");
-  c.inter = req<int64_t>(d, "intermediate_size");
-  c.head_dim = req<int64_t>(d, "head_dim");
-  c.n_heads = req<int64_t>(d, "num_attention_heads");
-  c.n_kv = req<int64_t>(d, "num_key_value_heads");
-  c.window = req<int64_t>(d, "sliding_window");
-  c.max_context = req<int64_t>(d, "max_context");
-  c.swiglu_limit = req<float>(d, "swiglu_limit");
-  c.rms_eps = req<float>(d, "rms_norm_eps");
-  c.attn_scale = req<float>(d, "attn_scale");
-  c.sliding = req<std::vector<uint8_t>>(d, "sliding");
-  c.inv_freq = req<std::vector<float>>(d, "inv_freq");
-  c.rope_conc = req<float>(d, "rope_concentration");
-  return c;
-}
-
-DType dtype_of(const py::array& a) {
-  const char kind = a.dtype().kind();
-  const auto size = a.itemsize();
-  if (kind == 'u' && size == 1) return DType::U8;
-  if (kind == 'u' && size == 2) return DType::BF16;
-  if (kind == 'f' && size == 4) return DType::F32;
-  if (kind == 'f' && size == 2) return DType::F16;
-  if (kind == 'i' && size == 1) return DType::I8;
-  if (kind == 'i' && size == 4) return DType::I32;
-  if (kind == 'i' && size == 8) return DType::I64;
-  return DType::Other;
-}
+using namespace gptoss::py_common;
 
 void need(bool c, const std::string& msg) {
   if (!c) throw InvalidArgument(msg);
-}
-
-struct Items {
-  std::vector<std::vector<int32_t>> t32;
-  std::vector<StepItem> items;
-};
-
-Items make_items(int64_t vocab, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,
-                 const std::vector<bool>& all_logits) {
-  if (seqs.size() != toks.size() || seqs.size() != all_logits.size())
-    throw InvalidArgument("step: seqs, tokens and all_logits must have the same length");
-  Items r;
-  r.t32.resize(seqs.size());
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    if (toks[i].ndim() != 1) throw InvalidArgument("step: each token list must be 1-D");
-    const int64_t n = toks[i].shape(0);
-    const int64_t* src = toks[i].data();
-    r.t32[i].resize(size_t(n));
-    for (int64_t j = 0; j < n; ++j) {
-      if (src[j] < 0 || src[j] >= vocab)
-        throw InvalidArgument("token id " + std::to_string(src[j]) + " at index " + std::to_string(j) +
-                              " is out of range [0, " + std::to_string(vocab) + ")");
-      r.t32[i][size_t(j)] = int32_t(src[j]);
-    }
-  }
-  for (size_t i = 0; i < seqs.size(); ++i)
-    r.items.push_back({seqs[i], r.t32[i].data(), int64_t(r.t32[i].size()), bool(all_logits[i])});
-  return r;
 }
 
 cuda::CudaEngineOptions make_opts(int64_t block_size, int64_t kv_cache_bytes, int64_t window_retain,
@@ -284,26 +215,8 @@ void register_cuda_bindings(py::module_& m) {
                py::gil_scoped_release nogil;
                return std::make_unique<CudaEngine>(std::move(cfg), seed, opt);
              }
-             auto src = std::make_unique<TensorSource>();
-             for (const auto& f : files) src->files.push_back(std::make_unique<SafetensorsFile>(f));
-             if (!arrays.is_none()) {
-               py::dict d = arrays.cast<py::dict>();
-               for (auto kv : d) {
-                 py::array a = py::reinterpret_borrow<py::array>(kv.second);
-                 if (!(a.flags() & py::array::c_style))
-                   throw InvalidArgument("array for '" + kv.first.cast<std::string>() + "' must be C-contiguous");
-                 TensorInfo ti;
-                 ti.name = kv.first.cast<std::string>();
-                 ti.dtype = dtype_of(a);
-                 ti.dtype_str = dtype_name(ti.dtype);
-                 for (py::ssize_t i = 0; i < a.ndim(); ++i) ti.shape.push_back(a.shape(i));
-                 ti.data = a.data();
-                 ti.nbytes = size_t(a.nbytes());
-                 ti.file = "<memory>";
-                 src->memory.push_back(std::move(ti));
-               }
-               // The arrays are only read during construction (uploaded), under the GIL.
-             }
+             // The arrays are only read during construction (uploaded), under the GIL.
+             auto src = tensor_source(files, arrays, /*keep_alive=*/false);
              return std::make_unique<CudaEngine>(std::move(cfg), std::move(src), layout, opt);
            }),
            py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
