@@ -47,10 +47,10 @@ void register_engine_bindings(py::module_& m) {
                        int64_t window_retain, int64_t max_chunk_tokens, int threads) {
              auto src = tensor_source(files, arrays, /*keep_alive=*/true);
              EngineOptions opt;
-             opt.block_size = block_size;
+             opt.kv.block_size = block_size;
+             opt.kv.window_retain = window_retain;
+             opt.kv.max_chunk_tokens = max_chunk_tokens;
              opt.kv_cache_bytes = kv_cache_bytes;
-             opt.window_retain = window_retain;
-             opt.max_chunk_tokens = max_chunk_tokens;
              opt.threads = threads;
              return std::make_unique<Engine>(config_from_dict(config), std::move(src), layout, opt);
            }),

@@ -10,11 +10,11 @@
 
 namespace gptoss {
 
-void Engine::forward_chunk(const std::vector<Chunk>& chunks) {
+void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
   const ModelConfig& c = cfg_;
   const int64_t H = c.hidden, I = c.inter, E = c.n_experts, K = c.top_k;
   const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim, half = D / 2;
-  const int64_t Bs = opt_.block_size;
+  const int64_t Bs = opt_.kv.block_size;
 
   int64_t T = 0;
   for (const auto& ch : chunks) T += ch.n;
@@ -26,8 +26,8 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks) {
   {
     int64_t r = 0;
     for (const auto& ch : chunks) {
-      SequenceState& s = seqs_.at(ch.seq);
-      reserve(s, s.len + ch.n);
+      SequenceState& s = seqs_->at(ch.seq);
+      seqs_->reserve(s, s.len + ch.n);
       for (int64_t i = 0; i < ch.n; ++i, ++r) {
         tok[r] = ch.tokens[i];
         pos[r] = s.len + i;
@@ -82,7 +82,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks) {
     cpu::rope_apply(q, T, Q, c.n_heads, half, cs);
     cpu::rope_apply(k, T, KV, c.n_kv, half, cs);
 
-    BlockPool& pool = sliding ? *win_pool_ : *full_pool_;
+    const HostBlockPool& pool = sliding ? *win_pool_ : *full_pool_;
     const int64_t li = sliding ? win_layers_[l] : full_layers_[l];
     for (int64_t r = 0; r < T; ++r) {
       SequenceState& s = *row_seq[r];
@@ -147,7 +147,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks) {
     int64_t r = 0;
     for (const auto& ch : chunks) {
       if (ch.all_logits || ch.last_of_item) {
-        if (!out0) out0 = ch.out;
+        if (!out0) out0 = out + ch.out_row * c.vocab;
         if (ch.all_logits)
           for (int64_t i = 0; i < ch.n; ++i) rows.push_back(r + i);
         else
@@ -164,12 +164,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks) {
   }
 
   // ---- commit the new tokens to their sequences
-  for (const auto& ch : chunks) {
-    SequenceState& s = seqs_.at(ch.seq);
-    s.tokens.insert(s.tokens.end(), ch.tokens, ch.tokens + ch.n);
-    s.len += ch.n;
-    release_window(s);
-  }
+  for (const auto& ch : chunks) seqs_->commit(ch);
 }
 
 }  // namespace gptoss

@@ -1,53 +1,142 @@
-// Paged KV cache: pools of fixed-size blocks and a block table per sequence.
+// Paged KV cache bookkeeping, shared by the CPU and CUDA engines.
 //
-// There are two pools, one for the full-attention layers and one for the sliding-window layers,
-// because a block holds the K and V of one group of layers for `block_size` consecutive
-// positions. Window layers release blocks once they fall out of the window (plus a retention
-// margin that lets a sequence be rewound a little, e.g. to reuse a chat prefix). Blocks are
-// reference counted, so forking a sequence shares its prefix; a shared block is copied before
-// it is written (copy-on-write).
+// Two pools of fixed-size blocks, one for the full-attention layers and one for the
+// sliding-window layers: a block holds the K and V of one group of layers for `block_size`
+// consecutive positions. Window layers release blocks once they fall out of the window (plus a
+// retention margin, so a sequence can be rewound a little, e.g. to reuse a chat prefix). Blocks
+// are reference counted: forking a sequence shares its prefix, and a shared block is copied
+// before it is written (copy-on-write).
+//
+// BlockPool manages block ids and reference counts; where a block's bytes live (host memory,
+// device memory) is the backend's business (HostBlockPool here, the CUDA engine's own pool).
+// SequenceTable holds the sequences and their block tables, validates a step before anything
+// changes, and cuts a batched step into chunks.
 #pragma once
 
 #include <cstdint>
-#include <memory>
+#include <functional>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
 namespace gptoss {
 
+struct ModelConfig;
+struct StepItem;
+
 class BlockPool {
  public:
-  // block_floats: floats in one block; max_blocks: cap (OutOfMemory past it).
-  BlockPool(int64_t block_floats, int64_t max_blocks);
-  ~BlockPool();
+  // max_blocks: cap (OutOfMemory past it; 0 = this pool is unused); block_bytes: for messages.
+  BlockPool(int64_t max_blocks, int64_t block_bytes) : max_blocks_(max_blocks), block_bytes_(block_bytes) {}
+  virtual ~BlockPool() = default;
   BlockPool(const BlockPool&) = delete;
   BlockPool& operator=(const BlockPool&) = delete;
 
   int32_t allocate();  // refcount 1; throws OutOfMemory when the cap is reached
-  void retain(int32_t b) { ++refs_[b]; }
+  void retain(int32_t b) { ++refs_[size_t(b)]; }
   void release(int32_t b);
-  int32_t refcount(int32_t b) const { return refs_[b]; }
-  float* data(int32_t b) const { return ptrs_[b]; }
-  float* const* block_ptrs() const { return ptrs_.data(); }
-  int64_t block_floats() const { return block_floats_; }
+  int32_t refcount(int32_t b) const { return refs_[size_t(b)]; }
   int64_t used() const { return used_; }
-  int64_t allocated() const { return int64_t(ptrs_.size()); }
+  int64_t allocated() const { return int64_t(refs_.size()); }
   int64_t max_blocks() const { return max_blocks_; }
+  int64_t block_bytes() const { return block_bytes_; }
+  // Copy the contents of block src into block dst (copy-on-write).
+  virtual void copy_block(int32_t src, int32_t dst) = 0;
+
+ protected:
+  // Called once for every new block id, before it is handed out: provide its storage here.
+  virtual void on_new_block(int32_t b) {}
+
+ private:
+  int64_t max_blocks_, block_bytes_;
+  int64_t used_ = 0;
+  std::vector<int32_t> refs_, free_;
+};
+
+// Blocks in host memory, each allocated (64-byte aligned) the first time its id is used.
+class HostBlockPool final : public BlockPool {
+ public:
+  HostBlockPool(int64_t block_floats, int64_t max_blocks);
+  ~HostBlockPool() override;
+  float* data(int32_t b) const { return ptrs_[size_t(b)]; }
+  float* const* block_ptrs() const { return ptrs_.data(); }
+  void copy_block(int32_t src, int32_t dst) override;
+
+ protected:
+  void on_new_block(int32_t b) override;
 
  private:
   int64_t block_floats_;
-  int64_t max_blocks_;
-  int64_t used_ = 0;
   std::vector<float*> ptrs_;
-  std::vector<int32_t> refs_;
-  std::vector<int32_t> free_;
 };
 
 struct SequenceState {
   int64_t len = 0;                 // tokens in the cache
   std::vector<int32_t> tokens;     // the tokens themselves (for prefix reuse)
-  std::vector<int32_t> full_table; // block ids for the full-attention pool
-  std::vector<int32_t> win_table;  // block ids for the window pool (-1 = released)
+  std::vector<int32_t> full_table; // block ids in the full-attention pool
+  std::vector<int32_t> win_table;  // block ids in the window pool (-1 = released)
+};
+
+struct KVOptions {
+  int64_t block_size = 16;
+  int64_t window_retain = 256;     // extra window positions kept for rewinding
+  int64_t max_chunk_tokens = 512;  // tokens per forward chunk (bounds activation memory)
+};
+
+// A run of one item's tokens inside a forward chunk. Logits rows of a step are numbered in item
+// order (n rows for an all_logits item, else one for its last token); out_row is the first row
+// this run writes, if it writes any.
+struct Chunk {
+  int64_t seq;
+  const int32_t* tokens;
+  int64_t n;
+  bool all_logits;
+  bool last_of_item;
+  int64_t item;
+  int64_t out_row;
+};
+
+class SequenceTable {
+ public:
+  SequenceTable(const ModelConfig& cfg, KVOptions opt, BlockPool& full, BlockPool& win);
+  ~SequenceTable();
+
+  int64_t create();
+  int64_t fork(int64_t seq);
+  void free(int64_t seq);
+  // Rewinds to the first n tokens; false (nothing changed) when the window layers no longer
+  // hold what position n needs.
+  bool truncate(int64_t seq, int64_t n);
+  SequenceState& at(int64_t seq);
+  const SequenceState& at(int64_t seq) const;
+  bool contains(int64_t seq) const { return seqs_.count(seq) != 0; }
+  int64_t size() const { return int64_t(seqs_.size()); }
+
+  // Everything a step could trip on (unknown or repeated sequences, empty runs, token ids,
+  // context overflow, KV cache capacity), checked before any state changes.
+  void validate(const std::vector<StepItem>& items) const;
+  static int64_t logits_rows(const std::vector<StepItem>& items);
+  // Calls run(group) for consecutive groups of at most max_chunk_tokens tokens; an item may
+  // span groups, a sequence appears at most once per group.
+  void for_each_chunk(const std::vector<StepItem>& items,
+                      const std::function<void(const std::vector<Chunk>&)>& run) const;
+  // Blocks for positions [len, new_len) of a sequence, copying shared ones first.
+  void reserve(SequenceState& s, int64_t new_len);
+  // Appends a chunk's tokens after its forward pass and releases window blocks now out of reach.
+  void commit(const Chunk& ch);
+  // [used, allocated, cap] of the full pool, then of the window pool.
+  std::vector<int64_t> stats() const;
+
+ private:
+  void make_writable(BlockPool& pool, std::vector<int32_t>& table, int64_t first, int64_t last);
+  void release_window(SequenceState& s);
+
+  int64_t window_, max_context_, vocab_;
+  KVOptions opt_;
+  BlockPool& full_;
+  BlockPool& win_;
+  std::unordered_map<int64_t, SequenceState> seqs_;
+  int64_t next_ = 1;
 };
 
 }  // namespace gptoss

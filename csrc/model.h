@@ -53,10 +53,8 @@ struct TensorSource {
 Weights bind_weights(const ModelConfig& cfg, const TensorSource& src, const std::string& layout);
 
 struct EngineOptions {
-  int64_t block_size = 16;
+  KVOptions kv;                                // block size, window retention, chunk size
   int64_t kv_cache_bytes = int64_t(4) << 30;  // cap for the KV pools together
-  int64_t window_retain = 256;                // extra window positions kept for rewinding
-  int64_t max_chunk_tokens = 512;             // tokens per forward chunk (bounds activation memory)
   int threads = 0;                            // 0 = all cores
 };
 
@@ -72,47 +70,40 @@ struct StepItem {
 class Engine {
  public:
   Engine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::string& layout, EngineOptions opt);
-  ~Engine();
 
   const ModelConfig& config() const { return cfg_; }
-  const EngineOptions& options() const { return opt_; }
 
-  int64_t new_sequence();
-  int64_t fork(int64_t seq);
-  void free_sequence(int64_t seq);
+  int64_t new_sequence() { return seqs_->create(); }
+  int64_t fork(int64_t seq) { return seqs_->fork(seq); }
+  void free_sequence(int64_t seq) { seqs_->free(seq); }
   // Rewinds `seq` to its first n tokens; false (nothing changed) when the window layers no
   // longer hold what position n needs.
-  bool truncate(int64_t seq, int64_t n);
-  int64_t length(int64_t seq) const;
-  const std::vector<int32_t>& tokens(int64_t seq) const;
-  bool has_sequence(int64_t seq) const { return seqs_.count(seq) != 0; }
-  int64_t num_sequences() const { return int64_t(seqs_.size()); }
+  bool truncate(int64_t seq, int64_t n) { return seqs_->truncate(seq, n); }
+  int64_t length(int64_t seq) const { return seqs_->at(seq).len; }
+  const std::vector<int32_t>& tokens(int64_t seq) const { return seqs_->at(seq).tokens; }
+  bool has_sequence(int64_t seq) const { return seqs_->contains(seq); }
+  int64_t num_sequences() const { return seqs_->size(); }
 
   // Advances every item's sequence by its tokens; writes logits into `out`, in item order:
   // 1 row per item (or n rows when all_logits), each of `vocab` floats. Validates everything
   // before touching any state, so a bad item changes nothing.
   void step(const std::vector<StepItem>& items, float* out);
-  int64_t logits_rows(const std::vector<StepItem>& items) const;
+  int64_t logits_rows(const std::vector<StepItem>& items) const { return SequenceTable::logits_rows(items); }
 
-  // KV cache statistics: blocks in use / allocated / cap, per pool (full, window).
-  std::vector<int64_t> kv_stats() const;
+  // KV cache blocks: [used, allocated, cap] of the full pool, then of the window pool.
+  std::vector<int64_t> kv_stats() const { return seqs_->stats(); }
 
  private:
-  struct Chunk { int64_t seq; const int32_t* tokens; int64_t n; bool all_logits; bool last_of_item; float* out; };
-  void forward_chunk(const std::vector<Chunk>& chunks);
-  void reserve(SequenceState& s, int64_t new_len);
-  void make_writable(BlockPool& pool, std::vector<int32_t>& table, int64_t first_block, int64_t last_block);
-  void release_window(SequenceState& s);
+  void forward_chunk(const std::vector<Chunk>& chunks, float* out);
 
   ModelConfig cfg_;
   EngineOptions opt_;
   std::unique_ptr<TensorSource> src_;
   Weights w_;
   std::vector<int64_t> full_layers_, win_layers_;  // layer -> index inside its pool's group
-  std::unique_ptr<BlockPool> full_pool_, win_pool_;
-  std::unordered_map<int64_t, SequenceState> seqs_;
-  int64_t next_seq_ = 1;
-  std::vector<float> buf_;  // activations of the current chunk, reused across steps
+  std::unique_ptr<HostBlockPool> full_pool_, win_pool_;
+  std::unique_ptr<SequenceTable> seqs_;            // declared after the pools: destroyed first
+  std::vector<float> buf_;                         // activations of the current chunk, reused
 };
 
 }  // namespace gptoss

@@ -1,5 +1,5 @@
-// CudaEngine: sequences and the paged KV cache on the host side (the same bookkeeping as
-// csrc/model.cc), the forward pass as a sequence of kernel launches on one stream.
+// CudaEngine: weights and the paged KV cache on the device (sequence and block bookkeeping is
+// the shared SequenceTable of csrc/kv_cache.h), the forward pass as kernel launches on one stream.
 #include "engine.h"
 
 #include <algorithm>
@@ -39,41 +39,21 @@ void* dev_alloc(size_t bytes, const std::string& what) {
   return p;
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Reference-counted block ids over one preallocated device array (mirrors BlockPool).
-struct DevPool {
-  int64_t block_elems = 0, max_blocks = 0, next = 0, used = 0;
-  size_t elem_bytes = 4;
-  char* base = nullptr;
-  std::vector<int32_t> refs, free_ids;
+// KV blocks in one preallocated device array; ids and reference counts come from BlockPool.
+class DevPool final : public BlockPool {
+ public:
+  DevPool(int64_t max_blocks, int64_t block_elems, size_t elem_bytes, char* base, cudaStream_t stream)
+      : BlockPool(max_blocks, block_elems * int64_t(elem_bytes)), block_elems(block_elems), base(base), stream_(stream) {}
+  void copy_block(int32_t src, int32_t dst) override {
+    const size_t bb = size_t(block_bytes());
+    CUDA_CHECK(cudaMemcpyAsync(base + size_t(dst) * bb, base + size_t(src) * bb, bb, cudaMemcpyDeviceToDevice, stream_));
+  }
+  const int64_t block_elems;
+  char* const base;
 
-  int32_t allocate() {
-    int32_t b;
-    if (!free_ids.empty()) {
-      b = free_ids.back();
-      free_ids.pop_back();
-    } else {
-      if (next >= max_blocks)
-        throw OutOfMemory("KV cache is full: " + std::to_string(max_blocks) + " blocks of " +
-                          std::to_string(int64_t(block_elems * elem_bytes) / 1024) +
-                          " KiB in use; free sequences or raise kv_cache_bytes");
-      b = int32_t(next++);
-      refs.push_back(0);
-    }
-    refs[b] = 1;
-    ++used;
-    return b;
-  }
-  void retain(int32_t b) { ++refs[b]; }
-  void release(int32_t b) {
-    if (b < 0) return;
-    if (--refs[b] == 0) {
-      free_ids.push_back(b);
-      --used;
-    }
-  }
-  size_t block_bytes() const { return size_t(block_elems) * elem_bytes; }
+ private:
+  cudaStream_t stream_;
 };
 
 struct DevLayer {
@@ -120,9 +100,8 @@ struct CudaEngine::Impl {
 
   // KV cache
   std::vector<int64_t> full_layers, win_layers;
-  DevPool full_pool, win_pool;
-  std::unordered_map<int64_t, SequenceState> seqs;
-  int64_t next_seq = 1;
+  std::unique_ptr<DevPool> full_pool, win_pool;
+  std::unique_ptr<SequenceTable> seqs;  // after the pools: destroyed first
 
   // workspace (sized for max_chunk_tokens rows)
   int64_t Tmax = 0, part_cap = 0;
@@ -335,132 +314,27 @@ struct CudaEngine::Impl {
       throw OutOfMemory("not enough device memory for the KV cache: 2 blocks need " + gib(2.0 * double(pair_bytes)) +
                         ", " + gib(double(avail)) + " usable (" + gib(double(fr)) + " free of " + gib(double(tot)) +
                         ", kv_cache_bytes cap " + std::to_string(opt.kv_cache_bytes) + ")");
-    auto setup = [&](DevPool& p, int64_t n_layers_kind, int64_t elems, const char* what) {
-      p.block_elems = elems;
-      p.elem_bytes = eb;
-      p.max_blocks = n_layers_kind ? blocks : 0;
-      if (p.max_blocks) p.base = alloc<char>(p.max_blocks * int64_t(p.block_bytes()), what, &kv_bytes);
+    auto setup = [&](int64_t n_layers_kind, int64_t elems, const char* what) {
+      const int64_t nb = n_layers_kind ? blocks : 0;
+      char* base = nb ? alloc<char>(nb * elems * int64_t(eb), what, &kv_bytes) : nullptr;
+      return std::make_unique<DevPool>(nb, elems, eb, base, stream);
     };
-    setup(full_pool, nf, fb, "the KV cache (full-attention layers)");
-    setup(win_pool, nw, wb, "the KV cache (sliding-window layers)");
+    full_pool = setup(nf, fb, "the KV cache (full-attention layers)");
+    win_pool = setup(nw, wb, "the KV cache (sliding-window layers)");
+    KVOptions ko;
+    ko.block_size = opt.block_size;
+    ko.window_retain = opt.window_retain;
+    ko.max_chunk_tokens = opt.max_chunk_tokens;
+    seqs = std::make_unique<SequenceTable>(cfg, ko, *full_pool, *win_pool);
   }
 
-  // ---- sequences (same semantics as csrc/model.cc) --------------------------------------------
-  SequenceState& find(int64_t id) {
-    auto it = seqs.find(id);
-    if (it == seqs.end()) throw InvalidArgument("unknown or freed sequence " + std::to_string(id));
-    return it->second;
-  }
-
-  void make_writable(DevPool& pool, std::vector<int32_t>& table, int64_t first, int64_t last) {
-    for (int64_t bi = first; bi <= last && bi < int64_t(table.size()); ++bi) {
-      const int32_t b = table[size_t(bi)];
-      if (b >= 0 && pool.refs[size_t(b)] > 1) {
-        const int32_t nb = pool.allocate();
-        CUDA_CHECK(cudaMemcpyAsync(pool.base + size_t(nb) * pool.block_bytes(), pool.base + size_t(b) * pool.block_bytes(),
-                                   pool.block_bytes(), cudaMemcpyDeviceToDevice, stream));
-        pool.release(b);
-        table[size_t(bi)] = nb;
-      }
-    }
-  }
-
-  void reserve(SequenceState& s, int64_t new_len) {
-    const int64_t B = opt.block_size;
-    const int64_t first = s.len / B, last = (new_len - 1) / B;
-    for (int which = 0; which < 2; ++which) {
-      std::vector<int32_t>& tab = which == 0 ? s.full_table : s.win_table;
-      DevPool& pool = which == 0 ? full_pool : win_pool;
-      if (pool.max_blocks == 0) continue;
-      make_writable(pool, tab, first, last);
-      while (int64_t(tab.size()) <= last) tab.push_back(pool.allocate());
-      for (int64_t bi = first; bi <= last; ++bi)
-        if (tab[size_t(bi)] < 0) tab[size_t(bi)] = pool.allocate();
-    }
-  }
-
-  void release_window(SequenceState& s) {
-    const int64_t B = opt.block_size;
-    const int64_t keep_from = s.len - cfg.window - opt.window_retain + 1;
-    for (int64_t bi = 0; bi < int64_t(s.win_table.size()); ++bi) {
-      if ((bi + 1) * B - 1 >= keep_from) break;
-      if (s.win_table[size_t(bi)] >= 0) {
-        win_pool.release(s.win_table[size_t(bi)]);
-        s.win_table[size_t(bi)] = -1;
-      }
-    }
-  }
-
-  void validate_step(const std::vector<StepItem>& items) {
-    std::unordered_set<int64_t> seen;
-    int64_t need_full = 0, need_win = 0;
-    const int64_t B = opt.block_size;
-    for (const auto& it : items) {
-      auto sit = seqs.find(it.seq);
-      if (sit == seqs.end()) throw InvalidArgument("unknown or freed sequence " + std::to_string(it.seq));
-      if (!seen.insert(it.seq).second)
-        throw InvalidArgument("sequence " + std::to_string(it.seq) + " appears twice in one batch");
-      if (it.n <= 0) throw InvalidArgument("empty token list for sequence " + std::to_string(it.seq));
-      for (int64_t i = 0; i < it.n; ++i)
-        if (it.tokens[i] < 0 || it.tokens[i] >= cfg.vocab)
-          throw InvalidArgument("token id " + std::to_string(it.tokens[i]) + " at index " + std::to_string(i) +
-                                " is out of range [0, " + std::to_string(cfg.vocab) + ")");
-      const SequenceState& s = sit->second;
-      if (s.len + it.n > cfg.max_context)
-        throw ContextOverflow("sequence " + std::to_string(it.seq) + " would hold " + std::to_string(s.len + it.n) +
-                              " tokens, more than the context limit of " + std::to_string(cfg.max_context));
-      const int64_t nb = ceil_div(s.len + it.n, B) - s.len / B + 1;
-      need_full += nb;
-      need_win += std::min(nb, ceil_div(cfg.window + opt.window_retain + opt.max_chunk_tokens, B) + 2);
-    }
-    auto check_pool = [](const DevPool& p, int64_t need, const char* what) {
-      if (p.max_blocks > 0 && p.used + need > p.max_blocks)
-        throw OutOfMemory(std::string("KV cache too small for this step (") + what + " pool: " +
-                          std::to_string(p.used) + " of " + std::to_string(p.max_blocks) + " blocks in use, up to " +
-                          std::to_string(need) + " more needed); free sequences or raise kv_cache_bytes");
-    };
-    check_pool(full_pool, need_full, "full-attention");
-    check_pool(win_pool, need_win, "sliding-window");
-  }
-
-  struct Chunk {
-    int64_t seq;
-    const int32_t* tokens;
-    int64_t n;
-    bool all_logits, last_of_item;
-    float* out;        // host logits destination (step)
-    int32_t* out_tok;  // host argmax destination (step_argmax)
-  };
-
-  void run(const std::vector<StepItem>& items, float* out, int32_t* out_tok) {
-    validate_step(items);
-    std::vector<Chunk> group;
-    int64_t in_group = 0;
-    float* o = out;
-    int32_t* ot = out_tok;
-    for (const auto& it : items) {
-      int64_t done = 0;
-      while (done < it.n) {
-        const int64_t take = std::min(it.n - done, opt.max_chunk_tokens - in_group);
-        const bool last = done + take == it.n;
-        const bool all = out_tok ? false : it.all_logits;
-        group.push_back(Chunk{it.seq, it.tokens + done, take, all, last, o, ot});
-        if (out) {
-          if (all) o += take * cfg.vocab;
-          else if (last) o += cfg.vocab;
-        } else if (last) {
-          ++ot;
-        }
-        done += take;
-        in_group += take;
-        if (in_group == opt.max_chunk_tokens) {
-          forward_chunk(group);
-          group.clear();
-          in_group = 0;
-        }
-      }
-    }
-    if (!group.empty()) forward_chunk(group);
+  // ---- a step: validated and chunked by the shared SequenceTable (csrc/kv_cache.h)
+  void run(const std::vector<StepItem>& items_in, float* out, int32_t* out_tok) {
+    std::vector<StepItem> items = items_in;
+    if (out_tok)  // greedy: one token per item, so output row == item index
+      for (auto& it : items) it.all_logits = false;
+    seqs->validate(items);
+    seqs->for_each_chunk(items, [&](const std::vector<Chunk>& g) { forward_chunk(g, out, out_tok); });
   }
 
   void ensure_meta(int64_t n) {
@@ -475,15 +349,15 @@ struct CudaEngine::Impl {
     meta_cap = staging_cap = cap;
   }
 
-  void forward_chunk(const std::vector<Chunk>& chunks) {
+  void forward_chunk(const std::vector<Chunk>& chunks, float* out, int32_t* out_tok) {
     const ModelConfig& c = cfg;
     const int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), QKV = Q + 2 * KV, D = c.head_dim;
     const int64_t K = c.top_k, B = opt.block_size;
     int64_t T = 0;
     for (const auto& ch : chunks) T += ch.n;
     for (const auto& ch : chunks) {
-      SequenceState& s = seqs.at(ch.seq);
-      reserve(s, s.len + ch.n);
+      SequenceState& s = seqs->at(ch.seq);
+      seqs->reserve(s, s.len + ch.n);
     }
     const int rpg = attn_rows_per_group(int(c.n_heads), int(c.n_kv));
 
@@ -494,7 +368,7 @@ struct CudaEngine::Impl {
     {
       int64_t r = 0;
       for (const auto& ch : chunks) {
-        const SequenceState& s = seqs.at(ch.seq);
+        const SequenceState& s = seqs->at(ch.seq);
         const int32_t off_f = int32_t(tab_full.size()), off_w = int32_t(tab_win.size());
         tab_full.insert(tab_full.end(), s.full_table.begin(), s.full_table.end());
         tab_win.insert(tab_win.end(), s.win_table.begin(), s.win_table.end());
@@ -557,7 +431,7 @@ struct CudaEngine::Impl {
       const DevLayer& L = layers[size_t(l)];
       const bool sliding = c.sliding[size_t(l)];
       dense(t, Hi, nullptr, Ti, Hi, L.qkv_w, Hi, int(QKV), L.qkv_b, qkv, int(QKV), EPI_STORE, st);
-      DevPool& pool = sliding ? win_pool : full_pool;
+      const DevPool& pool = sliding ? *win_pool : *full_pool;
       KVView kv;
       kv.pool = pool.base;
       kv.block_elems = pool.block_elems;
@@ -608,21 +482,17 @@ struct CudaEngine::Impl {
           first = &ch;
           break;
         }
-      if (first->out) {
-        CUDA_CHECK(cudaMemcpyAsync(first->out, logits, size_t(R) * size_t(c.vocab) * 4, cudaMemcpyDeviceToHost, st));
+      if (out) {
+        CUDA_CHECK(cudaMemcpyAsync(out + first->out_row * c.vocab, logits, size_t(R) * size_t(c.vocab) * 4,
+                                   cudaMemcpyDeviceToHost, st));
       } else {
         argmax_rows(logits, R, c.vocab, argmax_out, st);
-        CUDA_CHECK(cudaMemcpyAsync(first->out_tok, argmax_out, size_t(R) * 4, cudaMemcpyDeviceToHost, st));
+        CUDA_CHECK(cudaMemcpyAsync(out_tok + first->out_row, argmax_out, size_t(R) * 4, cudaMemcpyDeviceToHost, st));
       }
     }
     CUDA_CHECK(cudaStreamSynchronize(st));
 
-    for (const auto& ch : chunks) {
-      SequenceState& s = seqs.at(ch.seq);
-      s.tokens.insert(s.tokens.end(), ch.tokens, ch.tokens + ch.n);
-      s.len += ch.n;
-      release_window(s);
-    }
+    for (const auto& ch : chunks) seqs->commit(ch);
   }
 };
 
@@ -655,62 +525,15 @@ CudaEngine::~CudaEngine() {
 
 const ModelConfig& CudaEngine::config() const { return p_->cfg; }
 
-int64_t CudaEngine::new_sequence() {
-  const int64_t id = p_->next_seq++;
-  p_->seqs.emplace(id, SequenceState{});
-  return id;
-}
-
-int64_t CudaEngine::fork(int64_t seq) {
-  SequenceState copy = p_->find(seq);
-  for (int32_t b : copy.full_table)
-    if (b >= 0) p_->full_pool.retain(b);
-  for (int32_t b : copy.win_table)
-    if (b >= 0) p_->win_pool.retain(b);
-  const int64_t id = p_->next_seq++;
-  p_->seqs.emplace(id, std::move(copy));
-  return id;
-}
-
-void CudaEngine::free_sequence(int64_t seq) {
-  SequenceState& s = p_->find(seq);
-  for (int32_t b : s.full_table) p_->full_pool.release(b);
-  for (int32_t b : s.win_table) p_->win_pool.release(b);
-  p_->seqs.erase(seq);
-}
-
-bool CudaEngine::truncate(int64_t seq, int64_t n) {
-  SequenceState& s = p_->find(seq);
-  GPTOSS_CHECK_ARG(n >= 0 && n <= s.len, "truncate: n must be in [0, length]");
-  const int64_t B = p_->opt.block_size;
-  for (int64_t q = std::max<int64_t>(0, n - p_->cfg.window + 1); q < n; ++q) {
-    const int64_t bi = q / B;
-    if (bi >= int64_t(s.win_table.size()) || s.win_table[size_t(bi)] < 0) return false;
-  }
-  const int64_t keep = ceil_div(n, B);
-  while (int64_t(s.full_table.size()) > keep) {
-    p_->full_pool.release(s.full_table.back());
-    s.full_table.pop_back();
-  }
-  while (int64_t(s.win_table.size()) > keep) {
-    p_->win_pool.release(s.win_table.back());
-    s.win_table.pop_back();
-  }
-  s.len = n;
-  s.tokens.resize(size_t(n));
-  return true;
-}
-
-int64_t CudaEngine::length(int64_t seq) const { return p_->find(seq).len; }
-const std::vector<int32_t>& CudaEngine::tokens(int64_t seq) const { return p_->find(seq).tokens; }
-bool CudaEngine::has_sequence(int64_t seq) const { return p_->seqs.count(seq) != 0; }
-int64_t CudaEngine::num_sequences() const { return int64_t(p_->seqs.size()); }
-
-int64_t CudaEngine::logits_rows(const std::vector<StepItem>& items) const {
-  int64_t r = 0;
-  for (const auto& it : items) r += it.all_logits ? it.n : 1;
-  return r;
-}
+int64_t CudaEngine::new_sequence() { return p_->seqs->create(); }
+int64_t CudaEngine::fork(int64_t seq) { return p_->seqs->fork(seq); }
+void CudaEngine::free_sequence(int64_t seq) { p_->seqs->free(seq); }
+bool CudaEngine::truncate(int64_t seq, int64_t n) { return p_->seqs->truncate(seq, n); }
+int64_t CudaEngine::length(int64_t seq) const { return p_->seqs->at(seq).len; }
+const std::vector<int32_t>& CudaEngine::tokens(int64_t seq) const { return p_->seqs->at(seq).tokens; }
+bool CudaEngine::has_sequence(int64_t seq) const { return p_->seqs->contains(seq); }
+int64_t CudaEngine::num_sequences() const { return p_->seqs->size(); }
+int64_t CudaEngine::logits_rows(const std::vector<StepItem>& items) const { return SequenceTable::logits_rows(items); }
 
 void CudaEngine::step(const std::vector<StepItem>& items, float* out) {
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
@@ -722,10 +545,7 @@ void CudaEngine::step_argmax(const std::vector<StepItem>& items, int32_t* out) {
   p_->run(items, nullptr, out);
 }
 
-std::vector<int64_t> CudaEngine::kv_stats() const {
-  const DevPool &f = p_->full_pool, &w = p_->win_pool;
-  return {f.used, f.next, f.max_blocks, w.used, w.next, w.max_blocks};
-}
+std::vector<int64_t> CudaEngine::kv_stats() const { return p_->seqs->stats(); }
 
 std::map<std::string, double> CudaEngine::memory_info() const {
   size_t fr = 0, tot = 0;
