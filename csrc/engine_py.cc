@@ -44,8 +44,17 @@ void register_engine_bindings(py::module_& m) {
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,
                        const std::string& layout, int64_t block_size, int64_t kv_cache_bytes,
-                       int64_t window_retain, int64_t max_chunk_tokens, int threads) {
-             auto src = tensor_source(files, arrays, /*keep_alive=*/true);
+                       int64_t window_retain, int64_t max_chunk_tokens, int threads, bool populate) {
+             auto src = std::make_unique<TensorSource>();
+             {
+               py::gil_scoped_release nogil;  // mapping (and populating) large files takes a moment
+               for (const auto& f : files) src->files.push_back(std::make_unique<SafetensorsFile>(f, populate));
+             }
+             if (!arrays.is_none()) {
+               auto mem = tensor_source({}, arrays, /*keep_alive=*/true);
+               src->memory = std::move(mem->memory);
+               src->keepalive = std::move(mem->keepalive);
+             }
              EngineOptions opt;
              opt.kv.block_size = block_size;
              opt.kv.window_retain = window_retain;
@@ -56,7 +65,8 @@ void register_engine_bindings(py::module_& m) {
            }),
            py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
            py::arg("block_size") = 16, py::arg("kv_cache_bytes") = int64_t(4) << 30,
-           py::arg("window_retain") = 256, py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0)
+           py::arg("window_retain") = 256, py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0,
+           py::arg("populate") = false)
       .def("new_sequence", &Engine::new_sequence)
       .def("fork", &Engine::fork)
       .def("free", &Engine::free_sequence)

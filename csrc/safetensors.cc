@@ -51,7 +51,7 @@ static DType parse_dtype(const std::string& s) {
   return DType::Other;
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+SafetensorsFile::SafetensorsFile(const std::string& path, bool populate) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw CheckpointError(path + ": cannot open (" + std::strerror(errno) + ")");
   struct stat st;
@@ -65,7 +65,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     throw CheckpointError(path + ": truncated safetensors file (" + std::to_string(size_) +
                           " bytes, no header length)");
   }
-  map_ = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+  map_ = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED | (populate ? MAP_POPULATE : 0), fd, 0);
   ::close(fd);
   if (map_ == MAP_FAILED) {
     map_ = nullptr;

@@ -28,7 +28,10 @@ class SafetensorsFile {
  public:
   // Maps `path` and validates its header: JSON well-formed, every tensor's offsets inside the
   // file and consistent with its dtype and shape. Throws CheckpointError naming the file.
-  explicit SafetensorsFile(const std::string& path);
+  // populate: also build the page tables for the whole mapping up front (MAP_POPULATE), so the
+  // first forward pass does not take millions of minor page faults; worth it when the file is
+  // already in the page cache and fits in memory.
+  explicit SafetensorsFile(const std::string& path, bool populate = false);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;

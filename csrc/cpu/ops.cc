@@ -24,6 +24,7 @@ void embedding(const int32_t* tokens, int64_t T, const uint16_t* E, int64_t H, f
 GPTOSS_CLONES
 static void rmsnorm_row(const float* x, int64_t H, const float* w, float eps, float* y) {
   float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
   for (int64_t i = 0; i < H; ++i) ss += x[i] * x[i];
   const float r = 1.0f / std::sqrt(ss / float(H) + eps);
   for (int64_t i = 0; i < H; ++i) y[i] = w[i] * (x[i] * r);
@@ -94,6 +95,7 @@ static void attend_group(const float* q, const KVLayerView& vw, int64_t g, int64
       for (int64_t h = 0; h < G; ++h) {
         const float* qh = q + h * D;
         float s = 0.f;
+#pragma omp simd reduction(+ : s)  // lets the compiler vectorise the reduction
         for (int64_t d = 0; d < D; ++d) s += qh[d] * kj[d];
         scores[h * n + (j - lo)] = s * scale;
       }

@@ -51,12 +51,28 @@ def _default_kv_bytes() -> int:
     return max(256 << 20, total // 4)
 
 
-def _preload(files: list[str], progress: Optional[bool]) -> None:
-    """Read the checkpoint once, sequentially, so the mapped pages are resident before the first
-    token (disk order is far faster than the forward pass's access order). Shows a progress bar
-    on stderr for large checkpoints."""
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover
+        pass
+    return 1 << 62
+
+
+def _preload(files: list[str], progress: Optional[bool]) -> bool:
+    """Read the checkpoint once, sequentially, so its pages are resident before the first token
+    (disk order is far faster than the forward pass's access order). Shows a progress bar on
+    stderr for large checkpoints. Skipped (False) when the checkpoint does not fit in memory:
+    then pages are read on demand."""
     total = sum(os.path.getsize(f) for f in files)
     show = progress if progress is not None else (total > (1 << 30) and sys.stderr.isatty())
+    if total > 0.9 * _available_memory():
+        if show:
+            sys.stderr.write(f"checkpoint ({total / 1e9:.1f} GB) exceeds available memory: pages load on demand\n")
+        return False
     buf = bytearray(64 << 20)
     mv = memoryview(buf)
     done, t0, last = 0, time.time(), 0.0
@@ -81,6 +97,7 @@ def _preload(files: list[str], progress: Optional[bool]) -> None:
                     sys.stderr.flush()
     if show:
         sys.stderr.write("\n")
+    return True
 
 
 class Sequence:
@@ -162,8 +179,9 @@ class Model:
         window_retain: extra positions the sliding-window layers keep, so a sequence can be
             rewound (`Sequence.truncate`) by up to this much.
         max_chunk_tokens: tokens per forward chunk (long prompts are processed in chunks).
-        preload: read the checkpoint into the page cache before returning (default: yes for
-            files on disk); progress: show a progress bar (default: for large checkpoints on a TTY).
+        preload: read the checkpoint into the page cache and map it fully before returning, when
+            it fits in memory (default: yes); progress: show a progress bar (default: for large
+            checkpoints on a TTY).
     """
 
     def __init__(self, path: Union[str, os.PathLike], device: str = "cpu", max_context: Optional[int] = None,
@@ -183,8 +201,7 @@ class Model:
             self.config = ModelConfig.from_file(os.path.join(directory, "config.json"))
             self.checkpoint_dir = directory
             self.layout = layout
-            if preload:
-                _preload(files, progress)
+        populate = bool(files) and preload and _preload(files, progress)
         cfg = self.config
         if max_context is None:
             max_context = cfg.max_position_embeddings
@@ -217,7 +234,8 @@ class Model:
             self._engine = _core().Engine(
                 cdict, files, _arrays, self.layout, block_size=block_size,
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else _default_kv_bytes(),
-                window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0)
+                window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0,
+                populate=populate)
 
     @classmethod
     def synthetic(cls, preset_or_config: Union[str, ModelConfig, dict] = "tiny", seed: int = 0,
