@@ -116,15 +116,23 @@ def main() -> int:
     dec_tps = 1.0 / step
     dec_frac = nbytes / step / 1e9 / bw
 
-    # Prefill.
+    # Prefill, then decode again at the end of that longer context.
     prompt = [int(t) for t in rng.integers(0, c.vocab_size, args.prompt)]
     s = m.new_sequence()
     t = time.perf_counter()
-    s.prefill(prompt)
+    logits = s.prefill(prompt)
     pf_s = time.perf_counter() - t
-    s.free()
     pf_tps = args.prompt / pf_s
     gflops = prefill_flops(c, args.prompt) / pf_s / 1e9
+    long_times = []
+    for _ in range(max(4, args.decode // 4)):
+        t = time.perf_counter()
+        logits = s.decode(int(np.argmax(logits)))
+        long_times.append(time.perf_counter() - t)
+    long_ctx = len(s)
+    s.free()
+    long_step = statistics.median(long_times)
+    long_bytes = decode_bytes(c, long_ctx)
 
     mem_end = proc_status()
     res = dict(
@@ -135,6 +143,8 @@ def main() -> int:
         decode_bytes_per_token=nbytes, decode_roofline_tok_s=bw * 1e9 / nbytes, decode_fraction_of_bandwidth=dec_frac,
         prefill_tokens=args.prompt, prefill_s=pf_s, prefill_tok_s=pf_tps, prefill_GFLOPs=gflops,
         prefill_fraction_of_peak=gflops / peak,
+        decode_long_context=long_ctx, decode_long_tok_s=1.0 / long_step,
+        decode_long_fraction_of_bandwidth=long_bytes / long_step / 1e9 / bw,
     )
     print(f"\ngptoss CPU benchmark: {args.preset if not args.checkpoint else ckpt} "
           f"({c.num_hidden_layers} layers, {c.num_experts} experts), {info['simd']}, {info['openmp_threads']} threads")
@@ -147,6 +157,8 @@ def main() -> int:
           f"{100 * dec_frac:.0f}% of bandwidth (roofline {bw * 1e9 / nbytes:.2f} tok/s)")
     print(f"  prefill ({args.prompt} tokens): {pf_tps:.1f} tok/s ({pf_s:.1f} s), {gflops:.0f} GFLOP/s = "
           f"{100 * gflops / peak:.0f}% of fp32 peak")
+    print(f"  decode  (batch 1, ctx {long_ctx}): {1.0 / long_step:.2f} tok/s  ({long_step * 1e3:.0f} ms/step); "
+          f"{long_bytes / 1e9:.3f} GB/token = {100 * long_bytes / long_step / 1e9 / bw:.0f}% of bandwidth")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

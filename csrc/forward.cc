@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "cpu/matmul.h"
+#include "cpu/attention.h"
 #include "cpu/ops.h"
 #include "model.h"
 

@@ -71,14 +71,22 @@ def _attn_case(rng, L, n_kv, G, D, positions, window, sink_scale=1.0, block=4):
     return got, want.reshape(len(pos), -1)
 
 
-@pytest.mark.parametrize("window", [None, 1, 5, 8, 128])
-@pytest.mark.parametrize("block", [1, 3, 16])
-def test_attention_window_and_paging(window, block):
-    rng = np.random.default_rng(hash((window, block)) % 2**32)
-    L = 40
-    # Positions at the window boundary, the first position (only itself + sink), and the end.
-    positions = [0, 1, 4, 5, 7, 8, 9, 20, 39]
-    got, want = _attn_case(rng, L, n_kv=2, G=3, D=64, positions=positions, window=window, block=block)
+@pytest.mark.parametrize("simd", ["avx512", "scalar"])
+@pytest.mark.parametrize("window", [None, 1, 5, 8, 17, 128])
+@pytest.mark.parametrize("block,G,D", [(1, 3, 64), (3, 3, 64), (16, 3, 64), (16, 8, 64), (32, 5, 32), (48, 1, 16)])
+def test_attention_window_and_paging(window, block, G, D, simd, monkeypatch):
+    monkeypatch.setenv("GPTOSS_SIMD", simd)  # the vectorised path needs block and head_dim % 16 == 0
+    rng = np.random.default_rng(hash((window, block, G, D)) % 2**32)
+    L = 70
+    # Positions at the window boundary, the first position (only itself + sink), mid-block, the end.
+    positions = [0, 1, 4, 5, 7, 8, 9, 16, 17, 20, 31, 32, 33, 47, 69]
+    got, want = _attn_case(rng, L, n_kv=2, G=G, D=D, positions=positions, window=window, block=block)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
+def test_attention_long_context():
+    rng = np.random.default_rng(9)
+    got, want = _attn_case(rng, 3000, 2, 8, 64, [2999, 1500, 17], None, block=16)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
 
 

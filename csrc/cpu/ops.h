@@ -1,5 +1,5 @@
-// The small CPU kernels of the forward pass: embedding, RMSNorm, YaRN RoPE, attention with
-// sinks and sliding window over the paged KV cache, router top-k + softmax, SwiGLU.
+// The small CPU kernels of the forward pass: embedding, RMSNorm, YaRN RoPE, router top-k +
+// softmax, SwiGLU. (Attention is in attention.h, the matrix products in matmul.h.)
 // All activations are fp32. Each has a numpy twin in tests/test_ops.py.
 #pragma once
 
@@ -20,26 +20,6 @@ void rope_table(const int64_t* pos, int64_t T, const float* inv_freq, int64_t ha
 
 // Half-split (NeoX) rotation of n_heads heads of size 2*half in each row of x (row stride ld).
 void rope_apply(float* x, int64_t T, int64_t ld, int64_t n_heads, int64_t half, const float* cs);
-
-// One layer of one sequence's paged cache, as attention reads it. A block holds, for this
-// layer, K then V, each laid out [n_kv][block_size][head_dim].
-struct KVLayerView {
-  float* const* block_ptrs;  // the pool's block base pointers, by block id
-  const int32_t* table;      // this sequence's block ids, by position / block_size
-  int64_t layer_offset;      // floats from a block's base to this layer's K
-  int64_t block_size;
-};
-
-// Store k/v rows ([T, n_kv*head_dim], row strides ldk/ldv) at positions pos[t] of view[t].
-void kv_store(const float* k, int64_t ldk, const float* v, int64_t ldv, int64_t T, const int64_t* pos,
-              const KVLayerView* views, int64_t n_kv, int64_t head_dim);
-
-// Attention for T query rows (q: [T, n_heads*head_dim], row stride ldq). Query t at position
-// pos[t] attends keys j in (pos - window, pos] of views[t] (window <= 0: all j <= pos), plus the
-// per-head sink logit. out: [T, n_heads*head_dim].
-void attention(const float* q, int64_t ldq, int64_t T, const int64_t* pos, const KVLayerView* views,
-               int64_t n_heads, int64_t n_kv, int64_t head_dim, float scale, const float* sinks,
-               int64_t window, float* out);
 
 // For each row of logits [T, E]: the k largest (ties go to the lower expert id), in descending
 // order, and the softmax over those k values.

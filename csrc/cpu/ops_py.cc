@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/attention.h"
 #include "cpu/ops.h"
 
 namespace py = pybind11;
