@@ -74,6 +74,8 @@ def main() -> int:
     ap.add_argument("--decode", type=int, default=32, help="decode steps to time")
     ap.add_argument("--prompt", type=int, default=512, help="prefill length to time")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=lambda v: [int(x) for x in v.split(",") if x], default=[8, 32],
+                    help="batched-decode sizes, comma-separated (empty to skip)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -134,6 +136,25 @@ def main() -> int:
     long_step = statistics.median(long_times)
     long_bytes = decode_bytes(c, long_ctx)
 
+    # Batched decode: forks of one prompt, one token each per step.
+    batch_res = {}
+    for bsz in args.batch:
+        root = m.new_sequence()
+        root.prefill([int(t) for t in rng.integers(0, c.vocab_size, 32)])
+        seqs = [root.fork() for _ in range(bsz)]
+        nxt = [int(t) for t in rng.integers(0, c.vocab_size, bsz)]
+        bt = []
+        for i in range(5):  # the first step is a warm-up
+            t0 = time.perf_counter()
+            outs = m.step([(q, [tok]) for q, tok in zip(seqs, nxt)])
+            if i:
+                bt.append(time.perf_counter() - t0)
+            nxt = [int(np.argmax(o)) for o in outs]
+        for q in seqs:
+            q.free()
+        root.free()
+        batch_res[bsz] = bsz / statistics.median(bt)
+
     mem_end = proc_status()
     res = dict(
         checkpoint_GB=ckpt_bytes / 1e9, rss_after_load=mem_load, rss_at_end=mem_end,
@@ -145,6 +166,7 @@ def main() -> int:
         prefill_fraction_of_peak=gflops / peak,
         decode_long_context=long_ctx, decode_long_tok_s=1.0 / long_step,
         decode_long_fraction_of_bandwidth=long_bytes / long_step / 1e9 / bw,
+        decode_batch_tok_s={str(k): v for k, v in batch_res.items()},
     )
     print(f"\ngptoss CPU benchmark: {args.preset if not args.checkpoint else ckpt} "
           f"({c.num_hidden_layers} layers, {c.num_experts} experts), {info['simd']}, {info['openmp_threads']} threads")
@@ -159,6 +181,8 @@ def main() -> int:
           f"{100 * gflops / peak:.0f}% of fp32 peak")
     print(f"  decode  (batch 1, ctx {long_ctx}): {1.0 / long_step:.2f} tok/s  ({long_step * 1e3:.0f} ms/step); "
           f"{long_bytes / 1e9:.3f} GB/token = {100 * long_bytes / long_step / 1e9 / bw:.0f}% of bandwidth")
+    for bsz, tps in batch_res.items():
+        print(f"  decode  (batch {bsz}, ctx ~34): {tps:.1f} tok/s total ({tps / bsz:.2f} per sequence)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -6,7 +6,8 @@
 
 namespace gptoss::cpu {
 
-// Best-of-`reps` GB/s for reading a `bytes`-sized buffer with all threads (a large streaming sum).
+// Best GB/s for reading a `bytes`-sized buffer with all threads (a large streaming sum), over
+// `reps` plain reads and `reps` reads with software prefetch (AVX-512 machines).
 double measure_read_bandwidth(int64_t bytes, int reps);
 // Best-of-`reps` GB/s for copying `bytes` (counted as read + write bytes).
 double measure_copy_bandwidth(int64_t bytes, int reps);
