@@ -89,7 +89,9 @@ def main() -> int:
             write_checkpoint(preset(args.preset), ckpt, seed=0, layout="hf", progress=True)
 
     info = gptoss.build_info()
-    bw = _core.measure_read_bandwidth(1 << 30, 5)
+    # This machine's bandwidth drifts (a shared host): sample it before, between and after the
+    # timed phases and use the median of the samples.
+    bw_samples = [_core.measure_read_bandwidth(1 << 30, 3)]
     peak = _core.measure_peak_gflops()
 
     t0 = time.time()
@@ -116,7 +118,7 @@ def main() -> int:
     step = statistics.median(times)
     nbytes = decode_bytes(c, ctx)
     dec_tps = 1.0 / step
-    dec_frac = nbytes / step / 1e9 / bw
+    bw_samples.append(_core.measure_read_bandwidth(1 << 30, 3))
 
     # Prefill, then decode again at the end of that longer context.
     prompt = [int(t) for t in rng.integers(0, c.vocab_size, args.prompt)]
@@ -135,6 +137,10 @@ def main() -> int:
     s.free()
     long_step = statistics.median(long_times)
     long_bytes = decode_bytes(c, long_ctx)
+
+    bw_samples.append(_core.measure_read_bandwidth(1 << 30, 3))
+    bw = statistics.median(bw_samples)
+    dec_frac = nbytes / step / 1e9 / bw
 
     # Batched decode: forks of one prompt, one token each per step.
     batch_res = {}
@@ -159,7 +165,7 @@ def main() -> int:
     res = dict(
         checkpoint_GB=ckpt_bytes / 1e9, rss_after_load=mem_load, rss_at_end=mem_end,
         checkpoint=ckpt, layers=c.num_hidden_layers, experts=c.num_experts, simd=info["simd"],
-        threads=info["openmp_threads"], read_bandwidth_GBps=bw, peak_fp32_GFLOPs=peak, load_s=load_s,
+        threads=info["openmp_threads"], read_bandwidth_GBps=bw, read_bandwidth_samples_GBps=bw_samples, peak_fp32_GFLOPs=peak, load_s=load_s,
         decode_tok_s=dec_tps, decode_step_ms_median=step * 1e3, decode_step_ms_min=min(times) * 1e3,
         decode_bytes_per_token=nbytes, decode_roofline_tok_s=bw * 1e9 / nbytes, decode_fraction_of_bandwidth=dec_frac,
         prefill_tokens=args.prompt, prefill_s=pf_s, prefill_tok_s=pf_tps, prefill_GFLOPs=gflops,
@@ -170,7 +176,8 @@ def main() -> int:
     )
     print(f"\ngptoss CPU benchmark: {args.preset if not args.checkpoint else ckpt} "
           f"({c.num_hidden_layers} layers, {c.num_experts} experts), {info['simd']}, {info['openmp_threads']} threads")
-    print(f"  machine: read bandwidth {bw:.1f} GB/s, fp32 FMA peak {peak:.0f} GFLOP/s; load {load_s:.1f} s")
+    print(f"  machine: read bandwidth {bw:.1f} GB/s (median of {', '.join(f'{b:.1f}' for b in bw_samples)}), "
+          f"fp32 FMA peak {peak:.0f} GFLOP/s; load {load_s:.1f} s")
     print(f"  memory: checkpoint {ckpt_bytes / 1e9:.2f} GB; after load RSS {mem_load['VmRSS']:.2f} GB "
           f"(private {mem_load['RssAnon']:.2f} GB); peak RSS over the run {mem_end['VmHWM']:.2f} GB "
           f"(private {mem_end['RssAnon']:.2f} GB, mapped file {mem_end['RssFile']:.2f} GB)")
