@@ -69,3 +69,33 @@ def test_both_layouts_of_one_seed_agree(make_checkpoint):
     b = gptoss.Model(make_checkpoint("tiny4", 11, "original"))
     toks = _tokens(1024, 20, 11)
     np.testing.assert_array_equal(a.forward(toks), b.forward(toks))
+
+
+# Structural edge cases of the config: every dimension comes from config.json.
+EDGE_CONFIGS = {
+    "no_gqa": dict(num_attention_heads=2, num_key_value_heads=2),
+    "top_k_all": dict(num_experts=3, experts_per_token=3),
+    "top_1": dict(num_experts=5, experts_per_token=1),
+    "head_dim_128": dict(head_dim=128, num_attention_heads=2, num_key_value_heads=1),
+    "hidden_32": dict(hidden_size=32, intermediate_size=32),
+    "window_1": dict(sliding_window=1),
+    "layer_types": dict(num_hidden_layers=3, layer_types=["full_attention", "sliding_attention", "sliding_attention"]),
+    "rope_truncate_small_theta": dict(rope_truncate=True, rope_theta=10000.0, rope_scaling_factor=4.0,
+                                      initial_context_length=64),
+    "group_16": dict(num_attention_heads=16, num_key_value_heads=1, head_dim=16),
+    "eps_limit": dict(rms_norm_eps=1e-3, swiglu_limit=3.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDGE_CONFIGS))
+def test_edge_configs_match_transformers(tmp_path, name):
+    from gptoss.config import preset
+    from gptoss.synthetic import write_checkpoint
+
+    cfg = preset("tiny", **EDGE_CONFIGS[name])
+    write_checkpoint(cfg, str(tmp_path), seed=len(name))
+    m = gptoss.Model(str(tmp_path))
+    toks = _tokens(cfg.vocab_size, 31, len(name))
+    ours, ref = m.forward(toks), hf_logits(str(tmp_path), toks)
+    assert np.abs(ours - ref).max() < 1e-3
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 2e-5
