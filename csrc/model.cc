@@ -38,6 +38,7 @@ Engine::Engine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::st
 }
 
 void Engine::step(const std::vector<StepItem>& items, float* out) {
+  std::lock_guard<std::mutex> g(mu_);
   seqs_->validate(items);  // a rejected call changes nothing
   seqs_->for_each_chunk(items, [&](const std::vector<Chunk>& group) { forward_chunk(group, out); });
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -73,16 +74,18 @@ class Engine {
 
   const ModelConfig& config() const { return cfg_; }
 
-  int64_t new_sequence() { return seqs_->create(); }
-  int64_t fork(int64_t seq) { return seqs_->fork(seq); }
-  void free_sequence(int64_t seq) { seqs_->free(seq); }
+  // Every public method is safe to call from several threads: one lock serialises them (a step
+  // holds it for its whole duration).
+  int64_t new_sequence() { std::lock_guard<std::mutex> g(mu_); return seqs_->create(); }
+  int64_t fork(int64_t seq) { std::lock_guard<std::mutex> g(mu_); return seqs_->fork(seq); }
+  void free_sequence(int64_t seq) { std::lock_guard<std::mutex> g(mu_); seqs_->free(seq); }
   // Rewinds `seq` to its first n tokens; false (nothing changed) when the window layers no
   // longer hold what position n needs.
-  bool truncate(int64_t seq, int64_t n) { return seqs_->truncate(seq, n); }
-  int64_t length(int64_t seq) const { return seqs_->at(seq).len; }
-  const std::vector<int32_t>& tokens(int64_t seq) const { return seqs_->at(seq).tokens; }
-  bool has_sequence(int64_t seq) const { return seqs_->contains(seq); }
-  int64_t num_sequences() const { return seqs_->size(); }
+  bool truncate(int64_t seq, int64_t n) { std::lock_guard<std::mutex> g(mu_); return seqs_->truncate(seq, n); }
+  int64_t length(int64_t seq) const { std::lock_guard<std::mutex> g(mu_); return seqs_->at(seq).len; }
+  std::vector<int32_t> tokens(int64_t seq) const { std::lock_guard<std::mutex> g(mu_); return seqs_->at(seq).tokens; }
+  bool has_sequence(int64_t seq) const { std::lock_guard<std::mutex> g(mu_); return seqs_->contains(seq); }
+  int64_t num_sequences() const { std::lock_guard<std::mutex> g(mu_); return seqs_->size(); }
 
   // Advances every item's sequence by its tokens; writes logits into `out`, in item order:
   // 1 row per item (or n rows when all_logits), each of `vocab` floats. Validates everything
@@ -91,7 +94,7 @@ class Engine {
   int64_t logits_rows(const std::vector<StepItem>& items) const { return SequenceTable::logits_rows(items); }
 
   // KV cache blocks: [used, allocated, cap] of the full pool, then of the window pool.
-  std::vector<int64_t> kv_stats() const { return seqs_->stats(); }
+  std::vector<int64_t> kv_stats() const { std::lock_guard<std::mutex> g(mu_); return seqs_->stats(); }
 
  private:
   void forward_chunk(const std::vector<Chunk>& chunks, float* out);
@@ -104,6 +107,7 @@ class Engine {
   std::unique_ptr<HostBlockPool> full_pool_, win_pool_;
   std::unique_ptr<SequenceTable> seqs_;            // declared after the pools: destroyed first
   std::vector<float> buf_;                         // activations of the current chunk, reused
+  mutable std::mutex mu_;
 };
 
 }  // namespace gptoss

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -102,6 +103,7 @@ struct CudaEngine::Impl {
   std::vector<int64_t> full_layers, win_layers;
   std::unique_ptr<DevPool> full_pool, win_pool;
   std::unique_ptr<SequenceTable> seqs;  // after the pools: destroyed first
+  std::mutex mu;                        // serialises the public methods
 
   // workspace (sized for max_chunk_tokens rows)
   int64_t Tmax = 0, part_cap = 0;
@@ -525,27 +527,35 @@ CudaEngine::~CudaEngine() {
 
 const ModelConfig& CudaEngine::config() const { return p_->cfg; }
 
-int64_t CudaEngine::new_sequence() { return p_->seqs->create(); }
-int64_t CudaEngine::fork(int64_t seq) { return p_->seqs->fork(seq); }
-void CudaEngine::free_sequence(int64_t seq) { p_->seqs->free(seq); }
-bool CudaEngine::truncate(int64_t seq, int64_t n) { return p_->seqs->truncate(seq, n); }
-int64_t CudaEngine::length(int64_t seq) const { return p_->seqs->at(seq).len; }
-const std::vector<int32_t>& CudaEngine::tokens(int64_t seq) const { return p_->seqs->at(seq).tokens; }
-bool CudaEngine::has_sequence(int64_t seq) const { return p_->seqs->contains(seq); }
-int64_t CudaEngine::num_sequences() const { return p_->seqs->size(); }
+int64_t CudaEngine::new_sequence() { std::lock_guard<std::mutex> g(p_->mu); return p_->seqs->create(); }
+int64_t CudaEngine::fork(int64_t seq) { std::lock_guard<std::mutex> g(p_->mu); return p_->seqs->fork(seq); }
+void CudaEngine::free_sequence(int64_t seq) { std::lock_guard<std::mutex> g(p_->mu); p_->seqs->free(seq); }
+bool CudaEngine::truncate(int64_t seq, int64_t n) {
+  std::lock_guard<std::mutex> g(p_->mu);
+  return p_->seqs->truncate(seq, n);
+}
+int64_t CudaEngine::length(int64_t seq) const { std::lock_guard<std::mutex> g(p_->mu); return p_->seqs->at(seq).len; }
+std::vector<int32_t> CudaEngine::tokens(int64_t seq) const {
+  std::lock_guard<std::mutex> g(p_->mu);
+  return p_->seqs->at(seq).tokens;
+}
+bool CudaEngine::has_sequence(int64_t seq) const { std::lock_guard<std::mutex> g(p_->mu); return p_->seqs->contains(seq); }
+int64_t CudaEngine::num_sequences() const { std::lock_guard<std::mutex> g(p_->mu); return p_->seqs->size(); }
 int64_t CudaEngine::logits_rows(const std::vector<StepItem>& items) const { return SequenceTable::logits_rows(items); }
 
 void CudaEngine::step(const std::vector<StepItem>& items, float* out) {
+  std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
   p_->run(items, out, nullptr);
 }
 
 void CudaEngine::step_argmax(const std::vector<StepItem>& items, int32_t* out) {
+  std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
   p_->run(items, nullptr, out);
 }
 
-std::vector<int64_t> CudaEngine::kv_stats() const { return p_->seqs->stats(); }
+std::vector<int64_t> CudaEngine::kv_stats() const { std::lock_guard<std::mutex> g(p_->mu); return p_->seqs->stats(); }
 
 std::map<std::string, double> CudaEngine::memory_info() const {
   size_t fr = 0, tot = 0;

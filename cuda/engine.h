@@ -33,6 +33,7 @@ struct CudaEngineOptions {
   bool kv_bf16 = false;           // KV cache in bf16 (half the memory) instead of fp32
 };
 
+// Every public method is safe to call from several threads (one lock serialises them).
 class CudaEngine {
  public:
   // Weights from a checkpoint (or in-memory arrays), uploaded to the device once.
@@ -50,7 +51,7 @@ class CudaEngine {
   void free_sequence(int64_t seq);
   bool truncate(int64_t seq, int64_t n);
   int64_t length(int64_t seq) const;
-  const std::vector<int32_t>& tokens(int64_t seq) const;
+  std::vector<int32_t> tokens(int64_t seq) const;
   bool has_sequence(int64_t seq) const;
   int64_t num_sequences() const;
 

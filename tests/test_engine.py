@@ -140,3 +140,30 @@ def test_kv_cache_full_is_a_clean_error():
     assert len(s) == 0  # nothing changed
     s.prefill(_toks(4, 5))  # still usable for what fits
     assert len(s) == 4
+
+
+def test_concurrent_threads_match_sequential():
+    # A server drives one model from several threads: steps are serialised by the engine.
+    import threading
+
+    m = gptoss.Model.synthetic(tiny_config("tiny"), seed=12, block_size=4)
+    prompts = [_toks(9 + i, 200 + i) for i in range(6)]
+    want = [m.forward(p + [7, 8, 9])[-1] for p in prompts]
+    got: dict = {}
+
+    def worker(i: int) -> None:
+        s = m.new_sequence()
+        s.prefill(prompts[i])
+        for t in (7, 8):
+            s.decode(t)
+        got[i] = s.decode(9)
+        s.free()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(len(prompts)):
+        np.testing.assert_allclose(got[i], want[i], **TOL)
+    assert m.kv_cache_stats()["full_blocks_used"] == 0
