@@ -77,6 +77,8 @@ def main() -> int:
     ap.add_argument("--batch", type=lambda v: [int(x) for x in v.split(",") if x], default=[8, 32],
                     help="batched-decode sizes, comma-separated (empty to skip)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--int8-decode", action="store_true",
+                    help="also time batch-1 decode with Model(..., int8_decode=True), alternating with the exact model")
     args = ap.parse_args()
 
     ckpt = args.checkpoint
@@ -161,6 +163,29 @@ def main() -> int:
         root.free()
         batch_res[bsz] = bsz / statistics.median(bt)
 
+    # Opt-in int8 decode, timed in alternation with the exact model (the bandwidth drifts).
+    int8_res = None
+    if args.int8_decode:
+        m8 = gptoss.Model(ckpt, max_context=max(4096, args.prompt + 64), threads=args.threads, int8_decode=True)
+        if m8.int8_decode_active:
+            pair = {}
+            for name, mod in (("exact", m), ("int8", m8)):
+                q = mod.new_sequence()
+                lg = q.prefill([int(t) for t in rng.integers(0, c.vocab_size, 16)])
+                pair[name] = [q, lg, []]
+            for _ in range(3):
+                for name in ("exact", "int8"):
+                    q, lg, ts = pair[name]
+                    for _ in range(max(4, args.decode // 3)):
+                        t0 = time.perf_counter()
+                        lg = q.decode(int(np.argmax(lg)))
+                        ts.append(time.perf_counter() - t0)
+                    pair[name][1] = lg
+            int8_res = {name: 1.0 / statistics.median(v[2]) for name, v in pair.items()}
+            for v in pair.values():
+                v[0].free()
+        del m8
+
     mem_end = proc_status()
     res = dict(
         checkpoint_GB=ckpt_bytes / 1e9, rss_after_load=mem_load, rss_at_end=mem_end,
@@ -173,6 +198,7 @@ def main() -> int:
         decode_long_context=long_ctx, decode_long_tok_s=1.0 / long_step,
         decode_long_fraction_of_bandwidth=long_bytes / long_step / 1e9 / bw,
         decode_batch_tok_s={str(k): v for k, v in batch_res.items()},
+        int8_decode_vs_exact_tok_s=int8_res,
     )
     print(f"\ngptoss CPU benchmark: {args.preset if not args.checkpoint else ckpt} "
           f"({c.num_hidden_layers} layers, {c.num_experts} experts), {info['simd']}, {info['openmp_threads']} threads")
@@ -190,6 +216,9 @@ def main() -> int:
           f"{long_bytes / 1e9:.3f} GB/token = {100 * long_bytes / long_step / 1e9 / bw:.0f}% of bandwidth")
     for bsz, tps in batch_res.items():
         print(f"  decode  (batch {bsz}, ctx ~34): {tps:.1f} tok/s total ({tps / bsz:.2f} per sequence)")
+    if int8_res:
+        print(f"  decode  (batch 1, int8_decode=True, alternating with the exact model): {int8_res['int8']:.2f} tok/s "
+              f"vs {int8_res['exact']:.2f} exact")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -44,7 +44,8 @@ void register_engine_bindings(py::module_& m) {
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,
                        const std::string& layout, int64_t block_size, int64_t kv_cache_bytes,
-                       int64_t window_retain, int64_t max_chunk_tokens, int threads, bool populate) {
+                       int64_t window_retain, int64_t max_chunk_tokens, int threads, bool populate,
+                       bool int8_decode) {
              auto src = std::make_unique<TensorSource>();
              {
                py::gil_scoped_release nogil;  // mapping (and populating) large files takes a moment
@@ -61,12 +62,15 @@ void register_engine_bindings(py::module_& m) {
              opt.kv.max_chunk_tokens = max_chunk_tokens;
              opt.kv_cache_bytes = kv_cache_bytes;
              opt.threads = threads;
-             return std::make_unique<Engine>(config_from_dict(config), std::move(src), layout, opt);
+             opt.int8_decode = int8_decode;
+             ModelConfig cfg = config_from_dict(config);
+             py::gil_scoped_release nogil;  // quantizing (int8_decode) takes a moment
+             return std::make_unique<Engine>(std::move(cfg), std::move(src), layout, opt);
            }),
            py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
            py::arg("block_size") = 16, py::arg("kv_cache_bytes") = int64_t(4) << 30,
            py::arg("window_retain") = 256, py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0,
-           py::arg("populate") = false)
+           py::arg("populate") = false, py::arg("int8_decode") = false)
       .def("new_sequence", &Engine::new_sequence)
       .def("fork", &Engine::fork)
       .def("free", &Engine::free_sequence)
@@ -76,6 +80,7 @@ void register_engine_bindings(py::module_& m) {
       .def("tokens", [](const Engine& e, int64_t s) { return e.tokens(s); })
       .def_property_readonly("num_sequences", &Engine::num_sequences)
       .def("kv_stats", &Engine::kv_stats)
+      .def_property_readonly("int8_decode", &Engine::int8_decode)
       .def(
           "step",
           [](Engine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,

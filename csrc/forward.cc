@@ -61,6 +61,13 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
   float* y = take(T * H);
   float* xg = take(T * H);
 
+  // Dense products: the int8 copies for small steps when enabled, else the bf16 weights as stored.
+  const bool q8 = !q8_layers_.empty() && T <= opt_.int8_max_tokens;
+  auto dense = [&](const float* X, int64_t K_, const uint16_t* W, const cpu::Q8Matrix* Wq, int64_t N, float* Y) {
+    if (q8) cpu::matmul_q8(X, T, K_, *Wq, Y, N);
+    else cpu::matmul_bf16(X, T, K_, K_, W, N, K_, nullptr, Y, N);
+  };
+
   cpu::embedding(tok.data(), T, w_.embed, H, x);
   cpu::rope_table(pos.data(), T, c.inv_freq.data(), half, c.rope_conc, cs);
 
@@ -74,9 +81,10 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
 
     // ---- attention block
     cpu::rmsnorm(x, T, H, L.attn_norm.data(), c.rms_eps, t);
-    cpu::matmul_bf16(t, T, H, H, L.q_w, Q, H, nullptr, q, Q);
-    cpu::matmul_bf16(t, T, H, H, L.k_w, KV, H, nullptr, k, KV);
-    cpu::matmul_bf16(t, T, H, H, L.v_w, KV, H, nullptr, v, KV);
+    const LayerQ8* LQ = q8 ? &q8_layers_[size_t(l)] : nullptr;
+    dense(t, H, L.q_w, LQ ? &LQ->q : nullptr, Q, q);
+    dense(t, H, L.k_w, LQ ? &LQ->k : nullptr, KV, k);
+    dense(t, H, L.v_w, LQ ? &LQ->v : nullptr, KV, v);
     add_bias_rows(q, T, Q, L.q_b.data());
     add_bias_rows(k, T, KV, L.k_b.data());
     add_bias_rows(v, T, KV, L.v_b.data());
@@ -93,7 +101,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
     cpu::kv_store(k, KV, v, KV, T, pos.data(), views.data(), c.n_kv, D);
     cpu::attention(q, Q, T, pos.data(), views.data(), c.n_heads, c.n_kv, D, c.attn_scale, L.sinks.data(),
                    sliding ? c.window : 0, att);
-    cpu::matmul_bf16(att, T, Q, Q, L.o_w, H, Q, nullptr, tmp, H);
+    dense(att, Q, L.o_w, LQ ? &LQ->o : nullptr, H, tmp);
     for (int64_t r = 0; r < T; ++r)
       for (int64_t i = 0; i < H; ++i) x[r * H + i] += tmp[r * H + i] + L.o_b[i];
 
@@ -161,7 +169,8 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
     const int64_t R = int64_t(rows.size());
     for (int64_t j = 0; j < R; ++j) std::memcpy(xg + j * H, x + rows[j] * H, H * sizeof(float));
     cpu::rmsnorm(xg, R, H, w_.final_norm.data(), c.rms_eps, xg);
-    cpu::matmul_bf16(xg, R, H, H, w_.unembed, c.vocab, H, nullptr, out0, c.vocab);
+    if (q8) cpu::matmul_q8(xg, R, H, q8_unembed_, out0, c.vocab);
+    else cpu::matmul_bf16(xg, R, H, H, w_.unembed, c.vocab, H, nullptr, out0, c.vocab);
   }
 
   // ---- commit the new tokens to their sequences

@@ -21,6 +21,14 @@ Engine::Engine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::st
   w_ = bind_weights(cfg_, *src_, layout);
   if (opt_.threads > 0) omp_set_num_threads(opt_.threads);
 
+  if (opt_.int8_decode && cpu::q8_available() && cfg_.hidden % 32 == 0 && cfg_.q_dim() % 32 == 0) {
+    const int64_t H = cfg_.hidden, Q = cfg_.q_dim(), KV = cfg_.kv_dim();
+    for (const LayerWeights& L : w_.layers)
+      q8_layers_.push_back({cpu::quantize_q8(L.q_w, Q, H, H), cpu::quantize_q8(L.k_w, KV, H, H),
+                            cpu::quantize_q8(L.v_w, KV, H, H), cpu::quantize_q8(L.o_w, H, Q, Q)});
+    q8_unembed_ = cpu::quantize_q8(w_.unembed, cfg_.vocab, H, H);
+  }
+
   full_layers_.assign(size_t(cfg_.n_layers), -1);
   win_layers_.assign(size_t(cfg_.n_layers), -1);
   int64_t nf = 0, nw = 0;

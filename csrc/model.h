@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cpu/matmul_q8.h"
 #include "kv_cache.h"
 #include "safetensors.h"
 
@@ -57,6 +58,11 @@ struct EngineOptions {
   KVOptions kv;                                // block size, window retention, chunk size
   int64_t kv_cache_bytes = int64_t(4) << 30;  // cap for the KV pools together
   int threads = 0;                            // 0 = all cores
+  // Opt-in approximation: int8 copies (per-32 scales) of the attention and unembedding matrices,
+  // used for steps of at most int8_max_tokens tokens (decode), where reading the weights is the
+  // cost. Prefill keeps the exact bf16 weights. Needs AVX-512; ignored otherwise.
+  bool int8_decode = false;
+  int64_t int8_max_tokens = 8;
 };
 
 // One entry of a batched step: run `n` tokens of sequence `seq`, return logits for the last
@@ -95,6 +101,7 @@ class Engine {
 
   // KV cache blocks: [used, allocated, cap] of the full pool, then of the window pool.
   std::vector<int64_t> kv_stats() const { std::lock_guard<std::mutex> g(mu_); return seqs_->stats(); }
+  bool int8_decode() const { return !q8_layers_.empty(); }
 
  private:
   void forward_chunk(const std::vector<Chunk>& chunks, float* out);
@@ -104,6 +111,9 @@ class Engine {
   std::unique_ptr<TensorSource> src_;
   Weights w_;
   std::vector<int64_t> full_layers_, win_layers_;  // layer -> index inside its pool's group
+  struct LayerQ8 { cpu::Q8Matrix q, k, v, o; };
+  std::vector<LayerQ8> q8_layers_;                 // int8_decode only
+  cpu::Q8Matrix q8_unembed_;
   std::unique_ptr<HostBlockPool> full_pool_, win_pool_;
   std::unique_ptr<SequenceTable> seqs_;            // declared after the pools: destroyed first
   std::vector<float> buf_;                         // activations of the current chunk, reused

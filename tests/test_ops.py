@@ -122,3 +122,19 @@ def test_swiglu_clamps():
     h[0, 0], h[0, 1] = 50.0, -50.0  # both clamps active
     h[1, 0], h[1, 1] = -50.0, 50.0  # gate unclamped below, lin clamped above
     np.testing.assert_allclose(K.swiglu(h, 1.702, 7.0), ref.swiglu(h.astype(np.float64)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("T,N,D", [(1, 37, 64), (2, 5, 2880), (3, 130, 96), (4, 8, 32), (7, 9, 320)])
+def test_int8_decode_matmul(T, N, D):
+    rng = np.random.default_rng(T * N + D)
+    w = _bf16(rng.normal(0, 0.05, (N, D)))
+    q, s = K.quantize_q8(w)
+    wf = _f(w).astype(np.float64)
+    deq = q.astype(np.float64) * np.repeat(s, 32, axis=1)
+    # Symmetric per-32 quantization: every weight within half a step, the block max exact.
+    assert np.all(np.abs(deq - wf) <= np.repeat(s, 32, axis=1) * (0.5 + 1e-4) + 1e-12)
+    np.testing.assert_allclose(s, np.abs(wf).reshape(N, D // 32, 32).max(-1) / 127, rtol=1e-6)
+    x = rng.normal(0, 1, (T, D)).astype(np.float32)
+    want = x.astype(np.float64) @ deq.T
+    np.testing.assert_allclose(K.matmul_q8(x, q, s), want, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(K.matmul_q8_ref(x, q, s), want, rtol=1e-6, atol=1e-6)

@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "cpu/attention.h"
+#include "cpu/matmul_q8.h"
 #include "cpu/ops.h"
 
 namespace py = pybind11;
@@ -91,6 +92,29 @@ void register_ops_bindings(py::module_& m) {
     cpu::router_topk_softmax(logits.data(), T, logits.shape(1), k, idx.mutable_data(), w.mutable_data());
     return py::make_tuple(idx, w);
   });
+  m.def("quantize_q8", [](arr<uint16_t> w) {
+    need(w.ndim() == 2 && w.shape(1) % 32 == 0, "quantize_q8: w [N, K] bf16 bits with K % 32 == 0");
+    cpu::Q8Matrix q = cpu::quantize_q8(w.data(), w.shape(0), w.shape(1), w.shape(1));
+    py::array_t<int8_t> qa({q.N, q.K});
+    py::array_t<float> sa({q.N, q.K / 32});
+    std::memcpy(qa.mutable_data(), q.q.data(), q.q.size());
+    std::memcpy(sa.mutable_data(), q.scales.data(), q.scales.size() * sizeof(float));
+    return py::make_tuple(qa, sa);
+  });
+  auto q8 = [](bool ref) {
+    return [ref](arr<float> x, arr<int8_t> q, arr<float> scales) {
+      need(x.ndim() == 2 && q.ndim() == 2 && scales.ndim() == 2 && x.shape(1) == q.shape(1) && q.shape(1) % 32 == 0 &&
+               scales.shape(0) == q.shape(0) && scales.shape(1) == q.shape(1) / 32,
+           "matmul_q8: x [T,K], q [N,K] int8, scales [N,K/32]");
+      const int64_t N = q.shape(0), K = q.shape(1);
+      py::array_t<float> y({x.shape(0), N});
+      if (ref) cpu::matmul_q8_ref(x.data(), x.shape(0), K, q.data(), scales.data(), N, K, y.mutable_data(), N);
+      else cpu::matmul_q8(x.data(), x.shape(0), K, q.data(), scales.data(), N, K, y.mutable_data(), N);
+      return y;
+    };
+  };
+  m.def("matmul_q8", q8(false), "Y = x . (q * scales)^T, the int8-decode product");
+  m.def("matmul_q8_ref", q8(true));
   m.def("swiglu", [](arr<float> h, float alpha, float limit) {
     need(h.ndim() == 2 && h.shape(1) % 2 == 0, "swiglu: h [T, 2I]");
     py::array_t<float> out({h.shape(0), h.shape(1) / 2});

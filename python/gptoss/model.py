@@ -182,12 +182,16 @@ class Model:
         preload: read the checkpoint into the page cache and map it fully before returning, when
             it fits in memory (default: yes); progress: show a progress bar (default: for large
             checkpoints on a TTY).
+        int8_decode: opt-in approximation for faster CPU decode: int8 copies (one scale per 32
+            weights) of the attention and unembedding matrices are used for steps of up to 8
+            tokens; prefill keeps the exact bf16 weights. Logits then differ from the exact ones
+            by about 1e-3 relative. Needs AVX-512 (ignored otherwise; see `int8_decode_active`).
     """
 
     def __init__(self, path: Union[str, os.PathLike], device: str = "cpu", max_context: Optional[int] = None,
                  threads: Optional[int] = None, kv_cache_bytes: Optional[int] = None, block_size: int = 16,
                  window_retain: int = 256, max_chunk_tokens: int = 512, preload: bool = True,
-                 progress: Optional[bool] = None, *, _config: Optional[ModelConfig] = None,
+                 progress: Optional[bool] = None, int8_decode: bool = False, *, _config: Optional[ModelConfig] = None,
                  _arrays: Optional[dict] = None, _synthetic_seed: Optional[int] = None) -> None:
         self._engine: Any = None
         cuda_index = _check_device(device)
@@ -235,7 +239,12 @@ class Model:
                 cdict, files, _arrays, self.layout, block_size=block_size,
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else _default_kv_bytes(),
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0,
-                populate=populate)
+                populate=populate, int8_decode=bool(int8_decode))
+
+    @property
+    def int8_decode_active(self) -> bool:
+        """Whether decode steps use the int8 weight copies (Model(..., int8_decode=True) on AVX-512)."""
+        return bool(getattr(self._engine, "int8_decode", False))
 
     @classmethod
     def synthetic(cls, preset_or_config: Union[str, ModelConfig, dict] = "tiny", seed: int = 0,
