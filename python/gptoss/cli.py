@@ -57,6 +57,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", "-c", type=_positive_int, default=None, metavar="N",
                    help="maximum context length in tokens (default: the model's)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
+    p.add_argument("--int8-decode", action="store_true",
+                   help="faster CPU decode with int8 copies of the dense matrices (approximate; prefill stays exact)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: Optional[int]) -> None:
@@ -140,6 +142,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
         kw["max_context"] = args.context
     if args.threads is not None:
         kw["threads"] = args.threads
+    if args.int8_decode:
+        kw["int8_decode"] = True
     model = Model(args.model, **kw)
     return model, tokenizer
 
