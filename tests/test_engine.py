@@ -188,3 +188,13 @@ def test_int8_decode_is_close_and_prefill_exact():
         a, b = s_fast.decode(t), s_exact.decode(t)
         rel = np.linalg.norm(a - b) / np.linalg.norm(b)
         assert 0 < rel < 3e-2, rel  # approximate, but close (hidden 64: few weights per dot)
+
+
+def test_model_generate_greedy_matches_forward(model):
+    prompt = _toks(6, 40)
+    res = model.generate(prompt, max_tokens=5, temperature=0)
+    seq = list(prompt)
+    for _ in range(5):
+        seq.append(int(np.argmax(model.forward(seq)[-1])))
+    assert res.tokens == seq[len(prompt):]
+    assert res.finish_reason == "length" and res.usage.completion_tokens == 5

@@ -305,6 +305,14 @@ class Model:
         return dict(full_blocks_used=f_used, full_blocks_allocated=f_alloc, full_blocks_max=f_max,
                     window_blocks_used=w_used, window_blocks_allocated=w_alloc, window_blocks_max=w_max)
 
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompt_tokens: TokenList, **kwargs: Any) -> Any:
+        """Raw completion of `prompt_tokens`; see `gptoss.generate.generate` (sampling keywords,
+        stream=True for an iterator of chunks)."""
+        from .generate import generate
+
+        return generate(self, [int(t) for t in _as_tokens(prompt_tokens, "prompt_tokens")], **kwargs)
+
     # ------------------------------------------------------------------ chat (harmony)
     def chat(self, messages: Any, **kwargs: Any) -> Any:
         """Harmony chat on this model; see `gptoss.chat.chat`."""
