@@ -11,6 +11,15 @@ sys.path.insert(0, os.path.dirname(__file__))  # test helpers (hf_reference, num
 
 from gptoss.config import ModelConfig, preset  # noqa: E402
 
+try:  # CI runs the fuzz tests on a fixed example set (reproducible); local runs explore anew.
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("ci", derandomize=True)
+    if os.environ.get("CI"):
+        _hyp_settings.load_profile("ci")
+except ImportError:  # pragma: no cover
+    pass
+
 # Small configurations that still exercise every structural feature: GQA, several layer pairs,
 # odd layer counts, windows shorter than the sequences, different expert counts and top-k.
 TINY_CONFIGS = {
