@@ -840,6 +840,18 @@ def _parse_header(
 
 
 
+# openai-harmony names id 200018 <|reserved_200018|> (its reserved range starts at 200013),
+# while tiktoken's o200k_harmony also registers it as <|endofprompt|>. The parser follows
+# harmony, so parsed text matches the reference byte for byte.
+_HARMONY_NAMES = {200018: b"<|reserved_200018|>"}
+
+
+def _harmony_bytes(tokenizer: Any, ids: Sequence[int]) -> bytes:
+    if not any(i in _HARMONY_NAMES for i in ids):
+        return tokenizer.decode_bytes(ids)
+    return b"".join(_HARMONY_NAMES.get(i) or tokenizer.decode_bytes([i]) for i in ids)
+
+
 class StreamParser:
     """Incremental harmony parser; feed sampled tokens with :meth:`process`.
 
@@ -1018,14 +1030,14 @@ class StreamParser:
                 if t.is_special(token):
                     # Kept as its text, as the reference parser does.
                     self._problem(f"special token {token} inside message content")
-                text = self._decoder.decode(t.decode_bytes([token]))
+                text = self._decoder.decode(_harmony_bytes(t, [token]))
                 if text:
                     self._parts.append(text)
                     self.last_content_delta = text
                     events.append(ContentDelta(text))
 
     def _decode_header(self) -> str:
-        raw = self.tokenizer.decode_bytes(self._header_tokens)
+        raw = _harmony_bytes(self.tokenizer, self._header_tokens)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
