@@ -23,9 +23,12 @@ ARCH=${ARCH:-90}
 log "arch sm_$ARCH, nvcc: $(nvcc --version 2>/dev/null | tail -1)"
 
 # 1. build tools (only what the build and the tests need)
-timeout 120 python3 -m pip install -q cmake ninja "pybind11>=2.12" numpy pytest > "$OUT/pip.log" 2>&1 \
+# (a system Python may refuse plain installs (PEP 668): retry with --break-system-packages)
+PIPPKGS=(cmake ninja "pybind11>=2.12" numpy pytest)
+{ timeout 120 python3 -m pip install -q "${PIPPKGS[@]}" \
+  || timeout 120 python3 -m pip install -q --break-system-packages "${PIPPKGS[@]}"; } > "$OUT/pip.log" 2>&1 \
   || log "pip install failed (see pip.log); trying with what is installed"
-export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
 
 PYINC=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 if [ ! -f "$PYINC/Python.h" ]; then

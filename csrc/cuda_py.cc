@@ -79,6 +79,7 @@ void register_kernels(py::module_& k) {
         need(kc.ndim() == 3 && vc.ndim() == 3 && q.ndim() == 2 && pos.ndim() == 1, "attention: bad ranks");
         const int L = int(kc.shape(0)), n_kv = int(kc.shape(1)), D = int(kc.shape(2));
         need(vc.shape(0) == L && vc.shape(1) == n_kv && vc.shape(2) == D, "attention: k/v shapes differ");
+        need(n_kv > 0 && D > 0 && sinks.ndim() == 1, "attention: k/v [L, n_kv, D] with n_kv, D > 0; sinks [n_heads]");
         const int n_heads = int(sinks.shape(0));
         need(n_heads % n_kv == 0 && q.shape(1) == int64_t(n_heads) * D && pos.shape(0) == q.shape(0), "attention: bad q/sinks");
         need(block_size > 0, "attention: block_size must be positive");

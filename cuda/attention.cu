@@ -200,7 +200,7 @@ bool attn_head_dim_supported(int head_dim) { return head_dim == 32 || head_dim =
 
 void attn_plan(AttnArgs& a, int max_span, int64_t part_cap, int sm_count) {
   max_span = max_span < 1 ? 1 : max_span;
-  const int64_t blocks = int64_t(a.n_groups) * a.kv.n_kv;
+  const int64_t blocks = std::max<int64_t>(1, int64_t(a.n_groups) * a.kv.n_kv);  // T = 0: no groups
   int64_t want = cdiv(int64_t(2) * sm_count, blocks);               // fill the GPU twice over
   want = std::min<int64_t>(want, cdiv(max_span, 128));               // at least 128 keys per split
   want = std::min<int64_t>(want, part_cap / std::max(a.T, 1));       // partial-buffer capacity

@@ -311,7 +311,7 @@ struct CudaEngine::Impl {
     size_t budget = avail;
     if (opt.kv_cache_bytes > 0) budget = std::min(budget, size_t(opt.kv_cache_bytes));
     const size_t pair_bytes = eb * size_t((nf ? fb : 0) + (nw ? wb : 0));
-    const int64_t blocks = int64_t(budget / pair_bytes);
+    const int64_t blocks = std::min<int64_t>(int64_t(budget / pair_bytes), INT32_MAX);  // block ids are int32
     if (blocks < 2)
       throw OutOfMemory("not enough device memory for the KV cache: 2 blocks need " + gib(2.0 * double(pair_bytes)) +
                         ", " + gib(double(avail)) + " usable (" + gib(double(fr)) + " free of " + gib(double(tot)) +
@@ -342,6 +342,7 @@ struct CudaEngine::Impl {
   void ensure_meta(int64_t n) {
     if (n <= meta_cap) return;
     const int64_t cap = std::max<int64_t>(n, meta_cap * 2);
+    meta_cap = staging_cap = 0;  // a failed allocation below must not leave a stale capacity
     if (meta) CUDA_CHECK(cudaFree(meta));
     meta = nullptr;
     meta = static_cast<int32_t*>(dev_alloc(size_t(cap) * 4, "step metadata"));
@@ -404,8 +405,10 @@ struct CudaEngine::Impl {
     const int64_t o_tok = 0, o_pos = T, o_rf = 2 * T, o_rw = 3 * T, o_gf = 4 * T, o_gw = o_gf + 4 * ng,
                   o_lr = o_gw + 4 * ng, o_tf = o_lr + int64_t(lrows.size()),
                   o_tw = o_tf + int64_t(tab_full.size()), total = o_tw + int64_t(tab_win.size());
+    // The previous chunk's copy from staging (and its kernels reading meta) must be done before
+    // either buffer is reallocated or overwritten, also after a chunk that threw midway.
+    CUDA_CHECK(cudaStreamSynchronize(stream));
     ensure_meta(total);
-    CUDA_CHECK(cudaStreamSynchronize(stream));  // the previous chunk's copy from staging is done
     std::memcpy(staging + o_tok, tok.data(), size_t(T) * 4);
     std::memcpy(staging + o_pos, pos.data(), size_t(T) * 4);
     std::memcpy(staging + o_rf, row_full.data(), size_t(T) * 4);

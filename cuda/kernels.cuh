@@ -20,7 +20,8 @@ void add_rmsnorm(float* x, const float* add, int K, int T, int H, const float* w
                  cudaStream_t st);
 
 // One layer of the paged KV cache. A block holds, for every layer of its pool, K then V, each
-// [n_kv][block_size][head_dim] (the CPU layout), in fp32 or bf16.
+// [n_kv][block_size][head_dim], in fp32 or bf16 (the CPU keeps K as [n_kv][head_dim][block_size];
+// the pools are separate, so the layouts need not agree).
 struct KVView {
   void* pool = nullptr;        // block b starts at pool + b * block_elems elements
   int64_t block_elems = 0;

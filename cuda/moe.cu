@@ -214,7 +214,10 @@ int moe_tile_size(bool tensor_cores) { return tensor_cores ? kBM : kMoeTT; }
 int moe_max_tiles(int P, int E, int tile) { return P / tile + (E < P ? E : P) + 1; }
 
 void moe_route(const int32_t* idx, int P, int E, const MoeTiles& mt, cudaStream_t st) {
-  if (P <= 0) return;
+  if (P <= 0) {  // the expert kernels still launch (max_tiles >= 1) and read n_tiles
+    CUDA_CHECK(cudaMemsetAsync(mt.n_tiles, 0, sizeof(int32_t), st));
+    return;
+  }
   route_kernel<<<1, 1024, sizeof(int) * 3 * size_t(E), st>>>(idx, P, E, mt);
   CUDA_CHECK_LAUNCH();
 }

@@ -299,6 +299,29 @@ def test_moe(T, H, I, E, k, tc):
     assert_rel(got, want, 1e-4 if tc else 2e-5, "moe")
 
 
+@cuda_test
+def test_zero_sized_inputs():
+    # No rows / no expert slots: nothing to compute, and nothing may read unset tile counts.
+    rng = np.random.default_rng(4)
+    H, I, E = 64, 64, 4
+    b1, s1 = mx_random(rng, E * 2 * I, H)
+    b2, s2 = mx_random(rng, E * H, I)
+    b1, s1 = b1.reshape(E, 2 * I, H // 32, 16), s1.reshape(E, 2 * I, H // 32)
+    b2, s2 = b2.reshape(E, H, I // 32, 16), s2.reshape(E, H, I // 32)
+    bias1, bias2 = np.zeros((E, 2 * I), np.float32), np.zeros((E, H), np.float32)
+    x = rng.standard_normal((3, H)).astype(np.float32)
+    for tc in (False, True):
+        out = gk().moe(x, np.zeros((3, 0), np.int32), np.zeros((3, 0), np.float32), b1, s1, bias1, b2, s2, bias2,
+                       1.702, 7.0, tc)
+        np.testing.assert_array_equal(out, np.zeros((3, H), np.float32))
+        y = gk().matmul_mxfp4(np.zeros((0, H), np.float32), b2[0], s2[0], None, tc)
+        assert y.shape == (0, H)
+    k = rng.standard_normal((8, 2, 64)).astype(np.float32)
+    out = gk().attention(np.zeros((0, 4 * 64), np.float32), k, k, np.zeros(0, np.int64), np.ones(4, np.float32),
+                         0.125, 0)
+    assert out.shape == (0, 4 * 64)
+
+
 # --------------------------------------------------------------------- argmax, RNG fills
 @cuda_test
 def test_argmax():
@@ -333,12 +356,18 @@ def _toks(n: int, seed: int, vocab: int) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(0, vocab, n)]
 
 
+# The CUDA engine's default KV cache takes most of the free device memory, so a second model
+# made while one is alive (or kept alive by a failed test's traceback) would find none left:
+# every test model gets an explicit cap.
+KV_CAP = 1 << 30
+
 SMALL = dict(num_hidden_layers=4, hidden_size=320, intermediate_size=192, num_experts=8, experts_per_token=4,
              num_attention_heads=16, num_key_value_heads=2, head_dim=64, vocab_size=2000, sliding_window=16)
 E2E_REL = 2e-3
 
 
 def _pair(cfg, seed=0, **kw):
+    kw.setdefault("kv_cache_bytes", KV_CAP)
     cpu = gptoss.Model.synthetic(cfg, seed=seed, **kw)
     # Same host-generated weights on both devices: build the CUDA model from the same arrays.
     from gptoss.synthetic import synthetic_tensors
@@ -436,7 +465,7 @@ def test_fork_truncate_match_cpu():
 def test_checkpoint_on_cuda(make_checkpoint, layout):
     d = make_checkpoint("gqa4", 1, layout)
     cpu = gptoss.Model(d)
-    gpu = gptoss.Model(d, device="cuda")
+    gpu = gptoss.Model(d, device="cuda", kv_cache_bytes=KV_CAP)
     toks = _toks(20, 4, cpu.config.vocab_size)
     assert_rel(gpu.forward(toks), cpu.forward(toks), E2E_REL, layout)
 
@@ -448,7 +477,7 @@ def test_bf16_kv_cache(monkeypatch):
     from gptoss.synthetic import synthetic_tensors
 
     monkeypatch.setenv("GPTOSS_KV_DTYPE", "bfloat16")
-    gpu = gptoss.Model("<synthetic>", device="cuda", _config=cfg,
+    gpu = gptoss.Model("<synthetic>", device="cuda", _config=cfg, kv_cache_bytes=KV_CAP,
                        _arrays=dict(synthetic_tensors(cfg, seed=2, layout="hf")))
     toks = _toks(40, 3, 1024)
     a, b = gpu.forward(toks), cpu.forward(toks)
@@ -486,13 +515,15 @@ def test_step_argmax_and_errors():
 
 @cuda_test
 def test_synthetic_on_device():
-    m = gptoss.Model.synthetic("tiny", seed=4, device="cuda")
+    m = gptoss.Model.synthetic("tiny", seed=4, device="cuda", kv_cache_bytes=KV_CAP)
     a = m.forward([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     assert a.shape == (10, 1024) and np.all(np.isfinite(a))
     assert 0.3 < float(a.std()) < 30
-    b = gptoss.Model.synthetic("tiny", seed=4, device="cuda").forward([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    b = gptoss.Model.synthetic("tiny", seed=4, device="cuda", kv_cache_bytes=KV_CAP).forward(
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     np.testing.assert_array_equal(a, b)
-    c = gptoss.Model.synthetic("tiny", seed=5, device="cuda").forward([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    c = gptoss.Model.synthetic("tiny", seed=5, device="cuda", kv_cache_bytes=KV_CAP).forward(
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     assert not np.allclose(a, c)
     info = m._engine.memory_info()
     assert info["weights"] > 0 and info["kv_cache"] > 0
