@@ -14,6 +14,7 @@ struct CheckpointError : std::runtime_error { using std::runtime_error::runtime_
 struct InvalidArgument : std::invalid_argument { using std::invalid_argument::invalid_argument; };  // -> ValueError
 struct ContextOverflow : std::out_of_range { using std::out_of_range::out_of_range; };  // -> gptoss.ContextOverflowError
 struct OutOfMemory : std::runtime_error { using std::runtime_error::runtime_error; };  // -> MemoryError
+struct Interrupted : std::runtime_error { using std::runtime_error::runtime_error; };  // -> KeyboardInterrupt
 
 #define GPTOSS_CHECK_ARG(cond, msg)                                  \
   do {                                                               \

@@ -36,6 +36,8 @@ void register_engine_bindings(py::module_& m) {
       PyErr_SetString(PyExc_MemoryError, e.what());
     } catch (const InvalidArgument& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const Interrupted& e) {
+      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
     } catch (const std::bad_alloc&) {
       PyErr_SetString(PyExc_MemoryError, "out of memory");
     }
@@ -92,7 +94,13 @@ void register_engine_bindings(py::module_& m) {
             float* o = out.mutable_data();
             {
               py::gil_scoped_release nogil;
-              e.step(items, o);
+              // Ctrl-C during a long prefill: checked between chunks (the Python error set by
+              // PyErr_CheckSignals is raised when the step unwinds).
+              e.step(items, o, [] {
+                py::gil_scoped_acquire gil;
+                if (PyErr_CheckSignals() == 0) return false;
+                throw py::error_already_set();
+              });
             }
             return out;
           },

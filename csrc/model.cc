@@ -45,10 +45,15 @@ Engine::Engine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::st
   seqs_ = std::make_unique<SequenceTable>(cfg_, opt_.kv, *full_pool_, *win_pool_);
 }
 
-void Engine::step(const std::vector<StepItem>& items, float* out) {
+void Engine::step(const std::vector<StepItem>& items, float* out, const std::function<bool()>& interrupted) {
   std::lock_guard<std::mutex> g(mu_);
   seqs_->validate(items);  // a rejected call changes nothing
-  seqs_->for_each_chunk(items, [&](const std::vector<Chunk>& group) { forward_chunk(group, out); });
+  bool first = true;
+  seqs_->for_each_chunk(items, [&](const std::vector<Chunk>& group) {
+    if (!first && interrupted && interrupted()) throw Interrupted("step interrupted between chunks");
+    first = false;
+    forward_chunk(group, out);
+  });
 }
 
 }  // namespace gptoss

@@ -96,7 +96,13 @@ class Engine {
   // Advances every item's sequence by its tokens; writes logits into `out`, in item order:
   // 1 row per item (or n rows when all_logits), each of `vocab` floats. Validates everything
   // before touching any state, so a bad item changes nothing.
-  void step(const std::vector<StepItem>& items, float* out);
+  //
+  // `interrupted`, if given, is polled between chunks (long prompts run as several chunks);
+  // when it returns true or throws, the step stops there: every sequence keeps the tokens
+  // already processed (its length and tokens() say how far it got) and the exception, or
+  // Interrupted, propagates.
+  void step(const std::vector<StepItem>& items, float* out,
+            const std::function<bool()>& interrupted = nullptr);
   int64_t logits_rows(const std::vector<StepItem>& items) const { return SequenceTable::logits_rows(items); }
 
   // KV cache blocks: [used, allocated, cap] of the full pool, then of the window pool.
