@@ -56,6 +56,16 @@ def prefill_flops(c: ModelConfig, n: int) -> float:
     return f + 2.0 * H * c.vocab_size
 
 
+def timed_decode(seq, logits: np.ndarray, n: int) -> tuple[np.ndarray, list[float]]:
+    """n greedy decode steps on seq; returns the last logits and each step's seconds."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        logits = seq.decode(int(np.argmax(logits)))
+        times.append(time.perf_counter() - t0)
+    return logits, times
+
+
 def proc_status() -> dict[str, float]:
     """RSS figures of this process in GB (VmHWM = peak RSS; RssAnon = private memory)."""
     out = {}
@@ -108,13 +118,8 @@ def main() -> int:
     # Decode: a short prompt, then timed single-token steps (greedy).
     s = m.new_sequence()
     logits = s.prefill([int(t) for t in rng.integers(0, c.vocab_size, 16)])
-    for _ in range(2):  # warm-up
-        logits = s.decode(int(np.argmax(logits)))
-    times = []
-    for _ in range(args.decode):
-        t = time.perf_counter()
-        logits = s.decode(int(np.argmax(logits)))
-        times.append(time.perf_counter() - t)
+    logits, _ = timed_decode(s, logits, 2)  # warm-up
+    logits, times = timed_decode(s, logits, args.decode)
     ctx = len(s)
     s.free()
     step = statistics.median(times)
@@ -130,11 +135,7 @@ def main() -> int:
     pf_s = time.perf_counter() - t
     pf_tps = args.prompt / pf_s
     gflops = prefill_flops(c, args.prompt) / pf_s / 1e9
-    long_times = []
-    for _ in range(max(4, args.decode // 4)):
-        t = time.perf_counter()
-        logits = s.decode(int(np.argmax(logits)))
-        long_times.append(time.perf_counter() - t)
+    logits, long_times = timed_decode(s, logits, max(4, args.decode // 4))
     long_ctx = len(s)
     s.free()
     long_step = statistics.median(long_times)
@@ -178,11 +179,8 @@ def main() -> int:
             for _ in range(3):
                 for name in ("exact", "int8"):
                     q, lg, ts = pair[name]
-                    for _ in range(max(4, args.decode // 3)):
-                        t0 = time.perf_counter()
-                        lg = q.decode(int(np.argmax(lg)))
-                        ts.append(time.perf_counter() - t0)
-                    pair[name][1] = lg
+                    pair[name][1], more = timed_decode(q, lg, max(4, args.decode // 3))
+                    ts.extend(more)
             int8_res = {name: 1.0 / statistics.median(v[2]) for name, v in pair.items()}
             for v in pair.values():
                 v[0].free()
