@@ -16,4 +16,11 @@ PYBIND11_MODULE(_core, m) {
 #ifdef GPTOSS_WITH_CUDA
   { void register_cuda_bindings(py::module_&); register_cuda_bindings(m); }  // csrc/cuda_py.cc
 #endif
+#ifdef GPTOSS_WITH_CUDA_EMU
+  {
+    void register_cuda_emu_bindings(py::module_&);  // csrc/cuda_py.cc compiled against cuda/emu
+    py::module_ e = m.def_submodule("cuda_emu", "the CUDA backend run by a CPU emulator (tests without a GPU)");
+    register_cuda_emu_bindings(e);
+  }
+#endif
 }

@@ -1,8 +1,13 @@
-// Python bindings of the CUDA backend (compiled only with GPTOSS_WITH_CUDA):
+// Python bindings of the CUDA backend (compiled only with GPTOSS_WITH_CUDA), and a second time
+// for the CPU emulation of that backend (GPTOSS_CUDA_EMU: `cuda` is then #defined to
+// `cuda_emu`, and the functions register into _core.cuda_emu; see cuda/emu/):
 //   _core.CudaEngine         same methods as _core.Engine (+ step_argmax, memory_info, device_name)
 //   _core.cuda_device_count  number of visible devices (0 without driver/GPU; never raises)
 //   _core.cuda_kernels       each kernel on numpy inputs (copy in, run, copy out), for tests
-#ifdef GPTOSS_WITH_CUDA
+#if defined(GPTOSS_WITH_CUDA) || defined(GPTOSS_CUDA_EMU)
+#ifndef GPTOSS_CUDA_REGISTER
+#define GPTOSS_CUDA_REGISTER register_cuda_bindings
+#endif
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -199,7 +204,7 @@ void register_kernels(py::module_& k) {
 
 }  // namespace
 
-void register_cuda_bindings(py::module_& m) {
+void GPTOSS_CUDA_REGISTER(py::module_& m) {
   using cuda::CudaEngine;
   m.def("cuda_device_count", &cuda::device_count, "Number of visible CUDA devices (0 without a driver or GPU)");
   m.def("cuda_device_description", &cuda::device_description, py::arg("device") = 0);
@@ -271,4 +276,4 @@ void register_cuda_bindings(py::module_& m) {
   register_kernels(k);
 }
 
-#endif  // GPTOSS_WITH_CUDA
+#endif  // GPTOSS_WITH_CUDA || GPTOSS_CUDA_EMU

@@ -131,6 +131,11 @@ void register_engine_bindings(py::module_& m) {
     d["cuda"] = false;
     d["cuda_archs"] = std::string();
 #endif
+#ifdef GPTOSS_WITH_CUDA_EMU
+    d["cuda_emu"] = true;
+#else
+    d["cuda_emu"] = false;
+#endif
     d["openmp_threads"] = omp_get_max_threads();
     return d;
   });

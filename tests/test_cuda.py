@@ -2,8 +2,12 @@
 inputs and odd shapes, and the CUDA engine against the CPU engine end to end (ragged batches,
 chunked prefill, contexts past the sliding window, fork/truncate, errors).
 
-Everything marked `cuda` is skipped when the build has no CUDA backend or no device is visible.
-`test_cuda_backend_compiled_when_nvcc_present` runs everywhere (CI has nvcc but no GPU).
+Every test runs on two backends (the `backend` fixture):
+  * "cuda": the real GPU; skipped when the build has no CUDA backend or no device is visible;
+  * "emu": the same CUDA sources compiled for the CPU emulator (cuda/emu, `_core.cuda_emu`),
+    so CI without a GPU still runs every kernel and the whole CUDA engine. The emulator is
+    thousands of times slower, so the largest shapes are GPU-only (`gpu_only`).
+Tests marked `cuda` are what bench/gpu_check.sh runs on a GPU machine.
 
 Tolerances: the CUDA engine keeps fp32 activations and (by default) an fp32 KV cache like the
 CPU engine; tensor-core products split activations into two bf16 halves, so results agree to
@@ -32,13 +36,49 @@ def _cuda_available() -> bool:
     return core is not None and hasattr(core, "cuda_device_count") and core.cuda_device_count() > 0
 
 
-needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not _cuda_available(), reason="no CUDA build or no CUDA device")]
+def _emu_available() -> bool:
+    return core is not None and hasattr(core, "cuda_emu")
+
+
+BACKENDS = [
+    pytest.param("cuda", marks=[pytest.mark.cuda,
+                                pytest.mark.skipif(not _cuda_available(), reason="no CUDA build or no CUDA device")]),
+    pytest.param("emu", marks=pytest.mark.skipif(not _emu_available(), reason="built without the CUDA emulator")),
+]
+
+
+class Backend:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.module = core if name == "cuda" else core.cuda_emu
+        self.device = "cuda" if name == "cuda" else "cuda-emu"
+        self.kernels = self.module.cuda_kernels
+
+    @property
+    def emu(self) -> bool:
+        return self.name == "emu"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> Backend:
+    return Backend(request.param)
 
 
 def cuda_test(f):
-    for m in needs_cuda:
-        f = m(f)
+    """Runs on every backend (the test takes the `backend` fixture)."""
     return f
+
+
+def gpu_only(*values, reason="too slow for the CPU emulator"):
+    """A parametrization case that only runs on a real GPU."""
+    return pytest.param(*values, marks=pytest.mark.gpu_only)
+
+
+@pytest.fixture(autouse=True)
+def _skip_gpu_only_on_emu(request):
+    if request.node.get_closest_marker("gpu_only") and "backend" in request.fixturenames:
+        if request.getfixturevalue("backend").emu:
+            pytest.skip("GPU-only size (the emulator would take minutes)")
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -70,10 +110,6 @@ def mx_random(rng, n: int, k: int, lo: int = 118, hi: int = 130):
 ck = core.kernels if core is not None else None
 
 
-def gk():
-    return core.cuda_kernels
-
-
 # ------------------------------------------------------------------- non-GPU build check
 def test_cuda_backend_compiled_when_nvcc_present():
     if core is None:
@@ -98,50 +134,50 @@ def test_cuda_device_errors_are_clear():
     with pytest.raises(RuntimeError, match="cuda"):
         gptoss.Model.synthetic("tiny", device="cuda")
     with pytest.raises(RuntimeError):
-        gk().rmsnorm(np.ones((2, 4), np.float32), np.ones(4, np.float32), 1e-5)
+        core.cuda_kernels.rmsnorm(np.ones((2, 4), np.float32), np.ones(4, np.float32), 1e-5)
 
 
 # ------------------------------------------------------------------------ small kernels
 @cuda_test
 @pytest.mark.parametrize("T,H", [(1, 64), (3, 96), (17, 2880), (5, 100), (2, 7)])
-def test_rmsnorm(T, H):
+def test_rmsnorm(backend, T, H):
     rng = np.random.default_rng(T * 1000 + H)
     x = rng.standard_normal((T, H)).astype(np.float32) * 3
     w = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
-    assert_rel(gk().rmsnorm(x, w, 1e-5), ck.rmsnorm(x, w, 1e-5), 1e-5, "rmsnorm")
+    assert_rel(backend.kernels.rmsnorm(x, w, 1e-5), ck.rmsnorm(x, w, 1e-5), 1e-5, "rmsnorm")
 
 
 @cuda_test
 @pytest.mark.parametrize("T,K,H", [(1, 4, 64), (7, 2, 2880), (3, 3, 50)])
-def test_add_rmsnorm(T, K, H):
+def test_add_rmsnorm(backend, T, K, H):
     rng = np.random.default_rng(T + K + H)
     x = rng.standard_normal((T, H)).astype(np.float32)
     add = rng.standard_normal((T, K, H)).astype(np.float32)
     w = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
-    xo, y = gk().add_rmsnorm(x, add, w, 1e-5)
+    xo, y = backend.kernels.add_rmsnorm(x, add, w, 1e-5)
     xr = x + add.sum(axis=1, dtype=np.float32)
     assert_rel(xo, xr, 1e-6, "residual")
     assert_rel(y, ck.rmsnorm(xr.astype(np.float32), w, 1e-5), 1e-5, "norm")
 
 
 @cuda_test
-def test_embedding():
+def test_embedding(backend):
     rng = np.random.default_rng(1)
     E = to_bf16(rng.standard_normal((333, 70)).astype(np.float32))
     tok = rng.integers(0, 333, 41).astype(np.int32)
-    np.testing.assert_array_equal(gk().embedding(tok, E), ck.embedding(tok, E))
+    np.testing.assert_array_equal(backend.kernels.embedding(tok, E), ck.embedding(tok, E))
 
 
 @cuda_test
 @pytest.mark.parametrize("heads,half", [(4, 32), (3, 16), (8, 64)])
-def test_rope(heads, half):
+def test_rope(backend, heads, half):
     rng = np.random.default_rng(heads * half)
     cfg = gptoss.config.preset("tiny", head_dim=2 * half)
     inv_freq, conc = cfg.yarn()
     inv_freq = np.asarray(inv_freq, np.float32)
     pos = np.array([0, 1, 5, 127, 128, 4095, 4096, 33333, 131071], np.int64)
     x = rng.standard_normal((len(pos), heads * 2 * half)).astype(np.float32)
-    assert_rel(gk().rope(x, pos, inv_freq, conc, heads), ck.rope(x, pos, inv_freq, conc, heads), 2e-6, "rope")
+    assert_rel(backend.kernels.rope(x, pos, inv_freq, conc, heads), ck.rope(x, pos, inv_freq, conc, heads), 2e-6, "rope")
 
 
 # ---------------------------------------------------------------------------- attention
@@ -179,20 +215,20 @@ def _attn_inputs(case, seed):
 @cuda_test
 @pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("split_len", [0, 32])
-def test_attention(case, split_len):
+def test_attention(backend, case, split_len):
     q, k, v, pos, sinks, scale, window, bs = _attn_inputs(case, zlib.crc32(repr(case).encode()))
     want = ck.attention(q, k, v, pos, sinks, scale, window, bs, 3)
-    got = gk().attention(q, k, v, pos, sinks, scale, window, bs, 5, "float32", split_len)
+    got = backend.kernels.attention(q, k, v, pos, sinks, scale, window, bs, 5, "float32", split_len)
     assert_rel(got, want, 2e-5, "attention")
 
 
 @cuda_test
 @pytest.mark.parametrize("case", ATTN_CASES[:6], ids=lambda c: "-".join(map(str, c)))
-def test_attention_bf16_cache(case):
+def test_attention_bf16_cache(backend, case):
     q, k, v, pos, sinks, scale, window, bs = _attn_inputs(case, 7)
     kb, vb = from_bf16(to_bf16(k)).reshape(k.shape), from_bf16(to_bf16(v)).reshape(v.shape)
     want = ck.attention(q, kb, vb, pos, sinks, scale, window, bs, 3)
-    got = gk().attention(q, k, v, pos, sinks, scale, window, bs, 5, "bfloat16", 0)
+    got = backend.kernels.attention(q, k, v, pos, sinks, scale, window, bs, 5, "bfloat16", 0)
     assert_rel(got, want, 2e-5, "attention (bf16 cache)")
 
 
@@ -201,57 +237,57 @@ def test_attention_bf16_cache(case):
 @pytest.mark.parametrize("M", [1, 3, 8, 9, 64, 70, 130])
 @pytest.mark.parametrize("K,N", [(64, 65), (100, 33), (2880, 300), (4096, 129), (7, 5)])
 @pytest.mark.parametrize("path", [0, 1, 2])
-def test_matmul_bf16(M, K, N, path):
+def test_matmul_bf16(backend, M, K, N, path):
     rng = np.random.default_rng(M * 7 + K * 3 + N)
     x = rng.standard_normal((M, K)).astype(np.float32)
     w = to_bf16((rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32))
     bias = rng.standard_normal(N).astype(np.float32)
     want = ck.matmul_bf16(x, w) + bias
-    got = gk().matmul_bf16(x, w, bias, path)
+    got = backend.kernels.matmul_bf16(x, w, bias, path)
     assert_rel(got, want, 5e-5 if path != 1 else 1e-5, f"matmul_bf16 path {path}")
-    assert_rel(gk().matmul_bf16(x, w, None, path), ck.matmul_bf16(x, w), 5e-5, "no bias")
+    assert_rel(backend.kernels.matmul_bf16(x, w, None, path), ck.matmul_bf16(x, w), 5e-5, "no bias")
 
 
 @cuda_test
 @pytest.mark.parametrize("T", [1, 2, 5, 9, 64, 100])
 @pytest.mark.parametrize("K,N", [(64, 64), (2880, 96), (96, 50), (320, 130)])
 @pytest.mark.parametrize("tc", [False, True])
-def test_matmul_mxfp4(T, K, N, tc):
+def test_matmul_mxfp4(backend, T, K, N, tc):
     rng = np.random.default_rng(T + K + N)
     x = rng.standard_normal((T, K)).astype(np.float32)
     blocks, scales = mx_random(rng, N, K)
     bias = rng.standard_normal(N).astype(np.float32)
     want = ck.matmul_mxfp4(x, blocks, scales) + bias
-    assert_rel(gk().matmul_mxfp4(x, blocks, scales, bias, tc), want, 5e-5 if tc else 1e-5, "matmul_mxfp4")
+    assert_rel(backend.kernels.matmul_mxfp4(x, blocks, scales, bias, tc), want, 5e-5 if tc else 1e-5, "matmul_mxfp4")
 
 
 @cuda_test
-def test_matmul_mxfp4_extreme_scales():
+def test_matmul_mxfp4_extreme_scales(backend):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 64)).astype(np.float32)
     blocks, _ = mx_random(rng, 8, 64)
     scales = np.array([[1, 2], [100, 150], [127, 127], [60, 200], [127, 0], [90, 91], [130, 120], [110, 140]], np.uint8)
     for tc in (False, True):
-        assert_rel(gk().matmul_mxfp4(x, blocks, scales, None, tc), ck.matmul_mxfp4(x, blocks, scales), 5e-5)
+        assert_rel(backend.kernels.matmul_mxfp4(x, blocks, scales, None, tc), ck.matmul_mxfp4(x, blocks, scales), 5e-5)
 
 
 # ------------------------------------------------------------------------ router + MoE
 @cuda_test
 @pytest.mark.parametrize("T,H,E,k", [(1, 2880, 32, 4), (7, 2880, 128, 4), (5, 64, 4, 2), (3, 96, 5, 3), (2, 40, 8, 8)])
-def test_router(T, H, E, k):
+def test_router(backend, T, H, E, k):
     rng = np.random.default_rng(T + H + E)
     t = rng.standard_normal((T, H)).astype(np.float32)
     w = to_bf16((2 * rng.standard_normal((E, H)) / np.sqrt(H)).astype(np.float32))
     b = (0.1 * rng.standard_normal(E)).astype(np.float32)
     logits = (ck.matmul_bf16(t, w) + b).astype(np.float32)
     want_i, want_w = ck.router_topk_softmax(logits, k)
-    got_i, got_w = gk().router(t, w, b, k)
+    got_i, got_w = backend.kernels.router(t, w, b, k)
     np.testing.assert_array_equal(got_i, want_i)
     assert_rel(got_w, want_w, 1e-5, "router weights")
 
 
 @cuda_test
-def test_router_ties_go_to_lower_id():
+def test_router_ties_go_to_lower_id(backend):
     H, E = 32, 12
     t = np.zeros((2, H), np.float32)
     t[:, 0] = 1.0
@@ -259,7 +295,7 @@ def test_router_ties_go_to_lower_id():
     w = np.zeros((E, H), np.uint16)
     w[:, 0] = to_bf16(col)
     b = np.zeros(E, np.float32)
-    idx, rw = gk().router(t, w, b, 6)
+    idx, rw = backend.kernels.router(t, w, b, 6)
     np.testing.assert_array_equal(idx[0], [1, 2, 4, 9, 3, 6])
     want_i, want_w = ck.router_topk_softmax(col[None, :].repeat(2, 0), 6)
     np.testing.assert_array_equal(idx, want_i)
@@ -281,9 +317,9 @@ def _moe_reference(x, idx, rw, b1, s1, bias1, b2, s2, bias2, alpha=1.702, limit=
 
 @cuda_test
 @pytest.mark.parametrize("T,H,I,E,k", [(1, 64, 64, 4, 2), (5, 96, 64, 8, 4), (40, 64, 96, 5, 3), (70, 320, 64, 8, 4),
-                                       (3, 2880, 2880, 32, 4)])
+                                       gpu_only(3, 2880, 2880, 32, 4)])
 @pytest.mark.parametrize("tc", [False, True])
-def test_moe(T, H, I, E, k, tc):
+def test_moe(backend, T, H, I, E, k, tc):
     rng = np.random.default_rng(T * 31 + H + E)
     x = rng.standard_normal((T, H)).astype(np.float32)
     idx = np.stack([rng.choice(E, k, replace=False) for _ in range(T)]).astype(np.int32)
@@ -295,12 +331,12 @@ def test_moe(T, H, I, E, k, tc):
     bias1 = (0.5 * rng.standard_normal((E, 2 * I))).astype(np.float32)
     bias2 = (0.05 * rng.standard_normal((E, H))).astype(np.float32)
     want = _moe_reference(x, idx, rw, b1, s1, bias1, b2, s2, bias2)
-    got = gk().moe(x, idx, rw, b1, s1, bias1, b2, s2, bias2, 1.702, 7.0, tc)
+    got = backend.kernels.moe(x, idx, rw, b1, s1, bias1, b2, s2, bias2, 1.702, 7.0, tc)
     assert_rel(got, want, 1e-4 if tc else 2e-5, "moe")
 
 
 @cuda_test
-def test_zero_sized_inputs():
+def test_zero_sized_inputs(backend):
     # No rows / no expert slots: nothing to compute, and nothing may read unset tile counts.
     rng = np.random.default_rng(4)
     H, I, E = 64, 64, 4
@@ -311,20 +347,20 @@ def test_zero_sized_inputs():
     bias1, bias2 = np.zeros((E, 2 * I), np.float32), np.zeros((E, H), np.float32)
     x = rng.standard_normal((3, H)).astype(np.float32)
     for tc in (False, True):
-        out = gk().moe(x, np.zeros((3, 0), np.int32), np.zeros((3, 0), np.float32), b1, s1, bias1, b2, s2, bias2,
+        out = backend.kernels.moe(x, np.zeros((3, 0), np.int32), np.zeros((3, 0), np.float32), b1, s1, bias1, b2, s2, bias2,
                        1.702, 7.0, tc)
         np.testing.assert_array_equal(out, np.zeros((3, H), np.float32))
-        y = gk().matmul_mxfp4(np.zeros((0, H), np.float32), b2[0], s2[0], None, tc)
+        y = backend.kernels.matmul_mxfp4(np.zeros((0, H), np.float32), b2[0], s2[0], None, tc)
         assert y.shape == (0, H)
     k = rng.standard_normal((8, 2, 64)).astype(np.float32)
-    out = gk().attention(np.zeros((0, 4 * 64), np.float32), k, k, np.zeros(0, np.int64), np.ones(4, np.float32),
+    out = backend.kernels.attention(np.zeros((0, 4 * 64), np.float32), k, k, np.zeros(0, np.int64), np.ones(4, np.float32),
                          0.125, 0)
     assert out.shape == (0, 4 * 64)
 
 
 # --------------------------------------------------------------------- argmax, RNG fills
 @cuda_test
-def test_argmax():
+def test_argmax(backend):
     rng = np.random.default_rng(2)
     logits = rng.standard_normal((6, 201088)).astype(np.float32)
     logits[1, 7] = logits[1, 100000] = 50.0   # tie: lower index
@@ -332,22 +368,22 @@ def test_argmax():
     logits[3, 5] = np.nan
     logits[3, 6] = 60.0
     logits[4, -1] = 99.0
-    got = gk().argmax(logits)
+    got = backend.kernels.argmax(logits)
     assert list(got) == [int(np.argmax(logits[0])), 7, 0, 6, 201087, int(np.argmax(logits[5]))]
 
 
 @cuda_test
-def test_device_random_fills():
+def test_device_random_fills(backend):
     n = 1 << 20
-    v = from_bf16(gk().fill("normal_bf16", n, 0.5, 2.0, seed=3, stream=1))
+    v = from_bf16(backend.kernels.fill("normal_bf16", n, 0.5, 2.0, seed=3, stream=1))
     assert abs(v.mean() - 0.5) < 0.02 and abs(v.std() - 2.0) < 0.02
-    f = gk().fill("normal_f32", n, -1.0, 0.1, seed=3, stream=2)
+    f = backend.kernels.fill("normal_f32", n, -1.0, 0.1, seed=3, stream=2)
     assert abs(f.mean() + 1.0) < 0.002 and abs(f.std() - 0.1) < 0.002
-    assert not np.array_equal(f, gk().fill("normal_f32", n, -1.0, 0.1, seed=4, stream=2))
-    np.testing.assert_array_equal(f, gk().fill("normal_f32", n, -1.0, 0.1, seed=3, stream=2))
-    b = gk().fill("bytes", n + 3, seed=1)
+    assert not np.array_equal(f, backend.kernels.fill("normal_f32", n, -1.0, 0.1, seed=4, stream=2))
+    np.testing.assert_array_equal(f, backend.kernels.fill("normal_f32", n, -1.0, 0.1, seed=3, stream=2))
+    b = backend.kernels.fill("bytes", n + 3, seed=1)
     assert abs(np.bincount(b, minlength=256) / len(b) - 1 / 256).max() < 1e-3
-    s = gk().fill("scales", 1000, base=120, seed=1)
+    s = backend.kernels.fill("scales", 1000, base=120, seed=1)
     assert set(np.unique(s)) == {119, 120, 121}
 
 
@@ -366,22 +402,22 @@ SMALL = dict(num_hidden_layers=4, hidden_size=320, intermediate_size=192, num_ex
 E2E_REL = 2e-3
 
 
-def _pair(cfg, seed=0, **kw):
+def _pair(backend, cfg, seed=0, **kw):
     kw.setdefault("kv_cache_bytes", KV_CAP)
     cpu = gptoss.Model.synthetic(cfg, seed=seed, **kw)
     # Same host-generated weights on both devices: build the CUDA model from the same arrays.
     from gptoss.synthetic import synthetic_tensors
 
     arrays = dict(synthetic_tensors(cfg, seed=seed, layout="hf"))
-    gpu = gptoss.Model("<synthetic>", device="cuda", _config=cfg, _arrays=arrays, **kw)
+    gpu = gptoss.Model("<synthetic>", device=backend.device, _config=cfg, _arrays=arrays, **kw)
     return cpu, gpu
 
 
 @cuda_test
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS) + ["small"])
-def test_forward_matches_cpu(name):
+def test_forward_matches_cpu(backend, name):
     cfg = gptoss.config.preset("tiny", **SMALL) if name == "small" else tiny_config(name)
-    cpu, gpu = _pair(cfg, seed=11, block_size=4)
+    cpu, gpu = _pair(backend, cfg, seed=11, block_size=4)
     toks = _toks(45, 1, cfg.vocab_size)  # > 8 rows: tensor-core paths; past every window
     assert_rel(gpu.forward(toks), cpu.forward(toks), E2E_REL, f"{name} forward")
     # Incremental decode (GEMV paths, split attention) after a short prefill.
@@ -393,9 +429,9 @@ def test_forward_matches_cpu(name):
 
 
 @cuda_test
-def test_ragged_batch_and_chunks():
+def test_ragged_batch_and_chunks(backend):
     cfg = gptoss.config.preset("tiny", **SMALL)
-    cpu, gpu = _pair(cfg, seed=3, block_size=4, max_chunk_tokens=7, window_retain=3)
+    cpu, gpu = _pair(backend, cfg, seed=3, block_size=4, max_chunk_tokens=7, window_retain=3)
     prompts = [_toks(n, 10 + n, cfg.vocab_size) for n in (3, 19, 1, 11, 40)]
     sc = [cpu.new_sequence() for _ in prompts]
     sg = [gpu.new_sequence() for _ in prompts]
@@ -417,9 +453,9 @@ def test_ragged_batch_and_chunks():
 
 
 @cuda_test
-def test_long_context_past_window_and_batch_sizes():
+def test_long_context_past_window_and_batch_sizes(backend):
     cfg = gptoss.config.preset("tiny", **dict(SMALL, num_hidden_layers=2))
-    cpu, gpu = _pair(cfg, seed=5, block_size=16)
+    cpu, gpu = _pair(backend, cfg, seed=5, block_size=16)
     toks = _toks(700, 2, cfg.vocab_size)
     sc, sg = cpu.new_sequence(), gpu.new_sequence()
     assert_rel(sg.prefill(toks[:600]), sc.prefill(toks[:600]), E2E_REL, "prefill 600 (two chunks)")
@@ -437,9 +473,9 @@ def test_long_context_past_window_and_batch_sizes():
 
 
 @cuda_test
-def test_fork_truncate_match_cpu():
+def test_fork_truncate_match_cpu(backend):
     cfg = tiny_config("tiny4")
-    cpu, gpu = _pair(cfg, seed=5, block_size=4, window_retain=3)
+    cpu, gpu = _pair(backend, cfg, seed=5, block_size=4, window_retain=3)
     prefix = _toks(13, 20, cfg.vocab_size)
     ac, ag = cpu.new_sequence(), gpu.new_sequence()
     ac.prefill(prefix)
@@ -462,22 +498,22 @@ def test_fork_truncate_match_cpu():
 
 @cuda_test
 @pytest.mark.parametrize("layout", ["hf", "original"])
-def test_checkpoint_on_cuda(make_checkpoint, layout):
+def test_checkpoint_on_cuda(backend, make_checkpoint, layout):
     d = make_checkpoint("gqa4", 1, layout)
     cpu = gptoss.Model(d)
-    gpu = gptoss.Model(d, device="cuda", kv_cache_bytes=KV_CAP)
+    gpu = gptoss.Model(d, device=backend.device, kv_cache_bytes=KV_CAP)
     toks = _toks(20, 4, cpu.config.vocab_size)
     assert_rel(gpu.forward(toks), cpu.forward(toks), E2E_REL, layout)
 
 
 @cuda_test
-def test_bf16_kv_cache(monkeypatch):
+def test_bf16_kv_cache(backend, monkeypatch):
     cfg = tiny_config("tiny4")
     cpu = gptoss.Model.synthetic(cfg, seed=2)
     from gptoss.synthetic import synthetic_tensors
 
     monkeypatch.setenv("GPTOSS_KV_DTYPE", "bfloat16")
-    gpu = gptoss.Model("<synthetic>", device="cuda", _config=cfg, kv_cache_bytes=KV_CAP,
+    gpu = gptoss.Model("<synthetic>", device=backend.device, _config=cfg, kv_cache_bytes=KV_CAP,
                        _arrays=dict(synthetic_tensors(cfg, seed=2, layout="hf")))
     toks = _toks(40, 3, 1024)
     a, b = gpu.forward(toks), cpu.forward(toks)
@@ -487,9 +523,9 @@ def test_bf16_kv_cache(monkeypatch):
 
 
 @cuda_test
-def test_step_argmax_and_errors():
+def test_step_argmax_and_errors(backend):
     cfg = tiny_config("tiny")
-    cpu, gpu = _pair(cfg, seed=1, max_context=64, kv_cache_bytes=1 << 24)
+    cpu, gpu = _pair(backend, cfg, seed=1, max_context=64, kv_cache_bytes=1 << 24)
     s = gpu.new_sequence()
     logits = s.prefill([1, 2, 3])
     s2 = s.fork()
@@ -505,8 +541,8 @@ def test_step_argmax_and_errors():
     assert len(s) == 4  # rejected calls change nothing
     assert np.all(np.isfinite(logits))
     with pytest.raises(MemoryError):
-        gptoss.Model.synthetic(cfg, seed=1, device="cuda", kv_cache_bytes=1000)
-    small = gptoss.Model.synthetic(cfg, seed=1, device="cuda", kv_cache_bytes=2 * 2 * 2 * 2 * 16 * 64 * 4 * 2)
+        gptoss.Model.synthetic(cfg, seed=1, device=backend.device, kv_cache_bytes=1000)
+    small = gptoss.Model.synthetic(cfg, seed=1, device=backend.device, kv_cache_bytes=2 * 2 * 2 * 2 * 16 * 64 * 4 * 2)
     q = small.new_sequence()
     with pytest.raises(MemoryError):
         q.prefill(list(range(100)))
@@ -514,15 +550,15 @@ def test_step_argmax_and_errors():
 
 
 @cuda_test
-def test_synthetic_on_device():
-    m = gptoss.Model.synthetic("tiny", seed=4, device="cuda", kv_cache_bytes=KV_CAP)
+def test_synthetic_on_device(backend):
+    m = gptoss.Model.synthetic("tiny", seed=4, device=backend.device, kv_cache_bytes=KV_CAP)
     a = m.forward([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     assert a.shape == (10, 1024) and np.all(np.isfinite(a))
     assert 0.3 < float(a.std()) < 30
-    b = gptoss.Model.synthetic("tiny", seed=4, device="cuda", kv_cache_bytes=KV_CAP).forward(
+    b = gptoss.Model.synthetic("tiny", seed=4, device=backend.device, kv_cache_bytes=KV_CAP).forward(
         [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     np.testing.assert_array_equal(a, b)
-    c = gptoss.Model.synthetic("tiny", seed=5, device="cuda", kv_cache_bytes=KV_CAP).forward(
+    c = gptoss.Model.synthetic("tiny", seed=5, device=backend.device, kv_cache_bytes=KV_CAP).forward(
         [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     assert not np.allclose(a, c)
     info = m._engine.memory_info()

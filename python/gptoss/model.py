@@ -171,7 +171,9 @@ class Model:
     Args:
         path: checkpoint directory: the HF layout (config.json, model.safetensors.index.json and
             shards) or the `original/` layout; a hub download with both is read from its root.
-        device: "cpu" ("cuda" needs a CUDA build; see `gptoss.build_info()`).
+        device: "cpu", "cuda" or "cuda:N" (a CUDA build; see `gptoss.build_info()`), or
+            "cuda-emu": the CUDA backend's own kernels run by a CPU emulator, thousands of times
+            slower than a GPU; it exists to test the CUDA code on machines without one.
         max_context: longest sequence allowed (default: the config's max_position_embeddings).
         threads: worker threads (default: all cores).
         kv_cache_bytes: cap on KV cache memory (default: a quarter of physical RAM).
@@ -194,7 +196,7 @@ class Model:
                  progress: Optional[bool] = None, int8_decode: bool = False, *, _config: Optional[ModelConfig] = None,
                  _arrays: Optional[dict] = None, _synthetic_seed: Optional[int] = None) -> None:
         self._engine: Any = None
-        cuda_index = _check_device(device)
+        cuda = _check_device(device)
         if _config is not None:
             self.config = _config
             self.checkpoint_dir: Optional[str] = None
@@ -226,10 +228,11 @@ class Model:
             inv_freq=inv_freq, rope_concentration=conc,
         )
         self.device = device
-        if cuda_index is not None:
+        if cuda is not None:
             # KV cache: kv_cache_bytes caps it (default: most of the free device memory);
             # GPTOSS_KV_DTYPE=bfloat16 halves it (default float32, as the CPU engine).
-            self._engine = _core().CudaEngine(
+            backend, cuda_index = cuda
+            self._engine = backend.CudaEngine(
                 cdict, files, _arrays, self.layout, block_size=block_size,
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else 0,
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, device=cuda_index,
@@ -326,11 +329,17 @@ class Model:
                 f"experts={c.num_experts}, vocab={c.vocab_size}, device={self.device!r})")
 
 
-def _check_device(device: str) -> Optional[int]:
-    """None for the CPU; the CUDA device index for "cuda" / "cuda:N" (RuntimeError when this build
-    has no CUDA backend or no device is visible)."""
+def _check_device(device: str) -> Optional[tuple[Any, int]]:
+    """None for the CPU; (backend module, device index) for "cuda" / "cuda:N" / "cuda-emu"
+    (RuntimeError when this build has no CUDA backend or no device is visible)."""
     if device == "cpu":
         return None
+    if device == "cuda-emu":
+        core = _core()
+        if not hasattr(core, "cuda_emu"):
+            raise RuntimeError("device='cuda-emu' requested but this build has no CUDA emulator "
+                               "(build_info()['cuda_emu'] is False; it is built unless GPTOSS_CUDA_EMU=OFF)")
+        return core.cuda_emu, 0
     if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
         index = 0
         if device != "cuda":
@@ -349,5 +358,5 @@ def _check_device(device: str) -> Optional[int]:
                                "(no NVIDIA GPU or driver on this machine)")
         if not 0 <= index < n:
             raise RuntimeError(f"device={device!r} requested but only {n} CUDA device(s) are visible")
-        return index
-    raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+        return core, index
+    raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'cuda-emu'")

@@ -1,0 +1,348 @@
+// cuda-emu: the subset of the CUDA runtime and device language that cuda/ uses, implemented on
+// the CPU, so the unchanged kernel sources compile with the host compiler and run in CI (no GPU).
+//
+// Every CUDA thread of a block is a fiber (its own stack, cooperative switching); a block's
+// fibers run on one OS thread until each has finished or waits at a barrier, so __syncthreads
+// and the warp shuffles have their real semantics (a shuffle is a warp barrier with an exchange
+// slot). Blocks run one after the other, so `__shared__` can be a function-local static.
+// What it checks beyond running the code: launch limits (block <= 1024 threads, grid y/z <=
+// 65535, dynamic shared memory <= 48 KiB unless raised by cudaFuncSetAttribute, 227 KiB at
+// most), barriers that not every live thread reaches (deadlock), wmma pointer alignment, copies
+// whose pointers are not device memory of the right extent, raw pointer kernel arguments that
+// are not device memory, guard pages around every allocation (an overrun faults), capture
+// rules of CUDA graphs (no synchronisation or allocation while a stream captures).
+// What it cannot check: timing, register and occupancy limits, memory-model races between
+// blocks (blocks never overlap here), the hardware's own fragment layouts.
+//
+// Built only into the test backend `gptoss._core.cuda_emu` (see cuda/CMakeLists.txt), with
+// -Dcuda=cuda_emu so its symbols never meet the real backend's.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmath>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// ---- language ------------------------------------------------------------------------------
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __restrict__ __restrict
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 {
+  unsigned x, y, z;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
+struct alignas(16) int4 {
+  int x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+
+// ---- runtime types -------------------------------------------------------------------------
+enum cudaError_t : int {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorNoDevice = 100,
+  cudaErrorInvalidResourceHandle = 400,
+  cudaErrorNotReady = 600,
+  cudaErrorIllegalAddress = 700,
+  cudaErrorLaunchFailure = 719,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorInvalidDeviceFunction = 98,
+};
+using cudaError = cudaError_t;
+enum cudaMemcpyKind : int {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4
+};
+enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr : int { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97, cudaDevAttrMultiProcessorCount = 16 };
+enum cudaStreamCaptureMode : int {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2
+};
+enum cudaStreamCaptureStatus : int { cudaStreamCaptureStatusNone = 0, cudaStreamCaptureStatusActive = 1 };
+constexpr unsigned cudaStreamNonBlocking = 1;
+
+struct cudaDeviceProp {
+  char name[256];
+  size_t totalGlobalMem;
+  int major, minor;
+  int multiProcessorCount;
+  size_t sharedMemPerBlockOptin;
+  int l2CacheSize;
+};
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes = 0;
+  int maxThreadsPerBlock = 1024;
+  int numRegs = 0;
+  size_t maxDynamicSharedSizeBytes = 48 * 1024;
+};
+
+namespace gptoss_emu {
+struct Stream;
+struct Event;
+struct Graph;
+struct GraphExec;
+}  // namespace gptoss_emu
+using cudaStream_t = gptoss_emu::Stream*;
+using cudaEvent_t = gptoss_emu::Event*;
+using cudaGraph_t = gptoss_emu::Graph*;
+using cudaGraphExec_t = gptoss_emu::GraphExec*;
+
+// ---- runtime API ---------------------------------------------------------------------------
+const char* cudaGetErrorName(cudaError_t e);
+const char* cudaGetErrorString(cudaError_t e);
+cudaError_t cudaGetLastError();
+cudaError_t cudaPeekAtLastError();
+cudaError_t cudaGetDeviceCount(int* n);
+cudaError_t cudaSetDevice(int d);
+cudaError_t cudaGetDevice(int* d);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d);
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d);
+cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaMalloc(void** p, size_t bytes);
+template <typename T>
+inline cudaError_t cudaMalloc(T** p, size_t bytes) {
+  return cudaMalloc(reinterpret_cast<void**>(p), bytes);
+}
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMallocHost(void** p, size_t bytes);
+cudaError_t cudaFreeHost(void* p);
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes);
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t st = nullptr);
+cudaError_t cudaMemset(void* p, int v, size_t bytes);
+cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t st = nullptr);
+cudaError_t cudaStreamCreate(cudaStream_t* st);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* st, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t st);
+cudaError_t cudaStreamSynchronize(cudaStream_t st);
+cudaError_t cudaStreamBeginCapture(cudaStream_t st, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t st, cudaGraph_t* g);
+cudaError_t cudaStreamIsCapturing(cudaStream_t st, cudaStreamCaptureStatus* s);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t st);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e);
+cudaError_t cudaGraphDestroy(cudaGraph_t g);
+cudaError_t cudaEventCreate(cudaEvent_t* e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t st = nullptr);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b);
+
+namespace gptoss_emu {
+cudaError_t func_set_max_dynamic_smem(const void* fn, int bytes);
+}
+template <typename F>
+inline cudaError_t cudaFuncSetAttribute(F* fn, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  return gptoss_emu::func_set_max_dynamic_smem(reinterpret_cast<const void*>(fn), value);
+}
+template <typename F>
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, F* fn) {
+  (void)fn;
+  *a = cudaFuncAttributes{};
+  return cudaSuccess;
+}
+
+// ---- the emulator's device side ------------------------------------------------------------
+namespace gptoss_emu {
+
+const uint3& thread_idx();
+const uint3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
+void* dynamic_smem();
+void syncthreads();
+// Every live lane of the calling warp deposits `bits`; returns the bits of lane `src` (its own
+// when src is out of the warp).
+uint64_t warp_exchange(uint64_t bits, int src_lane);
+int lane_id();
+
+struct LaunchConfig {
+  dim3 grid, block;
+  size_t smem;
+  cudaStream_t stream;
+  const void* fn;
+};
+// Validates the configuration, then runs (or, while the stream captures, records) `body`
+// once per thread of every block. Errors are reported through cudaGetLastError.
+struct Body {
+  virtual ~Body() = default;
+  virtual void run() const = 0;
+};
+void launch(const LaunchConfig& c, Body* body);  // takes ownership
+bool is_device_range(const void* p, size_t bytes);
+void bad_kernel_argument(const LaunchConfig& c, int index);
+
+template <typename T>
+inline void check_arg(const LaunchConfig& c, int i, const T& v, bool& ok) {
+  if constexpr (std::is_pointer_v<T>) {
+    if (ok && v != nullptr && !is_device_range(static_cast<const void*>(v), 1)) {
+      bad_kernel_argument(c, i);
+      ok = false;
+    }
+  }
+}
+
+template <typename... P>
+struct KernelBody final : Body {
+  void (*fn)(P...);
+  std::tuple<std::decay_t<P>...> args;
+  template <typename... A>
+  KernelBody(void (*f)(P...), A&&... a) : fn(f), args(std::forward<A>(a)...) {}
+  void run() const override { std::apply(fn, args); }
+};
+
+template <typename... P>
+struct Launcher {
+  LaunchConfig c;
+  void (*fn)(P...);
+  template <typename... A>
+  void operator()(A&&... a) const {
+    static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
+    auto* b = new KernelBody<P...>(fn, std::forward<A>(a)...);
+    bool ok = true;
+    int i = 0;
+    std::apply([&](const auto&... v) { (check_arg(c, i++, v, ok), ...); }, b->args);
+    if (!ok) {
+      delete b;
+      return;
+    }
+    launch(c, b);
+  }
+};
+template <typename... P>
+inline Launcher<P...> make_launcher(dim3 grid, dim3 block, size_t smem, cudaStream_t st, void (*fn)(P...)) {
+  return Launcher<P...>{LaunchConfig{grid, block, smem, st, reinterpret_cast<const void*>(fn)}, fn};
+}
+
+template <typename T>
+inline T shfl_bits(T v, int src) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "shuffle of a type over 8 bytes");
+  uint64_t b = 0;
+  memcpy(&b, &v, sizeof(T));
+  b = warp_exchange(b, src);
+  T r;
+  memcpy(&r, &b, sizeof(T));
+  return r;
+}
+
+}  // namespace gptoss_emu
+
+// kernel<<<grid, block, smem, stream>>>(args) is written GPTOSS_LAUNCH(grid, block, smem, stream, kernel)(args)
+#define GPTOSS_LAUNCH(grid, block, smem, stream, ...) \
+  ::gptoss_emu::make_launcher(dim3(grid), dim3(block), size_t(smem), (stream), __VA_ARGS__)
+// extern __shared__ T name[];
+#define GPTOSS_DYNAMIC_SMEM(T, name) T* name = static_cast<T*>(::gptoss_emu::dynamic_smem())
+
+#define threadIdx (::gptoss_emu::thread_idx())
+#define blockIdx (::gptoss_emu::block_idx())
+#define blockDim (::gptoss_emu::block_dim())
+#define gridDim (::gptoss_emu::grid_dim())
+
+inline void __syncthreads() { gptoss_emu::syncthreads(); }
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int mask, int = 32) {
+  return gptoss_emu::shfl_bits(v, gptoss_emu::lane_id() ^ mask);
+}
+template <typename T>
+inline T __shfl_sync(unsigned, T v, int src, int = 32) {
+  return gptoss_emu::shfl_bits(v, src);
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned, T v, unsigned d, int = 32) {
+  const int s = gptoss_emu::lane_id() + int(d);
+  return gptoss_emu::shfl_bits(v, s < 32 ? s : gptoss_emu::lane_id());
+}
+inline void __syncwarp(unsigned = 0xffffffffu) { gptoss_emu::warp_exchange(0, 0); }
+
+inline float __uint_as_float(unsigned u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+inline float __int_as_float(int u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+inline int __float_as_int(float f) {
+  int u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+// Fibers switch only at barriers, so a read-modify-write is atomic.
+template <typename T>
+inline T atomicAdd(T* p, T v) {
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
+template <typename T>
+inline T atomicMax(T* p, T v) {
+  const T old = *p;
+  if (v > old) *p = v;
+  return old;
+}
+template <typename A, typename B>
+inline std::common_type_t<A, B> min(A a, B b) {
+  using T = std::common_type_t<A, B>;
+  return T(b) < T(a) ? T(b) : T(a);
+}
+template <typename A, typename B>
+inline std::common_type_t<A, B> max(A a, B b) {
+  using T = std::common_type_t<A, B>;
+  return T(a) < T(b) ? T(b) : T(a);
+}
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float cospif(float x) { return float(std::cos(double(x) * 3.14159265358979323846)); }
+inline float sinpif(float x) { return float(std::sin(double(x) * 3.14159265358979323846)); }
+#include <math.h>  // expf, sincosf (glibc), fminf, ...

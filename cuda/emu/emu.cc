@@ -1,0 +1,657 @@
+// cuda-emu runtime: device memory with guard pages, streams that run work at once (or record it
+// while capturing a graph), and the fiber scheduler that runs a kernel's blocks. See
+// cuda_runtime.h for what is and is not emulated.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda_runtime.h"
+#include "mma.h"
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+namespace gptoss_emu {
+
+// ---- errors --------------------------------------------------------------------------------
+namespace {
+thread_local cudaError_t g_last = cudaSuccess;
+thread_local std::string g_last_msg;
+
+cudaError_t fail(cudaError_t e, const std::string& msg) {
+  g_last = e;
+  g_last_msg = msg;
+  if (std::getenv("GPTOSS_EMU_VERBOSE")) std::fprintf(stderr, "cuda-emu: %s\n", msg.c_str());
+  return e;
+}
+
+std::mutex g_mu;  // one launch / one API call at a time (shared memory is static)
+
+// ---- device memory -------------------------------------------------------------------------
+struct Alloc {
+  char* map;        // whole mapping, guard pages included
+  size_t map_bytes;
+  size_t bytes;
+};
+std::map<uintptr_t, Alloc> g_allocs;  // by user pointer
+size_t g_used = 0;
+const size_t kPage = size_t(sysconf(_SC_PAGESIZE));
+
+size_t total_memory() {
+  static const size_t t = [] {
+    const char* e = std::getenv("GPTOSS_EMU_MEMORY_GIB");
+    const double gib = e ? std::atof(e) : 4.0;
+    return size_t(gib * double(1ull << 30));
+  }();
+  return t;
+}
+
+bool in_device(const void* p, size_t bytes) {
+  const uintptr_t u = reinterpret_cast<uintptr_t>(p);
+  auto it = g_allocs.upper_bound(u);
+  if (it == g_allocs.begin()) return false;
+  --it;
+  return u >= it->first && u + bytes <= it->first + it->second.bytes;
+}
+
+// ---- streams, events, graphs -------------------------------------------------------------
+using Op = std::function<void()>;
+}  // namespace
+
+struct Stream {
+  bool capturing = false;
+  Graph* graph = nullptr;
+};
+struct Event {
+  std::chrono::steady_clock::time_point t;
+};
+struct Graph {
+  std::vector<Op> ops;
+};
+struct GraphExec {
+  std::vector<Op> ops;
+};
+
+namespace {
+Stream g_default_stream;
+Stream* S(cudaStream_t st) { return st ? st : &g_default_stream; }
+bool any_capturing = false;
+
+// Runs `op` now, or appends it to the graph the stream is capturing.
+void submit(cudaStream_t st, Op op) {
+  Stream* s = S(st);
+  if (s->capturing) s->graph->ops.push_back(std::move(op));
+  else op();
+}
+
+cudaError_t capture_forbidden(const char* what) {
+  if (!any_capturing) return cudaSuccess;
+  return fail(cudaErrorStreamCaptureUnsupported, std::string(what) + " while a stream is capturing a graph");
+}
+
+// ---- fibers --------------------------------------------------------------------------------
+constexpr size_t kStack = 256 * 1024;
+constexpr int kMaxThreads = 1024;
+
+struct Barrier {
+  int count = 0;     // arrived
+  int live = 0;      // threads that have not exited
+  uint64_t gen = 0;  // bumped on release
+};
+
+struct Fiber {
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t ctx;
+#endif
+  char* stack = nullptr;
+  uint3 tid{0, 0, 0};
+  int lane = 0, warp = 0;
+  bool done = false;
+  Barrier* wait = nullptr;
+  uint64_t wait_gen = 0;
+  unsigned shfl_count = 0;
+};
+
+struct BlockRun {
+  const Body* body = nullptr;
+  uint3 bid{0, 0, 0};
+  dim3 bdim, gdim;
+  char* smem = nullptr;
+  int n = 0;
+  Barrier block_bar;
+  std::vector<Barrier> warp_bar;
+  std::vector<uint64_t> slots;  // [2][warps][32]
+  bool deadlock = false;
+};
+
+Fiber g_fibers[kMaxThreads];
+Fiber* g_cur = nullptr;
+BlockRun g_run;
+#if defined(__x86_64__)
+void* g_sched_sp = nullptr;
+#else
+ucontext_t g_sched_ctx;
+#endif
+std::vector<char> g_smem;
+
+void ensure_stacks(int n) {
+  for (int i = 0; i < n; ++i) {
+    if (g_fibers[i].stack) continue;
+    void* m = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) throw std::bad_alloc();
+    mprotect(m, kPage, PROT_NONE);  // stack overflow faults instead of corrupting a neighbour
+    g_fibers[i].stack = static_cast<char*>(m);
+  }
+}
+}  // namespace
+}  // namespace gptoss_emu
+
+#if defined(__x86_64__)
+// void gptoss_emu_switch(void** save_sp, void* load_sp): saves the callee-saved registers on the
+// current stack, swaps stacks, restores the other context's registers and returns into it.
+asm(R"(
+.text
+.globl gptoss_emu_switch
+.type gptoss_emu_switch,@function
+gptoss_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+.size gptoss_emu_switch,.-gptoss_emu_switch
+.globl gptoss_emu_entry
+.type gptoss_emu_entry,@function
+gptoss_emu_entry:
+  movq %r12, %rdi
+  callq *%r13
+  ud2
+.size gptoss_emu_entry,.-gptoss_emu_entry
+)");
+extern "C" void gptoss_emu_switch(void** save_sp, void* load_sp);
+extern "C" void gptoss_emu_entry();
+#endif
+
+namespace gptoss_emu {
+namespace {
+
+void to_scheduler() {
+  Fiber* f = g_cur;
+#if defined(__x86_64__)
+  gptoss_emu_switch(&f->sp, g_sched_sp);
+#else
+  swapcontext(&f->ctx, &g_sched_ctx);
+#endif
+}
+
+void release_if_complete(Barrier& b) {
+  if (b.count > 0 && b.count >= b.live) {
+    b.count = 0;
+    ++b.gen;
+  }
+}
+
+void arrive(Barrier& b) {
+  ++b.count;
+  if (b.count >= b.live) {
+    b.count = 0;
+    ++b.gen;
+    return;
+  }
+  g_cur->wait = &b;
+  g_cur->wait_gen = b.gen;
+  to_scheduler();
+}
+
+void fiber_main(Fiber* f) {
+  g_run.body->run();
+  f->done = true;
+  --g_run.block_bar.live;
+  --g_run.warp_bar[size_t(f->warp)].live;
+  release_if_complete(g_run.block_bar);
+  release_if_complete(g_run.warp_bar[size_t(f->warp)]);
+  to_scheduler();
+  std::abort();  // a finished fiber is never resumed
+}
+
+#if !defined(__x86_64__)
+void fiber_trampoline(unsigned hi, unsigned lo) {
+  fiber_main(reinterpret_cast<Fiber*>((uintptr_t(hi) << 32) | uintptr_t(lo)));
+}
+#endif
+
+void start_fiber(Fiber* f) {
+#if defined(__x86_64__)
+  uintptr_t top = (reinterpret_cast<uintptr_t>(f->stack) + kStack) & ~uintptr_t(15);
+  uint64_t* sp = reinterpret_cast<uint64_t*>(top);  // after the switch's ret: rsp == top, 16-aligned
+  *--sp = reinterpret_cast<uint64_t>(&gptoss_emu_entry);    // return address of the switch
+  *--sp = 0;                                                 // rbp
+  *--sp = 0;                                                 // rbx
+  *--sp = reinterpret_cast<uint64_t>(f);                     // r12: argument
+  *--sp = reinterpret_cast<uint64_t>(&fiber_main);           // r13: function
+  *--sp = 0;                                                 // r14
+  *--sp = 0;                                                 // r15
+  uint32_t csr[2];
+  asm volatile("stmxcsr %0" : "=m"(csr[0]));
+  asm volatile("fnstcw %0" : "=m"(csr[1]));
+  *--sp = uint64_t(csr[0]) | (uint64_t(csr[1] & 0xffff) << 32);
+  f->sp = sp;
+#else
+  getcontext(&f->ctx);
+  f->ctx.uc_stack.ss_sp = f->stack + kPage;
+  f->ctx.uc_stack.ss_size = kStack - kPage;
+  f->ctx.uc_link = nullptr;
+  const uintptr_t u = reinterpret_cast<uintptr_t>(f);
+  makecontext(&f->ctx, reinterpret_cast<void (*)()>(&fiber_trampoline), 2, unsigned(u >> 32), unsigned(u));
+#endif
+}
+
+void resume(Fiber* f) {
+  g_cur = f;
+#if defined(__x86_64__)
+  gptoss_emu_switch(&g_sched_sp, f->sp);
+#else
+  swapcontext(&g_sched_ctx, &f->ctx);
+#endif
+  g_cur = nullptr;
+}
+
+// Runs one block to completion; false on a barrier deadlock.
+bool run_block() {
+  const int n = g_run.n;
+  const int warps = (n + 31) / 32;
+  g_run.block_bar = Barrier{0, n, 0};
+  g_run.warp_bar.assign(size_t(warps), Barrier{});
+  for (int w = 0; w < warps; ++w) g_run.warp_bar[size_t(w)].live = std::min(32, n - 32 * w);
+  g_run.slots.assign(size_t(2 * warps * 32), 0);
+  const dim3 bd = g_run.bdim;
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = g_fibers[i];
+    f.tid = uint3{unsigned(i) % bd.x, (unsigned(i) / bd.x) % bd.y, unsigned(i) / (bd.x * bd.y)};
+    f.lane = i & 31;
+    f.warp = i >> 5;
+    f.done = false;
+    f.wait = nullptr;
+    f.shfl_count = 0;
+    start_fiber(&f);
+  }
+  int remaining = n;
+  while (remaining > 0) {
+    bool progressed = false;
+    for (int i = 0; i < n; ++i) {
+      Fiber& f = g_fibers[i];
+      if (f.done) continue;
+      if (f.wait && f.wait->gen == f.wait_gen) continue;
+      f.wait = nullptr;
+      resume(&f);
+      progressed = true;
+      if (f.done) --remaining;
+    }
+    if (!progressed) return false;
+  }
+  return true;
+}
+
+// ---- launch --------------------------------------------------------------------------------
+std::map<const void*, int> g_max_dyn_smem;
+constexpr size_t kDefaultSmem = 48 * 1024, kOptinSmem = 227 * 1024;
+
+std::string describe(const LaunchConfig& c) {
+  char b[160];
+  std::snprintf(b, sizeof b, "kernel %p grid (%u,%u,%u) block (%u,%u,%u) smem %zu", c.fn, c.grid.x, c.grid.y,
+                c.grid.z, c.block.x, c.block.y, c.block.z, c.smem);
+  return b;
+}
+
+void execute(const LaunchConfig& c, const std::shared_ptr<Body>& body) {
+  const int n = int(c.block.x * c.block.y * c.block.z);
+  ensure_stacks(n);
+  if (g_smem.size() < c.smem + 64) g_smem.assign(c.smem + 64, 0);
+  g_run.body = body.get();
+  g_run.bdim = c.block;
+  g_run.gdim = c.grid;
+  g_run.n = n;
+  // Uninitialised shared memory is garbage on the device: poison it so code that reads it
+  // before writing shows up as NaNs / wild values instead of lucky zeros.
+  for (unsigned z = 0; z < c.grid.z; ++z)
+    for (unsigned y = 0; y < c.grid.y; ++y)
+      for (unsigned x = 0; x < c.grid.x; ++x) {
+        g_run.bid = uint3{x, y, z};
+        memset(g_smem.data(), 0xff, c.smem);
+        if (!run_block()) {
+          fail(cudaErrorLaunchFailure, "deadlock: threads wait at a barrier (__syncthreads or a full-warp shuffle) "
+                                       "that other live threads of the block never reach, in " + describe(c));
+          return;
+        }
+      }
+}
+}  // namespace
+
+const uint3& thread_idx() { return g_cur->tid; }
+const uint3& block_idx() { return g_run.bid; }
+const dim3& block_dim() { return g_run.bdim; }
+const dim3& grid_dim() { return g_run.gdim; }
+void* dynamic_smem() { return g_smem.data(); }
+int lane_id() { return g_cur->lane; }
+void syncthreads() { arrive(g_run.block_bar); }
+
+uint64_t warp_exchange(uint64_t bits, int src) {
+  Fiber* f = g_cur;
+  Barrier& b = g_run.warp_bar[size_t(f->warp)];
+  const size_t par = f->shfl_count++ & 1u;
+  uint64_t* slot = g_run.slots.data() + (par * g_run.warp_bar.size() + size_t(f->warp)) * 32;
+  slot[f->lane] = bits;
+  arrive(b);
+  const int lanes = std::min(32, g_run.n - 32 * f->warp);
+  return (src >= 0 && src < lanes) ? slot[src] : bits;
+}
+
+void wmma_misuse(const char* what) {
+  std::fprintf(stderr, "cuda-emu: %s\n", what);
+  std::abort();  // the device would fault with a misaligned address
+}
+
+bool is_device_range(const void* p, size_t bytes) { return in_device(p, bytes); }
+
+void bad_kernel_argument(const LaunchConfig& c, int index) {
+  fail(cudaErrorIllegalAddress, "argument " + std::to_string(index) + " of " + describe(c) +
+                                    " is a pointer outside device memory");
+}
+
+cudaError_t func_set_max_dynamic_smem(const void* fn, int bytes) {
+  if (bytes < 0 || size_t(bytes) > kOptinSmem) return fail(cudaErrorInvalidValue, "dynamic shared memory over 227 KiB");
+  std::lock_guard<std::mutex> g(g_mu);
+  g_max_dyn_smem[fn] = bytes;
+  return cudaSuccess;
+}
+
+void launch(const LaunchConfig& c, Body* raw) {
+  std::shared_ptr<Body> body(raw);
+  std::lock_guard<std::mutex> g(g_mu);
+  const uint64_t threads = uint64_t(c.block.x) * c.block.y * c.block.z;
+  if (threads == 0 || threads > 1024 || c.block.z > 64 || c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 ||
+      c.grid.x > 0x7fffffffu || c.grid.y > 65535 || c.grid.z > 65535) {
+    fail(cudaErrorInvalidConfiguration, "invalid launch configuration: " + describe(c));
+    return;
+  }
+  size_t smem_cap = kDefaultSmem;
+  auto it = g_max_dyn_smem.find(c.fn);
+  if (it != g_max_dyn_smem.end()) smem_cap = size_t(it->second);
+  if (c.smem > smem_cap) {
+    fail(cudaErrorInvalidValue, "dynamic shared memory " + std::to_string(c.smem) + " over the kernel's limit " +
+                                    std::to_string(smem_cap) + " (cudaFuncSetAttribute raises it): " + describe(c));
+    return;
+  }
+  submit(c.stream, [c, body] { execute(c, body); });
+}
+
+}  // namespace gptoss_emu
+
+// ---- runtime API ---------------------------------------------------------------------------
+using namespace gptoss_emu;
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    default: return "cudaError(emu)";
+  }
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  if (e != cudaSuccess && e == g_last && !g_last_msg.empty()) return g_last_msg.c_str();
+  return cudaGetErrorName(e);
+}
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = g_last;
+  g_last = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return g_last; }
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "no such device"); }
+cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
+  if (d != 0) return fail(cudaErrorInvalidDevice, "no such device");
+  memset(p, 0, sizeof *p);
+  std::snprintf(p->name, sizeof p->name, "cuda-emu (CPU emulation)");
+  p->totalGlobalMem = total_memory();
+  p->major = 9;
+  p->minor = 0;
+  const char* sm = std::getenv("GPTOSS_EMU_SMS");
+  p->multiProcessorCount = sm ? std::atoi(sm) : 132;
+  p->sharedMemPerBlockOptin = kOptinSmem;
+  p->l2CacheSize = 60 << 20;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
+  cudaDeviceProp p;
+  if (cudaGetDeviceProperties(&p, d) != cudaSuccess) return cudaErrorInvalidDevice;
+  if (a == cudaDevAttrMultiProcessorCount) *v = p.multiProcessorCount;
+  else if (a == cudaDevAttrMaxSharedMemoryPerBlockOptin) *v = int(p.sharedMemPerBlockOptin);
+  else return fail(cudaErrorInvalidValue, "attribute not emulated");
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() {
+  std::lock_guard<std::mutex> g(g_mu);
+  return capture_forbidden("cudaDeviceSynchronize");
+}
+
+cudaError_t cudaMalloc(void** out, size_t bytes) {
+  std::lock_guard<std::mutex> g(g_mu);
+  *out = nullptr;
+  if (cudaError_t e = capture_forbidden("cudaMalloc")) return e;
+  const size_t rounded = (std::max<size_t>(bytes, 1) + 255) & ~size_t(255);
+  if (g_used + rounded > total_memory())
+    return fail(cudaErrorMemoryAllocation, "out of memory (emulated device of " + std::to_string(total_memory()) +
+                                               " bytes; GPTOSS_EMU_MEMORY_GIB sets it)");
+  // [guard page][pages ... data][guard page]: the data ends at the upper guard (up to the
+  // 256-byte rounding), so an overrun faults.
+  const size_t data_pages = (rounded + kPage - 1) / kPage;
+  const size_t map_bytes = (data_pages + 2) * kPage;
+  void* m = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return fail(cudaErrorMemoryAllocation, "out of host memory");
+  char* base = static_cast<char*>(m);
+  mprotect(base, kPage, PROT_NONE);
+  mprotect(base + map_bytes - kPage, kPage, PROT_NONE);
+  char* user = base + map_bytes - kPage - rounded;
+  memset(user, 0xa5, std::min<size_t>(rounded, 1 << 20));  // cudaMalloc memory is not zeroed (small part poisoned)
+  g_allocs[reinterpret_cast<uintptr_t>(user)] = Alloc{base, map_bytes, bytes};
+  g_used += rounded;
+  *out = user;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  std::lock_guard<std::mutex> g(g_mu);
+  if (cudaError_t e = capture_forbidden("cudaFree")) return e;
+  auto it = g_allocs.find(reinterpret_cast<uintptr_t>(p));
+  if (it == g_allocs.end()) return fail(cudaErrorInvalidValue, "cudaFree of a pointer that cudaMalloc did not return");
+  g_used -= (std::max<size_t>(it->second.bytes, 1) + 255) & ~size_t(255);
+  munmap(it->second.map, it->second.map_bytes);
+  g_allocs.erase(it);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  *p = std::malloc(std::max<size_t>(bytes, 1));
+  return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation, "out of host memory");
+}
+cudaError_t cudaFreeHost(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* fr, size_t* tot) {
+  std::lock_guard<std::mutex> g(g_mu);
+  *tot = total_memory();
+  *fr = *tot > g_used ? *tot - g_used : 0;
+  return cudaSuccess;
+}
+
+namespace {
+cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  const bool dd = in_device(dst, bytes), sd = in_device(src, bytes);
+  bool ok = true;
+  switch (kind) {
+    case cudaMemcpyHostToDevice: ok = dd && !in_device(src, 1); break;
+    case cudaMemcpyDeviceToHost: ok = sd && !in_device(dst, 1); break;
+    case cudaMemcpyDeviceToDevice: ok = dd && sd; break;
+    case cudaMemcpyHostToHost: ok = !in_device(dst, 1) && !in_device(src, 1); break;
+    default: ok = true;
+  }
+  if (!ok)
+    return fail(cudaErrorInvalidValue, "cudaMemcpy kind " + std::to_string(int(kind)) + " of " +
+                                           std::to_string(bytes) + " bytes: a pointer is not (wholly) where the kind says");
+  return cudaSuccess;
+}
+}  // namespace
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  std::lock_guard<std::mutex> g(g_mu);
+  if (cudaError_t e = capture_forbidden("cudaMemcpy")) return e;
+  if (bytes == 0) return cudaSuccess;
+  if (cudaError_t e = check_copy(dst, src, bytes, kind)) return e;
+  memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t st) {
+  std::lock_guard<std::mutex> g(g_mu);
+  if (bytes == 0) return cudaSuccess;
+  if (cudaError_t e = check_copy(dst, src, bytes, kind)) return e;
+  submit(st, [=] { memmove(dst, src, bytes); });
+  return cudaSuccess;
+}
+cudaError_t cudaMemset(void* p, int v, size_t bytes) {
+  std::lock_guard<std::mutex> g(g_mu);
+  if (cudaError_t e = capture_forbidden("cudaMemset")) return e;
+  if (bytes && !in_device(p, bytes)) return fail(cudaErrorInvalidValue, "cudaMemset outside device memory");
+  memset(p, v, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t st) {
+  std::lock_guard<std::mutex> g(g_mu);
+  if (bytes && !in_device(p, bytes)) return fail(cudaErrorInvalidValue, "cudaMemsetAsync outside device memory");
+  submit(st, [=] { memset(p, v, bytes); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* st) {
+  *st = new Stream;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* st, unsigned) { return cudaStreamCreate(st); }
+cudaError_t cudaStreamDestroy(cudaStream_t st) {
+  delete st;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t st) {
+  std::lock_guard<std::mutex> g(g_mu);
+  if (S(st)->capturing)
+    return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamSynchronize on a capturing stream");
+  return cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t st, cudaStreamCaptureMode) {
+  std::lock_guard<std::mutex> g(g_mu);
+  Stream* s = S(st);
+  if (!st) return fail(cudaErrorStreamCaptureUnsupported, "the legacy default stream cannot be captured");
+  if (s->capturing) return fail(cudaErrorInvalidValue, "stream already capturing");
+  s->capturing = true;
+  s->graph = new Graph;
+  any_capturing = true;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t st, cudaGraph_t* out) {
+  std::lock_guard<std::mutex> g(g_mu);
+  Stream* s = S(st);
+  if (!s->capturing) return fail(cudaErrorInvalidValue, "stream is not capturing");
+  s->capturing = false;
+  any_capturing = false;
+  *out = s->graph;
+  s->graph = nullptr;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t st, cudaStreamCaptureStatus* out) {
+  *out = S(st)->capturing ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t gr, unsigned long long) {
+  if (!gr) return fail(cudaErrorInvalidValue, "null graph");
+  *e = new GraphExec{gr->ops};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t st) {
+  if (!e) return fail(cudaErrorInvalidValue, "null graph exec");
+  std::lock_guard<std::mutex> g(g_mu);
+  for (const Op& op : e->ops) submit(st, op);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t gr) {
+  delete gr;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = new Event;
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t st) {
+  std::lock_guard<std::mutex> g(g_mu);
+  submit(st, [e] { e->t = std::chrono::steady_clock::now(); });
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
+  return cudaSuccess;
+}
