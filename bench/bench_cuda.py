@@ -3,7 +3,7 @@
     python bench/bench_cuda.py --model gpt-oss-20b [--out DIR] [--quick]
 
 Measures: device copy bandwidth; prefill tok/s for 1k and 8k prompts; batch-1 decode tok/s at
-1k and 8k context; decode throughput at batch 8/32/64/128 (1k-token context shared by forks,
+1k and 8k context (and at 1k with CUDA graphs off, to show the launch overhead); decode throughput at batch 8/32/64/128 (1k-token context shared by forks,
 copy-on-write); peak device memory. Each decode figure comes with the bytes one step reads
 (weights of the experts actually used, attention, router, unembedding, KV cache) and the
 fraction of the measured copy bandwidth that this represents (roofline). Greedy decoding
@@ -121,6 +121,21 @@ def main() -> int:
         results[f"decode1_{ctx}"] = (1 / dt, frac)
         emit(what="decode", batch=1, context=ctx, ms_per_step=round(dt * 1e3, 3), tok_s=round(1 / dt, 1),
              gb_per_step=round(by / 1e9, 3), roofline_frac=round(frac, 3))
+    # Launch overhead: the same batch-1 decode at 1k with the CUDA graphs off, then on again.
+    s = seqs[1024]
+    for graphs in (False, True):
+        eng.set_cuda_graphs(graphs)
+        tok = 1
+        greedy([s], [tok])
+        eng.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            tok = int(greedy([s], [tok])[0])
+        eng.synchronize()
+        dt = (time.perf_counter() - t) / steps
+        emit(what="decode_graphs", graphs=graphs, batch=1, context=1024 + steps, ms_per_step=round(dt * 1e3, 3),
+             tok_s=round(1 / dt, 1))
+    emit(what="graph_stats", **eng.graph_stats())
     seqs[8192].free()
 
     base = seqs[1024]

@@ -30,8 +30,9 @@ void need(bool c, const std::string& msg) {
 }
 
 cuda::CudaEngineOptions make_opts(int64_t block_size, int64_t kv_cache_bytes, int64_t window_retain,
-                                  int64_t max_chunk_tokens, int device, const std::string& kv_dtype) {
+                                  int64_t max_chunk_tokens, int device, const std::string& kv_dtype, bool graphs) {
   cuda::CudaEngineOptions o;
+  o.graphs = graphs;
   o.block_size = block_size;
   o.kv_cache_bytes = kv_cache_bytes;
   o.window_retain = window_retain;
@@ -213,8 +214,9 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       .def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,
                        const std::string& layout, int64_t block_size, int64_t kv_cache_bytes, int64_t window_retain,
                        int64_t max_chunk_tokens, int threads, int device, const std::string& kv_dtype,
-                       py::object synthetic_seed) {
-             const auto opt = make_opts(block_size, kv_cache_bytes, window_retain, max_chunk_tokens, device, kv_dtype);
+                       py::object synthetic_seed, bool cuda_graphs) {
+             const auto opt =
+                 make_opts(block_size, kv_cache_bytes, window_retain, max_chunk_tokens, device, kv_dtype, cuda_graphs);
              ModelConfig cfg = config_from_dict(config);
              if (!synthetic_seed.is_none()) {
                const uint64_t seed = synthetic_seed.cast<uint64_t>();
@@ -228,7 +230,7 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
            py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
            py::arg("block_size") = 16, py::arg("kv_cache_bytes") = 0, py::arg("window_retain") = 256,
            py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0, py::arg("device") = 0,
-           py::arg("kv_dtype") = "float32", py::arg("synthetic_seed") = py::none())
+           py::arg("kv_dtype") = "float32", py::arg("synthetic_seed") = py::none(), py::arg("cuda_graphs") = true)
       .def("new_sequence", &CudaEngine::new_sequence)
       .def("fork", &CudaEngine::fork)
       .def("free", &CudaEngine::free_sequence)
@@ -240,6 +242,15 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       .def("kv_stats", &CudaEngine::kv_stats)
       .def("memory_info", &CudaEngine::memory_info)
       .def("device_name", &CudaEngine::device_name)
+      .def("set_cuda_graphs", &CudaEngine::set_graphs, py::arg("enabled"))
+      .def("graph_stats", [](const CudaEngine& e) {
+        const auto v = e.graph_stats();
+        py::dict d;
+        d["captured"] = v[0];
+        d["launches"] = v[1];
+        d["cached"] = v[2];
+        return d;
+      })
       .def("synchronize", [](CudaEngine& e) {
         py::gil_scoped_release nogil;
         e.synchronize();

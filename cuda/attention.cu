@@ -9,6 +9,9 @@
 // scores key j of the tile, then every lane accumulates its head_dim/32 output dimensions.
 // A second kernel merges the splits and adds the sink to the denominator:
 //   o = sum_s e^(m_s - M) o_s / (e^(S_h - M) + sum_s e^(m_s - M) l_s),  M = max(S_h, m_s).
+#include <mutex>
+#include <vector>
+
 #include "common.cuh"
 #include "kernels.cuh"
 
@@ -52,8 +55,15 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(AttnArgs a) {
   const int ncomb = g.nrows * G;
   const int last = g.pos0 + g.nrows - 1;
   const int lo = a.window > 0 ? max(0, g.pos0 - a.window + 1) : 0;
-  const int s_lo = lo + split * a.split_len;
-  const int s_hi = min(last, s_lo + a.split_len - 1);
+  // split_len 0: this group's own key range cut into n_splits pieces of whole tiles, so one
+  // launch shape (and one captured CUDA graph) serves every context length.
+  int split_len = a.split_len;
+  if (split_len <= 0) {
+    const int per = (last - lo + 1 + a.n_splits - 1) / a.n_splits;
+    split_len = (per + kTile - 1) / kTile * kTile;
+  }
+  const int s_lo = lo + split * split_len;
+  const int s_hi = min(last, s_lo + split_len - 1);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int32_t* table = a.tables + g.table_off;
 
@@ -180,10 +190,32 @@ size_t attn_smem() {
 }
 
 template <int D, typename KV>
-void launch(const AttnArgs& a, cudaStream_t st) {
+void allow_smem() {
   const size_t smem = attn_smem<D>();
-  if (smem > 48 * 1024)  // cheap host call; set every time so every device gets it
+  if (smem > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<D, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+}
+
+// The kernels' shared-memory opt-in, once per device (outside any graph capture: the engine
+// calls attention_prepare when it starts).
+void prepare_device() {
+  static std::mutex mu;
+  static std::vector<bool> done;
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> g(mu);
+  if (size_t(dev) < done.size() && done[size_t(dev)]) return;
+  allow_smem<32, float>(); allow_smem<32, uint16_t>();
+  allow_smem<64, float>(); allow_smem<64, uint16_t>();
+  allow_smem<128, float>(); allow_smem<128, uint16_t>();
+  if (done.size() <= size_t(dev)) done.resize(size_t(dev) + 1, false);
+  done[size_t(dev)] = true;
+}
+
+template <int D, typename KV>
+void launch(const AttnArgs& a, cudaStream_t st) {
+  prepare_device();
+  const size_t smem = attn_smem<D>();
   dim3 grid(a.n_groups, a.kv.n_kv, a.n_splits);
   attn_kernel<D, KV><<<grid, kThreads, smem, st>>>(a);
   CUDA_CHECK_LAUNCH();
@@ -198,16 +230,18 @@ int attn_rows_per_group(int n_heads, int n_kv) {
 
 bool attn_head_dim_supported(int head_dim) { return head_dim == 32 || head_dim == 64 || head_dim == 128; }
 
+void attention_prepare() { prepare_device(); }
+
 void attn_plan(AttnArgs& a, int max_span, int64_t part_cap, int sm_count) {
   max_span = max_span < 1 ? 1 : max_span;
   const int64_t blocks = std::max<int64_t>(1, int64_t(a.n_groups) * a.kv.n_kv);  // T = 0: no groups
   int64_t want = cdiv(int64_t(2) * sm_count, blocks);               // fill the GPU twice over
-  want = std::min<int64_t>(want, cdiv(max_span, 128));               // at least 128 keys per split
+  want = std::min<int64_t>(want, cdiv(max_span, 128));               // at least ~128 keys per split
   want = std::min<int64_t>(want, part_cap / std::max(a.T, 1));       // partial-buffer capacity
-  want = std::max<int64_t>(want, 1);
-  int64_t len = cdiv(cdiv(max_span, want), kTile) * kTile;
-  a.split_len = int(len);
-  a.n_splits = int(cdiv(max_span, len));
+  int ns = 1;  // a power of two: few distinct launch shapes (CUDA graphs are keyed on it)
+  while (2 * ns <= want) ns *= 2;
+  a.split_len = 0;  // each group cuts its own range (attn_kernel)
+  a.n_splits = ns;
 }
 
 void attention(const AttnArgs& a, cudaStream_t st) {

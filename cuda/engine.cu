@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -126,6 +127,7 @@ struct CudaEngine::Impl {
 
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
+    drop_graphs();
     for (void* p : allocs) cudaFree(p);
     if (meta) cudaFree(meta);
     if (staging) cudaFreeHost(staging);
@@ -151,6 +153,7 @@ struct CudaEngine::Impl {
     if (p.major < 8)
       throw CudaError("unsupported GPU " + dev_name + ": the gptoss CUDA backend needs compute capability 8.0+");
     check_kernel_image(opt.device);
+    attention_prepare();
     sm_count = p.multiProcessorCount;
     if (!attn_head_dim_supported(int(cfg.head_dim)))
       throw InvalidArgument("CUDA backend: head_dim must be 32, 64 or 128, got " + std::to_string(cfg.head_dim));
@@ -341,7 +344,8 @@ struct CudaEngine::Impl {
 
   void ensure_meta(int64_t n) {
     if (n <= meta_cap) return;
-    const int64_t cap = std::max<int64_t>(n, meta_cap * 2);
+    const int64_t cap = std::max<int64_t>({n, meta_cap * 2, int64_t(1) << 16});
+    drop_graphs();  // they hold the old metadata pointers
     meta_cap = staging_cap = 0;  // a failed allocation below must not leave a stale capacity
     if (meta) CUDA_CHECK(cudaFree(meta));
     meta = nullptr;
@@ -352,19 +356,53 @@ struct CudaEngine::Impl {
     meta_cap = staging_cap = cap;
   }
 
+  // ---- CUDA graphs: a decode step (one token per sequence) is captured once per launch shape
+  // and replayed. Everything a kernel reads that changes from step to step (tokens, positions,
+  // block tables, attention groups) is in `meta`, whose layout depends only on the shape; the
+  // attention splits are cut per group on the device (AttnArgs::split_len = 0).
+  struct Shape {
+    int T, ng, R, nsf, nsw;
+    bool argmax;
+    bool operator<(const Shape& o) const {
+      return std::tie(T, ng, R, nsf, nsw, argmax) < std::tie(o.T, o.ng, o.R, o.nsf, o.nsw, o.argmax);
+    }
+  };
+  std::map<Shape, cudaGraphExec_t> graphs;
+  int64_t graphs_captured = 0, graph_launches = 0;
+  static constexpr int kGraphMaxT = 256;
+  static constexpr size_t kMaxGraphs = 64;
+
+  void drop_graphs() {
+    for (auto& kv : graphs) cudaGraphExecDestroy(kv.second);
+    graphs.clear();
+  }
+
+  // Metadata layout: tok[T] pos[T] row_full[T] row_win[T] groups_full[ng] groups_win[ng]
+  // logit_rows[R] tables[...] (the full-attention tables, then the window tables).
+  static int64_t o_pos(const Shape& p) { return p.T; }
+  static int64_t o_rf(const Shape& p) { return 2 * int64_t(p.T); }
+  static int64_t o_rw(const Shape& p) { return 3 * int64_t(p.T); }
+  static int64_t o_gf(const Shape& p) { return 4 * int64_t(p.T); }
+  static int64_t o_gw(const Shape& p) { return o_gf(p) + 4 * int64_t(p.ng); }
+  static int64_t o_lr(const Shape& p) { return o_gw(p) + 4 * int64_t(p.ng); }
+  static int64_t o_tab(const Shape& p) { return o_lr(p) + p.R; }
+
   void forward_chunk(const std::vector<Chunk>& chunks, float* out, int32_t* out_tok) {
     const ModelConfig& c = cfg;
-    const int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), QKV = Q + 2 * KV, D = c.head_dim;
-    const int64_t K = c.top_k, B = opt.block_size;
     int64_t T = 0;
-    for (const auto& ch : chunks) T += ch.n;
+    bool decode = true;  // one token per sequence, each giving its logits: graph-eligible
+    for (const auto& ch : chunks) {
+      T += ch.n;
+      decode = decode && ch.n == 1 && ch.last_of_item;
+    }
     for (const auto& ch : chunks) {
       SequenceState& s = seqs->at(ch.seq);
       seqs->reserve(s, s.len + ch.n);
     }
     const int rpg = attn_rows_per_group(int(c.n_heads), int(c.n_kv));
 
-    // ---- metadata: tok, pos, row_full, row_win, groups_full, groups_win, logit rows, tables
+    // ---- metadata (host): tokens, positions, per-row table offsets, attention groups,
+    // logit rows, block tables (all full-attention tables, then all window tables)
     std::vector<int32_t> tok, pos, row_full, row_win, lrows, tab_full, tab_win;
     std::vector<AttnGroup> gf, gw;
     int max_span_full = 1, max_span_win = 1;
@@ -399,36 +437,114 @@ struct CudaEngine::Impl {
         r += ch.n;
       }
     }
+    // Window tables follow the full ones in one array.
+    const int32_t nf = int32_t(tab_full.size());
+    for (auto& v : row_win) v += nf;
+    for (auto& g : gw) g.table_off += nf;
+    tab_full.insert(tab_full.end(), tab_win.begin(), tab_win.end());
     if (tab_full.empty()) tab_full.push_back(0);
-    if (tab_win.empty()) tab_win.push_back(0);
-    const int64_t ng = int64_t(gf.size());
-    const int64_t o_tok = 0, o_pos = T, o_rf = 2 * T, o_rw = 3 * T, o_gf = 4 * T, o_gw = o_gf + 4 * ng,
-                  o_lr = o_gw + 4 * ng, o_tf = o_lr + int64_t(lrows.size()),
-                  o_tw = o_tf + int64_t(tab_full.size()), total = o_tw + int64_t(tab_win.size());
+
+    Shape p;
+    p.T = int(T);
+    p.ng = int(gf.size());
+    p.R = int(lrows.size());
+    p.argmax = out_tok != nullptr;
+    p.nsf = plan_splits(p, max_span_full);
+    p.nsw = plan_splits(p, max_span_win);
+    const int64_t total = o_tab(p) + int64_t(tab_full.size());
+
     // The previous chunk's copy from staging (and its kernels reading meta) must be done before
     // either buffer is reallocated or overwritten, also after a chunk that threw midway.
     CUDA_CHECK(cudaStreamSynchronize(stream));
     ensure_meta(total);
-    std::memcpy(staging + o_tok, tok.data(), size_t(T) * 4);
-    std::memcpy(staging + o_pos, pos.data(), size_t(T) * 4);
-    std::memcpy(staging + o_rf, row_full.data(), size_t(T) * 4);
-    std::memcpy(staging + o_rw, row_win.data(), size_t(T) * 4);
-    std::memcpy(staging + o_gf, gf.data(), size_t(ng) * 16);
-    std::memcpy(staging + o_gw, gw.data(), size_t(ng) * 16);
-    if (!lrows.empty()) std::memcpy(staging + o_lr, lrows.data(), lrows.size() * 4);
-    std::memcpy(staging + o_tf, tab_full.data(), tab_full.size() * 4);
-    std::memcpy(staging + o_tw, tab_win.data(), tab_win.size() * 4);
+    auto put = [&](int64_t off, const void* src, size_t bytes) {
+      if (bytes) std::memcpy(staging + off, src, bytes);
+    };
+    put(0, tok.data(), size_t(T) * 4);
+    put(o_pos(p), pos.data(), size_t(T) * 4);
+    put(o_rf(p), row_full.data(), size_t(T) * 4);
+    put(o_rw(p), row_win.data(), size_t(T) * 4);
+    put(o_gf(p), gf.data(), gf.size() * sizeof(AttnGroup));
+    put(o_gw(p), gw.data(), gw.size() * sizeof(AttnGroup));
+    put(o_lr(p), lrows.data(), lrows.size() * 4);
+    put(o_tab(p), tab_full.data(), tab_full.size() * 4);
     CUDA_CHECK(cudaMemcpyAsync(meta, staging, size_t(total) * 4, cudaMemcpyHostToDevice, stream));
-    const int32_t* d_tok = meta + o_tok;
-    const int32_t* d_pos = meta + o_pos;
-    const AttnGroup* d_gf = reinterpret_cast<const AttnGroup*>(meta + o_gf);
-    const AttnGroup* d_gw = reinterpret_cast<const AttnGroup*>(meta + o_gw);
+
+    if (decode && opt.graphs && T <= kGraphMaxT) run_graph(p);
+    else enqueue_forward(p);
+
+    // ---- logits (or greedy tokens) of the rows that asked for them, consecutive in the output
+    if (p.R > 0) {
+      const Chunk* first = nullptr;
+      for (const auto& ch : chunks)
+        if (ch.all_logits || ch.last_of_item) {
+          first = &ch;
+          break;
+        }
+      if (out)
+        CUDA_CHECK(cudaMemcpyAsync(out + first->out_row * c.vocab, logits, size_t(p.R) * size_t(c.vocab) * 4,
+                                   cudaMemcpyDeviceToHost, stream));
+      else
+        CUDA_CHECK(cudaMemcpyAsync(out_tok + first->out_row, argmax_out, size_t(p.R) * 4, cudaMemcpyDeviceToHost,
+                                   stream));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+
+    for (const auto& ch : chunks) seqs->commit(ch);
+  }
+
+  int plan_splits(const Shape& p, int max_span) const {
+    AttnArgs a;
+    a.T = p.T;
+    a.n_groups = p.ng;
+    a.kv.n_kv = int(cfg.n_kv);
+    attn_plan(a, max_span, part_cap, sm_count);
+    return a.n_splits;
+  }
+
+  void run_graph(const Shape& p) {
+    auto it = graphs.find(p);
+    if (it == graphs.end()) {
+      if (graphs.size() >= kMaxGraphs) drop_graphs();
+      CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      cudaGraph_t g = nullptr;
+      try {
+        enqueue_forward(p);
+      } catch (...) {
+        cudaStreamEndCapture(stream, &g);  // leave the stream usable
+        if (g) cudaGraphDestroy(g);
+        cudaGetLastError();
+        throw;
+      }
+      CUDA_CHECK(cudaStreamEndCapture(stream, &g));
+      cudaGraphExec_t ex = nullptr;
+      const cudaError_t e = cudaGraphInstantiate(&ex, g, 0);
+      cudaGraphDestroy(g);
+      CUDA_CHECK(e);
+      it = graphs.emplace(p, ex).first;
+      ++graphs_captured;
+    }
+    CUDA_CHECK(cudaGraphLaunch(it->second, stream));
+    ++graph_launches;
+  }
+
+  // Every kernel of one forward pass over the rows described by `meta` (layout: Shape).
+  void enqueue_forward(const Shape& p) {
+    const ModelConfig& c = cfg;
+    const int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), QKV = Q + 2 * KV, D = c.head_dim;
+    const int64_t K = c.top_k, B = opt.block_size;
+    const int32_t* d_tok = meta;
+    const int32_t* d_pos = meta + o_pos(p);
+    const AttnGroup* d_gf = reinterpret_cast<const AttnGroup*>(meta + o_gf(p));
+    const AttnGroup* d_gw = reinterpret_cast<const AttnGroup*>(meta + o_gw(p));
+    const int32_t* d_tables = meta + o_tab(p);
 
     cudaStream_t st = stream;
-    const int Ti = int(T), Hi = int(H);
-    const bool tc = T > 8;
-    tiles.tile = moe_tile_size(tc);
-    tiles.max_tiles = moe_max_tiles(int(T * K), int(c.n_experts), tiles.tile);
+    const int Ti = p.T, Hi = int(H);
+    const bool tc = p.T > 8;
+    MoeTiles mt = tiles;
+    mt.tile = moe_tile_size(tc);
+    mt.max_tiles = moe_max_tiles(int(p.T * K), int(c.n_experts), mt.tile);
 
     embedding(d_tok, Ti, embed, Hi, x, st);
     rmsnorm(x, Ti, Hi, layers[0].attn_norm, c.rms_eps, t, st);
@@ -445,9 +561,8 @@ struct CudaEngine::Impl {
       kv.n_kv = int(c.n_kv);
       kv.head_dim = int(D);
       kv.bf16 = opt.kv_bf16;
-      const int32_t* d_tables = meta + (sliding ? o_tw : o_tf);
-      rope_kv_store(qkv, int(QKV), Ti, d_pos, meta + (sliding ? o_rw : o_rf), d_tables, int(c.n_heads), int(c.n_kv),
-                    int(D / 2), inv_freq, c.rope_conc, kv, st);
+      rope_kv_store(qkv, int(QKV), Ti, d_pos, meta + (sliding ? o_rw(p) : o_rf(p)), d_tables, int(c.n_heads),
+                    int(c.n_kv), int(D / 2), inv_freq, c.rope_conc, kv, st);
       AttnArgs a;
       a.q = qkv;
       a.ldq = int(QKV);
@@ -455,7 +570,7 @@ struct CudaEngine::Impl {
       a.kv = kv;
       a.tables = d_tables;
       a.groups = sliding ? d_gw : d_gf;
-      a.n_groups = int(ng);
+      a.n_groups = p.ng;
       a.n_heads = int(c.n_heads);
       a.window = sliding ? int(c.window) : 0;
       a.scale = c.attn_scale;
@@ -463,41 +578,24 @@ struct CudaEngine::Impl {
       a.part = part;
       a.out = att;
       a.ldo = int(Q);
-      attn_plan(a, sliding ? max_span_win : max_span_full, part_cap, sm_count);
+      a.split_len = 0;
+      a.n_splits = sliding ? p.nsw : p.nsf;
       attention(a, st);
       dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st);
       rmsnorm(x, Ti, Hi, L.mlp_norm, c.rms_eps, t, st);
       router(t, Ti, Hi, L.router_w, L.router_b, int(c.n_experts), int(K), ridx, rw, st);
-      moe_route(ridx, int(T * K), int(c.n_experts), tiles, st);
+      moe_route(ridx, int(p.T * K), int(c.n_experts), mt, st);
       MxWeights w1{L.mlp1_blocks, L.mlp1_scales, L.mlp1_b, int(2 * c.inter), Hi};
       MxWeights w2{L.mlp2_blocks, L.mlp2_scales, L.mlp2_b, Hi, int(c.inter)};
-      moe_mlp1(t, Hi, int(K), tiles, w1, c.swiglu_alpha, c.swiglu_limit, act, tc, st);
-      moe_mlp2(act, tiles, w2, rw, ypairs, tc, st);
+      moe_mlp1(t, Hi, int(K), mt, w1, c.swiglu_alpha, c.swiglu_limit, act, tc, st);
+      moe_mlp2(act, mt, w2, rw, ypairs, tc, st);
       const float* next_norm = l + 1 < c.n_layers ? layers[size_t(l + 1)].attn_norm : final_norm;
       add_rmsnorm(x, ypairs, int(K), Ti, Hi, next_norm, c.rms_eps, t, st);
     }
-
-    // ---- logits (or greedy tokens) for the rows that asked for them, consecutive in the output
-    const int R = int(lrows.size());
-    if (R > 0) {
-      dense(t, Hi, meta + o_lr, R, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st);
-      const Chunk* first = nullptr;
-      for (const auto& ch : chunks)
-        if (ch.all_logits || ch.last_of_item) {
-          first = &ch;
-          break;
-        }
-      if (out) {
-        CUDA_CHECK(cudaMemcpyAsync(out + first->out_row * c.vocab, logits, size_t(R) * size_t(c.vocab) * 4,
-                                   cudaMemcpyDeviceToHost, st));
-      } else {
-        argmax_rows(logits, R, c.vocab, argmax_out, st);
-        CUDA_CHECK(cudaMemcpyAsync(out_tok + first->out_row, argmax_out, size_t(R) * 4, cudaMemcpyDeviceToHost, st));
-      }
+    if (p.R > 0) {
+      dense(t, Hi, meta + o_lr(p), p.R, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st);
+      if (p.argmax) argmax_rows(logits, p.R, c.vocab, argmax_out, st);
     }
-    CUDA_CHECK(cudaStreamSynchronize(st));
-
-    for (const auto& ch : chunks) seqs->commit(ch);
   }
 };
 
@@ -574,6 +672,19 @@ std::map<std::string, double> CudaEngine::memory_info() const {
 }
 
 std::string CudaEngine::device_name() const { return p_->dev_name; }
+
+void CudaEngine::set_graphs(bool enabled) {
+  std::lock_guard<std::mutex> g(p_->mu);
+  CUDA_CHECK(cudaSetDevice(p_->opt.device));
+  CUDA_CHECK(cudaStreamSynchronize(p_->stream));
+  p_->opt.graphs = enabled;
+  if (!enabled) p_->drop_graphs();
+}
+
+std::vector<int64_t> CudaEngine::graph_stats() const {
+  std::lock_guard<std::mutex> g(p_->mu);
+  return {p_->graphs_captured, p_->graph_launches, int64_t(p_->graphs.size())};
+}
 
 void CudaEngine::synchronize() {
   CUDA_CHECK(cudaSetDevice(p_->opt.device));

@@ -31,6 +31,7 @@ struct CudaEngineOptions {
   int64_t max_chunk_tokens = 512;
   int device = 0;
   bool kv_bf16 = false;           // KV cache in bf16 (half the memory) instead of fp32
+  bool graphs = true;             // replay decode steps from captured CUDA graphs
 };
 
 // Every public method is safe to call from several threads (one lock serialises them).
@@ -67,6 +68,9 @@ class CudaEngine {
   // total; and the KV element size.
   std::map<std::string, double> memory_info() const;
   std::string device_name() const;
+  // CUDA graphs: {captured, launches, cached}; turning them off drops the cached ones.
+  std::vector<int64_t> graph_stats() const;
+  void set_graphs(bool enabled);
   void synchronize();
 
   struct Impl;

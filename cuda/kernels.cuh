@@ -51,7 +51,7 @@ struct AttnArgs {
   int n_groups = 0, n_heads = 0, window = 0;  // window <= 0: full causal
   float scale = 1.f;
   const float* sinks = nullptr;  // [n_heads]
-  int split_len = 0, n_splits = 1;
+  int split_len = 0, n_splits = 1;  // split_len 0: each group's range in n_splits equal parts
   float* part = nullptr;  // [T * n_heads * n_splits * (head_dim + 2)]
   float* out = nullptr;   // [T, ldo]
   int ldo = 0;
@@ -59,9 +59,11 @@ struct AttnArgs {
 // Max query rows per group for this GQA ratio (64 (row, head) pairs per block).
 int attn_rows_per_group(int n_heads, int n_kv);
 bool attn_head_dim_supported(int head_dim);
-// Chooses split_len / n_splits (max_span: the longest key range of any group; part_cap:
-// how many (row, split) partial slots the buffer holds).
+// Chooses n_splits, a power of two (max_span: the longest key range of any group; part_cap:
+// how many (row, split) partial slots the buffer holds); split_len = 0.
 void attn_plan(AttnArgs& a, int max_span, int64_t part_cap, int sm_count);
+// Per-device setup (shared-memory opt-in) that must not happen during a graph capture.
+void attention_prepare();
 void attention(const AttnArgs& a, cudaStream_t st);
 
 // ---- gemm.cu -------------------------------------------------------------------------------

@@ -231,12 +231,14 @@ class Model:
         if cuda is not None:
             # KV cache: kv_cache_bytes caps it (default: most of the free device memory);
             # GPTOSS_KV_DTYPE=bfloat16 halves it (default float32, as the CPU engine).
+            # Decode steps replay captured CUDA graphs (GPTOSS_CUDA_GRAPHS=0 turns that off).
             backend, cuda_index = cuda
             self._engine = backend.CudaEngine(
                 cdict, files, _arrays, self.layout, block_size=block_size,
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else 0,
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, device=cuda_index,
-                kv_dtype=os.environ.get("GPTOSS_KV_DTYPE", "float32"), synthetic_seed=_synthetic_seed)
+                kv_dtype=os.environ.get("GPTOSS_KV_DTYPE", "float32"), synthetic_seed=_synthetic_seed,
+                cuda_graphs=os.environ.get("GPTOSS_CUDA_GRAPHS", "1") != "0")
         else:
             self._engine = _core().Engine(
                 cdict, files, _arrays, self.layout, block_size=block_size,
