@@ -173,6 +173,40 @@ void register_kernels(py::module_& k) {
     return out;
   });
   k.def(
+      "sample",
+      [](arr<float> logits, arr<float> temperature, arr<int32_t> top_k, arr<float> top_p, arr<float> min_p,
+         arr<float> u, int64_t vocab_limit) {
+        need(logits.ndim() == 2, "sample: logits must be a 2-D array [R, V]");
+        const int64_t R = logits.shape(0), V = logits.shape(1);
+        auto per_row = [&](const py::array& a, const char* name) {
+          need(a.ndim() == 1 && a.shape(0) == R,
+               std::string("sample: ") + name + " must have shape [R] = [" + std::to_string(R) + "] (one per row)");
+        };
+        per_row(temperature, "temperature");
+        per_row(top_k, "top_k");
+        per_row(top_p, "top_p");
+        per_row(min_p, "min_p");
+        per_row(u, "u");
+        for (int64_t r = 0; r < R; ++r) {
+          const std::string at = " (row " + std::to_string(r) + ")";
+          need(std::isfinite(temperature.data()[r]) && temperature.data()[r] >= 0.f,
+               "sample: temperature must be finite and >= 0 (0 = greedy)" + at);
+          need(top_k.data()[r] >= 0, "sample: top_k must be >= 0 (0 = off)" + at);
+          need(top_p.data()[r] > 0.f && top_p.data()[r] <= 1.f, "sample: top_p must be in (0, 1]" + at);
+          need(min_p.data()[r] >= 0.f && min_p.data()[r] <= 1.f, "sample: min_p must be in [0, 1]" + at);
+          need(u.data()[r] >= 0.f && u.data()[r] < 1.f, "sample: u must be in [0, 1)" + at);
+        }
+        need(vocab_limit >= 0 && vocab_limit <= INT32_MAX, "sample: vocab_limit must be >= 0 (0 = every id)");
+        py::array_t<int32_t> out(R);
+        test::sample(logits.data(), int(R), V, temperature.data(), top_k.data(), top_p.data(), min_p.data(), u.data(),
+                     int(vocab_limit), out.mutable_data());
+        return out;
+      },
+      py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("u"),
+      py::arg("vocab_limit") = 0,
+      "one token per row of logits [R, V] (sampling.py steps 4-8 with the uniform draw u); -1 where no id can be "
+      "sampled");
+  k.def(
       "copy_bandwidth",
       [](int64_t bytes, int reps) {
         py::gil_scoped_release nogil;
@@ -281,7 +315,32 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
             }
             return out;
           },
-          py::arg("seqs"), py::arg("tokens"), "Greedy next token (argmax on the device) after each item");
+          py::arg("seqs"), py::arg("tokens"), "Greedy next token (argmax on the device) after each item")
+      .def(
+          "step_sample",
+          [](CudaEngine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,
+             arr<float> temperature, arr<int32_t> top_k, arr<float> top_p, arr<float> min_p, arr<float> u,
+             arr<int32_t> vocab_limit) {
+            const size_t n = seqs.size();
+            need(size_t(temperature.size()) == n && size_t(top_k.size()) == n && size_t(top_p.size()) == n &&
+                     size_t(min_p.size()) == n && size_t(u.size()) == n && size_t(vocab_limit.size()) == n,
+                 "step_sample: one value of each parameter per sequence");
+            std::vector<CudaEngine::SampleParams> sp(n);
+            for (size_t i = 0; i < n; ++i)
+              sp[i] = CudaEngine::SampleParams{temperature.data()[i], top_k.data()[i], top_p.data()[i],
+                                               min_p.data()[i], u.data()[i], vocab_limit.data()[i]};
+            Items it = make_items(e.config().vocab, seqs, toks, std::vector<bool>(n, false));
+            py::array_t<int32_t> out(static_cast<py::ssize_t>(n));
+            int32_t* o = out.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              e.step_sample(it.items, sp, o);
+            }
+            return out;
+          },
+          py::arg("seqs"), py::arg("tokens"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
+          py::arg("min_p"), py::arg("u"), py::arg("vocab_limit"),
+          "Next token drawn on the device after each item (sampling.py steps 4-8 with the given uniform u)");
 
   py::module_ k = m.def_submodule("cuda_kernels", "CUDA kernels on numpy inputs (copy in, run, copy out), for tests");
   register_kernels(k);

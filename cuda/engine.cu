@@ -334,12 +334,15 @@ struct CudaEngine::Impl {
   }
 
   // ---- a step: validated and chunked by the shared SequenceTable (csrc/kv_cache.h)
-  void run(const std::vector<StepItem>& items_in, float* out, int32_t* out_tok) {
+  // out: logits rows; else out_tok: one token per item, the argmax (sp null) or sampled with
+  // sp[item] (all_logits is then ignored, so output row == item index).
+  using SP = ::gptoss::cuda::SampleParams;  // the kernel's (kernels.cuh), not CudaEngine's
+  void run(const std::vector<StepItem>& items_in, float* out, int32_t* out_tok, const SP* sp) {
     std::vector<StepItem> items = items_in;
-    if (out_tok)  // greedy: one token per item, so output row == item index
+    if (out_tok)
       for (auto& it : items) it.all_logits = false;
     seqs->validate(items);
-    seqs->for_each_chunk(items, [&](const std::vector<Chunk>& g) { forward_chunk(g, out, out_tok); });
+    seqs->for_each_chunk(items, [&](const std::vector<Chunk>& g) { forward_chunk(g, out, out_tok, sp); });
   }
 
   void ensure_meta(int64_t n) {
@@ -360,13 +363,15 @@ struct CudaEngine::Impl {
   // and replayed. Everything a kernel reads that changes from step to step (tokens, positions,
   // block tables, attention groups) is in `meta`, whose layout depends only on the shape; the
   // attention splits are cut per group on the device (AttnArgs::split_len = 0).
+  enum Mode : int { LOGITS = 0, ARGMAX = 1, SAMPLE = 2 };
   struct Shape {
-    int T, ng, R, nsf, nsw;
-    bool argmax;
+    int T, ng, R, nsf, nsw, mode;
     bool operator<(const Shape& o) const {
-      return std::tie(T, ng, R, nsf, nsw, argmax) < std::tie(o.T, o.ng, o.R, o.nsf, o.nsw, o.argmax);
+      return std::tie(T, ng, R, nsf, nsw, mode) < std::tie(o.T, o.ng, o.R, o.nsf, o.nsw, o.mode);
     }
   };
+  static constexpr int kSpInts = int(sizeof(SP) / 4);
+  static_assert(sizeof(SP) % 4 == 0, "SampleParams is copied as int32 words");
   std::map<Shape, cudaGraphExec_t> graphs;
   int64_t graphs_captured = 0, graph_launches = 0;
   static constexpr int kGraphMaxT = 256;
@@ -378,16 +383,18 @@ struct CudaEngine::Impl {
   }
 
   // Metadata layout: tok[T] pos[T] row_full[T] row_win[T] groups_full[ng] groups_win[ng]
-  // logit_rows[R] tables[...] (the full-attention tables, then the window tables).
+  // logit_rows[R] sample_params[R] (SAMPLE only) tables[...] (the full-attention tables, then the
+  // window tables).
   static int64_t o_pos(const Shape& p) { return p.T; }
   static int64_t o_rf(const Shape& p) { return 2 * int64_t(p.T); }
   static int64_t o_rw(const Shape& p) { return 3 * int64_t(p.T); }
   static int64_t o_gf(const Shape& p) { return 4 * int64_t(p.T); }
   static int64_t o_gw(const Shape& p) { return o_gf(p) + 4 * int64_t(p.ng); }
   static int64_t o_lr(const Shape& p) { return o_gw(p) + 4 * int64_t(p.ng); }
-  static int64_t o_tab(const Shape& p) { return o_lr(p) + p.R; }
+  static int64_t o_sp(const Shape& p) { return o_lr(p) + p.R; }
+  static int64_t o_tab(const Shape& p) { return o_sp(p) + (p.mode == SAMPLE ? int64_t(kSpInts) * p.R : 0); }
 
-  void forward_chunk(const std::vector<Chunk>& chunks, float* out, int32_t* out_tok) {
+  void forward_chunk(const std::vector<Chunk>& chunks, float* out, int32_t* out_tok, const SP* sp) {
     const ModelConfig& c = cfg;
     int64_t T = 0;
     bool decode = true;  // one token per sequence, each giving its logits: graph-eligible
@@ -448,7 +455,7 @@ struct CudaEngine::Impl {
     p.T = int(T);
     p.ng = int(gf.size());
     p.R = int(lrows.size());
-    p.argmax = out_tok != nullptr;
+    p.mode = out ? LOGITS : (sp ? SAMPLE : ARGMAX);
     p.nsf = plan_splits(p, max_span_full);
     p.nsw = plan_splits(p, max_span_win);
     const int64_t total = o_tab(p) + int64_t(tab_full.size());
@@ -467,6 +474,13 @@ struct CudaEngine::Impl {
     put(o_gf(p), gf.data(), gf.size() * sizeof(AttnGroup));
     put(o_gw(p), gw.data(), gw.size() * sizeof(AttnGroup));
     put(o_lr(p), lrows.data(), lrows.size() * 4);
+    const Chunk* first = nullptr;  // the first chunk with an output row; rows are consecutive
+    for (const auto& ch : chunks)
+      if (ch.all_logits || ch.last_of_item) {
+        first = &ch;
+        break;
+      }
+    if (p.mode == SAMPLE && p.R > 0) put(o_sp(p), sp + first->out_row, size_t(p.R) * sizeof(SP));
     put(o_tab(p), tab_full.data(), tab_full.size() * 4);
     CUDA_CHECK(cudaMemcpyAsync(meta, staging, size_t(total) * 4, cudaMemcpyHostToDevice, stream));
 
@@ -475,12 +489,6 @@ struct CudaEngine::Impl {
 
     // ---- logits (or greedy tokens) of the rows that asked for them, consecutive in the output
     if (p.R > 0) {
-      const Chunk* first = nullptr;
-      for (const auto& ch : chunks)
-        if (ch.all_logits || ch.last_of_item) {
-          first = &ch;
-          break;
-        }
       if (out)
         CUDA_CHECK(cudaMemcpyAsync(out + first->out_row * c.vocab, logits, size_t(p.R) * size_t(c.vocab) * 4,
                                    cudaMemcpyDeviceToHost, stream));
@@ -594,7 +602,9 @@ struct CudaEngine::Impl {
     }
     if (p.R > 0) {
       dense(t, Hi, meta + o_lr(p), p.R, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st);
-      if (p.argmax) argmax_rows(logits, p.R, c.vocab, argmax_out, st);
+      if (p.mode == ARGMAX) argmax_rows(logits, p.R, c.vocab, argmax_out, st);
+      if (p.mode == SAMPLE)
+        sample_rows(logits, p.R, c.vocab, reinterpret_cast<const SP*>(meta + o_sp(p)), argmax_out, st);
     }
   }
 };
@@ -647,13 +657,34 @@ int64_t CudaEngine::logits_rows(const std::vector<StepItem>& items) const { retu
 void CudaEngine::step(const std::vector<StepItem>& items, float* out) {
   std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  p_->run(items, out, nullptr);
+  p_->run(items, out, nullptr, nullptr);
 }
 
 void CudaEngine::step_argmax(const std::vector<StepItem>& items, int32_t* out) {
   std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  p_->run(items, nullptr, out);
+  p_->run(items, nullptr, out, nullptr);
+}
+
+void CudaEngine::step_sample(const std::vector<StepItem>& items, const std::vector<SampleParams>& params,
+                             int32_t* out) {
+  GPTOSS_CHECK_ARG(params.size() == items.size(), "step_sample: one set of sampling parameters per item");
+  for (const auto& q : params) {
+    GPTOSS_CHECK_ARG(std::isfinite(q.temperature) && q.temperature >= 0.f, "temperature must be finite and >= 0");
+    GPTOSS_CHECK_ARG(q.top_p > 0.f && q.top_p <= 1.f, "top_p must be in (0, 1]");
+    GPTOSS_CHECK_ARG(q.min_p >= 0.f && q.min_p <= 1.f, "min_p must be in [0, 1]");
+    GPTOSS_CHECK_ARG(q.u >= 0.f && q.u < 1.f, "u must be in [0, 1)");
+  }
+  std::vector<Impl::SP> sp(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const SampleParams& q = params[i];
+    sp[i] = Impl::SP{q.temperature, q.top_k, q.top_p, q.min_p, q.u, q.vocab_limit};
+  }
+  std::lock_guard<std::mutex> g(p_->mu);
+  CUDA_CHECK(cudaSetDevice(p_->opt.device));
+  p_->run(items, nullptr, out, sp.data());
+  for (size_t i = 0; i < items.size(); ++i)
+    if (out[i] < 0) throw InvalidArgument("no token can be sampled: every logit is -inf or masked");
 }
 
 std::vector<int64_t> CudaEngine::kv_stats() const { std::lock_guard<std::mutex> g(p_->mu); return p_->seqs->stats(); }

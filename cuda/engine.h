@@ -62,6 +62,18 @@ class CudaEngine {
   // Greedy decoding: the argmax token after each item's last token (computed on the device,
   // only the token ids are copied back). all_logits is ignored.
   void step_argmax(const std::vector<StepItem>& items, int32_t* out);
+  // Sampling on the device (cuda/sampling.cu): one token per item drawn with params[item]; only
+  // the token ids are copied back. The sequences keep the step even if a row has nothing to
+  // sample (every logit masked: InvalidArgument after the step).
+  struct SampleParams {
+    float temperature;  // 0 = greedy
+    int top_k;          // <= 0: off
+    float top_p;        // 1: off
+    float min_p;        // 0: off
+    float u;            // the uniform number in [0, 1) of the draw
+    int vocab_limit;    // <= 0: the whole vocabulary
+  };
+  void step_sample(const std::vector<StepItem>& items, const std::vector<SampleParams>& params, int32_t* out);
 
   std::vector<int64_t> kv_stats() const;
   // Device memory in bytes: weights, kv_cache, workspace, used (total - free, whole device),

@@ -115,4 +115,15 @@ void fill_normal_f32(float* p, int64_t n, float mean, float std, uint64_t seed, 
 void fill_bytes(uint8_t* p, int64_t n, uint64_t seed, uint64_t stream, cudaStream_t st);
 void fill_scales(uint8_t* p, int64_t n, int base, uint64_t seed, uint64_t stream, cudaStream_t st);
 
+// ---- sampling.cu ---------------------------------------------------------------------------
+// Per row: top_k <= 0, top_p >= 1, min_p <= 0 are off; vocab_limit <= 0 means V; u in [0, 1) is
+// the uniform number the Python sampler would draw (u >= 1, e.g. a float64 draw rounded to float,
+// gives the last kept id, as sampling.py's clamp does).
+struct SampleParams { float temperature; int top_k; float top_p; float min_p; float u; int vocab_limit; };
+// out[r] = the token sampled from logits[r, :V] with params[r] (device array of R SampleParams):
+// temperature 0 = greedy argmax (lowest id on ties); otherwise python/gptoss/sampling.py steps 4-8.
+// fp32 throughout (sampling.py scales in float64), so a boundary case can rarely differ. out[r] = -1
+// when no id of the row can be sampled (every logit non-finite; sampling.py raises ValueError).
+void sample_rows(const float* logits, int R, int64_t V, const SampleParams* params, int32_t* out, cudaStream_t st);
+
 }  // namespace gptoss::cuda

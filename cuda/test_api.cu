@@ -266,4 +266,13 @@ void fill(int kind, int64_t n, float mean, float std, int base, uint64_t seed, u
   d.to_host(out, size_t(n) * eb);
 }
 
+void sample(const float* logits, int R, int64_t V, const float* temperature, const int* top_k, const float* top_p,
+            const float* min_p, const float* u, int vocab_limit, int32_t* out) {
+  std::vector<SampleParams> p(size_t(std::max(R, 0)));
+  for (int r = 0; r < R; ++r) p[r] = SampleParams{temperature[r], top_k[r], top_p[r], min_p[r], u[r], vocab_limit};
+  Buf dl(logits, size_t(R) * size_t(V) * 4), dp(p.data(), p.size() * sizeof(SampleParams)), dout(size_t(R) * 4);
+  cuda::sample_rows(dl.as<float>(), R, V, dp.as<SampleParams>(), dout.as<int32_t>(), 0);
+  dout.to_host(out, size_t(R) * 4);
+}
+
 }  // namespace gptoss::cuda::test

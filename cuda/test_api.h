@@ -33,5 +33,8 @@ void argmax(const float* logits, int R, int64_t V, int32_t* out);
 // Device-to-device copy bandwidth in GB/s (bytes read + bytes written per second), best of reps.
 double copy_bandwidth(int64_t bytes, int reps);
 void fill(int kind, int64_t n, float mean, float std, int base, uint64_t seed, uint64_t stream, void* out);
+// out[r] = cuda::sample_rows on logits [R, V] with row r's parameters (arrays of R) and one vocab_limit.
+void sample(const float* logits, int R, int64_t V, const float* temperature, const int* top_k, const float* top_p,
+            const float* min_p, const float* u, int vocab_limit, int32_t* out);
 
 }  // namespace gptoss::cuda::test

@@ -536,6 +536,41 @@ def test_cuda_graphs_replay_decode(backend, monkeypatch):
 
 
 @cuda_test
+def test_generate_samples_on_device(backend):
+    """generate / generate_batch draw on the device (same random stream as the host sampler, only
+    token ids come back) and give the CPU's tokens; penalties and logprobs use the host path."""
+    cfg = tiny_config("tiny4")
+    cpu, gpu = _pair(backend, cfg, seed=3)
+    assert gpu.samples_on_device and not cpu.samples_on_device
+    prompt = _toks(12, 5, cfg.vocab_size)
+    cases = [dict(temperature=0.0), dict(temperature=0.9, top_k=40, top_p=0.95, seed=7),
+             dict(temperature=1.3, min_p=0.05, seed=3), dict(temperature=0.7, seed=11)]
+    before = gpu._engine.graph_stats()["launches"]
+    for kw in cases:
+        a, b = gpu.generate(prompt, max_tokens=10, **kw), cpu.generate(prompt, max_tokens=10, **kw)
+        assert a.tokens == b.tokens, kw
+    assert gpu._engine.graph_stats()["launches"] >= before + 4 * 9  # decode steps replayed graphs
+    from gptoss.generate import generate_batch
+
+    batch = [_toks(n, 30 + n, cfg.vocab_size) for n in (3, 9, 5)]
+    ra = generate_batch(gpu, batch, temperature=0.8, top_p=0.9, seed=5, max_tokens=8)
+    rb = generate_batch(cpu, batch, temperature=0.8, top_p=0.9, seed=5, max_tokens=8)
+    assert [r.tokens for r in ra] == [r.tokens for r in rb]
+    # Host path (logits copied back) for what the device sampler does not do.
+    a = gpu.generate(prompt, max_tokens=6, temperature=0.8, repetition_penalty=1.3, logprobs=2, seed=1)
+    b = cpu.generate(prompt, max_tokens=6, temperature=0.8, repetition_penalty=1.3, logprobs=2, seed=1)
+    assert a.tokens == b.tokens and len(a.logprobs) == 6 and len(a.logprobs[0].top_logprobs) == 2
+    # Bad parameters are rejected before anything runs.
+    s = gpu.new_sequence()
+    bad = dict(temperature=1.0, top_k=0, top_p=1.5, min_p=0.0, u=0.5, vocab_limit=0)
+    with pytest.raises(ValueError):
+        gpu.step_sample([(s, [1, 2])], [bad])
+    assert len(s) == 0
+    with pytest.raises(RuntimeError):
+        cpu.step_sample([(cpu.new_sequence(), [1])], [bad])
+
+
+@cuda_test
 @pytest.mark.parametrize("layout", ["hf", "original"])
 def test_checkpoint_on_cuda(backend, make_checkpoint, layout):
     d = make_checkpoint("gqa4", 1, layout)
@@ -602,3 +637,263 @@ def test_synthetic_on_device(backend):
     assert not np.allclose(a, c)
     info = m._engine.memory_info()
     assert info["weights"] > 0 and info["kv_cache"] > 0
+
+
+# ------------------------------------------------------------------ device sampling
+# cuda/sampling.cu against python/gptoss/sampling.py (steps 4-8, no penalties or bias), with the
+# host's uniform draw u passed in. The device works in fp32 (sampling.py scales in float64), so
+# exact token checks use u in the middle of a wide CDF interval, on rows whose kept set does not
+# move when top_p / min_p move by 1e-5 (on a full vocabulary: moves by at most 3e-5 of mass, the
+# nucleus boundary sits in a fine-grained tail there); the distribution tests sweep u over a grid.
+from gptoss.sampling import Sampler, SamplingParams  # noqa: E402
+
+
+def _sampler(T, k, p, mp, limit=0) -> Sampler:
+    """The reference with the float32 parameters the device sees."""
+    f = lambda v: float(np.float32(v))  # noqa: E731
+    return Sampler(SamplingParams(temperature=f(T), top_k=int(k) or None, top_p=f(p), min_p=f(mp)),
+                   vocab_limit=limit or None)
+
+
+def _dev_sample(backend, logits, T, k, p, mp, u, limit=0) -> np.ndarray:
+    R = logits.shape[0]
+    col = lambda v, dt: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dt), (R,)))  # noqa: E731
+    return backend.kernels.sample(logits, col(T, np.float32), col(k, np.int32), col(p, np.float32),
+                                  col(mp, np.float32), col(u, np.float32), limit)
+
+
+def _kept_bounds(x, T, k, p, mp, limit=0, eps=1e-5):
+    """The reference's kept ids with top_p and min_p moved by eps (relative for min_p) towards
+    fewer and towards more ids: fp32 rounding on the device stays between the two."""
+    def kept(pp, mm):
+        return set(np.flatnonzero(_sampler(T, k, pp, mm, limit).probs(x)))
+    p32, m32 = float(np.float32(p)), float(np.float32(mp))
+    if T == 0 or (p32 == 1.0 and m32 == 0.0):
+        base = kept(p32, m32)
+        return base, base
+    lo = kept(p32 - eps if p32 < 1 else 1.0, min(m32 * (1 + eps), 1.0))
+    hi = kept(min(p32 + eps, 1.0), m32 * (1 - eps))
+    return lo, hi
+
+
+def _stable(x, T, k, p, mp, limit=0, max_mass=0.0) -> bool:
+    """At most max_mass of reference probability is on ids the device may keep or drop."""
+    lo, hi = _kept_bounds(x, T, k, p, mp, limit)
+    probs = _sampler(T, k, p, mp, limit).probs(x)
+    return float(probs[sorted(hi - lo)].sum()) <= max_mass and (lo <= hi)
+
+
+def _draw_stable(rng, make, row, limit=0, max_mass=0.0):
+    """make(rng) until the row (T, k, p, mp) is unambiguous on it (see _stable)."""
+    for _ in range(50):
+        x = make(rng).astype(np.float32)
+        if _stable(x, *row, limit, max_mass):
+            return x
+    raise AssertionError(f"could not draw an unambiguous row for {row}")
+
+
+def _mid_u(rng, probs) -> float:
+    """u in the middle of a kept token's CDF interval (ascending ids, as sampling.py accumulates),
+    the token drawn by probability among those with intervals >= 4e-4 (else the widest)."""
+    cdf = np.cumsum(probs)
+    cdf /= cdf[-1]
+    lo = np.concatenate(([0.0], cdf[:-1]))
+    ok = np.flatnonzero(probs >= 4e-4)
+    if ok.size == 0:
+        ok = np.array([int(np.argmax(probs))])
+    j = int(rng.choice(ok, p=probs[ok] / probs[ok].sum()))
+    return float(np.float32((lo[j] + cdf[j]) / 2))
+
+
+def _stable_rows(rng, V, rows, limit=0, scales=(0.5, 1.0, 3.0), max_mass=0.0):
+    """Fresh logits [R, V] (float32, never zeros) and u [R] for per-row (T, k, p, mp), each row
+    unambiguous for the device (see _stable)."""
+    x = np.empty((len(rows), V), np.float32)
+    u = np.empty(len(rows), np.float32)
+    for r, row in enumerate(rows):
+        x[r] = _draw_stable(rng, lambda g: g.standard_normal(V) * g.choice(scales) + g.standard_normal(), row,
+                            limit, max_mass)
+        u[r] = _mid_u(rng, _sampler(*row, limit).probs(x[r]))
+    return x, u
+
+
+def _check_rows(backend, x, rows, u, limit=0):
+    T, k, p, mp = (np.array(c) for c in zip(*rows))
+    got = _dev_sample(backend, x, T, k, p, mp, u, limit)
+    want = [_sampler(*rows[r], limit).token_for(x[r], float(u[r])) for r in range(len(rows))]
+    assert list(got) == want, [(r, rows[r], int(got[r]), want[r]) for r in range(len(rows)) if got[r] != want[r]]
+    return got
+
+
+_MODES = {  # per-row (temperature, top_k, top_p, min_p); V stands for the vocabulary size
+    "temperature": [(0.3, 0, 1, 0), (0.7, 0, 1, 0), (1.0, 0, 1, 0), (1.5, 0, 1, 0), (2.5, 0, 1, 0), (0, 0, 1, 0),
+                    (1.0, 0, 1, 0), (0.9, 0, 1, 0)],
+    "top_k": [(1.0, 1, 1, 0), (1.0, 2, 1, 0), (0.8, 5, 1, 0), (1.0, 50, 1, 0), (1.3, "V-1", 1, 0), (1.0, "V", 1, 0),
+              (1.0, "V+7", 1, 0), (0.5, 3, 1, 0)],
+    "top_p": [(1.0, 0, 0.05, 0), (1.0, 0, 0.3, 0), (1.0, 0, 0.9, 0), (0.8, 0, 0.99, 0), (1.5, 0, 0.6, 0),
+              (1.0, 0, 0.999, 0), (0.6, 0, 0.75, 0), (2.0, 0, 0.95, 0)],
+    "min_p": [(1.0, 0, 1, 0.01), (1.0, 0, 1, 0.1), (1.0, 0, 1, 0.5), (1.0, 0, 1, 1.0), (2.0, 0, 1, 0.05),
+              (0.7, 0, 1, 0.2), (1.0, 0, 1, 0.9), (1.2, 0, 1, 0.001)],
+    "combined": [(1.0, 50, 0.9, 0.05), (0.7, 10, 0.5, 0), (1.3, 0, 0.8, 0.1), (0, 5, 0.5, 0.1), (1.0, 3, 1, 0.3),
+                 (0.9, "V-1", 0.95, 0.01), (1.0, 200, 0.7, 0), (1.5, 1, 0.3, 0.5)],
+    "tiny_temperature": [(1e-3, 0, 1, 0), (1e-6, 0, 1, 0), (1e-20, 0, 0.9, 0), (1e-38, 0, 1, 0), (1e-45, 5, 1, 0),
+                         (1e-6, 0, 1, 0.5), (1e-30, 10, 0.5, 0), (1e-4, 0, 0.99, 0.01)],
+}
+
+
+def _mode_rows(mode: str, V: int):
+    sizes = {"V": V, "V-1": V - 1, "V+7": V + 7}
+    return [(T, sizes.get(k, k), p, mp) for T, k, p, mp in _MODES[mode]]
+
+
+@pytest.mark.parametrize("V", [7, 1000, 4099])
+@pytest.mark.parametrize("mode", [*_MODES, "vocab_limit"])
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # sampling.py, tiny T
+@cuda_test
+def test_sample_matches_reference(backend, mode, V):
+    rng = np.random.default_rng(zlib.crc32(f"{mode}/{V}".encode()))
+    limit = 0
+    if mode == "vocab_limit":  # ids past the tokenizer's vocabulary are never drawn
+        rows, limit = _mode_rows("combined", V), max(1, 2 * V // 3)
+    else:
+        rows = _mode_rows(mode, V)
+    x, u = _stable_rows(rng, V, rows, limit)
+    got = _check_rows(backend, x, rows, u, limit)
+    if limit:
+        assert np.all(got < limit)
+
+
+@cuda_test
+def test_sample_greedy(backend):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((6, 1001)).astype(np.float32)
+    x[1, 7] = x[1, 500] = 50.0    # tie: lower id
+    x[2, :] = 1.5                 # all equal
+    x[3, 4] = np.nan              # NaN is never the argmax
+    x[3, 6] = 60.0
+    x[4, 900] = 99.0              # beyond vocab_limit below: not eligible in the second call
+    x[5, 3] = np.inf              # +inf wins, as np.argmax picks it
+    T, k, p, mp = 0.0, 0, 1.0, 0.0
+    got = _dev_sample(backend, x, T, k, p, mp, 0.5)
+    want = [_sampler(T, k, p, mp).token_for(x[r], 0.5) for r in range(6)]
+    assert list(got) == want and want[1:5] == [7, 0, 6, 900] and want[5] == 3
+    assert list(got) == list(backend.kernels.argmax(x))
+    got = _dev_sample(backend, x, T, k, p, mp, 0.5, limit=800)
+    assert list(got) == [_sampler(T, k, p, mp, 800).token_for(x[r], 0.5) for r in range(6)] and got[4] != 900
+
+
+@cuda_test
+def test_sample_ties(backend):
+    """Integer logits: top-k boundaries inside tie groups (lower ids kept), top-p over equal
+    probabilities (lower ids first), min-p = 1 keeping exactly the maximal ties."""
+    rng = np.random.default_rng(12)
+    rows = [(1.0, 37, 1, 0), (0.5, 5, 1, 0), (1.0, 0, 0.3, 0), (1.0, 0, 1, 1.0), (0, 0, 1, 0), (1.0, 3, 0.7, 0.2),
+            (1e-6, 0, 0.45, 0), (2.0, 100, 0.875, 0)]
+    V = 1000
+    x = np.stack([_draw_stable(rng, lambda g: g.integers(-4, 3, V) * 0.75 + 0.25, row) for row in rows])
+    u = np.array([_mid_u(rng, _sampler(*row).probs(x[r])) for r, row in enumerate(rows)], np.float32)
+    _check_rows(backend, x, rows, u)
+    # Ties at the k-th logit: exactly the lowest ids of the tie group survive.
+    y = rng.standard_normal(300).astype(np.float32) - 10
+    y[[250, 40, 90, 10]] = 5.0
+    grid = ((np.arange(64) + 0.5) / 64).astype(np.float32)
+    got = _dev_sample(backend, np.tile(y, (64, 1)), 1.0, 3, 1.0, 0.0, grid)
+    assert set(got) == {10, 40, 90}
+
+
+@cuda_test
+def test_sample_masked_ids(backend):
+    """NaN and -inf are never drawn, nor ids at or past vocab_limit; nothing to draw gives -1."""
+    rng = np.random.default_rng(13)
+    V, n = 1000, 64
+    y = (rng.standard_normal(V) * 2).astype(np.float32)
+    y[rng.random(V) < 0.3] = np.nan
+    y[rng.random(V) < 0.1] = -np.inf
+    grid = ((np.arange(n) + 0.5) / n).astype(np.float32)
+    for limit in (0, 600, 5000):
+        got = _dev_sample(backend, np.tile(y, (n, 1)), 1.3, 0, 1.0, 0.0, grid, limit)
+        assert np.all(np.isfinite(y[got])) and np.all(got < (limit or V))
+        want = [_sampler(1.3, 0, 1.0, 0.0, limit).token_for(y, float(v)) for v in grid]
+        assert np.mean(got == np.array(want)) > 0.95
+    # +inf is not a finite logit: sampling never draws it (as sampling.py without top-k); greedy does.
+    z = y.copy()
+    z[5] = np.inf
+    got = _dev_sample(backend, np.tile(z, (n, 1)), 1.0, 0, 1.0, 0.0, grid)
+    assert 5 not in set(got)
+    assert _dev_sample(backend, z[None], 0.0, 0, 1.0, 0.0, 0.3)[0] == 5
+    bad = np.full((4, 9), np.nan, np.float32)
+    bad[1] = -np.inf
+    bad[2, ::2] = np.inf
+    bad[3, 5] = 1.0  # the only finite id is past vocab_limit
+    temps = [0.0, 1.0, 1.0, 0.7]
+    assert list(_dev_sample(backend, bad, temps, 2, 0.9, 0.1, 0.5, limit=5)) == [-1, -1, -1, -1]
+    for r in range(4):  # where sampling.py raises
+        with pytest.raises(ValueError):
+            _sampler(temps[r], 2, 0.9, 0.1, 5).token_for(bad[r], 0.5)
+
+
+@cuda_test
+def test_sample_argument_errors(backend):
+    x = np.random.default_rng(14).standard_normal((2, 10)).astype(np.float32)
+    ok = dict(T=1.0, k=0, p=1.0, mp=0.0, u=0.5)
+    for key, value in [("T", -1.0), ("T", np.inf), ("T", np.nan), ("k", -1), ("p", 0.0), ("p", 1.5), ("mp", -0.1),
+                       ("mp", 2.0), ("u", 1.0), ("u", -0.2)]:
+        with pytest.raises(ValueError):
+            _dev_sample(backend, x, **{**ok, key: value})
+    with pytest.raises(ValueError):
+        _dev_sample(backend, x, **ok, limit=-1)
+    one, zero, half = np.ones(2, np.float32), np.zeros(2, np.float32), np.full(2, 0.5, np.float32)
+    with pytest.raises(ValueError):  # logits not [R, V]
+        backend.kernels.sample(x[0], one, np.zeros(2, np.int32), one, zero, half)
+    with pytest.raises(ValueError):  # one temperature too many
+        backend.kernels.sample(x, np.ones(3, np.float32), np.zeros(2, np.int32), one, zero, half)
+    assert _dev_sample(backend, np.zeros((0, 10), np.float32), 1.0, 0, 1.0, 0.0, 0.5).shape == (0,)
+
+
+@pytest.mark.parametrize("V,T,k,p,mp,n", [
+    (1000, 0.8, 100, 0.9, 0.02, 512),
+    (4099, 1.2, 0, 0.8, 0.0, 512),
+    (4099, 0.7, 0, 1.0, 0.05, 512),
+    (997, 1.0, 0, 1.0, 0.0, 512),
+    gpu_only(201088, 0.6, 0, 0.8, 0.0, 2048),
+    gpu_only(201088, 0.7, 50, 0.9, 0.01, 2048),
+])
+@cuda_test
+def test_sample_distribution(backend, V, T, k, p, mp, n):
+    """Many u on a regular grid: the device's draws follow the reference distribution."""
+    rng = np.random.default_rng(zlib.crc32(repr((V, T, k, p, mp, n)).encode()))
+    max_mass = 3e-5 if V > 10000 else 0.0  # a full vocabulary's nucleus ends in a fine-grained tail
+    y = _draw_stable(rng, lambda g: g.standard_normal(V) * 2.5, (T, k, p, mp), 0, max_mass)
+    ref = _sampler(T, k, p, mp)
+    probs = ref.probs(y)
+    lo, hi = _kept_bounds(y, T, k, p, mp)
+    grid = ((np.arange(n) + 0.5) / n).astype(np.float32)
+    got = np.concatenate([_dev_sample(backend, np.tile(y, (len(g), 1)), T, k, p, mp, g)
+                          for g in np.array_split(grid, max(1, n * V // 2**27))])  # <= 512 MiB a call
+    # sampling.py's inverse CDF (Sampler._pick) for every u at once; spot-checked against token_for.
+    ids = np.flatnonzero(probs)
+    cdf = np.cumsum(probs[ids])
+    want = ids[np.minimum(np.searchsorted(cdf, grid * cdf[-1], side="right"), ids.size - 1)]
+    assert all(ref.token_for(y, float(grid[j])) == want[j] for j in range(0, n, n // 16))
+    assert set(got) <= hi                                              # the same kept set ...
+    assert {i for i in lo if probs[i] * n >= 2} <= set(got)            # ... every likely id drawn
+    assert np.mean(got != want) <= 0.01                                # the same inverse CDF
+    emp = np.bincount(got, minlength=V) / n
+    tv = 0.5 * float(np.abs(emp - probs).sum())
+    assert tv <= 0.5 * len(hi) / n + 1e-3, tv                         # grid quantisation bound
+
+
+@pytest.mark.parametrize("R,limits", [(4, (0, 200000)), gpu_only(128, (0,))])
+@cuda_test
+def test_sample_full_vocab(backend, R, limits):
+    """Full gpt-oss vocabulary rows (201088; 128 rows = a decode batch), mixed parameters per
+    row, a NaN sprinkle, a vocab_limit; the same call twice gives the same tokens."""
+    rng = np.random.default_rng(15 + R)
+    cycle = [(0, 0, 1, 0), (1.0, 0, 1, 0), (1.0, 50, 0.9, 0), (0.8, 0, 0.95, 0), (1.0, 0, 1, 0.05),
+             (0.6, 1000, 1, 0), (1.2, 40, 0.8, 0.02), (1e-6, 0, 0.9, 0)]
+    rows = [cycle[r % len(cycle)] for r in range(R)]
+    for limit in limits:
+        x, u = _stable_rows(rng, 201088, rows, limit, scales=(2.0, 3.0), max_mass=3e-5)
+        x[:, rng.integers(0, 201088, 100)] = np.nan
+        got = _check_rows(backend, x, rows, u, limit)
+        np.testing.assert_array_equal(got, _dev_sample(backend, x, *map(np.array, zip(*rows)), u, limit))

@@ -53,7 +53,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-file", metavar="F", default=None,
                    help="o200k_base.tiktoken (or tokenizer.json) when the checkpoint has no "
                         "tokenizer, e.g. for synthetic checkpoints")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N], or cuda-emu (the CUDA code on a CPU emulator, for testing; default: cpu)")
     p.add_argument("--context", "-c", type=_positive_int, default=None, metavar="N",
                    help="maximum context length in tokens (default: the model's)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")

@@ -204,6 +204,17 @@ class Session:
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise ValueError("empty prompt: at least one token is needed")
+        reused = self._rewind(tokens)
+        try:
+            logits = self.seq.prefill(tokens[reused:])
+        except BaseException:
+            self.free()
+            raise
+        return logits, reused
+
+    def _rewind(self, tokens: list[int]) -> int:
+        """Keep the longest reusable prefix of `tokens` in the cache (a fresh sequence if none);
+        returns its length."""
         reused = 0
         if self.seq is not None:
             have = list(self.seq.tokens)
@@ -214,18 +225,36 @@ class Session:
                 self.free()
         if self.seq is None:
             self.seq = self.model.new_sequence()
-        try:
-            logits = self.seq.prefill(tokens[reused:])
-        except BaseException:
-            self.free()
-            raise
-        return logits, reused
+        return reused
 
     def decode(self, token: int) -> np.ndarray:
         if self.seq is None:
             raise RuntimeError("decode before prefill")
         try:
             return self.seq.decode(int(token))
+        except BaseException:
+            self.free()
+            raise
+
+    # Sampling on the device (models with `samples_on_device`): only the token id comes back.
+    def prefill_sample(self, tokens: Sequence[int], params: dict) -> tuple[int, int]:
+        """`prefill`, then the next token drawn on the device with `params`; (token, reused)."""
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("empty prompt: at least one token is needed")
+        reused = self._rewind(tokens)
+        try:
+            token = self.model.step_sample([(self.seq, tokens[reused:])], [params])[0]
+        except BaseException:
+            self.free()
+            raise
+        return token, reused
+
+    def decode_sample(self, token: int, params: dict) -> int:
+        if self.seq is None:
+            raise RuntimeError("decode before prefill")
+        try:
+            return self.model.step_sample([(self.seq, [int(token)])], [params])[0]
         except BaseException:
             self.free()
             raise
@@ -318,10 +347,16 @@ class GenerationStream:
         stop_reason: Any = None
         max_ctx = model_max_context(self.model)
         stops = set(p.stop_token_ids)
+        # Draw on the device when it can (no penalties, bias or logprobs): same random stream,
+        # only token ids cross to the host.
+        on_device = getattr(self.model, "samples_on_device", False) and self.sampler.device_params_ok
         try:
-            logits, usage.cached_tokens = self.session.prefill(self.prompt)
+            if on_device:
+                tok, usage.cached_tokens = self.session.prefill_sample(self.prompt, self.sampler.device_params())
+            else:
+                logits, usage.cached_tokens = self.session.prefill(self.prompt)
             while True:
-                s = self.sampler.sample(logits, tokens, self.prompt)
+                s = Sample(tok) if on_device else self.sampler.sample(logits, tokens, self.prompt)
                 tokens.append(s.token)
                 usage.completion_tokens = len(tokens)
                 if logprobs is not None:
@@ -346,7 +381,10 @@ class GenerationStream:
                     yield TokenChunk(s.token, text, s.logprob, s.top_logprobs)
                     break
                 yield TokenChunk(s.token, text, s.logprob, s.top_logprobs)
-                logits = self.session.decode(s.token)
+                if on_device:
+                    tok = self.session.decode_sample(s.token, self.sampler.device_params())
+                else:
+                    logits = self.session.decode(s.token)
         finally:
             self.result = GenerationResult(
                 tokens=tokens,
@@ -417,13 +455,21 @@ def generate_batch(model: Any, prompts: Sequence[Sequence[int]],
     why: list[Any] = [None] * n
     stops = set(base.stop_token_ids)
     seqs = [model.new_sequence() for _ in range(n)]
+    on_device = getattr(model, "samples_on_device", False) and samplers[0].device_params_ok
+
+    def advance(live: list[int], feeds: list[list[int]]) -> list:
+        pairs = [(seqs[i], f) for i, f in zip(live, feeds)]
+        if on_device:
+            return model.step_sample(pairs, [samplers[i].device_params() for i in live])
+        return model.step(pairs)
+
     try:
-        logits = model.step([(s, p) for s, p in zip(seqs, prompts)])
+        nxt = advance(list(range(n)), prompts)
         live = list(range(n))
         while live:
             feed = []
             for j, i in enumerate(live):
-                s = samplers[i].sample(logits[j], out[i], prompts[i])
+                s = Sample(nxt[j]) if on_device else samplers[i].sample(nxt[j], out[i], prompts[i])
                 out[i].append(s.token)
                 if lps[i] is not None:
                     lps[i].append(s)  # type: ignore[union-attr]
@@ -444,7 +490,7 @@ def generate_batch(model: Any, prompts: Sequence[Sequence[int]],
                     feed.append(i)
             live = feed
             if live:
-                logits = model.step([(seqs[i], [out[i][-1]]) for i in live])
+                nxt = advance(live, [[out[i][-1]] for i in live])
     finally:
         for s in seqs:
             try:

@@ -297,6 +297,35 @@ class Model:
             r += n
         return res
 
+    @property
+    def samples_on_device(self) -> bool:
+        """Whether `step_sample` runs on the device (the CUDA backends): only token ids come back."""
+        return hasattr(self._engine, "step_sample")
+
+    def step_sample(self, batch: Iterable[tuple[Sequence, TokenList]], params: list[dict]) -> list[int]:
+        """Like `step`, but each pair's next token is drawn on the device and only the ids come back.
+        params: one dict per pair with temperature, top_k (0 = off), top_p, min_p, u (the uniform
+        draw in [0, 1), see `Sampler.device_params`) and vocab_limit (0 = all ids). CUDA only."""
+        if not self.samples_on_device:
+            raise RuntimeError("step_sample needs a CUDA device (this model runs on the CPU)")
+        pairs = list(batch)
+        if len(params) != len(pairs):
+            raise ValueError("step_sample: one params dict per (sequence, tokens) pair")
+        if not pairs:
+            return []
+        seqs, toks = [], []
+        for s, t in pairs:
+            if not isinstance(s, Sequence) or s._model is not self:
+                raise ValueError("step_sample: every entry must be a Sequence of this model")
+            seqs.append(s._sid())
+            toks.append(_as_tokens(t))
+        cols = {k: [q[k] for q in params] for k in ("temperature", "top_k", "top_p", "min_p", "u", "vocab_limit")}
+        out = self._engine.step_sample(seqs, toks, np.asarray(cols["temperature"], np.float32),
+                                       np.asarray(cols["top_k"], np.int32), np.asarray(cols["top_p"], np.float32),
+                                       np.asarray(cols["min_p"], np.float32), np.asarray(cols["u"], np.float32),
+                                       np.asarray(cols["vocab_limit"], np.int32))
+        return [int(t) for t in out]
+
     def forward(self, tokens: TokenList) -> np.ndarray:
         """Float32 logits [len(tokens), vocab]: row t is the next-token distribution after tokens[:t+1]."""
         s = self.new_sequence()

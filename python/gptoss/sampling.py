@@ -304,18 +304,49 @@ class Sampler:
                prompt: Sequence[int] = ()) -> Sample:
         """Pick the next token after `generated` (the tokens produced so far in this generation;
         `prompt` matters only for the repetition penalty)."""
-        x = self.process(logits, generated, prompt)
+        token = self._pick(self.process(logits, generated, prompt), None)
+        return self._with_logprobs(token, logits)
+
+    def token_for(self, logits: np.ndarray, u: float, generated: Sequence[int] = (),
+                  prompt: Sequence[int] = ()) -> int:
+        """The token `sample` returns when its uniform draw is `u` (in [0, 1)); the generator is
+        not used. For samplers that draw `u` on the host and pick the token elsewhere (the CUDA
+        backend's ``sample_rows``), and for testing them. Greedy ignores `u`."""
+        if not 0.0 <= u < 1.0:
+            raise ValueError(f"u must be in [0, 1), got {u!r}")
+        return self._pick(self.process(logits, generated, prompt), float(u))
+
+    @property
+    def device_params_ok(self) -> bool:
+        """Whether a device sampler (the CUDA backend's ``step_sample``) can draw for these params:
+        steps 4-8 only, so no penalties, no logit bias and no logprobs."""
+        p = self.params
+        return (p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
+                and not p.logit_bias and p.logprobs is None)
+
+    def device_params(self) -> dict:
+        """The next draw's parameters for ``Model.step_sample``: the uniform ``u`` comes from this
+        sampler's generator exactly as `sample` would take it (none for greedy), so a seeded run
+        gives the same tokens on the host and on the device (up to fp32 rounding at a boundary)."""
+        if not self.device_params_ok:
+            raise ValueError("penalties, logit_bias and logprobs need the host sampler")
+        p = self.params
+        u = 0.0 if p.greedy else float(self.rng.random())
+        return dict(temperature=float(p.temperature), top_k=int(p.top_k or 0), top_p=float(p.top_p),
+                    min_p=float(p.min_p), u=min(u, 0.99999994), vocab_limit=int(self.vocab_limit or 0))
+
+    def _pick(self, x: np.ndarray, u: Optional[float]) -> int:
+        """Step 4's greedy argmax or steps 5-8 on processed logits; u None = draw it now."""
         if self.params.greedy:
             if not np.isfinite(x).any():
                 raise ValueError("no token can be sampled: every logit is -inf or masked")
-            token = _argmax(x)
-        else:
-            ids, pr = self._distribution(x)
-            cdf = np.cumsum(pr)
-            u = self.rng.random() * cdf[-1]
-            j = min(int(np.searchsorted(cdf, u, side="right")), cdf.size - 1)
-            token = int(j if ids is None else ids[j])
-        return self._with_logprobs(token, logits)
+            return _argmax(x)
+        ids, pr = self._distribution(x)
+        cdf = np.cumsum(pr)
+        # Inverse CDF over the survivors in ascending id order.
+        target = (self.rng.random() if u is None else u) * cdf[-1]
+        j = min(int(np.searchsorted(cdf, target, side="right")), cdf.size - 1)
+        return int(j if ids is None else ids[j])
 
     def _with_logprobs(self, token: int, logits: np.ndarray) -> Sample:
         n = self.params.logprobs

@@ -1,0 +1,404 @@
+// Sampling on the device: greedy, temperature, top-k, top-p, min-p, one block per row, no sort.
+//
+// Semantics: python/gptoss/sampling.py, Sampler steps 4-8 on raw logits (no penalties, no logit
+// bias). The valid ids of a row are i < vocab_limit with a finite logit x (NaN and +-inf are never
+// sampled); none valid -> out = -1 (sampling.py raises). Greedy (temperature 0) is the argmax over
+// the non-NaN logits, lowest id on ties (+inf wins, as np.argmax picks it).
+//
+// Keys and mass (everything in fp32; sampling.py scales in float64):
+//   e(x)    = exp2((x - max) * log2(e) / T), the probability relative to the most likely id
+//             (1 there, never inf/NaN even for tiny T);
+//   lkey(x) = the logit's bits made unsigned-monotonic: top-k orders by logit, lower id on ties;
+//   ekey(x) = the bits of e(x) (non-negative floats order as their bits): top-p orders by
+//             probability, lower id on ties, as sampling.py does (equal e from different logits
+//             are a tie, exactly as equal float probabilities are there);
+//   q(x)    = floor(e(x) * 2^s), s = 63 - floor(log2(#valid)): probability mass as a 64-bit
+//             integer, so no sum overflows. Integer sums are exact and independent of order: every
+//             pass sees the same mass for the same set (deterministic, no float atomics). The draw
+//             is from q / sum(q); ids with e < 2^-s (below ~1e-14 of the top id) get no mass.
+// min-p needs no pass: p / p_max = e, so it keeps e >= min_p.
+//
+// Passes over the row's V logits (one 1024-thread block per row):
+//   1.     #valid, max, greedy argmax (greedy stops here), the histogram of lkey's first digit;
+//   2-3.   top-k (0 < top_k < #valid): radix select of the k-th largest lkey, 11+11+10 bit
+//          digits, block histograms of counts in shared memory (digit 1 came with pass 1);
+//   4-6.   top-p (top_p < 1): the same radix select on ekey over the top-k survivors, with
+//          histograms of mass: the boundary key is the first one, in descending order, where the
+//          running mass reaches ceil(top_p * total); a token is kept iff the mass before it is
+//          < top_p * total, so the most likely token always survives;
+//   (+1)   after top-k and after top-p, only when more ids share the boundary key than are kept:
+//          an ordered select finds the last tie kept (lower ids first);
+//   7.     the draw: inverse CDF accumulated in ascending id order, as sampling.py does: the
+//          mass of each tile of consecutive ids (at most 2048 tiles), a scan over the tiles, then
+//          one warp scans the tile that holds u * total.
+// So at most 7 full passes (9 with boundary ties); greedy 1; temperature and min-p alone 2.
+#include <float.h>
+
+#include "common.cuh"
+#include "kernels.cuh"
+
+namespace gptoss::cuda {
+namespace {
+
+typedef unsigned long long u64;  // atomicAdd's 64-bit type
+
+constexpr int kThreads = 1024;
+constexpr int kWarps = kThreads / 32;
+constexpr int kBins = 2048;  // 11-bit radix digits; also the most tiles of the ordered select
+static_assert(kWarps == 32 && kBins == 2 * kThreads, "the scans below take 2 bins per thread and 32 warps");
+
+struct Shared {
+  uint32_t cnt[kBins];                      // top-k histogram
+  uint32_t mass_lo[kBins], mass_hi[kBins];  // top-p histogram: 64-bit sums as two halves
+  u64 tile_mass[kBins];                     // the ordered select's
+  u64 red[kWarps];
+  float redf[kWarps];
+  int redi[kWarps];
+  int bin, tile, result;
+  u64 above, value, carry;
+};
+
+// Radix digits, most significant first: bits [31:21], [20:10], [9:0].
+__device__ __forceinline__ int digit_shift(int d) { return d == 0 ? 21 : d == 1 ? 10 : 0; }
+__device__ __forceinline__ int digit_bits(int d) { return d == 2 ? 10 : 11; }
+
+__device__ __forceinline__ bool finite(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
+
+// Unsigned order = float order; -0 is folded into +0 (sampling.py sees them equal).
+__device__ __forceinline__ uint32_t lkey(float x) {
+  uint32_t u = __float_as_uint(x);
+  if (u == 0x80000000u) u = 0;
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// A 64-bit add into shared memory as 32-bit atomics (a 64-bit shared atomicAdd is a CAS loop):
+// the low half's carry goes into the high half, so the sum stays exact.
+__device__ __forceinline__ void add_mass(Shared& sm, int bin, u64 v) {
+  const uint32_t lo = uint32_t(v), old = atomicAdd(&sm.mass_lo[bin], lo);
+  const uint32_t hi = uint32_t(v >> 32) + (old + lo < old ? 1u : 0u);
+  if (hi) atomicAdd(&sm.mass_hi[bin], hi);
+}
+__device__ __forceinline__ u64 mass_at(const Shared& sm, int bin) {
+  return (u64(sm.mass_hi[bin]) << 32) | sm.mass_lo[bin];
+}
+
+__device__ __forceinline__ u64 warp_sum_u64(u64 v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ u64 warp_inclusive_scan(u64 v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const u64 t = __shfl_sync(0xffffffffu, v, lane >= d ? lane - d : lane);
+    if (lane >= d) v += t;
+  }
+  return v;
+}
+
+__device__ __forceinline__ int warp_min_int(int v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Exclusive prefix sum of v over the block in thread order; total = the sum of all.
+__device__ u64 block_scan(u64 v, u64& total, Shared& sm) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const u64 incl = warp_inclusive_scan(v);
+  if (lane == 31) sm.red[warp] = incl;
+  __syncthreads();
+  const u64 w = sm.red[lane];
+  const u64 wincl = warp_inclusive_scan(w);
+  const u64 before = __shfl_sync(0xffffffffu, wincl - w, warp);
+  total = __shfl_sync(0xffffffffu, wincl, 31);
+  __syncthreads();  // sm.red is reused by the next call
+  return before + incl - v;
+}
+
+__device__ float block_max(float v, Shared& sm) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_max(v);
+  if (lane == 0) sm.redf[warp] = v;
+  __syncthreads();
+  v = warp_max(sm.redf[lane]);
+  __syncthreads();
+  return v;
+}
+
+// Does (ov, oi) beat (v, i) for argmax? Larger value, then lower id; id < 0 = nothing.
+__device__ __forceinline__ bool beats(float ov, int oi, float v, int i) {
+  return oi >= 0 && (i < 0 || ov > v || (ov == v && oi < i));
+}
+
+__device__ int block_argmax(float v, int i, Shared& sm) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (beats(ov, oi, v, i)) v = ov, i = oi;
+  }
+  if (lane == 0) sm.redf[warp] = v, sm.redi[warp] = i;
+  __syncthreads();
+  v = sm.redf[lane];
+  i = sm.redi[lane];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (beats(ov, oi, v, i)) v = ov, i = oi;
+  }
+  __syncthreads();
+  return i;
+}
+
+// f(i, row[i]) for every i < n, block-strided; each thread sees its ids in ascending order.
+// float4 loads (two in flight per thread) once the row is 16-byte aligned.
+template <class F>
+__device__ __forceinline__ void for_each(const float* row, int n, F f) {
+  const int head = min(n, int((4 - ((reinterpret_cast<uintptr_t>(row) >> 2) & 3)) & 3));
+  const int t = threadIdx.x;
+  if (t < head) f(t, row[t]);
+  const float4* v = reinterpret_cast<const float4*>(row + head);
+  const int n4 = (n - head) >> 2;
+  int j = t;
+  for (; j + kThreads < n4; j += 2 * kThreads) {
+    const float4 a = v[j], b = v[j + kThreads];
+    const int i = head + 4 * j, k = i + 4 * kThreads;
+    f(i, a.x), f(i + 1, a.y), f(i + 2, a.z), f(i + 3, a.w);
+    f(k, b.x), f(k + 1, b.y), f(k + 2, b.z), f(k + 3, b.w);
+  }
+  if (j < n4) {
+    const float4 a = v[j];
+    const int i = head + 4 * j;
+    f(i, a.x), f(i + 1, a.y), f(i + 2, a.z), f(i + 3, a.w);
+  }
+  for (int i = head + 4 * n4 + t; i < n; i += kThreads) f(i, row[i]);
+}
+
+struct Pick {
+  int bin;
+  u64 above, value;  // the sum of the bins above it; its own value
+};
+
+// Walks the histogram h(bin) from the highest bin down; returns the bin where the running sum
+// first reaches target(total) (callers keep it in [1, total]).
+template <class H, class Target>
+__device__ Pick pick_bin(H h, Target target, Shared& sm) {
+  const int hi = kBins - 1 - 2 * int(threadIdx.x);
+  const u64 a = h(hi), b = h(hi - 1);
+  u64 total;
+  const u64 before = block_scan(a + b, total, sm);
+  const u64 t = target(total);
+  if (before < t && t <= before + a + b) {
+    const bool first = t <= before + a;
+    sm.bin = first ? hi : hi - 1;
+    sm.above = first ? before : before + a;
+    sm.value = first ? a : b;
+  }
+  __syncthreads();
+  return Pick{sm.bin, sm.above, sm.value};  // rewritten only after the next call's barriers
+}
+
+// The first id i (ascending) with w(0) + ... + w(i) > target(total), total = the sum of every w
+// (the target is clamped below it); -1 when total is 0. Costs one pass over the row: the mass of
+// each tile of ts consecutive ids (one warp per tile, no block barrier), a block scan over the
+// tiles, then warp 0 scans the one tile that holds the target.
+template <class W, class Target>
+__device__ int ordered_select(const float* row, int n, W w, Target target, Shared& sm) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ts = 32 * ((n + 32 * kBins - 1) / (32 * kBins));  // ids per tile: >= 32, <= kBins tiles
+  const int nt = (n + ts - 1) / ts;
+  for (int t = warp; t < nt; t += kWarps) {
+    const int end = min(n, (t + 1) * ts);
+    u64 s = 0;
+    for (int i = t * ts + lane; i < end; i += 32) s += w(i, row[i]);
+    s = warp_sum_u64(s);
+    if (lane == 0) sm.tile_mass[t] = s;
+  }
+  for (int t = nt + threadIdx.x; t < kBins; t += kThreads) sm.tile_mass[t] = 0;
+  __syncthreads();
+  const u64 a = sm.tile_mass[2 * threadIdx.x], b = sm.tile_mass[2 * threadIdx.x + 1];
+  u64 total;
+  const u64 before = block_scan(a + b, total, sm);
+  if (total == 0) return -1;
+  const u64 tg = min(target(total), total - 1);
+  if (before <= tg && tg < before + a + b) {
+    const bool first = tg < before + a;
+    sm.tile = 2 * threadIdx.x + (first ? 0 : 1);
+    sm.carry = first ? before : before + a;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int t = sm.tile, end = min(n, (t + 1) * ts);
+    u64 carry = sm.carry;
+    int found = -1;
+    for (int i0 = t * ts; i0 < end; i0 += 32) {  // the same trip count on every lane
+      const int i = i0 + lane;
+      const u64 incl = warp_inclusive_scan(i < end ? w(i, row[i]) : 0);
+      const int l = warp_min_int(carry + incl > tg ? lane : 32);
+      if (l < 32) {
+        found = i0 + l;
+        break;
+      }
+      carry += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (lane == 0) sm.result = found;
+  }
+  __syncthreads();
+  return sm.result;
+}
+
+// ceil(top_p * total) in [1, total]: a token is kept iff the (integer) mass before it is below.
+__device__ u64 nucleus(float top_p, u64 total) {
+  const double t = ceil(double(top_p) * double(total));
+  if (!(t >= 1.0)) return 1;
+  return t >= double(total) ? total : u64(t);
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    sample_kernel(const float* logits, int64_t V, const SampleParams* params, int32_t* out) {
+  __shared__ Shared sm;
+  const SampleParams p = params[blockIdx.x];
+  const float* row = logits + int64_t(blockIdx.x) * V;
+  const int n = p.vocab_limit > 0 && p.vocab_limit < V ? p.vocab_limit : int(V);
+  const bool greedy = !(p.temperature > 0.f);
+  const bool maybe_topk = !greedy && p.top_k > 0 && p.top_k < n;
+
+  // ---- pass 1: #valid, max, greedy argmax, top-k digit 0
+  if (maybe_topk)
+    for (int b = threadIdx.x; b < kBins; b += kThreads) sm.cnt[b] = 0;
+  __syncthreads();
+  float mx = -INFINITY, bv = -INFINITY;
+  int bi = -1;
+  uint32_t nvalid = 0;
+  for_each(row, n, [&](int i, float x) {
+    if (greedy && !(x != x) && beats(x, i, bv, bi)) bv = x, bi = i;
+    if (finite(x)) {
+      ++nvalid;
+      mx = fmaxf(mx, x);
+      if (maybe_topk) atomicAdd(&sm.cnt[lkey(x) >> 21], 1u);
+    }
+  });
+  u64 nv;
+  block_scan(nvalid, nv, sm);
+  if (greedy) bi = block_argmax(bv, bi, sm);
+  if (nv == 0 || greedy) {
+    if (threadIdx.x == 0) out[blockIdx.x] = nv == 0 ? -1 : bi;
+    return;
+  }
+  mx = block_max(mx, sm);
+
+  const float c = fminf(1.44269504088896341f / p.temperature, FLT_MAX);  // log2(e) / T, finite
+  auto prob = [&](float x) { return exp2f((x - mx) * c); };
+  int s = 63;
+  for (u64 m = nv; m > 1; m >>= 1) --s;
+  const float scale = ldexpf(1.f, s);
+  auto mass = [&](float e) { return u64(e * scale); };
+
+  // ---- passes 2-3: top-k; kept iff lkey > kkey, or lkey == kkey and id <= klast
+  const bool topk = maybe_topk && u64(p.top_k) < nv;
+  uint32_t kkey = 0;
+  int klast = n;
+  if (topk) {
+    uint32_t prefix = 0;
+    u64 rem = u64(p.top_k);
+    Pick pk{};
+    for (int d = 0; d < 3; ++d) {
+      if (d > 0) {
+        for (int b = threadIdx.x; b < kBins; b += kThreads) sm.cnt[b] = 0;
+        __syncthreads();
+        const int hs = digit_shift(d - 1), sh = digit_shift(d);
+        const uint32_t mask = (1u << digit_bits(d)) - 1;
+        for_each(row, n, [&](int, float x) {
+          if (!finite(x)) return;
+          const uint32_t k = lkey(x);
+          if ((k >> hs) == prefix) atomicAdd(&sm.cnt[(k >> sh) & mask], 1u);
+        });
+        __syncthreads();
+      }
+      pk = pick_bin([&](int b) -> u64 { return sm.cnt[b]; }, [&](u64) { return rem; }, sm);
+      rem -= pk.above;
+      prefix = (prefix << digit_bits(d)) | uint32_t(pk.bin);
+    }
+    kkey = prefix;
+    if (rem < pk.value)  // keep the first rem of the pk.value ids tied at the k-th logit
+      klast = ordered_select(
+          row, n, [&](int, float x) -> u64 { return finite(x) && lkey(x) == kkey; },
+          [&](u64) { return rem - 1; }, sm);
+  }
+  auto topk_ok = [&](int i, float x) {
+    if (!topk) return true;
+    const uint32_t k = lkey(x);
+    return k > kkey || (k == kkey && i <= klast);
+  };
+
+  // ---- passes 4-6: top-p over the top-k survivors; kept iff ekey > pkey, or == pkey and id <= plast
+  const bool topp = p.top_p < 1.f;
+  uint32_t pkey = 0;
+  int plast = n;
+  if (topp) {
+    uint32_t prefix = 0;
+    u64 rem = 0;
+    Pick pk{};
+    for (int d = 0; d < 3; ++d) {
+      for (int b = threadIdx.x; b < kBins; b += kThreads) sm.mass_lo[b] = sm.mass_hi[b] = 0;
+      __syncthreads();
+      const int hs = d > 0 ? digit_shift(d - 1) : 0, sh = digit_shift(d);
+      const uint32_t mask = (1u << digit_bits(d)) - 1;
+      for_each(row, n, [&](int i, float x) {
+        if (!finite(x) || !topk_ok(i, x)) return;
+        const float e = prob(x);
+        const uint32_t k = __float_as_uint(e);
+        if (d == 0 || (k >> hs) == prefix) add_mass(sm, int((k >> sh) & mask), mass(e));
+      });
+      __syncthreads();
+      // The first pass's histogram holds the whole survivor mass: the nucleus target comes from it.
+      pk = pick_bin([&](int b) { return mass_at(sm, b); },
+                    [&](u64 total) { return d == 0 ? (rem = nucleus(p.top_p, total)) : rem; }, sm);
+      rem -= pk.above;
+      prefix = (prefix << digit_bits(d)) | uint32_t(pk.bin);
+    }
+    pkey = prefix;
+    const u64 q = mass(__uint_as_float(pkey));  // > 0: the picked bin has mass, and one key
+    const u64 ties = pk.value / q, keep = (rem + q - 1) / q;
+    if (keep < ties)
+      plast = ordered_select(
+          row, n,
+          [&](int i, float x) -> u64 { return finite(x) && topk_ok(i, x) && __float_as_uint(prob(x)) == pkey; },
+          [&](u64) { return keep - 1; }, sm);
+  }
+
+  // ---- pass 7: min-p and the draw, inverse CDF in id order
+  const float min_p = fminf(p.min_p, 1.f);
+  auto weight = [&](int i, float x) -> u64 {
+    if (!finite(x) || !topk_ok(i, x)) return 0;
+    const float e = prob(x);
+    const uint32_t k = __float_as_uint(e);
+    if (topp && (k < pkey || (k == pkey && i > plast))) return 0;
+    return e < min_p ? 0 : mass(e);
+  };
+  const double u = fmax(double(p.u), 0.0);
+  const int tok = ordered_select(
+      row, n, weight,
+      [&](u64 total) {
+        const double t = u * double(total);
+        return t < double(total) ? u64(t) : total - 1;
+      },
+      sm);
+  if (threadIdx.x == 0) out[blockIdx.x] = tok;
+}
+
+}  // namespace
+
+void sample_rows(const float* logits, int R, int64_t V, const SampleParams* params, int32_t* out, cudaStream_t st) {
+  if (R <= 0) return;
+  GPTOSS_CHECK_ARG(V >= 0 && V <= (int64_t(1) << 30), "sample_rows: vocabulary size out of range (at most 2^30)");
+  sample_kernel<<<R, kThreads, 0, st>>>(logits, V, params, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace gptoss::cuda
