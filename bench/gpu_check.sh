@@ -114,6 +114,8 @@ for m in ("gpt-oss-20b", "gpt-oss-120b"):
         elif r["what"] == "decode_graphs":
             rows.append((m, f"decode b1 graphs={'on' if r['graphs'] else 'off'}", f"{r['tok_s']:.0f} tok/s",
                          f"{r['ms_per_step']:.3f} ms/step"))
+        elif r["what"] == "decode_sampled":
+            rows.append((m, "decode b1 top-p sampled", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.3f} ms/step"))
         elif r["what"] == "copy_bandwidth":
             rows.append((m, "copy bandwidth", f"{r['gbps']:.0f} GB/s", r.get("device", "")))
         elif r["what"] == "memory":

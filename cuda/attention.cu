@@ -8,7 +8,8 @@
 // pairs and keeps an online softmax (running max m, sum l, output o) in registers: lane j
 // scores key j of the tile, then every lane accumulates its head_dim/32 output dimensions.
 // A second kernel merges the splits and adds the sink to the denominator:
-//   o = sum_s e^(m_s - M) o_s / (e^(S_h - M) + sum_s e^(m_s - M) l_s),  M = max(S_h, m_s).
+//   o = sum_s e^(m_s - M) o_s / (e^(S_h - M) + sum_s e^(m_s - M) l_s),  M = max(S_h, m_s);
+// with a single split (window layers, short contexts) the first kernel does that itself.
 #include <mutex>
 #include <vector>
 
@@ -141,6 +142,23 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(AttnArgs a) {
     }
   }
 
+  if (a.n_splits == 1) {  // the whole range was this block's: add the sink and finish here
+#pragma unroll
+    for (int c = 0; c < kCPW; ++c) {
+      const int comb = warp + kWarps * c;
+      if (comb < ncomb) {
+        const int r = comb / G, h = kvh * G + comb % G;
+        const float sink = a.sinks[h];
+        const float M = fmaxf(sink, m[c]);
+        const float w = m[c] == -INFINITY ? 0.f : expf(m[c] - M);
+        const float inv = 1.0f / (expf(sink - M) + w * l[c]);
+        float* dst = a.out + int64_t(g.row0 + r) * a.ldo + h * D;
+#pragma unroll
+        for (int dd = 0; dd < DPL; ++dd) dst[lane + 32 * dd] = o[c][dd] * w * inv;
+      }
+    }
+    return;
+  }
 #pragma unroll
   for (int c = 0; c < kCPW; ++c) {
     const int comb = warp + kWarps * c;
@@ -254,6 +272,7 @@ void attention(const AttnArgs& a, cudaStream_t st) {
     case 128: a.kv.bf16 ? launch<128, uint16_t>(a, st) : launch<128, float>(a, st); break;
     default: throw InvalidArgument("attention: head_dim must be 32, 64 or 128 on CUDA, got " + std::to_string(D));
   }
+  if (a.n_splits == 1) return;  // attn_kernel wrote the output
   dim3 grid(a.T, int(cdiv(a.n_heads, kWarps)));
   attn_combine_kernel<<<grid, kThreads, 0, st>>>(a, D);
   CUDA_CHECK_LAUNCH();

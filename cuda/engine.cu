@@ -553,6 +553,11 @@ struct CudaEngine::Impl {
     MoeTiles mt = tiles;
     mt.tile = moe_tile_size(tc);
     mt.max_tiles = moe_max_tiles(int(p.T * K), int(c.n_experts), mt.tile);
+    if (p.T == 1) {  // one token: its k experts are distinct, no grouping needed
+      mt.direct = int(K);
+      mt.idx = ridx;
+      mt.max_tiles = int(K);
+    }
 
     embedding(d_tok, Ti, embed, Hi, x, st);
     rmsnorm(x, Ti, Hi, layers[0].attn_norm, c.rms_eps, t, st);
@@ -592,7 +597,7 @@ struct CudaEngine::Impl {
       dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st);
       rmsnorm(x, Ti, Hi, L.mlp_norm, c.rms_eps, t, st);
       router(t, Ti, Hi, L.router_w, L.router_b, int(c.n_experts), int(K), ridx, rw, st);
-      moe_route(ridx, int(p.T * K), int(c.n_experts), mt, st);
+      if (!mt.direct) moe_route(ridx, int(p.T * K), int(c.n_experts), mt, st);
       MxWeights w1{L.mlp1_blocks, L.mlp1_scales, L.mlp1_b, int(2 * c.inter), Hi};
       MxWeights w2{L.mlp2_blocks, L.mlp2_scales, L.mlp2_b, Hi, int(c.inter)};
       moe_mlp1(t, Hi, int(K), mt, w1, c.swiglu_alpha, c.swiglu_limit, act, tc, st);

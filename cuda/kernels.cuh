@@ -87,6 +87,10 @@ struct MoeTiles {
   int32_t* tile_count = nullptr;  // [max_tiles]
   int32_t* n_tiles = nullptr;     // [1]
   int max_tiles = 0, tile = 0;
+  // direct > 0 (GEMV path only): no grouping, tile i is pair i alone, of expert idx[i], for
+  // i < direct. For one token (its k experts are distinct anyway) this saves moe_route.
+  int direct = 0;
+  const int32_t* idx = nullptr;
 };
 int moe_max_tiles(int P, int E, int tile);
 int moe_tile_size(bool tensor_cores);

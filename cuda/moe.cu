@@ -121,8 +121,10 @@ __global__ void __launch_bounds__(kMoeWarps * 32) moe_gemv_kernel(MoeGemvArgs a)
   for (int i = threadIdx.x; i < 16 * 32; i += blockDim.x) tab[i] = e2m1_to_float(uint32_t(i >> 5));
   __syncthreads();
   const int tile = blockIdx.y;
-  if (tile >= *a.mt.n_tiles) return;
-  const int e = a.mt.tile_e[tile], start = a.mt.tile_start[tile], cnt = a.mt.tile_count[tile];
+  const bool direct = a.mt.direct > 0;
+  if (tile >= (direct ? a.mt.direct : *a.mt.n_tiles)) return;
+  const int e = direct ? a.mt.idx[tile] : a.mt.tile_e[tile];
+  const int start = direct ? tile : a.mt.tile_start[tile], cnt = direct ? 1 : a.mt.tile_count[tile];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int N = a.w.N, K = a.w.K;
   const int unit = blockIdx.x * kMoeWarps + warp;
@@ -132,7 +134,7 @@ __global__ void __launch_bounds__(kMoeWarps * 32) moe_gemv_kernel(MoeGemvArgs a)
 #pragma unroll
   for (int t = 0; t < TT; ++t) {
     const int pos = start + min(t, cnt - 1);
-    const int src = MLP1 ? a.mt.sorted[pos] / a.topk : pos;
+    const int src = MLP1 ? (direct ? pos : a.mt.sorted[pos]) / a.topk : pos;
     xr[t] = a.X + int64_t(src) * a.ldx;
   }
   const int nb = K / 32;
@@ -187,7 +189,7 @@ __global__ void __launch_bounds__(kMoeWarps * 32) moe_gemv_kernel(MoeGemvArgs a)
       if (MLP1) {
         a.Y[int64_t(start + t) * a.ldy + unit] = swiglu1(s[0] + bias[r0], s[R - 1] + bias[r0 + 1], a.alpha, a.limit);
       } else {
-        const int pair = a.mt.sorted[start + t];
+        const int pair = direct ? start + t : a.mt.sorted[start + t];
         a.Y[int64_t(pair) * a.ldy + r0] = a.rw[pair] * (s[0] + bias[r0]);
       }
     }
@@ -225,6 +227,7 @@ void moe_route(const int32_t* idx, int P, int E, const MoeTiles& mt, cudaStream_
 void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWeights& w, float alpha, float limit,
               float* act, bool tensor_cores, cudaStream_t st) {
   check_mx(w);
+  if (mt.direct > 0 && tensor_cores) throw InvalidArgument("moe: direct pairs are a GEMV-path mode");
   if (mt.max_tiles <= 0) return;
   if (tensor_cores) {
     TcArgs a;
@@ -245,6 +248,7 @@ void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWei
 void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const float* rw, float* y, bool tensor_cores,
               cudaStream_t st) {
   check_mx(w);
+  if (mt.direct > 0 && tensor_cores) throw InvalidArgument("moe: direct pairs are a GEMV-path mode");
   if (mt.max_tiles <= 0) return;
   if (tensor_cores) {
     TcArgs a;

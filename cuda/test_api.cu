@@ -195,7 +195,13 @@ void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int 
   Buf db2(b2, size_t(E) * H * (I / 32) * 16), ds2(s2, size_t(E) * H * (I / 32)), dbias2(bias2, size_t(E) * H * 4);
   Buf act(size_t(P) * I * 4), y(size_t(P) * H * 4);
   TileBufs tb(P, E, tensor_cores);
-  cuda::moe_route(di.as<int32_t>(), P, E, tb.mt, 0);
+  if (T == 1 && !tensor_cores) {  // as the engine does for one token: no grouping
+    tb.mt.direct = k;
+    tb.mt.idx = di.as<int32_t>();
+    tb.mt.max_tiles = k;
+  } else {
+    cuda::moe_route(di.as<int32_t>(), P, E, tb.mt, 0);
+  }
   MxWeights w1{db1.as<uint8_t>(), ds1.as<uint8_t>(), dbias1.as<float>(), 2 * I, H};
   MxWeights w2{db2.as<uint8_t>(), ds2.as<uint8_t>(), dbias2.as<float>(), H, I};
   cuda::moe_mlp1(dx.as<float>(), H, k, tb.mt, w1, alpha, limit, act.as<float>(), tensor_cores, 0);
