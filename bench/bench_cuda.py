@@ -51,6 +51,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
     ap.add_argument("--kv-gib", type=float, default=24.0, help="KV cache cap in GiB")
     ap.add_argument("--batches", default="8,32,64,128")
+    ap.add_argument("--contexts", default="1024,8192", help="prompt lengths for prefill / decode context")
+    ap.add_argument("--device", default="cuda", help="cuda, or cuda-emu for a dry run of this script "
+                    "(with --model tiny --quick --contexts 64,128 --batches 2,4)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     out = open(os.path.join(args.out, f"bench_{args.model}.jsonl"), "w")
@@ -62,13 +65,15 @@ def main() -> int:
         out.write(line + "\n")
         out.flush()
 
-    k = core.cuda_kernels
-    bw = k.copy_bandwidth(2 << 30, 5)
-    emit(what="copy_bandwidth", gbps=round(bw, 1), device=core.cuda_device_description(0))
+    backend = core.cuda_emu if args.device == "cuda-emu" else core
+    k = backend.cuda_kernels
+    bw = k.copy_bandwidth((2 << 30) if args.device == "cuda" else (1 << 20), 5)
+    emit(what="copy_bandwidth", gbps=round(bw, 1), device=backend.cuda_device_description(0))
 
     t0 = time.time()
-    m = gptoss.Model.synthetic(args.model, seed=0, device="cuda", kv_cache_bytes=int(args.kv_gib * (1 << 30)),
-                               max_context=16384)
+    ctxs = [int(c) for c in args.contexts.split(",") if c]
+    m = gptoss.Model.synthetic(args.model, seed=0, device=args.device, kv_cache_bytes=int(args.kv_gib * (1 << 30)),
+                               max_context=max(16384, 2 * max(ctxs)))
     eng = m._engine
     eng.synchronize()
     info = eng.memory_info()
@@ -95,7 +100,7 @@ def main() -> int:
 
     results = {}
     seqs = {}
-    for n in (1024, 8192):
+    for n in ctxs:
         s = m.new_sequence()
         p = prompt(n)
         eng.synchronize()
@@ -108,7 +113,7 @@ def main() -> int:
         seqs[n] = s
 
     steps = 8 if args.quick else 48
-    for ctx in (1024, 8192):
+    for ctx in ctxs:
         s = seqs[ctx]
         tok = 1
         t = time.perf_counter()
@@ -122,7 +127,8 @@ def main() -> int:
         emit(what="decode", batch=1, context=ctx, ms_per_step=round(dt * 1e3, 3), tok_s=round(1 / dt, 1),
              gb_per_step=round(by / 1e9, 3), roofline_frac=round(frac, 3))
     # Launch overhead: the same batch-1 decode at 1k with the CUDA graphs off, then on again.
-    s = seqs[1024]
+    c0 = ctxs[0]
+    s = seqs[c0]
     for graphs in (False, True):
         eng.set_cuda_graphs(graphs)
         tok = 1
@@ -133,7 +139,7 @@ def main() -> int:
             tok = int(greedy([s], [tok])[0])
         eng.synchronize()
         dt = (time.perf_counter() - t) / steps
-        emit(what="decode_graphs", graphs=graphs, batch=1, context=1024 + steps, ms_per_step=round(dt * 1e3, 3),
+        emit(what="decode_graphs", graphs=graphs, batch=1, context=c0 + steps, ms_per_step=round(dt * 1e3, 3),
              tok_s=round(1 / dt, 1))
     # Sampling on the device (temperature 0.8, top-p 0.95): the per-step cost over greedy.
     tok = 1
@@ -144,12 +150,13 @@ def main() -> int:
                                   rng.random(1).astype(np.float32) * 0.999, np.array([0], np.int32))[0])
     eng.synchronize()
     dt = (time.perf_counter() - t) / steps
-    emit(what="decode_sampled", batch=1, context=1024 + 2 * steps, ms_per_step=round(dt * 1e3, 3),
+    emit(what="decode_sampled", batch=1, context=c0 + 2 * steps, ms_per_step=round(dt * 1e3, 3),
          tok_s=round(1 / dt, 1), sampling="temperature 0.8, top_p 0.95")
     emit(what="graph_stats", **eng.graph_stats())
-    seqs[8192].free()
+    for c in ctxs[1:]:
+        seqs[c].free()
 
-    base = seqs[1024]
+    base = seqs[c0]
     for B in [int(b) for b in args.batches.split(",") if b]:
         forks = [base.fork() for _ in range(B)]
         toks = list(rng.integers(0, V, B))
@@ -161,10 +168,10 @@ def main() -> int:
             toks = list(greedy(forks, toks))
         eng.synchronize()
         dt = (time.perf_counter() - t) / n
-        by = step_bytes(cfg, B, 1024 + n, kv_elem)
+        by = step_bytes(cfg, B, c0 + n, kv_elem)
         frac = by / dt / (bw * 1e9)
-        results[f"decode{B}_1024"] = (B / dt, frac)
-        emit(what="decode", batch=B, context=1024, ms_per_step=round(dt * 1e3, 3), tok_s=round(B / dt, 1),
+        results[f"decode{B}_{c0}"] = (B / dt, frac)
+        emit(what="decode", batch=B, context=c0, ms_per_step=round(dt * 1e3, 3), tok_s=round(B / dt, 1),
              gb_per_step=round(by / 1e9, 3), roofline_frac=round(frac, 3))
         for f in forks:
             f.free()

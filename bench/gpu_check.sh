@@ -93,36 +93,5 @@ for M in gpt-oss-20b gpt-oss-120b; do
 done
 
 # 6. compact table
-python3 - "$OUT" <<'PY' | tee -a "$SUM"
-import json, os, sys
-out = sys.argv[1]
-rows = []
-for m in ("gpt-oss-20b", "gpt-oss-120b"):
-    p = os.path.join(out, f"bench_{m}.jsonl")
-    if not os.path.exists(p):
-        continue
-    for line in open(p):
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if r["what"] == "prefill":
-            rows.append((m, f"prefill {r['tokens']}", f"{r['tok_s']:.0f} tok/s", ""))
-        elif r["what"] == "decode":
-            rows.append((m, f"decode b{r['batch']} ctx{r['context']}", f"{r['tok_s']:.0f} tok/s",
-                         f"{r['ms_per_step']:.2f} ms/step, {r['roofline_frac']*100:.0f}% of copy BW"))
-        elif r["what"] == "decode_graphs":
-            rows.append((m, f"decode b1 graphs={'on' if r['graphs'] else 'off'}", f"{r['tok_s']:.0f} tok/s",
-                         f"{r['ms_per_step']:.3f} ms/step"))
-        elif r["what"] == "decode_sampled":
-            rows.append((m, "decode b1 top-p sampled", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.3f} ms/step"))
-        elif r["what"] == "copy_bandwidth":
-            rows.append((m, "copy bandwidth", f"{r['gbps']:.0f} GB/s", r.get("device", "")))
-        elif r["what"] == "memory":
-            rows.append((m, "device memory used", f"{r['used_gib']:.1f} GiB",
-                         f"weights {r['weights_gib']} GiB, kv {r['kv_gib']} GiB (cap)"))
-print(f"{'model':<14}{'figure':<26}{'value':<16}note")
-for r in rows:
-    print(f"{r[0]:<14}{r[1]:<26}{r[2]:<16}{r[3]}")
-PY
+python3 bench/gpu_table.py "$OUT" | tee -a "$SUM"
 log "done (pytest rc=$RC)"

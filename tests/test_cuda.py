@@ -570,6 +570,28 @@ def test_generate_samples_on_device(backend):
         cpu.step_sample([(cpu.new_sequence(), [1])], [bad])
 
 
+def test_gpu_benchmark_script_dry_run(tmp_path):
+    """bench/bench_cuda.py and the table of bench/gpu_check.sh run end to end on the emulator
+    (a tiny model), so a GPU lease never finds a broken script."""
+    if not _emu_available():
+        pytest.skip("built without the CUDA emulator")
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, os.path.join(root, "bench", "bench_cuda.py"), "--device", "cuda-emu",
+                        "--model", "tiny", "--quick", "--contexts", "40,72", "--batches", "2", "--kv-gib", "0.02",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    t = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_table.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert t.returncode == 0, t.stderr
+    for figure in ("prefill 40", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
+                   "device memory used", "copy bandwidth"):
+        assert figure in t.stdout, (figure, t.stdout)
+
+
 @cuda_test
 @pytest.mark.parametrize("layout", ["hf", "original"])
 def test_checkpoint_on_cuda(backend, make_checkpoint, layout):

@@ -1,0 +1,50 @@
+"""The compact table that bench/gpu_check.sh prints last: one row per figure in the
+bench_<model>.jsonl files that bench/bench_cuda.py wrote into DIR.
+
+    python bench/gpu_table.py DIR
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+
+def rows_of(r: dict) -> list[tuple[str, str, str]]:
+    w = r.get("what")
+    if w == "prefill":
+        return [(f"prefill {r['tokens']}", f"{r['tok_s']:.0f} tok/s", "")]
+    if w == "decode":
+        return [(f"decode b{r['batch']} ctx{r['context']}", f"{r['tok_s']:.0f} tok/s",
+                 f"{r['ms_per_step']:.2f} ms/step, {r['roofline_frac'] * 100:.0f}% of copy BW")]
+    if w == "decode_graphs":
+        return [(f"decode b1 graphs={'on' if r['graphs'] else 'off'}", f"{r['tok_s']:.0f} tok/s",
+                 f"{r['ms_per_step']:.3f} ms/step")]
+    if w == "decode_sampled":
+        return [("decode b1 top-p sampled", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.3f} ms/step")]
+    if w == "copy_bandwidth":
+        return [("copy bandwidth", f"{r['gbps']:.0f} GB/s", r.get("device", ""))]
+    if w == "memory":
+        return [("device memory used", f"{r['used_gib']:.1f} GiB",
+                 f"weights {r['weights_gib']} GiB, kv {r['kv_gib']} GiB (cap)")]
+    return []
+
+
+def table(out: str) -> str:
+    lines = [f"{'model':<14}{'figure':<26}{'value':<16}note"]
+    for path in sorted(glob.glob(os.path.join(out, "bench_*.jsonl"))):
+        model = os.path.basename(path)[len("bench_"):-len(".jsonl")]
+        for line in open(path):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            for fig, val, note in rows_of(r):
+                lines.append(f"{model:<14}{fig:<26}{val:<16}{note}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(sys.argv[1] if len(sys.argv) > 1 else "gpu_out"))
