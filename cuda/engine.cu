@@ -19,9 +19,11 @@ void check_kernel_image(int device);  // ops.cu
 
 namespace {
 
-std::string gib(double bytes) {
+std::string gib(double bytes) {  // human-readable size
   char b[64];
-  std::snprintf(b, sizeof b, "%.2f GiB", bytes / double(1 << 30));
+  if (bytes >= double(1 << 30)) std::snprintf(b, sizeof b, "%.2f GiB", bytes / double(1 << 30));
+  else if (bytes >= double(1 << 20)) std::snprintf(b, sizeof b, "%.1f MiB", bytes / double(1 << 20));
+  else std::snprintf(b, sizeof b, "%.0f bytes", bytes);
   return b;
 }
 

@@ -570,6 +570,31 @@ def test_generate_samples_on_device(backend):
         cpu.step_sample([(cpu.new_sequence(), [1])], [bad])
 
 
+@pytest.mark.parametrize("env,error,match", [
+    ({"GPTOSS_EMU_MEMORY_GIB": "0.002"}, "MemoryError", r"out of memory allocating [0-9.]+ (GiB|MiB|bytes) for .* free of [0-9.]+ MiB"),
+    ({"GPTOSS_EMU_SM": "75"}, "RuntimeError", r"unsupported GPU .*sm_75.*8\.0"),
+])
+def test_device_memory_and_architecture_errors(env, error, match):
+    """Out of device memory names the sizes; a pre-Ampere GPU is refused clearly (the emulator
+    pretends, in a subprocess: its settings are read once per process)."""
+    if not _emu_available():
+        pytest.skip("built without the CUDA emulator")
+    import subprocess
+    import sys
+
+    code = ("import gptoss\n"
+            "try:\n"
+            "    gptoss.Model.synthetic('tiny', device='cuda-emu', kv_cache_bytes=1 << 22)\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, '|', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **env))
+    assert r.returncode == 0, r.stderr[-2000:]
+    kind, _, msg = r.stdout.partition(" | ")
+    assert kind == error, r.stdout
+    assert __import__("re").search(match, msg), msg
+
+
 def test_gpu_benchmark_script_dry_run(tmp_path):
     """bench/bench_cuda.py and the table of bench/gpu_check.sh run end to end on the emulator
     (a tiny model), so a GPU lease never finds a broken script."""

@@ -14,6 +14,9 @@
 // What it cannot check: timing, register and occupancy limits, memory-model races between
 // blocks (blocks never overlap here), the hardware's own fragment layouts.
 //
+// Environment: GPTOSS_EMU_MEMORY_GIB (device memory, default 4), GPTOSS_EMU_SMS (multiprocessors,
+// default 132), GPTOSS_EMU_SM (compute capability, default 90), GPTOSS_EMU_VERBOSE (print errors).
+//
 // Built only into the test backend `gptoss._core.cuda_emu` (see cuda/CMakeLists.txt), with
 // -Dcuda=cuda_emu so its symbols never meet the real backend's.
 #pragma once

@@ -460,10 +460,12 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   memset(p, 0, sizeof *p);
   std::snprintf(p->name, sizeof p->name, "cuda-emu (CPU emulation)");
   p->totalGlobalMem = total_memory();
-  p->major = 9;
-  p->minor = 0;
-  const char* sm = std::getenv("GPTOSS_EMU_SMS");
-  p->multiProcessorCount = sm ? std::atoi(sm) : 132;
+  const char* sm = std::getenv("GPTOSS_EMU_SM");  // e.g. "75": pretend to be an older GPU
+  const int cc = sm ? std::atoi(sm) : 90;
+  p->major = cc / 10;
+  p->minor = cc % 10;
+  const char* sms = std::getenv("GPTOSS_EMU_SMS");
+  p->multiProcessorCount = sms ? std::atoi(sms) : 132;
   p->sharedMemPerBlockOptin = kOptinSmem;
   p->l2CacheSize = 60 << 20;
   return cudaSuccess;
