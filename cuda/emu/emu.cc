@@ -134,7 +134,7 @@ struct BlockRun {
   Barrier block_bar;
   std::vector<Barrier> warp_bar;
   std::vector<uint64_t> slots;  // [2][warps][32]
-  bool deadlock = false;
+  unsigned launch = 0;  // kernels executed so far
 };
 
 Fiber g_fibers[kMaxThreads];
@@ -304,11 +304,15 @@ bool run_block() {
     f.shfl_count = 0;
     start_fiber(&f);
   }
+  // Threads run up to their next barrier one after the other; the order flips from block to
+  // block, so code that reads shared memory another thread writes without a barrier in between
+  // sees the stale (or poisoned) value in one order or the other.
+  const bool reverse = ((g_run.bid.x + g_run.bid.y + g_run.bid.z + g_run.launch) & 1u) != 0;
   int remaining = n;
   while (remaining > 0) {
     bool progressed = false;
-    for (int i = 0; i < n; ++i) {
-      Fiber& f = g_fibers[i];
+    for (int k = 0; k < n; ++k) {
+      Fiber& f = g_fibers[reverse ? n - 1 - k : k];
       if (f.done) continue;
       if (f.wait && f.wait->gen == f.wait_gen) continue;
       f.wait = nullptr;
@@ -340,6 +344,7 @@ void execute(const LaunchConfig& c, const std::shared_ptr<Body>& body) {
   g_run.bdim = c.block;
   g_run.gdim = c.grid;
   g_run.n = n;
+  ++g_run.launch;
   // Uninitialised shared memory is garbage on the device: poison it so code that reads it
   // before writing shows up as NaNs / wild values instead of lucky zeros.
   for (unsigned z = 0; z < c.grid.z; ++z)
