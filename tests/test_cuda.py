@@ -126,6 +126,18 @@ def test_cuda_backend_compiled_when_nvcc_present():
     assert isinstance(core.cuda_device_count(), int)  # never raises, even without a driver
 
 
+def test_cuda_emulator_built():
+    """The CUDA tests below run on the emulator in CI: a build without it would skip them silently."""
+    if core is None:
+        pytest.skip("extension not built")
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("GPTOSS_CUDA_EMU", "").upper() == "OFF":
+        pytest.skip("the emulator is built on Linux unless GPTOSS_CUDA_EMU=OFF")
+    assert gptoss.build_info()["cuda_emu"] is True and _emu_available()
+    assert core.cuda_emu.cuda_device_count() == 1
+
+
 def test_cuda_device_errors_are_clear():
     if core is None or not gptoss.build_info()["cuda"]:
         pytest.skip("no CUDA build")
@@ -570,6 +582,14 @@ def test_generate_samples_on_device(backend):
         cpu.step_sample([(cpu.new_sequence(), [1])], [bad])
 
 
+def _child_env(**extra: str) -> dict:
+    """Environment for a Python subprocess that imports the same gptoss package as this one."""
+    import sys
+
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(gptoss.__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([pkg_root] + sys.path), **extra)
+
+
 @pytest.mark.parametrize("env,error,match", [
     ({"GPTOSS_EMU_MEMORY_GIB": "0.002"}, "MemoryError", r"out of memory allocating [0-9.]+ (GiB|MiB|bytes) for .* free of [0-9.]+ MiB"),
     ({"GPTOSS_EMU_SM": "75"}, "RuntimeError", r"unsupported GPU .*sm_75.*8\.0"),
@@ -588,7 +608,7 @@ def test_device_memory_and_architecture_errors(env, error, match):
             "except Exception as e:\n"
             "    print(type(e).__name__, '|', e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **env))
+                       env=_child_env(**env))
     assert r.returncode == 0, r.stderr[-2000:]
     kind, _, msg = r.stdout.partition(" | ")
     assert kind == error, r.stdout
@@ -604,7 +624,7 @@ def test_gpu_benchmark_script_dry_run(tmp_path):
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = _child_env()
     r = subprocess.run([sys.executable, os.path.join(root, "bench", "bench_cuda.py"), "--device", "cuda-emu",
                         "--model", "tiny", "--quick", "--contexts", "40,72", "--batches", "2", "--kv-gib", "0.02",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
