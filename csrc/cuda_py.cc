@@ -243,6 +243,16 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
   using cuda::CudaEngine;
   m.def("cuda_device_count", &cuda::device_count, "Number of visible CUDA devices (0 without a driver or GPU)");
   m.def("cuda_device_description", &cuda::device_description, py::arg("device") = 0);
+  m.def(
+      "cuda_memory_plan",
+      [](const py::dict& config, int64_t block_size, int64_t window_retain, int64_t max_chunk_tokens,
+         const std::string& kv_dtype) {
+        const auto opt = make_opts(block_size, 0, window_retain, max_chunk_tokens, 0, kv_dtype, true);
+        return CudaEngine::memory_plan(config_from_dict(config), opt);
+      },
+      py::arg("config"), py::arg("block_size") = 16, py::arg("window_retain") = 256,
+      py::arg("max_chunk_tokens") = 512, py::arg("kv_dtype") = "float32",
+      "Device bytes of a model (weights, workspace, KV per token / per sequence) without a device");
 
   py::class_<CudaEngine>(m, "CudaEngine")
       .def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,

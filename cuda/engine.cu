@@ -121,11 +121,13 @@ struct CudaEngine::Impl {
 
   template <typename T>
   T* alloc(int64_t n, const std::string& what, size_t* counter) {
+    *counter += size_t(n) * sizeof(T);
+    if (dry) return nullptr;
     void* p = dev_alloc(size_t(n) * sizeof(T), what);
     allocs.push_back(p);
-    *counter += size_t(n) * sizeof(T);
     return static_cast<T*>(p);
   }
+  bool dry = false;  // memory_plan: count the allocations, make none
 
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
@@ -175,7 +177,8 @@ struct CudaEngine::Impl {
     unembed = alloc<uint16_t>(cfg.vocab * H, "the unembedding", c);
     final_norm = alloc<float>(H, "the final norm", c);
     inv_freq = alloc<float>(cfg.head_dim / 2, "rope frequencies", c);
-    CUDA_CHECK(cudaMemcpy(inv_freq, cfg.inv_freq.data(), cfg.inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice));
+    if (!dry)
+      CUDA_CHECK(cudaMemcpy(inv_freq, cfg.inv_freq.data(), cfg.inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice));
     layers.resize(size_t(cfg.n_layers));
     for (int64_t l = 0; l < cfg.n_layers; ++l) {
       DevLayer& L = layers[size_t(l)];
@@ -717,6 +720,26 @@ void CudaEngine::set_graphs(bool enabled) {
   CUDA_CHECK(cudaStreamSynchronize(p_->stream));
   p_->opt.graphs = enabled;
   if (!enabled) p_->drop_graphs();
+}
+
+std::map<std::string, double> CudaEngine::memory_plan(ModelConfig cfg, CudaEngineOptions opt) {
+  cfg.validate();
+  Impl im;
+  im.cfg = std::move(cfg);
+  im.opt = opt;
+  im.dry = true;
+  im.alloc_weights();
+  im.alloc_workspace();
+  const ModelConfig& c = im.cfg;
+  int64_t nf = 0;
+  for (int64_t l = 0; l < c.n_layers; ++l) nf += c.sliding[size_t(l)] ? 0 : 1;
+  const double eb = opt.kv_bf16 ? 2.0 : 4.0, per_layer_token = 2.0 * double(c.n_kv * c.head_dim) * eb;
+  // Window layers keep at most window + window_retain + one chunk of positions per sequence.
+  const double win_tokens = double(c.window + opt.window_retain + opt.max_chunk_tokens + 2 * opt.block_size);
+  return {{"weights", double(im.weight_bytes)},
+          {"workspace", double(im.work_bytes)},
+          {"kv_bytes_per_token", double(nf) * per_layer_token},
+          {"kv_bytes_per_sequence_window", double(c.n_layers - nf) * per_layer_token * win_tokens}};
 }
 
 std::vector<int64_t> CudaEngine::graph_stats() const {

@@ -79,6 +79,9 @@ class CudaEngine {
   // Device memory in bytes: weights, kv_cache, workspace, used (total - free, whole device),
   // total; and the KV element size.
   std::map<std::string, double> memory_info() const;
+  // Device bytes this model would take, without a device: weights, workspace (activations,
+  // logits, ...), KV cache per token (full-attention layers) and per sequence (window layers).
+  static std::map<std::string, double> memory_plan(ModelConfig cfg, CudaEngineOptions opt);
   std::string device_name() const;
   // CUDA graphs: {captured, launches, cached}; turning them off drops the cached ones.
   std::vector<int64_t> graph_stats() const;

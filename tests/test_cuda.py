@@ -582,6 +582,40 @@ def test_generate_samples_on_device(backend):
         cpu.step_sample([(cpu.new_sequence(), [1])], [bad])
 
 
+def test_models_fit_the_promised_gpus():
+    """gpt-oss-120b fits one 80 GB GPU with a useful KV cache, gpt-oss-20b fits 16 GB: the CUDA
+    engine's own allocation code, counting (no device needed)."""
+    if not _emu_available() and not hasattr(core, "cuda_memory_plan"):
+        pytest.skip("no CUDA backend or emulator in this build")
+    from gptoss.model import cuda_memory_plan
+
+    context = 512 << 20   # the CUDA context, cuBLAS-free: a generous allowance
+    margin = 512 << 20    # what the engine leaves free (CudaEngine alloc_kv)
+    for name, gpu_bytes, want_tokens in (("gpt-oss-120b", 80e9, 64 * 1024), ("gpt-oss-20b", 16 * 2**30, 16 * 1024)):
+        plan = cuda_memory_plan(name)
+        cfg = gptoss.config.preset(name)
+        weights_on_disk = sum(_expected_tensor_bytes(cfg))
+        assert abs(plan["weights"] - weights_on_disk) / weights_on_disk < 0.01, (name, plan, weights_on_disk)
+        free_for_kv = gpu_bytes - plan["weights"] - plan["workspace"] - context - margin
+        per_seq = plan["kv_bytes_per_sequence_window"]
+        tokens = (free_for_kv - per_seq) / plan["kv_bytes_per_token"]
+        assert tokens >= want_tokens, (name, plan, tokens)
+        # bf16 KV halves the per-token cost.
+        assert cuda_memory_plan(name, kv_dtype="bfloat16")["kv_bytes_per_token"] * 2 == plan["kv_bytes_per_token"]
+
+
+def _expected_tensor_bytes(cfg):
+    """Bytes of the checkpoint's tensors (bf16 matrices and vectors, MXFP4 blocks and scales)."""
+    H, I, E, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.vocab_size
+    Q, KV = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    per_layer = (2 * ((Q + 2 * KV) * H + H * Q + E * H)             # bf16 matrices
+                 + E * 2 * I * H // 2 + E * 2 * I * H // 32          # mlp1 blocks + scales
+                 + E * H * I // 2 + E * H * I // 32                   # mlp2 blocks + scales
+                 + 4 * (2 * H + Q + 2 * KV + H + cfg.num_attention_heads + E + E * 2 * I + E * H))  # fp32 vectors
+    yield cfg.num_hidden_layers * per_layer
+    yield 2 * 2 * V * H + 4 * H
+
+
 def _child_env(**extra: str) -> dict:
     """Environment for a Python subprocess that imports the same gptoss package as this one."""
     import sys

@@ -216,17 +216,7 @@ class Model:
         self.max_context = int(max_context)
         if threads is not None and (not isinstance(threads, int) or threads <= 0):
             raise ValueError(f"threads must be a positive int, got {threads!r}")
-        inv_freq, conc = cfg.yarn()
-        cdict = dict(
-            num_hidden_layers=cfg.num_hidden_layers, num_experts=cfg.num_experts,
-            experts_per_token=cfg.experts_per_token, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.intermediate_size, head_dim=cfg.head_dim,
-            num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
-            sliding_window=cfg.sliding_window, max_context=self.max_context, swiglu_limit=cfg.swiglu_limit,
-            rms_norm_eps=cfg.rms_norm_eps, attn_scale=cfg.head_dim ** -0.5,
-            sliding=[1 if cfg.is_sliding(i) else 0 for i in range(cfg.num_hidden_layers)],
-            inv_freq=inv_freq, rope_concentration=conc,
-        )
+        cdict = _engine_config(cfg, self.max_context)
         self.device = device
         if cuda is not None:
             # KV cache: kv_cache_bytes caps it (default: most of the free device memory);
@@ -358,6 +348,37 @@ class Model:
         c = self.config
         return (f"Model({self.checkpoint_dir or 'synthetic'!r}, layers={c.num_hidden_layers}, "
                 f"experts={c.num_experts}, vocab={c.vocab_size}, device={self.device!r})")
+
+
+def _engine_config(cfg: ModelConfig, max_context: int) -> dict:
+    """The config dict the C++ engines take."""
+    inv_freq, conc = cfg.yarn()
+    return dict(
+        num_hidden_layers=cfg.num_hidden_layers, num_experts=cfg.num_experts,
+        experts_per_token=cfg.experts_per_token, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size, head_dim=cfg.head_dim,
+        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
+        sliding_window=cfg.sliding_window, max_context=max_context, swiglu_limit=cfg.swiglu_limit,
+        rms_norm_eps=cfg.rms_norm_eps, attn_scale=cfg.head_dim ** -0.5,
+        sliding=[1 if cfg.is_sliding(i) else 0 for i in range(cfg.num_hidden_layers)],
+        inv_freq=inv_freq, rope_concentration=conc,
+    )
+
+
+def cuda_memory_plan(config: Union[str, ModelConfig], max_chunk_tokens: int = 512, block_size: int = 16,
+                     window_retain: int = 256, kv_dtype: str = "float32") -> dict[str, float]:
+    """Device memory in bytes that `Model(..., device="cuda")` takes for a preset name or config,
+    computed without a GPU (the CUDA engine's own allocation code, counting only): ``weights``,
+    ``workspace`` (activations, logits, ...), ``kv_bytes_per_token`` (full-attention layers) and
+    ``kv_bytes_per_sequence_window`` (the sliding-window layers' bounded share per sequence)."""
+    cfg = preset(config) if isinstance(config, str) else config
+    core = _core()
+    backend = core if hasattr(core, "cuda_memory_plan") else getattr(core, "cuda_emu", None)
+    if backend is None:
+        raise RuntimeError("this gptoss build has neither the CUDA backend nor its emulator")
+    return dict(backend.cuda_memory_plan(_engine_config(cfg, cfg.max_position_embeddings), block_size=block_size,
+                                         window_retain=window_retain, max_chunk_tokens=max_chunk_tokens,
+                                         kv_dtype=kv_dtype))
 
 
 def _check_device(device: str) -> Optional[tuple[Any, int]]:
