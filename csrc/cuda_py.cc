@@ -25,6 +25,14 @@ namespace {
 
 using namespace gptoss::py_common;
 
+// Ctrl-C during a long step: polled between chunks, with the GIL released around the step
+// (the Python error set by PyErr_CheckSignals is raised when the step unwinds).
+bool check_signals() {
+  py::gil_scoped_acquire gil;
+  if (PyErr_CheckSignals() == 0) return false;
+  throw py::error_already_set();
+}
+
 void need(bool c, const std::string& msg) {
   if (!c) throw InvalidArgument(msg);
 }
@@ -308,7 +316,7 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
             float* o = out.mutable_data();
             {
               py::gil_scoped_release nogil;
-              e.step(it.items, o);
+              e.step(it.items, o, check_signals);
             }
             return out;
           },
@@ -321,7 +329,7 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
             int32_t* o = out.mutable_data();
             {
               py::gil_scoped_release nogil;
-              e.step_argmax(it.items, o);
+              e.step_argmax(it.items, o, check_signals);
             }
             return out;
           },
@@ -344,7 +352,7 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
             int32_t* o = out.mutable_data();
             {
               py::gil_scoped_release nogil;
-              e.step_sample(it.items, sp, o);
+              e.step_sample(it.items, sp, o, check_signals);
             }
             return out;
           },

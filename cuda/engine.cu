@@ -342,12 +342,18 @@ struct CudaEngine::Impl {
   // out: logits rows; else out_tok: one token per item, the argmax (sp null) or sampled with
   // sp[item] (all_logits is then ignored, so output row == item index).
   using SP = ::gptoss::cuda::SampleParams;  // the kernel's (kernels.cuh), not CudaEngine's
-  void run(const std::vector<StepItem>& items_in, float* out, int32_t* out_tok, const SP* sp) {
+  void run(const std::vector<StepItem>& items_in, float* out, int32_t* out_tok, const SP* sp,
+           const std::function<bool()>& interrupted) {
     std::vector<StepItem> items = items_in;
     if (out_tok)
       for (auto& it : items) it.all_logits = false;
     seqs->validate(items);
-    seqs->for_each_chunk(items, [&](const std::vector<Chunk>& g) { forward_chunk(g, out, out_tok, sp); });
+    bool first = true;
+    seqs->for_each_chunk(items, [&](const std::vector<Chunk>& g) {
+      if (!first && interrupted && interrupted()) throw Interrupted("step interrupted between chunks");
+      first = false;
+      forward_chunk(g, out, out_tok, sp);
+    });
   }
 
   void ensure_meta(int64_t n) {
@@ -664,20 +670,21 @@ bool CudaEngine::has_sequence(int64_t seq) const { std::lock_guard<std::mutex> g
 int64_t CudaEngine::num_sequences() const { std::lock_guard<std::mutex> g(p_->mu); return p_->seqs->size(); }
 int64_t CudaEngine::logits_rows(const std::vector<StepItem>& items) const { return SequenceTable::logits_rows(items); }
 
-void CudaEngine::step(const std::vector<StepItem>& items, float* out) {
+void CudaEngine::step(const std::vector<StepItem>& items, float* out, const std::function<bool()>& interrupted) {
   std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  p_->run(items, out, nullptr, nullptr);
+  p_->run(items, out, nullptr, nullptr, interrupted);
 }
 
-void CudaEngine::step_argmax(const std::vector<StepItem>& items, int32_t* out) {
+void CudaEngine::step_argmax(const std::vector<StepItem>& items, int32_t* out,
+                             const std::function<bool()>& interrupted) {
   std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  p_->run(items, nullptr, out, nullptr);
+  p_->run(items, nullptr, out, nullptr, interrupted);
 }
 
 void CudaEngine::step_sample(const std::vector<StepItem>& items, const std::vector<SampleParams>& params,
-                             int32_t* out) {
+                             int32_t* out, const std::function<bool()>& interrupted) {
   GPTOSS_CHECK_ARG(params.size() == items.size(), "step_sample: one set of sampling parameters per item");
   for (const auto& q : params) {
     GPTOSS_CHECK_ARG(std::isfinite(q.temperature) && q.temperature >= 0.f, "temperature must be finite and >= 0");
@@ -692,7 +699,7 @@ void CudaEngine::step_sample(const std::vector<StepItem>& items, const std::vect
   }
   std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  p_->run(items, nullptr, out, sp.data());
+  p_->run(items, nullptr, out, sp.data(), interrupted);
   for (size_t i = 0; i < items.size(); ++i)
     if (out[i] < 0) throw InvalidArgument("no token can be sampled: every logit is -inf or masked");
 }

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -57,11 +58,13 @@ class CudaEngine {
   int64_t num_sequences() const;
 
   // Same contract as Engine::step: logits rows into host memory `out`.
-  void step(const std::vector<StepItem>& items, float* out);
+  // `interrupted`, if given, is polled between the chunks of a long step (Ctrl-C; it may throw).
+  void step(const std::vector<StepItem>& items, float* out, const std::function<bool()>& interrupted = nullptr);
   int64_t logits_rows(const std::vector<StepItem>& items) const;
   // Greedy decoding: the argmax token after each item's last token (computed on the device,
   // only the token ids are copied back). all_logits is ignored.
-  void step_argmax(const std::vector<StepItem>& items, int32_t* out);
+  void step_argmax(const std::vector<StepItem>& items, int32_t* out,
+                   const std::function<bool()>& interrupted = nullptr);
   // Sampling on the device (cuda/sampling.cu): one token per item drawn with params[item]; only
   // the token ids are copied back. The sequences keep the step even if a row has nothing to
   // sample (every logit masked: InvalidArgument after the step).
@@ -73,7 +76,8 @@ class CudaEngine {
     float u;            // the uniform number in [0, 1) of the draw
     int vocab_limit;    // <= 0: the whole vocabulary
   };
-  void step_sample(const std::vector<StepItem>& items, const std::vector<SampleParams>& params, int32_t* out);
+  void step_sample(const std::vector<StepItem>& items, const std::vector<SampleParams>& params, int32_t* out,
+                   const std::function<bool()>& interrupted = nullptr);
 
   std::vector<int64_t> kv_stats() const;
   // Device memory in bytes: weights, kv_cache, workspace, used (total - free, whole device),
