@@ -215,6 +215,24 @@ void register_kernels(py::module_& k) {
       "one token per row of logits [R, V] (sampling.py steps 4-8 with the uniform draw u); -1 where no id can be "
       "sampled");
   k.def(
+      "logprobs",
+      [](arr<float> logits, arr<int32_t> token, int64_t n, int64_t vocab_limit) {
+        need(logits.ndim() == 2, "logprobs: logits must be a 2-D array [R, V]");
+        const int64_t R = logits.shape(0), V = logits.shape(1);
+        need(token.ndim() == 1 && token.shape(0) == R,
+             "logprobs: token must have shape [R] = [" + std::to_string(R) + "] (one per row)");
+        need(n >= 0 && n <= 20, "logprobs: n must be in [0, 20] (kMaxTopLogprobs)");
+        need(vocab_limit >= 0 && vocab_limit <= INT32_MAX, "logprobs: vocab_limit must be >= 0 (0 = every id)");
+        py::array_t<float> chosen(R), top_lp({R, n});
+        py::array_t<int32_t> top_ids({R, n});
+        test::logprobs(logits.data(), int(R), V, int(vocab_limit), token.data(), int(n), chosen.mutable_data(),
+                       top_ids.mutable_data(), top_lp.mutable_data());
+        return py::make_tuple(chosen, top_ids, top_lp);
+      },
+      py::arg("logits"), py::arg("token"), py::arg("n"), py::arg("vocab_limit") = 0,
+      "log_softmax of each row of logits [R, V] (sampling.py's Sampler._with_logprobs): (chosen_lp [R], top_ids "
+      "[R, n], top_lp [R, n]), the n most likely ids descending (ties: lower id)");
+  k.def(
       "copy_bandwidth",
       [](int64_t bytes, int reps) {
         py::gil_scoped_release nogil;
@@ -338,27 +356,36 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
           "step_sample",
           [](CudaEngine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,
              arr<float> temperature, arr<int32_t> top_k, arr<float> top_p, arr<float> min_p, arr<float> u,
-             arr<int32_t> vocab_limit) {
+             arr<int32_t> vocab_limit, int logprobs) -> py::object {
             const size_t n = seqs.size();
             need(size_t(temperature.size()) == n && size_t(top_k.size()) == n && size_t(top_p.size()) == n &&
                      size_t(min_p.size()) == n && size_t(u.size()) == n && size_t(vocab_limit.size()) == n,
                  "step_sample: one value of each parameter per sequence");
+            need(logprobs >= -1 && logprobs <= 20, "step_sample: logprobs must be -1 (none) or 0..20");
             std::vector<CudaEngine::SampleParams> sp(n);
             for (size_t i = 0; i < n; ++i)
               sp[i] = CudaEngine::SampleParams{temperature.data()[i], top_k.data()[i], top_p.data()[i],
                                                min_p.data()[i], u.data()[i], vocab_limit.data()[i]};
             Items it = make_items(e.config().vocab, seqs, toks, std::vector<bool>(n, false));
-            py::array_t<int32_t> out(static_cast<py::ssize_t>(n));
+            const py::ssize_t rows = static_cast<py::ssize_t>(n), top = std::max(logprobs, 0);
+            py::array_t<int32_t> out(rows);
+            py::array_t<float> chosen(rows), top_lp({rows, top});
+            py::array_t<int32_t> top_ids({rows, top});
             int32_t* o = out.mutable_data();
+            float* c = chosen.mutable_data();
+            int32_t* ti = top_ids.mutable_data();
+            float* tl = top_lp.mutable_data();
             {
               py::gil_scoped_release nogil;
-              e.step_sample(it.items, sp, o, check_signals);
+              e.step_sample(it.items, sp, o, check_signals, logprobs, c, ti, tl);
             }
-            return out;
+            if (logprobs < 0) return std::move(out);
+            return py::make_tuple(out, chosen, top_ids, top_lp);
           },
           py::arg("seqs"), py::arg("tokens"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
-          py::arg("min_p"), py::arg("u"), py::arg("vocab_limit"),
-          "Next token drawn on the device after each item (sampling.py steps 4-8 with the given uniform u)");
+          py::arg("min_p"), py::arg("u"), py::arg("vocab_limit"), py::arg("logprobs") = -1,
+          "Next token drawn on the device after each item (sampling.py steps 4-8 with the given uniform u); "
+          "logprobs >= 0: (tokens, chosen logprob, top ids, top logprobs) of the raw logits");
 
   py::module_ k = m.def_submodule("cuda_kernels", "CUDA kernels on numpy inputs (copy in, run, copy out), for tests");
   register_kernels(k);

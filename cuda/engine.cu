@@ -113,6 +113,8 @@ struct CudaEngine::Impl {
   float *x = nullptr, *t = nullptr, *qkv = nullptr, *att = nullptr, *rw = nullptr, *act = nullptr, *ypairs = nullptr;
   float *part = nullptr, *logits = nullptr;
   int32_t *ridx = nullptr, *argmax_out = nullptr;
+  float *lp_chosen = nullptr, *lp_top = nullptr;  // device logprobs: [Tmax], [Tmax * kMaxTopLogprobs]
+  int32_t* lp_ids = nullptr;
   MoeTiles tiles;
   int32_t* meta = nullptr;   // per-chunk metadata (device)
   int64_t meta_cap = 0;      // int32 entries
@@ -293,6 +295,9 @@ struct CudaEngine::Impl {
     part = alloc<float>(part_cap * cfg.n_heads * (cfg.head_dim + 2), "attention partials", c);
     logits = alloc<float>(T * cfg.vocab, "logits", c);
     argmax_out = alloc<int32_t>(T, "argmax", c);
+    lp_chosen = alloc<float>(T, "logprobs", c);
+    lp_top = alloc<float>(T * kMaxTopLogprobs, "logprobs", c);
+    lp_ids = alloc<int32_t>(T * kMaxTopLogprobs, "logprobs", c);
     const int mt = moe_max_tiles(int(P), int(cfg.n_experts), moe_tile_size(false));
     tiles.sorted = alloc<int32_t>(P, "moe tiles", c);
     tiles.tile_e = alloc<int32_t>(mt, "moe tiles", c);
@@ -342,8 +347,15 @@ struct CudaEngine::Impl {
   // out: logits rows; else out_tok: one token per item, the argmax (sp null) or sampled with
   // sp[item] (all_logits is then ignored, so output row == item index).
   using SP = ::gptoss::cuda::SampleParams;  // the kernel's (kernels.cuh), not CudaEngine's
+  // Host outputs of the device logprobs (n < 0: none), one row per item.
+  struct LogprobOut {
+    int n = -1, vocab_limit = 0;
+    float* chosen = nullptr;  // [items]
+    int32_t* ids = nullptr;   // [items * n]
+    float* top = nullptr;     // [items * n]
+  };
   void run(const std::vector<StepItem>& items_in, float* out, int32_t* out_tok, const SP* sp,
-           const std::function<bool()>& interrupted) {
+           const std::function<bool()>& interrupted, const LogprobOut& lp) {
     std::vector<StepItem> items = items_in;
     if (out_tok)
       for (auto& it : items) it.all_logits = false;
@@ -352,7 +364,7 @@ struct CudaEngine::Impl {
     seqs->for_each_chunk(items, [&](const std::vector<Chunk>& g) {
       if (!first && interrupted && interrupted()) throw Interrupted("step interrupted between chunks");
       first = false;
-      forward_chunk(g, out, out_tok, sp);
+      forward_chunk(g, out, out_tok, sp, lp);
     });
   }
 
@@ -377,8 +389,10 @@ struct CudaEngine::Impl {
   enum Mode : int { LOGITS = 0, ARGMAX = 1, SAMPLE = 2 };
   struct Shape {
     int T, ng, R, nsf, nsw, mode;
+    int lpn, lpl;  // SAMPLE: top logprobs per row (-1: no logprobs) and their vocab_limit
     bool operator<(const Shape& o) const {
-      return std::tie(T, ng, R, nsf, nsw, mode) < std::tie(o.T, o.ng, o.R, o.nsf, o.nsw, o.mode);
+      return std::tie(T, ng, R, nsf, nsw, mode, lpn, lpl) <
+             std::tie(o.T, o.ng, o.R, o.nsf, o.nsw, o.mode, o.lpn, o.lpl);
     }
   };
   static constexpr int kSpInts = int(sizeof(SP) / 4);
@@ -405,7 +419,8 @@ struct CudaEngine::Impl {
   static int64_t o_sp(const Shape& p) { return o_lr(p) + p.R; }
   static int64_t o_tab(const Shape& p) { return o_sp(p) + (p.mode == SAMPLE ? int64_t(kSpInts) * p.R : 0); }
 
-  void forward_chunk(const std::vector<Chunk>& chunks, float* out, int32_t* out_tok, const SP* sp) {
+  void forward_chunk(const std::vector<Chunk>& chunks, float* out, int32_t* out_tok, const SP* sp,
+                     const LogprobOut& lp) {
     const ModelConfig& c = cfg;
     int64_t T = 0;
     bool decode = true;  // one token per sequence, each giving its logits: graph-eligible
@@ -467,6 +482,8 @@ struct CudaEngine::Impl {
     p.ng = int(gf.size());
     p.R = int(lrows.size());
     p.mode = out ? LOGITS : (sp ? SAMPLE : ARGMAX);
+    p.lpn = p.mode == SAMPLE ? lp.n : -1;
+    p.lpl = p.lpn >= 0 ? lp.vocab_limit : 0;
     p.nsf = plan_splits(p, max_span_full);
     p.nsw = plan_splits(p, max_span_win);
     const int64_t total = o_tab(p) + int64_t(tab_full.size());
@@ -506,6 +523,14 @@ struct CudaEngine::Impl {
       else
         CUDA_CHECK(cudaMemcpyAsync(out_tok + first->out_row, argmax_out, size_t(p.R) * 4, cudaMemcpyDeviceToHost,
                                    stream));
+      if (p.lpn >= 0) {
+        const size_t r0 = size_t(first->out_row), nn = size_t(p.lpn);
+        CUDA_CHECK(cudaMemcpyAsync(lp.chosen + r0, lp_chosen, size_t(p.R) * 4, cudaMemcpyDeviceToHost, stream));
+        if (nn) {
+          CUDA_CHECK(cudaMemcpyAsync(lp.ids + r0 * nn, lp_ids, size_t(p.R) * nn * 4, cudaMemcpyDeviceToHost, stream));
+          CUDA_CHECK(cudaMemcpyAsync(lp.top + r0 * nn, lp_top, size_t(p.R) * nn * 4, cudaMemcpyDeviceToHost, stream));
+        }
+      }
     }
     CUDA_CHECK(cudaStreamSynchronize(stream));
 
@@ -621,6 +646,8 @@ struct CudaEngine::Impl {
       if (p.mode == ARGMAX) argmax_rows(logits, p.R, c.vocab, argmax_out, st);
       if (p.mode == SAMPLE)
         sample_rows(logits, p.R, c.vocab, reinterpret_cast<const SP*>(meta + o_sp(p)), argmax_out, st);
+      if (p.mode == SAMPLE && p.lpn >= 0)  // of the raw logits, for the sampled tokens
+        logprobs_rows(logits, p.R, c.vocab, p.lpl, argmax_out, p.lpn, lp_chosen, lp_ids, lp_top, st);
     }
   }
 };
@@ -673,18 +700,20 @@ int64_t CudaEngine::logits_rows(const std::vector<StepItem>& items) const { retu
 void CudaEngine::step(const std::vector<StepItem>& items, float* out, const std::function<bool()>& interrupted) {
   std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  p_->run(items, out, nullptr, nullptr, interrupted);
+  p_->run(items, out, nullptr, nullptr, interrupted, Impl::LogprobOut());
 }
 
 void CudaEngine::step_argmax(const std::vector<StepItem>& items, int32_t* out,
                              const std::function<bool()>& interrupted) {
   std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  p_->run(items, nullptr, out, nullptr, interrupted);
+  p_->run(items, nullptr, out, nullptr, interrupted, Impl::LogprobOut());
 }
 
 void CudaEngine::step_sample(const std::vector<StepItem>& items, const std::vector<SampleParams>& params,
-                             int32_t* out, const std::function<bool()>& interrupted) {
+                             int32_t* out, const std::function<bool()>& interrupted, int logprobs,
+                             float* chosen_lp, int32_t* top_ids, float* top_lp) {
+  GPTOSS_CHECK_ARG(logprobs >= -1 && logprobs <= kMaxTopLogprobs, "logprobs: at most 20 top log-probabilities");
   GPTOSS_CHECK_ARG(params.size() == items.size(), "step_sample: one set of sampling parameters per item");
   for (const auto& q : params) {
     GPTOSS_CHECK_ARG(std::isfinite(q.temperature) && q.temperature >= 0.f, "temperature must be finite and >= 0");
@@ -699,7 +728,14 @@ void CudaEngine::step_sample(const std::vector<StepItem>& items, const std::vect
   }
   std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  p_->run(items, nullptr, out, sp.data(), interrupted);
+  Impl::LogprobOut lp;
+  if (logprobs >= 0) {
+    GPTOSS_CHECK_ARG(chosen_lp && (logprobs == 0 || (top_ids && top_lp)), "logprobs: output buffers missing");
+    for (const auto& q : params)
+      GPTOSS_CHECK_ARG(q.vocab_limit == params[0].vocab_limit, "logprobs: one vocab_limit for every item");
+    lp = Impl::LogprobOut{logprobs, params.empty() ? 0 : params[0].vocab_limit, chosen_lp, top_ids, top_lp};
+  }
+  p_->run(items, nullptr, out, sp.data(), interrupted, lp);
   for (size_t i = 0; i < items.size(); ++i)
     if (out[i] < 0) throw InvalidArgument("no token can be sampled: every logit is -inf or masked");
 }

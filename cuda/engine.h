@@ -76,8 +76,12 @@ class CudaEngine {
     float u;            // the uniform number in [0, 1) of the draw
     int vocab_limit;    // <= 0: the whole vocabulary
   };
+  // logprobs >= 0 (at most 20): also the log-probabilities of the raw logits (sampling.py's
+  // Sampler._with_logprobs): chosen_lp[item], and the `logprobs` most likely ids and theirs in
+  // top_ids / top_lp[item * logprobs + j]; every item must then have the same vocab_limit.
   void step_sample(const std::vector<StepItem>& items, const std::vector<SampleParams>& params, int32_t* out,
-                   const std::function<bool()>& interrupted = nullptr);
+                   const std::function<bool()>& interrupted = nullptr, int logprobs = -1,
+                   float* chosen_lp = nullptr, int32_t* top_ids = nullptr, float* top_lp = nullptr);
 
   std::vector<int64_t> kv_stats() const;
   // Device memory in bytes: weights, kv_cache, workspace, used (total - free, whole device),

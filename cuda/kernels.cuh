@@ -130,4 +130,15 @@ struct SampleParams { float temperature; int top_k; float top_p; float min_p; fl
 // when no id of the row can be sampled (every logit non-finite; sampling.py raises ValueError).
 void sample_rows(const float* logits, int R, int64_t V, const SampleParams* params, int32_t* out, cudaStream_t st);
 
+constexpr int kMaxTopLogprobs = 20;
+// Log-probabilities of row r's raw logits (log_softmax over ids < vocab_limit; vocab_limit <= 0: all V),
+// as sampling.py's Sampler._with_logprobs: chosen_lp[r] = logprob of token[r] (-inf if token[r] is
+// outside [0, limit)); top_ids/top_lp[r * n + j] = the n most likely ids, descending, ties to the lower id
+// (0 <= n <= kMaxTopLogprobs; n = 0: only chosen_lp). NaN logits count as -inf. fp32 exponentials and
+// compensated sums (the reference sums in float64 over float32 exponentials). Rows with every id
+// masked: chosen_lp -inf, top ids -1 and top_lp -inf; columns past the limit (limit < n): the same.
+// A +inf logit makes the row's log-probabilities NaN, as in the reference.
+void logprobs_rows(const float* logits, int R, int64_t V, int vocab_limit, const int32_t* token, int n,
+                   float* chosen_lp, int32_t* top_ids, float* top_lp, cudaStream_t st);
+
 }  // namespace gptoss::cuda

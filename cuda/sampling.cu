@@ -32,6 +32,20 @@
 //          mass of each tile of consecutive ids (at most 2048 tiles), a scan over the tiles, then
 //          one warp scans the tile that holds u * total.
 // So at most 7 full passes (9 with boundary ties); greedy 1; temperature and min-p alone 2.
+//
+// Log-probabilities (logprobs_kernel, sampling.py's Sampler._with_logprobs: log_softmax of the
+// raw logits, NaN as -inf), also one block per row:
+//   1.  each thread's max, its lowest id and its compensated sum of exp(x - max), rescaled when
+//       the max grows; block max and a float64 block sum give log-sum-exp (n = 0 stops here);
+//   -   the threshold: the n-th best (value, then lower id) of the 1024 thread bests, by n rounds
+//       of block argmax on registers. The top n of the row are at or above it, and only the n
+//       threads whose best reaches it can hold such ids: at most n * (ids per thread)
+//       candidates, 4040 for gpt-oss (typically a few n);
+//   2.  collect the ids at or above the threshold into shared memory; each candidate's rank
+//       among them (the number that beat it; ids are distinct, so no two share one) is its place
+//       in the output.
+// So 1 pass for n = 0, 2 otherwise; n + 2 when the candidates overflow (V > ~210K), where n
+// passes of block argmax below the previous pick take over.
 #include <float.h>
 
 #include "common.cuh"
@@ -118,7 +132,8 @@ __device__ u64 block_scan(u64 v, u64& total, Shared& sm) {
   return before + incl - v;
 }
 
-__device__ float block_max(float v, Shared& sm) {
+template <class S>  // S: Shared or LpShared (redf, redi)
+__device__ float block_max(float v, S& sm) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   v = warp_max(v);
   if (lane == 0) sm.redf[warp] = v;
@@ -133,7 +148,9 @@ __device__ __forceinline__ bool beats(float ov, int oi, float v, int i) {
   return oi >= 0 && (i < 0 || ov > v || (ov == v && oi < i));
 }
 
-__device__ int block_argmax(float v, int i, Shared& sm) {
+// The block's best (v, i) by `beats`: returns the id; v becomes its value.
+template <class S>
+__device__ int block_argmax(float& v, int i, S& sm) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -398,6 +415,155 @@ void sample_rows(const float* logits, int R, int64_t V, const SampleParams* para
   if (R <= 0) return;
   GPTOSS_CHECK_ARG(V >= 0 && V <= (int64_t(1) << 30), "sample_rows: vocabulary size out of range (at most 2^30)");
   sample_kernel<<<R, kThreads, 0, st>>>(logits, V, params, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+// ---- log-probabilities ------------------------------------------------------------------------
+namespace {
+
+constexpr int kCand = 4096;  // candidate buffer
+// The candidates are at most n x (ids per thread) (see logprobs_kernel): for the gpt-oss
+// vocabulary (201088 ids, <= 4 * 50 + 2 per thread) they always fit.
+static_assert(kMaxTopLogprobs * (4 * 50 + 2) <= kCand, "candidate buffer too small");
+
+struct LpShared {
+  float cv[kCand];  // candidates: value, id
+  int ci[kCand];
+  double redd[kWarps];
+  float redf[kWarps];
+  int redi[kWarps];
+  int count;
+};
+
+__device__ __forceinline__ float nan_to_ninf(float x) { return x != x ? -INFINITY : x; }
+
+__device__ double block_sum(double v, LpShared& sm) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (lane == 0) sm.redd[warp] = v;
+  __syncthreads();
+  v = sm.redd[lane];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  return v;
+}
+
+// How many of the c pairs (v[j], id[j]) beat (x, i); counting stops at cap.
+__device__ int rank_of(float x, int i, const float* v, const int* id, int c, int cap) {
+  int r = 0;
+  for (int j = 0; j < c && r < cap; ++j) r += beats(v[j], id[j], x, i);
+  return r;
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    logprobs_kernel(const float* logits, int64_t V, int vocab_limit, const int32_t* token, int n, float* chosen_lp,
+                    int32_t* top_ids, float* top_lp) {
+  __shared__ LpShared sm;
+  const float* row = logits + int64_t(blockIdx.x) * V;
+  const int lim = vocab_limit > 0 && vocab_limit < V ? vocab_limit : int(V);
+
+  // ---- pass 1: each thread's max m, its lowest id mi, and sum(exp(x - m)) rescaled whenever m
+  // grows, compensated (Kahan: comp holds what s lost) so ~200 fp32 adds per thread stay exact.
+  float m = -INFINITY, s = 0.f, comp = 0.f;
+  int mi = -1;
+  for_each(row, lim, [&](int i, float x) {
+    x = nan_to_ninf(x);
+    if (x > m) {
+      const float f = expf(m - x);
+      s *= f, comp *= f, m = x, mi = i;
+    } else if (mi < 0) {
+      mi = i;  // a thread of only -inf: its lowest id
+    }
+    if (x > -INFINITY) {
+      const float y = expf(x - m) - comp, t = s + y;
+      comp = (t - s) - y;
+      s = t;
+    }
+  });
+  const float M = block_max(m, sm);
+  const double S = block_sum(m > -INFINITY ? (double(s) - double(comp)) * double(expf(m - M)) : 0.0, sm);
+  const bool none = !(M > -INFINITY);                            // every id masked (or none)
+  const double log_s = M == INFINITY ? double(NAN) : log(S);     // +inf: NaN, as the reference
+  auto lp = [&](float x) { return none ? -INFINITY : float((double(x) - double(M)) - log_s); };
+
+  if (threadIdx.x == 0) {
+    const int t = token[blockIdx.x];
+    chosen_lp[blockIdx.x] = t >= 0 && t < lim ? lp(nan_to_ninf(row[t])) : -INFINITY;
+  }
+  if (n == 0) return;
+  int32_t* ids = top_ids + int64_t(blockIdx.x) * n;
+  float* tlp = top_lp + int64_t(blockIdx.x) * n;
+  if (none) {
+    for (int j = threadIdx.x; j < n; j += kThreads) ids[j] = -1, tlp[j] = -INFINITY;
+    return;
+  }
+
+  // ---- threshold: the n-th best of the 1024 thread bests (n rounds of block argmax, each
+  // winner's thread dropping out). Those n bests are n distinct ids at or above it, so the top n
+  // of the row are too; and only their n threads can hold such ids: at most n * (ids per thread).
+  float tv = -INFINITY;
+  int ti = -1, own = mi;  // ti -1: fewer than n threads hold ids, every id is a candidate
+  for (int j = 0; j < n; ++j) {
+    float v = m;
+    const int w = block_argmax(v, own, sm);
+    if (w < 0) {
+      ti = -1;
+      break;
+    }
+    if (w == own) own = -1;
+    tv = v, ti = w;
+  }
+  if (threadIdx.x == 0) sm.count = 0;
+  __syncthreads();
+
+  // ---- pass 2: collect the ids at or above the threshold
+  for_each(row, lim, [&](int i, float x) {
+    x = nan_to_ninf(x);
+    if (ti < 0 || i == ti || beats(x, i, tv, ti)) {
+      const int k = atomicAdd(&sm.count, 1);
+      if (k < kCand) sm.cv[k] = x, sm.ci[k] = i;
+    }
+  });
+  __syncthreads();
+  const int c = sm.count;
+  if (c <= kCand) {
+    // Each candidate's rank among the candidates is its place in the output (ids are distinct).
+    for (int k = threadIdx.x; k < c; k += kThreads) {
+      const float x = sm.cv[k];
+      const int i = sm.ci[k], r = rank_of(x, i, sm.cv, sm.ci, c, n);
+      if (r < n) ids[r] = i, tlp[r] = lp(x);
+    }
+    for (int j = c + threadIdx.x; j < n; j += kThreads) ids[j] = -1, tlp[j] = -INFINITY;  // lim < n
+    return;
+  }
+
+  // ---- overflow (more ids per thread than the gpt-oss vocabulary has): n passes, each the
+  // block's best below the previous pick.
+  float pv = INFINITY;
+  int pi = -1;
+  for (int j = 0; j < n; ++j) {
+    float bv = -INFINITY;
+    int bi = -1;
+    for_each(row, lim, [&](int i, float x) {
+      x = nan_to_ninf(x);
+      if ((pi < 0 || beats(pv, pi, x, i)) && beats(x, i, bv, bi)) bv = x, bi = i;
+    });
+    bi = block_argmax(bv, bi, sm);
+    if (threadIdx.x == 0) ids[j] = bi, tlp[j] = lp(bv);  // c > kCand > n: never runs out
+    pv = bv, pi = bi;
+  }
+}
+
+}  // namespace
+
+void logprobs_rows(const float* logits, int R, int64_t V, int vocab_limit, const int32_t* token, int n,
+                   float* chosen_lp, int32_t* top_ids, float* top_lp, cudaStream_t st) {
+  if (R <= 0) return;
+  GPTOSS_CHECK_ARG(V >= 0 && V <= (int64_t(1) << 30), "logprobs_rows: vocabulary size out of range (at most 2^30)");
+  GPTOSS_CHECK_ARG(n >= 0 && n <= kMaxTopLogprobs, "logprobs_rows: n must be in [0, 20]");
+  logprobs_kernel<<<R, kThreads, 0, st>>>(logits, V, vocab_limit, token, n, chosen_lp, top_ids, top_lp);
   CUDA_CHECK_LAUNCH();
 }
 

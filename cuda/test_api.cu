@@ -281,4 +281,15 @@ void sample(const float* logits, int R, int64_t V, const float* temperature, con
   dout.to_host(out, size_t(R) * 4);
 }
 
+void logprobs(const float* logits, int R, int64_t V, int vocab_limit, const int32_t* token, int n, float* chosen_lp,
+              int32_t* top_ids, float* top_lp) {
+  const size_t rows = size_t(std::max(R, 0)), top = rows * size_t(std::max(n, 0)) * 4;
+  Buf dl(logits, rows * size_t(V) * 4), dt(token, rows * 4), dc(rows * 4), di(top), dv(top);
+  cuda::logprobs_rows(dl.as<float>(), R, V, vocab_limit, dt.as<int32_t>(), n, dc.as<float>(), di.as<int32_t>(),
+                      dv.as<float>(), 0);
+  dc.to_host(chosen_lp, rows * 4);
+  di.to_host(top_ids, top);
+  dv.to_host(top_lp, top);
+}
+
 }  // namespace gptoss::cuda::test

@@ -36,5 +36,8 @@ void fill(int kind, int64_t n, float mean, float std, int base, uint64_t seed, u
 // out[r] = cuda::sample_rows on logits [R, V] with row r's parameters (arrays of R) and one vocab_limit.
 void sample(const float* logits, int R, int64_t V, const float* temperature, const int* top_k, const float* top_p,
             const float* min_p, const float* u, int vocab_limit, int32_t* out);
+// cuda::logprobs_rows on logits [R, V], token [R]: chosen_lp [R], top_ids and top_lp [R, n].
+void logprobs(const float* logits, int R, int64_t V, int vocab_limit, const int32_t* token, int n, float* chosen_lp,
+              int32_t* top_ids, float* top_lp);
 
 }  // namespace gptoss::cuda::test

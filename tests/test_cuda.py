@@ -568,6 +568,13 @@ def test_generate_samples_on_device(backend):
     ra = generate_batch(gpu, batch, temperature=0.8, top_p=0.9, seed=5, max_tokens=8)
     rb = generate_batch(cpu, batch, temperature=0.8, top_p=0.9, seed=5, max_tokens=8)
     assert [r.tokens for r in ra] == [r.tokens for r in rb]
+    # Log-probabilities come from the device too.
+    a = gpu.generate(prompt, max_tokens=6, temperature=0.8, logprobs=3, seed=2)
+    b = cpu.generate(prompt, max_tokens=6, temperature=0.8, logprobs=3, seed=2)
+    assert a.tokens == b.tokens and len(a.logprobs) == 6
+    for x, y in zip(a.logprobs, b.logprobs):
+        assert abs(x.logprob - y.logprob) < 1e-3 and [i for i, _ in x.top_logprobs] == [i for i, _ in y.top_logprobs]
+        assert np.allclose([v for _, v in x.top_logprobs], [v for _, v in y.top_logprobs], atol=1e-3)
     # Host path (logits copied back) for what the device sampler does not do.
     a = gpu.generate(prompt, max_tokens=6, temperature=0.8, repetition_penalty=1.3, logprobs=2, seed=1)
     b = cpu.generate(prompt, max_tokens=6, temperature=0.8, repetition_penalty=1.3, logprobs=2, seed=1)
@@ -1018,3 +1025,169 @@ def test_sample_full_vocab(backend, R, limits):
         x[:, rng.integers(0, 201088, 100)] = np.nan
         got = _check_rows(backend, x, rows, u, limit)
         np.testing.assert_array_equal(got, _dev_sample(backend, x, *map(np.array, zip(*rows)), u, limit))
+
+
+# ---------------------------------------------------------------- device logprobs
+# cuda/sampling.cu's logprobs_rows against Sampler._with_logprobs (log_softmax of the raw logits,
+# the chosen token's log-probability and the n most likely ids). Where the two differ by design:
+# the device counts NaN as -inf (the reference's max and sum turn NaN, so it sees NaN -> -inf
+# here), a row with every id masked gives -inf / -1 (the reference: NaN), a negative token gives
+# -inf (the reference indexes from the end), and among equal values at the n-th place the device
+# keeps the lower ids (the reference's argpartition picks any).
+def _lp_ok(got: float, want: float) -> bool:
+    if np.isnan(want) or np.isinf(want):
+        return bool(np.isnan(got)) if np.isnan(want) else got == want
+    return abs(float(got) - want) <= 1e-5 * max(1.0, abs(want)) + 1e-6
+
+
+def _check_logprobs(backend, x, token, n, limit=0):
+    """The device's logprobs of rows x against the reference, row by row; returns them."""
+    R, V = x.shape
+    token = np.asarray(token, np.int32)
+    chosen, ids, lps = backend.kernels.logprobs(x, token, n, limit)
+    assert chosen.shape == (R,) and ids.shape == lps.shape == (R, n)
+    lim = min(limit or V, V)
+    k = min(n, lim)
+    for r in range(R):
+        y = np.where(np.isnan(x[r]), -np.inf, x[r])
+        ref = Sampler(SamplingParams(logprobs=n), vocab_limit=limit or None)._with_logprobs(int(token[r]), y)
+        assert _lp_ok(chosen[r], ref.logprob), (r, chosen[r], ref.logprob)
+        assert len(ref.top_logprobs) == k
+        for j, (i, v) in enumerate(ref.top_logprobs):
+            assert _lp_ok(lps[r, j], v), (r, j, lps[r, j], v)
+            if ids[r, j] != i:  # only within a tie (the reference orders a tie group arbitrarily at its end)
+                a, b = float(y[ids[r, j]]), float(y[i])
+                assert a == b or abs(a - b) <= 1e-6 * abs(b), (r, j, int(ids[r, j]), i)
+        # The device's own contract: value descending, then id ascending, exactly.
+        order = np.lexsort((np.arange(lim), -y[:lim].astype(np.float64)))[:k]
+        assert list(ids[r, :k]) == list(order), r
+        assert np.all(ids[r, k:] == -1) and np.all(lps[r, k:] == -np.inf)
+    return chosen, ids, lps
+
+
+@pytest.mark.parametrize("V", [7, 1000, 4099])
+@pytest.mark.parametrize("n", [0, 1, 5, 20])
+@cuda_test
+def test_logprobs_matches_reference(backend, V, n):
+    rng = np.random.default_rng(zlib.crc32(f"lp/{V}/{n}".encode()))
+    scales = np.array([0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0])
+    x = (rng.standard_normal((8, V)) * scales[:, None] + rng.standard_normal((8, 1)) * 5).astype(np.float32)
+    x[7, rng.integers(0, V)] += 40.0  # one id with almost all the mass: its logprob is ~ -1e-17
+    _check_logprobs(backend, x, rng.integers(0, V, 8), n)
+
+
+@cuda_test
+def test_logprobs_ties(backend):
+    """Repeated values: equal logprobs in id order, the lower ids kept at the n-th place."""
+    rng = np.random.default_rng(21)
+    V = 1000
+    x = (rng.integers(-4, 3, (6, V)) * 0.75 + 0.25).astype(np.float32)
+    x[1] = 1.5                                  # all equal: ids 0..n-1
+    x[2, [700, 30, 400, 2, 999]] = 9.0          # a tie at the top, straddling n = 3
+    x[3, ::7] = 4.0                             # a tie group far larger than n
+    x[4, [5, 6]] = [0.0, -0.0]                  # +0 and -0 are equal
+    x[4, 7:] = -5.0
+    x[5, 10:30] = 2.0                           # n = 20 exactly fills the tie group
+    x[5, 30:40] = 2.0
+    for n in (1, 3, 5, 20):
+        _, ids, _ = _check_logprobs(backend, x, rng.integers(0, V, 6), n)
+        assert list(ids[1]) == list(range(n))
+        assert list(ids[2, :min(n, 5)]) == [2, 30, 400, 700, 999][:n]
+        assert list(ids[3]) == list(range(0, 7 * n, 7))
+    # A small odd row with a tie over the whole row but one id.
+    y = np.full((2, 7), -3.0, np.float32)
+    y[0, 4] = 2.0
+    _check_logprobs(backend, y, [4, 6], 20)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in subtract:RuntimeWarning")  # sampling.py, +inf
+@cuda_test
+def test_logprobs_masked(backend):
+    """NaN and -inf: -inf logprobs, listed after every finite id; nothing finite: -inf and -1."""
+    rng = np.random.default_rng(22)
+    V = 1000
+    x = (rng.standard_normal((5, V)) * 2).astype(np.float32)
+    x[0, rng.random(V) < 0.3] = np.nan
+    x[0, rng.random(V) < 0.2] = -np.inf
+    x[1, :] = -np.inf
+    x[1, [3, 500, 998]] = [1.0, np.nan, 2.0]    # 2 finite ids: the rest of the top n is -inf
+    x[2, ::2] = np.nan
+    x[3, :] = np.nan                            # every id masked
+    x[4, :] = -np.inf
+    tok = np.array([int(np.flatnonzero(np.isnan(x[0]))[0]), 500, 3, 1, 2], np.int32)  # NaN token: -inf
+    for n in (0, 5, 20):
+        chosen, ids, lps = backend.kernels.logprobs(x, tok, n)
+        _check_logprobs(backend, x[:3], tok[:3], n)
+        assert chosen[0] == -np.inf and chosen[1] == -np.inf
+        assert list(chosen[3:]) == [-np.inf] * 2 and np.all(ids[3:] == -1) and np.all(lps[3:] == -np.inf)
+        if n >= 2:
+            assert list(ids[1, :2]) == [998, 3] and np.all(lps[1, 2:] == -np.inf)
+    # A negative token is outside the vocabulary (the reference would index from the end).
+    chosen, _, _ = backend.kernels.logprobs(x[2:3], np.array([-1], np.int32), 0)
+    assert chosen[0] == -np.inf
+    # +inf: NaN logprobs, as the reference's lse is NaN; it still ranks first.
+    z = x[2:3].copy()
+    z[0, 9] = np.inf
+    chosen, ids, lps = _check_logprobs(backend, z, [9], 3)
+    assert np.isnan(chosen[0]) and ids[0, 0] == 9 and np.all(np.isnan(lps))
+
+
+@pytest.mark.parametrize("V", [7, 1000, 4099])
+@cuda_test
+def test_logprobs_vocab_limit(backend, V):
+    """Ids at or past vocab_limit are not in the softmax: a token there gets -inf."""
+    rng = np.random.default_rng(zlib.crc32(f"lp-limit/{V}".encode()))
+    x = (rng.standard_normal((4, V)) * 3).astype(np.float32)
+    x[:, V - 1] = 50.0  # past every limit below but V: would be the top id
+    for limit in (max(1, 2 * V // 3), 3, V + 5):
+        tok = np.array([0, limit - 1, min(limit, V - 1), V - 1], np.int32)
+        for n in (0, 5, 20):
+            chosen, ids, _ = _check_logprobs(backend, x, tok, n, limit)
+            if limit < V:
+                assert chosen[3] == -np.inf and np.all(ids < limit)
+
+
+@pytest.mark.parametrize("R,n", [(1, 20), (8, 5), gpu_only(128, 20)])
+@cuda_test
+def test_logprobs_full_vocab(backend, R, n):
+    """gpt-oss rows (201088 ids) with a vocab_limit as its tokenizer's."""
+    rng = np.random.default_rng(23 + R)
+    V = 201088
+    x = (rng.standard_normal((R, V)) * rng.uniform(1, 4, (R, 1))).astype(np.float32)
+    tok = rng.integers(0, V, R)
+    tok[0] = int(np.argmax(x[0]))
+    _check_logprobs(backend, x, tok, n)
+    _check_logprobs(backend, x[:2], tok[:2], n, limit=200000)
+
+
+@pytest.mark.parametrize("n,V", [(20, 2**18 + 3), (7, 2**20 + 5)])
+@cuda_test
+def test_logprobs_many_candidates(backend, n, V):
+    """Over 4096 ids reach the threshold (the n-th best of the 1024 threads' maxima): the
+    kernel's fallback of n passes. Needs over 4096 / n ids per thread: V > 2^18 for n = 20."""
+    rng = np.random.default_rng(24)
+    x = (rng.standard_normal((2, V)) - 20).astype(np.float32)
+    t = ((np.arange(V) // 4) % 1024).astype(np.float32)  # the thread of each id (aligned rows)
+    own = t < n                                         # n threads: values just below their own max
+    x[0, own] = 10 + 0.01 * t[own] - 0.001 * rng.random(int(own.sum())).astype(np.float32)
+    x[1] = x[0]
+    x[1, own] = np.round(x[1, own], 1)                  # and with ties
+    _check_logprobs(backend, x[:1], [5], n)
+    _check_logprobs(backend, x[1:], [5], n)
+
+
+@cuda_test
+def test_logprobs_argument_errors(backend):
+    x = np.random.default_rng(25).standard_normal((2, 10)).astype(np.float32)
+    tok = np.zeros(2, np.int32)
+    for n in (-1, 21):
+        with pytest.raises(ValueError):
+            backend.kernels.logprobs(x, tok, n)
+    with pytest.raises(ValueError):
+        backend.kernels.logprobs(x, tok, 3, -1)
+    with pytest.raises(ValueError):  # logits not [R, V]
+        backend.kernels.logprobs(x[0], tok, 3)
+    with pytest.raises(ValueError):  # one token too many
+        backend.kernels.logprobs(x, np.zeros(3, np.int32), 3)
+    chosen, ids, lps = backend.kernels.logprobs(np.zeros((0, 10), np.float32), np.zeros(0, np.int32), 4)
+    assert chosen.shape == (0,) and ids.shape == lps.shape == (0, 4)

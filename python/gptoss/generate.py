@@ -237,20 +237,20 @@ class Session:
             raise
 
     # Sampling on the device (models with `samples_on_device`): only the token id comes back.
-    def prefill_sample(self, tokens: Sequence[int], params: dict) -> tuple[int, int]:
-        """`prefill`, then the next token drawn on the device with `params`; (token, reused)."""
+    def prefill_sample(self, tokens: Sequence[int], params: dict) -> tuple[Sample, int]:
+        """`prefill`, then the next token drawn on the device with `params`; (sample, reused)."""
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise ValueError("empty prompt: at least one token is needed")
         reused = self._rewind(tokens)
         try:
-            token = self.model.step_sample([(self.seq, tokens[reused:])], [params])[0]
+            sample = self.model.step_sample([(self.seq, tokens[reused:])], [params])[0]
         except BaseException:
             self.free()
             raise
-        return token, reused
+        return sample, reused
 
-    def decode_sample(self, token: int, params: dict) -> int:
+    def decode_sample(self, token: int, params: dict) -> Sample:
         if self.seq is None:
             raise RuntimeError("decode before prefill")
         try:
@@ -347,8 +347,8 @@ class GenerationStream:
         stop_reason: Any = None
         max_ctx = model_max_context(self.model)
         stops = set(p.stop_token_ids)
-        # Draw on the device when it can (no penalties, bias or logprobs): same random stream,
-        # only token ids cross to the host.
+        # Draw on the device when it can (no penalties or bias): same random stream, only token
+        # ids (and requested logprobs) cross to the host.
         on_device = getattr(self.model, "samples_on_device", False) and self.sampler.device_params_ok
         try:
             if on_device:
@@ -356,7 +356,7 @@ class GenerationStream:
             else:
                 logits, usage.cached_tokens = self.session.prefill(self.prompt)
             while True:
-                s = Sample(tok) if on_device else self.sampler.sample(logits, tokens, self.prompt)
+                s = tok if on_device else self.sampler.sample(logits, tokens, self.prompt)
                 tokens.append(s.token)
                 usage.completion_tokens = len(tokens)
                 if logprobs is not None:
@@ -469,7 +469,7 @@ def generate_batch(model: Any, prompts: Sequence[Sequence[int]],
         while live:
             feed = []
             for j, i in enumerate(live):
-                s = Sample(nxt[j]) if on_device else samplers[i].sample(nxt[j], out[i], prompts[i])
+                s = nxt[j] if on_device else samplers[i].sample(nxt[j], out[i], prompts[i])
                 out[i].append(s.token)
                 if lps[i] is not None:
                     lps[i].append(s)  # type: ignore[union-attr]

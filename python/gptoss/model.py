@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import ModelConfig, find_checkpoint, preset
 from .errors import CheckpointError, ContextOverflowError
+from .sampling import Sample
 
 __all__ = ["Model", "Sequence"]
 
@@ -292,10 +293,11 @@ class Model:
         """Whether `step_sample` runs on the device (the CUDA backends): only token ids come back."""
         return hasattr(self._engine, "step_sample")
 
-    def step_sample(self, batch: Iterable[tuple[Sequence, TokenList]], params: list[dict]) -> list[int]:
-        """Like `step`, but each pair's next token is drawn on the device and only the ids come back.
-        params: one dict per pair with temperature, top_k (0 = off), top_p, min_p, u (the uniform
-        draw in [0, 1), see `Sampler.device_params`) and vocab_limit (0 = all ids). CUDA only."""
+    def step_sample(self, batch: Iterable[tuple[Sequence, TokenList]], params: list[dict]) -> list[Sample]:
+        """Like `step`, but each pair's next token is drawn on the device and only the ids (and any
+        requested log-probabilities) come back. params: one dict per pair with temperature, top_k
+        (0 = off), top_p, min_p, u (the uniform draw in [0, 1)), vocab_limit (0 = all ids) and
+        optionally logprobs (None or n <= 20); see `Sampler.device_params`. CUDA only."""
         if not self.samples_on_device:
             raise RuntimeError("step_sample needs a CUDA device (this model runs on the CPU)")
         pairs = list(batch)
@@ -310,11 +312,23 @@ class Model:
             seqs.append(s._sid())
             toks.append(_as_tokens(t))
         cols = {k: [q[k] for q in params] for k in ("temperature", "top_k", "top_p", "min_p", "u", "vocab_limit")}
-        out = self._engine.step_sample(seqs, toks, np.asarray(cols["temperature"], np.float32),
+        wants = [q.get("logprobs") for q in params]
+        n = max((w for w in wants if w is not None), default=-1)
+        res = self._engine.step_sample(seqs, toks, np.asarray(cols["temperature"], np.float32),
                                        np.asarray(cols["top_k"], np.int32), np.asarray(cols["top_p"], np.float32),
                                        np.asarray(cols["min_p"], np.float32), np.asarray(cols["u"], np.float32),
-                                       np.asarray(cols["vocab_limit"], np.int32))
-        return [int(t) for t in out]
+                                       np.asarray(cols["vocab_limit"], np.int32), logprobs=n)
+        if n < 0:
+            return [Sample(int(t)) for t in res]
+        ids, chosen, top_ids, top_lp = res
+        out = []
+        for i, w in enumerate(wants):
+            if w is None:
+                out.append(Sample(int(ids[i])))
+            else:
+                top = [(int(top_ids[i, j]), float(top_lp[i, j])) for j in range(w)]
+                out.append(Sample(int(ids[i]), float(chosen[i]), top))
+        return out
 
     def forward(self, tokens: TokenList) -> np.ndarray:
         """Float32 logits [len(tokens), vocab]: row t is the next-token distribution after tokens[:t+1]."""

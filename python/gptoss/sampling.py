@@ -319,21 +319,22 @@ class Sampler:
     @property
     def device_params_ok(self) -> bool:
         """Whether a device sampler (the CUDA backend's ``step_sample``) can draw for these params:
-        steps 4-8 only, so no penalties, no logit bias and no logprobs."""
+        steps 4-8, plus logprobs of up to 20 ids; penalties and logit bias need the host."""
         p = self.params
         return (p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
-                and not p.logit_bias and p.logprobs is None)
+                and not p.logit_bias and (p.logprobs is None or p.logprobs <= 20))
 
     def device_params(self) -> dict:
         """The next draw's parameters for ``Model.step_sample``: the uniform ``u`` comes from this
         sampler's generator exactly as `sample` would take it (none for greedy), so a seeded run
         gives the same tokens on the host and on the device (up to fp32 rounding at a boundary)."""
         if not self.device_params_ok:
-            raise ValueError("penalties, logit_bias and logprobs need the host sampler")
+            raise ValueError("penalties, logit_bias and over 20 logprobs need the host sampler")
         p = self.params
         u = 0.0 if p.greedy else float(self.rng.random())
         return dict(temperature=float(p.temperature), top_k=int(p.top_k or 0), top_p=float(p.top_p),
-                    min_p=float(p.min_p), u=min(u, 0.99999994), vocab_limit=int(self.vocab_limit or 0))
+                    min_p=float(p.min_p), u=min(u, 0.99999994), vocab_limit=int(self.vocab_limit or 0),
+                    logprobs=p.logprobs)
 
     def _pick(self, x: np.ndarray, u: Optional[float]) -> int:
         """Step 4's greedy argmax or steps 5-8 on processed logits; u None = draw it now."""
