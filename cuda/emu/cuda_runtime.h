@@ -9,8 +9,11 @@
 // 65535, dynamic shared memory <= 48 KiB unless raised by cudaFuncSetAttribute, 227 KiB at
 // most), barriers that not every live thread reaches (deadlock), wmma pointer alignment, copies
 // whose pointers are not device memory of the right extent, raw pointer kernel arguments that
-// are not device memory, guard pages around every allocation (an overrun faults), capture
-// rules of CUDA graphs (no synchronisation or allocation while a stream captures).
+// are not device memory, guard pages around every allocation (an overrun faults), vector loads
+// and stores (float4, uint4, ...) at addresses not aligned to their size (they trap: the emulator
+// is built with -fsanitize=alignment), missing barriers that the thread order (flipped from
+// block to block) exposes, capture rules of CUDA graphs (no synchronisation or allocation while
+// a stream captures). A fault names the launch and thread.
 // What it cannot check: timing, register and occupancy limits, memory-model races between
 // blocks (blocks never overlap here), the hardware's own fragment layouts.
 //

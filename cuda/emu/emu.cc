@@ -1,6 +1,7 @@
 // cuda-emu runtime: device memory with guard pages, streams that run work at once (or record it
 // while capturing a graph), and the fiber scheduler that runs a kernel's blocks. See
 // cuda_runtime.h for what is and is not emulated.
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -336,7 +337,44 @@ std::string describe(const LaunchConfig& c) {
   return b;
 }
 
+// A fault inside a kernel (a guard page: out of bounds; SIGILL: a misaligned vector access)
+// says which launch it was before the process dies, as the device would report the kernel.
+const LaunchConfig* g_running = nullptr;
+
+void on_fault(int sig) {
+  char msg[320];
+  const char* what = sig == SIGILL ? "misaligned vector access (trap)" : "out-of-bounds access (guard page)";
+  int n = 0;
+  if (g_running) {
+    const LaunchConfig& c = *g_running;
+    n = std::snprintf(msg, sizeof msg, "cuda-emu: %s in kernel %p grid (%u,%u,%u) block (%u,%u,%u), block (%u,%u,%u) "
+                      "thread %u\n", what, c.fn, c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z,
+                      g_run.bid.x, g_run.bid.y, g_run.bid.z, g_cur ? g_cur->tid.x : 0u);
+  } else {
+    n = std::snprintf(msg, sizeof msg, "cuda-emu: %s outside a kernel\n", what);
+  }
+  if (n > 0) (void)!write(2, msg, size_t(std::min<int>(n, int(sizeof msg) - 1)));
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+void install_fault_handlers() {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  signal(SIGILL, on_fault);
+  // SIGSEGV is left alone when something else (Python's faulthandler, a debugger) handles it.
+  struct sigaction old {};
+  sigaction(SIGSEGV, nullptr, &old);
+  if (old.sa_handler == SIG_DFL) signal(SIGSEGV, on_fault);
+}
+
 void execute(const LaunchConfig& c, const std::shared_ptr<Body>& body) {
+  install_fault_handlers();
+  g_running = &c;
+  struct Done {
+    ~Done() { g_running = nullptr; }
+  } done;
   const int n = int(c.block.x * c.block.y * c.block.z);
   ensure_stacks(n);
   if (g_smem.size() < c.smem + 64) g_smem.assign(c.smem + 64, 0);
