@@ -293,7 +293,7 @@ struct CudaEngine::Impl {
     ypairs = alloc<float>(P * H, "expert outputs", c);
     part_cap = std::max<int64_t>(T, 2048);
     part = alloc<float>(part_cap * cfg.n_heads * (cfg.head_dim + 2), "attention partials", c);
-    logits = alloc<float>(T * cfg.vocab, "logits", c);
+    logits = alloc<float>(std::min<int64_t>(T, kLogitRows) * cfg.vocab, "logits", c);
     argmax_out = alloc<int32_t>(T, "argmax", c);
     lp_chosen = alloc<float>(T, "logprobs", c);
     lp_top = alloc<float>(T * kMaxTopLogprobs, "logprobs", c);
@@ -400,6 +400,8 @@ struct CudaEngine::Impl {
   std::map<Shape, cudaGraphExec_t> graphs;
   int64_t graphs_captured = 0, graph_launches = 0;
   static constexpr int kGraphMaxT = 256;
+  static constexpr int kLogitRows = 256;  // rows of the logits buffer (>= kGraphMaxT: a graph's head is one piece)
+  static_assert(kLogitRows >= kGraphMaxT, "a captured decode step computes its head in one piece");
   static constexpr size_t kMaxGraphs = 64;
 
   void drop_graphs() {
@@ -516,11 +518,21 @@ struct CudaEngine::Impl {
     else enqueue_forward(p);
 
     // ---- logits (or greedy tokens) of the rows that asked for them, consecutive in the output
+    if (p.R > kLogitRows) {  // more output rows than the logits buffer: the head in pieces (eager only)
+      for (int r0 = 0; r0 < p.R; r0 += kLogitRows) {
+        const int n = std::min(kLogitRows, p.R - r0);
+        enqueue_head(p, r0, n);
+        if (out)
+          CUDA_CHECK(cudaMemcpyAsync(out + (first->out_row + r0) * c.vocab, logits, size_t(n) * size_t(c.vocab) * 4,
+                                     cudaMemcpyDeviceToHost, stream));
+      }
+    }
     if (p.R > 0) {
-      if (out)
-        CUDA_CHECK(cudaMemcpyAsync(out + first->out_row * c.vocab, logits, size_t(p.R) * size_t(c.vocab) * 4,
-                                   cudaMemcpyDeviceToHost, stream));
-      else
+      if (out) {
+        if (p.R <= kLogitRows)
+          CUDA_CHECK(cudaMemcpyAsync(out + first->out_row * c.vocab, logits, size_t(p.R) * size_t(c.vocab) * 4,
+                                     cudaMemcpyDeviceToHost, stream));
+      } else
         CUDA_CHECK(cudaMemcpyAsync(out_tok + first->out_row, argmax_out, size_t(p.R) * 4, cudaMemcpyDeviceToHost,
                                    stream));
       if (p.lpn >= 0) {
@@ -641,14 +653,22 @@ struct CudaEngine::Impl {
       const float* next_norm = l + 1 < c.n_layers ? layers[size_t(l + 1)].attn_norm : final_norm;
       add_rmsnorm(x, ypairs, int(K), Ti, Hi, next_norm, c.rms_eps, t, st);
     }
-    if (p.R > 0) {
-      dense(t, Hi, meta + o_lr(p), p.R, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st);
-      if (p.mode == ARGMAX) argmax_rows(logits, p.R, c.vocab, argmax_out, st);
-      if (p.mode == SAMPLE)
-        sample_rows(logits, p.R, c.vocab, reinterpret_cast<const SP*>(meta + o_sp(p)), argmax_out, st);
-      if (p.mode == SAMPLE && p.lpn >= 0)  // of the raw logits, for the sampled tokens
-        logprobs_rows(logits, p.R, c.vocab, p.lpl, argmax_out, p.lpn, lp_chosen, lp_ids, lp_top, st);
-    }
+    if (p.R > 0 && p.R <= kLogitRows) enqueue_head(p, 0, p.R);
+  }
+
+  // Logits of output rows r0 .. r0+n-1 (into `logits`, from row 0), then their greedy or sampled
+  // tokens and log-probabilities (at row r0 of those buffers).
+  void enqueue_head(const Shape& p, int r0, int n) {
+    const ModelConfig& c = cfg;
+    const int Hi = int(c.hidden);
+    cudaStream_t st = stream;
+    dense(t, Hi, meta + o_lr(p) + r0, n, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st);
+    if (p.mode == ARGMAX) argmax_rows(logits, n, c.vocab, argmax_out + r0, st);
+    if (p.mode == SAMPLE)
+      sample_rows(logits, n, c.vocab, reinterpret_cast<const SP*>(meta + o_sp(p)) + r0, argmax_out + r0, st);
+    if (p.mode == SAMPLE && p.lpn >= 0)  // of the raw logits, for the sampled tokens
+      logprobs_rows(logits, n, c.vocab, p.lpl, argmax_out + r0, p.lpn, lp_chosen + r0,
+                    lp_ids + int64_t(r0) * p.lpn, lp_top + int64_t(r0) * p.lpn, st);
   }
 };
 
@@ -779,9 +799,11 @@ std::map<std::string, double> CudaEngine::memory_plan(ModelConfig cfg, CudaEngin
   const double eb = opt.kv_bf16 ? 2.0 : 4.0, per_layer_token = 2.0 * double(c.n_kv * c.head_dim) * eb;
   // Window layers keep at most window + window_retain + one chunk of positions per sequence.
   const double win_tokens = double(c.window + opt.window_retain + opt.max_chunk_tokens + 2 * opt.block_size);
+  // The pools grow in step (alloc_kv): every full-attention block comes with a window block, so a
+  // token of capacity costs every layer's K and V (the window pool can never run out first).
   return {{"weights", double(im.weight_bytes)},
           {"workspace", double(im.work_bytes)},
-          {"kv_bytes_per_token", double(nf) * per_layer_token},
+          {"kv_bytes_per_token", double(c.n_layers) * per_layer_token},
           {"kv_bytes_per_sequence_window", double(c.n_layers - nf) * per_layer_token * win_tokens}};
 }
 

@@ -88,7 +88,8 @@ class CudaEngine {
   // total; and the KV element size.
   std::map<std::string, double> memory_info() const;
   // Device bytes this model would take, without a device: weights, workspace (activations,
-  // logits, ...), KV cache per token (full-attention layers) and per sequence (window layers).
+  // logits, ...), KV cache per token of capacity (the pools of both layer kinds grow in step) and
+  // the most a sequence's window layers hold (window + window_retain + a chunk).
   static std::map<std::string, double> memory_plan(ModelConfig cfg, CudaEngineOptions opt);
   std::string device_name() const;
   // CUDA graphs: {captured, launches, cached}; turning them off drops the cached ones.
