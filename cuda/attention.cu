@@ -13,6 +13,9 @@
 #include <mutex>
 #include <vector>
 
+#include <cuda_bf16.h>
+#include <mma.h>
+
 #include "common.cuh"
 #include "kernels.cuh"
 
@@ -176,6 +179,202 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(AttnArgs a) {
   }
 }
 
+// ---- prefill on tensor cores (head_dim 64, groups of several rows) -------------------------
+// The block's 64 (row, head) pairs are the M dimension of S = Q K^T (64 x 32 keys) and of
+// O += P V. Every operand is split as x = hi + lo in bf16 and each product takes three MMAs
+// (hi*hi + lo*hi + hi*lo), so the result keeps ~16 mantissa bits like the fp32 kernel above.
+// Warp w owns pairs 16w..16w+15: its S tile, their online softmax (a lane pair per pair) and its
+// rows of O, which live in shared memory (fp32) so the per-row rescaling needs no knowledge of
+// the accumulator fragments' layout.
+namespace tc {
+constexpr int D = 64, LQ = D + 8, LS = kTile + 4, LP = kTile + 8, LO = D + 4;
+// Byte offsets of the shared-memory regions (each 128-byte aligned, as wmma wants 32).
+constexpr size_t al(size_t x) { return (x + 127) / 128 * 128; }
+constexpr size_t kQh = 0, kQl = al(kQh + 2 * kMaxComb * LQ), kKh = al(kQl + 2 * kMaxComb * LQ),
+                 kKl = al(kKh + 2 * kTile * LQ), kVh = al(kKl + 2 * kTile * LQ), kVl = al(kVh + 2 * kTile * LQ),
+                 kS = al(kVl + 2 * kTile * LQ), kPh = al(kS + 4 * kMaxComb * LS), kPl = al(kPh + 2 * kMaxComb * LP),
+                 kO = al(kPl + 2 * kMaxComb * LP), kM = al(kO + 4 * kMaxComb * LO), kL = kM + 4 * kMaxComb,
+                 kBytes = kL + 4 * kMaxComb;
+
+__device__ __forceinline__ void split_bf16(float x, __nv_bfloat16* hi, __nv_bfloat16* lo) {
+  const __nv_bfloat16 h = __float2bfloat16_rn(x);
+  *hi = h;
+  *lo = __float2bfloat16_rn(x - __bfloat162float(h));
+}
+}  // namespace tc
+
+template <typename KV>
+__global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
+  using namespace nvcuda;
+  using namespace tc;
+  extern __shared__ float smem[];
+  unsigned char* sm = reinterpret_cast<unsigned char*>(smem);
+  __nv_bfloat16* qh = reinterpret_cast<__nv_bfloat16*>(sm + kQh);
+  __nv_bfloat16* ql = reinterpret_cast<__nv_bfloat16*>(sm + kQl);
+  __nv_bfloat16* kh = reinterpret_cast<__nv_bfloat16*>(sm + kKh);
+  __nv_bfloat16* kl = reinterpret_cast<__nv_bfloat16*>(sm + kKl);
+  __nv_bfloat16* vh = reinterpret_cast<__nv_bfloat16*>(sm + kVh);
+  __nv_bfloat16* vl = reinterpret_cast<__nv_bfloat16*>(sm + kVl);
+  float* S = reinterpret_cast<float*>(sm + kS);
+  __nv_bfloat16* ph = reinterpret_cast<__nv_bfloat16*>(sm + kPh);
+  __nv_bfloat16* pl = reinterpret_cast<__nv_bfloat16*>(sm + kPl);
+  float* O = reinterpret_cast<float*>(sm + kO);
+  float* Ms = reinterpret_cast<float*>(sm + kM);
+  float* Ls = reinterpret_cast<float*>(sm + kL);
+
+  const AttnGroup g = a.groups[blockIdx.x];
+  const int kvh = blockIdx.y, split = blockIdx.z;
+  const int n_kv = a.kv.n_kv, G = a.n_heads / n_kv, B = a.kv.block_size;
+  const int ncomb = g.nrows * G;
+  const int last = g.pos0 + g.nrows - 1;
+  const int lo = a.window > 0 ? max(0, g.pos0 - a.window + 1) : 0;
+  int split_len = a.split_len;
+  if (split_len <= 0) {
+    const int per = (last - lo + 1 + a.n_splits - 1) / a.n_splits;
+    split_len = (per + kTile - 1) / kTile * kTile;
+  }
+  const int s_lo = lo + split * split_len;
+  const int s_hi = min(last, s_lo + split_len - 1);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int32_t* table = a.tables + g.table_off;
+
+  // q (pre-scaled) as hi/lo; pairs past ncomb are zero rows. O = 0, m = -inf, l = 0.
+  for (int idx = threadIdx.x; idx < kMaxComb * D; idx += kThreads) {
+    const int c = idx / D, d = idx % D;
+    float v = 0.f;
+    if (c < ncomb) v = a.q[int64_t(g.row0 + c / G) * a.ldq + (kvh * G + c % G) * D + d] * a.scale;
+    split_bf16(v, qh + c * LQ + d, ql + c * LQ + d);
+    O[c * LO + d] = 0.f;
+  }
+  for (int c = threadIdx.x; c < kMaxComb; c += kThreads) {
+    Ms[c] = -INFINITY;
+    Ls[c] = 0.f;
+  }
+
+  // This lane's pair of the softmax: row r (a (row, head) pair), columns 16h .. 16h+15.
+  const int r = warp * 16 + (lane >> 1), h = lane & 1;
+  const int posr = g.pos0 + r / G;
+  for (int j0 = s_lo; j0 <= s_hi; j0 += kTile) {
+    __syncthreads();  // the previous tile's K/V are consumed (and q, O, m, l are set)
+    for (int idx = threadIdx.x; idx < kTile * (D / 4); idx += kThreads) {
+      const int jj = idx / (D / 4), d4 = (idx % (D / 4)) * 4;
+      const int key = j0 + jj;
+      float4 k4 = make_float4(0.f, 0.f, 0.f, 0.f), v4 = k4;
+      if (key <= s_hi) {
+        const int64_t blk = table[key / B];
+        const int64_t base = blk * a.kv.block_elems + a.kv.layer_offset + (int64_t(kvh) * B + key % B) * D + d4;
+        k4 = KVLoad<KV>::load4(a.kv.pool, base);
+        v4 = KVLoad<KV>::load4(a.kv.pool, base + int64_t(n_kv) * B * D);
+      }
+      const float kk[4] = {k4.x, k4.y, k4.z, k4.w}, vv[4] = {v4.x, v4.y, v4.z, v4.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        split_bf16(kk[i], kh + jj * LQ + d4 + i, kl + jj * LQ + d4 + i);
+        split_bf16(vv[i], vh + jj * LQ + d4 + i, vl + jj * LQ + d4 + i);
+      }
+    }
+    __syncthreads();
+
+    // S[16 pairs of this warp][32 keys] = q k^T (k as a column-major D x 32 operand).
+#pragma unroll
+    for (int jn = 0; jn < 2; ++jn) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+      for (int kk = 0; kk < D; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bh, bl;
+        wmma::load_matrix_sync(ah, qh + warp * 16 * LQ + kk, LQ);
+        wmma::load_matrix_sync(al, ql + warp * 16 * LQ + kk, LQ);
+        wmma::load_matrix_sync(bh, kh + jn * 16 * LQ + kk, LQ);
+        wmma::load_matrix_sync(bl, kl + jn * 16 * LQ + kk, LQ);
+        wmma::mma_sync(acc, al, bh, acc);
+        wmma::mma_sync(acc, ah, bl, acc);
+        wmma::mma_sync(acc, ah, bh, acc);
+      }
+      wmma::store_matrix_sync(S + warp * 16 * LS + jn * 16, acc, LS, wmma::mem_row_major);
+    }
+    __syncwarp();
+
+    // Online softmax of row r over this tile; P = e^(s - m_new) as hi/lo, O's row rescaled.
+    {
+      const float* srow = S + r * LS + 16 * h;
+      float s[16];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int key = j0 + 16 * h + j;
+        const bool valid = r < ncomb && key <= s_hi && key <= posr && (a.window <= 0 || key > posr - a.window);
+        s[j] = valid ? srow[j] : -INFINITY;
+        mx = fmaxf(mx, s[j]);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      const float mold = Ms[r];
+      const float mnew = fmaxf(mold, mx);
+      float sum = 0.f;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const float p = mnew == -INFINITY || s[j] == -INFINITY ? 0.f : expf(s[j] - mnew);
+        sum += p;
+        split_bf16(p, ph + r * LP + 16 * h + j, pl + r * LP + 16 * h + j);
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      const float corr = mold == -INFINITY ? 0.f : expf(mold - mnew);
+#pragma unroll 8
+      for (int d = 32 * h; d < 32 * h + 32; ++d) O[r * LO + d] *= corr;
+      __syncwarp();  // both lanes of the pair have read m before it changes
+      if (h == 0) {
+        Ls[r] = Ls[r] * corr + sum;
+        Ms[r] = mnew;
+      }
+    }
+    __syncwarp();
+
+    // O[16 pairs][64] += P[16][32] V[32][64].
+#pragma unroll
+    for (int dn = 0; dn < D; dn += 16) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::load_matrix_sync(acc, O + warp * 16 * LO + dn, LO, wmma::mem_row_major);
+#pragma unroll
+      for (int kk = 0; kk < kTile; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bh, bl;
+        wmma::load_matrix_sync(ah, ph + warp * 16 * LP + kk, LP);
+        wmma::load_matrix_sync(al, pl + warp * 16 * LP + kk, LP);
+        wmma::load_matrix_sync(bh, vh + kk * LQ + dn, LQ);
+        wmma::load_matrix_sync(bl, vl + kk * LQ + dn, LQ);
+        wmma::mma_sync(acc, al, bh, acc);
+        wmma::mma_sync(acc, ah, bl, acc);
+        wmma::mma_sync(acc, ah, bh, acc);
+      }
+      wmma::store_matrix_sync(O + warp * 16 * LO + dn, acc, LO, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+  __syncthreads();
+
+  // Out: with one split add the sink and finish, else the partial (o, m, l) for the merge.
+  for (int idx = threadIdx.x; idx < ncomb * D; idx += kThreads) {
+    const int c = idx / D, d = idx % D;
+    const int hq = kvh * G + c % G;
+    const float m = Ms[c], l = Ls[c];
+    if (a.n_splits == 1) {
+      const float sink = a.sinks[hq];
+      const float M = fmaxf(sink, m);
+      const float w = m == -INFINITY ? 0.f : expf(m - M);
+      a.out[int64_t(g.row0 + c / G) * a.ldo + hq * D + d] = O[c * LO + d] * w / (expf(sink - M) + w * l);
+    } else {
+      const int64_t slot = (int64_t(g.row0 + c / G) * a.n_heads + hq) * a.n_splits + split;
+      float* dst = a.part + slot * (D + 2);
+      dst[d] = O[c * LO + d];
+      if (d == 0) {
+        dst[D] = m;
+        dst[D + 1] = l;
+      }
+    }
+  }
+}
+
 // One warp per (row, head): merge the splits with the sink.
 __global__ void attn_combine_kernel(AttnArgs a, int D) {
   const int row = blockIdx.x;
@@ -226,8 +425,18 @@ void prepare_device() {
   allow_smem<32, float>(); allow_smem<32, uint16_t>();
   allow_smem<64, float>(); allow_smem<64, uint16_t>();
   allow_smem<128, float>(); allow_smem<128, uint16_t>();
+  CUDA_CHECK(cudaFuncSetAttribute(attn_tc_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tc::kBytes)));
+  CUDA_CHECK(cudaFuncSetAttribute(attn_tc_kernel<uint16_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tc::kBytes)));
   if (done.size() <= size_t(dev)) done.resize(size_t(dev) + 1, false);
   done[size_t(dev)] = true;
+}
+
+template <typename KV>
+void launch_tc(const AttnArgs& a, cudaStream_t st) {
+  prepare_device();
+  dim3 grid(a.n_groups, a.kv.n_kv, a.n_splits);
+  attn_tc_kernel<KV><<<grid, kThreads, tc::kBytes, st>>>(a);
+  CUDA_CHECK_LAUNCH();
 }
 
 template <int D, typename KV>
@@ -266,7 +475,12 @@ void attention(const AttnArgs& a, cudaStream_t st) {
   if (a.T <= 0 || a.n_groups <= 0) return;
   const int D = a.kv.head_dim;
   if (a.n_heads / a.kv.n_kv > kMaxComb) throw InvalidArgument("attention: more than 64 query heads per KV head");
-  switch (D) {
+  // Tensor cores for prefill (some group has several rows, so the 64-row MMAs are mostly full);
+  // decode (one row per group) keeps the CUDA-core kernel. path: 1 forces CUDA cores, 2 tensor cores.
+  const bool tc = D == 64 && (a.path == 2 || (a.path == 0 && a.T > a.n_groups));
+  if (tc) {
+    a.kv.bf16 ? launch_tc<uint16_t>(a, st) : launch_tc<float>(a, st);
+  } else switch (D) {
     case 32: a.kv.bf16 ? launch<32, uint16_t>(a, st) : launch<32, float>(a, st); break;
     case 64: a.kv.bf16 ? launch<64, uint16_t>(a, st) : launch<64, float>(a, st); break;
     case 128: a.kv.bf16 ? launch<128, uint16_t>(a, st) : launch<128, float>(a, st); break;

@@ -55,6 +55,7 @@ struct AttnArgs {
   float* part = nullptr;  // [T * n_heads * n_splits * (head_dim + 2)]
   float* out = nullptr;   // [T, ldo]
   int ldo = 0;
+  int path = 0;  // 0: tensor cores for prefill (head_dim 64), CUDA cores for decode; 1 / 2 force one
 };
 // Max query rows per group for this GQA ratio (64 (row, head) pairs per block).
 int attn_rows_per_group(int n_heads, int n_kv);

@@ -77,7 +77,7 @@ void rope(const float* x, int T, const int64_t* pos, const float* inv_freq, int 
 
 void attention(const float* q, int T, int n_heads, const float* k, const float* v, int L, int n_kv, int D,
                const int64_t* pos, const float* sinks, float scale, int window, int block_size, uint32_t seed,
-               bool kv_bf16, int split_len, float* out) {
+               bool kv_bf16, int split_len, float* out, int path) {
   const int B = block_size, nblk = (L + B - 1) / B;
   const int64_t per_layer = int64_t(2) * n_kv * B * D, block_elems = 2 * per_layer;
   std::vector<int32_t> table(static_cast<size_t>(nblk));
@@ -133,6 +133,7 @@ void attention(const float* q, int T, int n_heads, const float* k, const float* 
   a.sinks = ds.as<float>();
   a.out = dout.as<float>();
   a.ldo = n_heads * D;
+  a.path = path;
   int dev = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
@@ -226,8 +227,15 @@ void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uin
   Buf dbias(bias ? bias : zeros.data(), size_t(N) * 4), dy(size_t(T) * N * 4);
   TileBufs tb(T, 1, tensor_cores);
   cuda::moe_route(di.as<int32_t>(), T, 1, tb.mt, 0);
+  // mlp2 reads its input by position in the expert-sorted order, which the grouping leaves
+  // arbitrary (atomics): lay x out in that order.
+  std::vector<int32_t> sorted(static_cast<size_t>(T));
+  tb.sorted.to_host(sorted.data(), size_t(T) * 4);
+  std::vector<float> xs(static_cast<size_t>(T) * K);
+  for (int p = 0; p < T; ++p) std::copy(x + size_t(sorted[size_t(p)]) * K, x + size_t(sorted[size_t(p)] + 1) * K, xs.begin() + size_t(p) * K);
+  Buf dxs(xs.data(), xs.size() * 4);
   MxWeights w{db.as<uint8_t>(), ds.as<uint8_t>(), dbias.as<float>(), N, K};
-  cuda::moe_mlp2(dx.as<float>(), tb.mt, w, dr.as<float>(), dy.as<float>(), tensor_cores, 0);
+  cuda::moe_mlp2(dxs.as<float>(), tb.mt, w, dr.as<float>(), dy.as<float>(), tensor_cores, 0);
   dy.to_host(y, size_t(T) * N * 4);
 }
 

@@ -227,10 +227,11 @@ def _attn_inputs(case, seed):
 @cuda_test
 @pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("split_len", [0, 32])
-def test_attention(backend, case, split_len):
+@pytest.mark.parametrize("path", [1, 2])  # CUDA cores, tensor cores (head_dim 64 only)
+def test_attention(backend, case, split_len, path):
     q, k, v, pos, sinks, scale, window, bs = _attn_inputs(case, zlib.crc32(repr(case).encode()))
     want = ck.attention(q, k, v, pos, sinks, scale, window, bs, 3)
-    got = backend.kernels.attention(q, k, v, pos, sinks, scale, window, bs, 5, "float32", split_len)
+    got = backend.kernels.attention(q, k, v, pos, sinks, scale, window, bs, 5, "float32", split_len, path)
     assert_rel(got, want, 2e-5, "attention")
 
 
@@ -240,8 +241,9 @@ def test_attention_bf16_cache(backend, case):
     q, k, v, pos, sinks, scale, window, bs = _attn_inputs(case, 7)
     kb, vb = from_bf16(to_bf16(k)).reshape(k.shape), from_bf16(to_bf16(v)).reshape(v.shape)
     want = ck.attention(q, kb, vb, pos, sinks, scale, window, bs, 3)
-    got = backend.kernels.attention(q, k, v, pos, sinks, scale, window, bs, 5, "bfloat16", 0)
-    assert_rel(got, want, 2e-5, "attention (bf16 cache)")
+    for path in (1, 2):
+        got = backend.kernels.attention(q, k, v, pos, sinks, scale, window, bs, 5, "bfloat16", 0, path)
+        assert_rel(got, want, 2e-5, f"attention (bf16 cache, path {path})")
 
 
 # -------------------------------------------------------------------------- dense GEMM
