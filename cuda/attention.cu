@@ -45,29 +45,39 @@ struct KVLoad<uint16_t> {
   }
 };
 
+// What block (group, kv head, split) covers: its group, GQA shape and key range [s_lo, s_hi].
+// split_len 0: the group's own key range cut into n_splits pieces of whole tiles, so one launch
+// shape (and one captured CUDA graph) serves every context length.
+struct BlockWork {
+  AttnGroup g;
+  int kvh, split, n_kv, G, B, ncomb, s_lo, s_hi;
+  __device__ explicit BlockWork(const AttnArgs& a)
+      : g(a.groups[blockIdx.x]), kvh(blockIdx.y), split(blockIdx.z), n_kv(a.kv.n_kv), G(a.n_heads / a.kv.n_kv),
+        B(a.kv.block_size), ncomb(g.nrows * G) {
+    const int last = g.pos0 + g.nrows - 1;
+    const int lo = a.window > 0 ? max(0, g.pos0 - a.window + 1) : 0;
+    int split_len = a.split_len;
+    if (split_len <= 0) {
+      const int per = (last - lo + 1 + a.n_splits - 1) / a.n_splits;
+      split_len = (per + kTile - 1) / kTile * kTile;
+    }
+    s_lo = lo + split * split_len;
+    s_hi = min(last, s_lo + split_len - 1);
+  }
+};
+
 template <int D, typename KV>
 __global__ void __launch_bounds__(kThreads) attn_kernel(AttnArgs a) {
   constexpr int DPL = D / 32;  // output dims per lane
-  extern __shared__ float smem[];
+  extern __shared__ __align__(16) float smem[];  // float4 accesses
   float* q_s = smem;                    // [kMaxComb][D]
   float* k_s = q_s + kMaxComb * D;      // [kTile][D + 1]
   float* v_s = k_s + kTile * (D + 1);   // [kTile][D]
 
-  const AttnGroup g = a.groups[blockIdx.x];
-  const int kvh = blockIdx.y, split = blockIdx.z;
-  const int n_kv = a.kv.n_kv, G = a.n_heads / n_kv, B = a.kv.block_size;
-  const int ncomb = g.nrows * G;
-  const int last = g.pos0 + g.nrows - 1;
-  const int lo = a.window > 0 ? max(0, g.pos0 - a.window + 1) : 0;
-  // split_len 0: this group's own key range cut into n_splits pieces of whole tiles, so one
-  // launch shape (and one captured CUDA graph) serves every context length.
-  int split_len = a.split_len;
-  if (split_len <= 0) {
-    const int per = (last - lo + 1 + a.n_splits - 1) / a.n_splits;
-    split_len = (per + kTile - 1) / kTile * kTile;
-  }
-  const int s_lo = lo + split * split_len;
-  const int s_hi = min(last, s_lo + split_len - 1);
+  const BlockWork w(a);
+  const AttnGroup& g = w.g;
+  const int kvh = w.kvh, split = w.split, n_kv = w.n_kv, G = w.G, B = w.B, ncomb = w.ncomb, s_lo = w.s_lo,
+            s_hi = w.s_hi;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int32_t* table = a.tables + g.table_off;
 
@@ -207,7 +217,7 @@ template <typename KV>
 __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
   using namespace nvcuda;
   using namespace tc;
-  extern __shared__ float smem[];
+  extern __shared__ __align__(128) float smem[];  // wmma wants 32-byte aligned tiles
   unsigned char* sm = reinterpret_cast<unsigned char*>(smem);
   __nv_bfloat16* qh = reinterpret_cast<__nv_bfloat16*>(sm + kQh);
   __nv_bfloat16* ql = reinterpret_cast<__nv_bfloat16*>(sm + kQl);
@@ -222,19 +232,10 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
   float* Ms = reinterpret_cast<float*>(sm + kM);
   float* Ls = reinterpret_cast<float*>(sm + kL);
 
-  const AttnGroup g = a.groups[blockIdx.x];
-  const int kvh = blockIdx.y, split = blockIdx.z;
-  const int n_kv = a.kv.n_kv, G = a.n_heads / n_kv, B = a.kv.block_size;
-  const int ncomb = g.nrows * G;
-  const int last = g.pos0 + g.nrows - 1;
-  const int lo = a.window > 0 ? max(0, g.pos0 - a.window + 1) : 0;
-  int split_len = a.split_len;
-  if (split_len <= 0) {
-    const int per = (last - lo + 1 + a.n_splits - 1) / a.n_splits;
-    split_len = (per + kTile - 1) / kTile * kTile;
-  }
-  const int s_lo = lo + split * split_len;
-  const int s_hi = min(last, s_lo + split_len - 1);
+  const BlockWork w(a);
+  const AttnGroup& g = w.g;
+  const int kvh = w.kvh, split = w.split, n_kv = w.n_kv, G = w.G, B = w.B, ncomb = w.ncomb, s_lo = w.s_lo,
+            s_hi = w.s_hi;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int32_t* table = a.tables + g.table_off;
 

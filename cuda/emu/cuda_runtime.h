@@ -81,6 +81,7 @@ enum cudaError_t : int {
   cudaErrorInvalidResourceHandle = 400,
   cudaErrorNotReady = 600,
   cudaErrorIllegalAddress = 700,
+  cudaErrorMisalignedAddress = 716,
   cudaErrorLaunchFailure = 719,
   cudaErrorStreamCaptureUnsupported = 900,
   cudaErrorStreamCaptureInvalidated = 901,
@@ -298,26 +299,19 @@ inline T __shfl_down_sync(unsigned, T v, unsigned d, int = 32) {
 }
 inline void __syncwarp(unsigned = 0xffffffffu) { gptoss_emu::warp_exchange(0, 0); }
 
-inline float __uint_as_float(unsigned u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
+namespace gptoss_emu {
+template <typename To, typename From>
+inline To bits_as(From v) {
+  static_assert(sizeof(To) == sizeof(From), "bit cast between sizes");
+  To r;
+  memcpy(&r, &v, sizeof r);
+  return r;
 }
-inline unsigned __float_as_uint(float f) {
-  unsigned u;
-  memcpy(&u, &f, 4);
-  return u;
-}
-inline float __int_as_float(int u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-inline int __float_as_int(float f) {
-  int u;
-  memcpy(&u, &f, 4);
-  return u;
-}
+}  // namespace gptoss_emu
+inline float __uint_as_float(unsigned u) { return gptoss_emu::bits_as<float>(u); }
+inline unsigned __float_as_uint(float f) { return gptoss_emu::bits_as<unsigned>(f); }
+inline float __int_as_float(int u) { return gptoss_emu::bits_as<float>(u); }
+inline int __float_as_int(float f) { return gptoss_emu::bits_as<int>(f); }
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;

@@ -28,10 +28,11 @@ namespace gptoss_emu {
 // ---- errors --------------------------------------------------------------------------------
 namespace {
 thread_local cudaError_t g_last = cudaSuccess;
+thread_local cudaError_t g_msg_err = cudaSuccess;  // the error g_last_msg describes (outlives GetLastError)
 thread_local std::string g_last_msg;
 
 cudaError_t fail(cudaError_t e, const std::string& msg) {
-  g_last = e;
+  g_last = g_msg_err = e;
   g_last_msg = msg;
   if (std::getenv("GPTOSS_EMU_VERBOSE")) std::fprintf(stderr, "cuda-emu: %s\n", msg.c_str());
   return e;
@@ -136,6 +137,7 @@ struct BlockRun {
   std::vector<Barrier> warp_bar;
   std::vector<uint64_t> slots;  // [2][warps][32]
   unsigned launch = 0;  // kernels executed so far
+  const char* fault = nullptr;  // a thread's fatal error (the block is abandoned)
 };
 
 Fiber g_fibers[kMaxThreads];
@@ -146,7 +148,19 @@ void* g_sched_sp = nullptr;
 #else
 ucontext_t g_sched_ctx;
 #endif
-std::vector<char> g_smem;
+// Dynamic shared memory, 128-byte aligned (an `extern __shared__ __align__(128)` array).
+struct SmemBuf {
+  char* p = nullptr;
+  size_t n = 0;
+  void reserve(size_t bytes) {
+    if (bytes <= n) return;
+    std::free(p);
+    n = (bytes + 127) / 128 * 128;
+    p = static_cast<char*>(std::aligned_alloc(128, n));
+    if (!p) throw std::bad_alloc();
+  }
+  char* data() { return p; }
+} g_smem;
 
 void ensure_stacks(int n) {
   for (int i = 0; i < n; ++i) {
@@ -318,6 +332,7 @@ bool run_block() {
       if (f.wait && f.wait->gen == f.wait_gen) continue;
       f.wait = nullptr;
       resume(&f);
+      if (g_run.fault) return false;
       progressed = true;
       if (f.done) --remaining;
     }
@@ -377,7 +392,7 @@ void execute(const LaunchConfig& c, const std::shared_ptr<Body>& body) {
   } done;
   const int n = int(c.block.x * c.block.y * c.block.z);
   ensure_stacks(n);
-  if (g_smem.size() < c.smem + 64) g_smem.assign(c.smem + 64, 0);
+  g_smem.reserve(c.smem + 64);
   g_run.body = body.get();
   g_run.bdim = c.block;
   g_run.gdim = c.grid;
@@ -390,9 +405,13 @@ void execute(const LaunchConfig& c, const std::shared_ptr<Body>& body) {
       for (unsigned x = 0; x < c.grid.x; ++x) {
         g_run.bid = uint3{x, y, z};
         memset(g_smem.data(), 0xff, c.smem);
+        g_run.fault = nullptr;
         if (!run_block()) {
-          fail(cudaErrorLaunchFailure, "deadlock: threads wait at a barrier (__syncthreads or a full-warp shuffle) "
-                                       "that other live threads of the block never reach, in " + describe(c));
+          if (g_run.fault)
+            fail(cudaErrorMisalignedAddress, std::string(g_run.fault) + " in " + describe(c));
+          else
+            fail(cudaErrorLaunchFailure, "deadlock: threads wait at a barrier (__syncthreads or a full-warp shuffle) "
+                                         "that other live threads of the block never reach, in " + describe(c));
           return;
         }
       }
@@ -419,8 +438,10 @@ uint64_t warp_exchange(uint64_t bits, int src) {
 }
 
 void wmma_misuse(const char* what) {
-  std::fprintf(stderr, "cuda-emu: %s\n", what);
-  std::abort();  // the device would fault with a misaligned address
+  // The device faults with a misaligned address: the launch fails, this block is abandoned.
+  g_run.fault = what;
+  to_scheduler();
+  std::abort();  // an abandoned fiber is never resumed
 }
 
 bool is_device_range(const void* p, size_t bytes) { return in_device(p, bytes); }
@@ -471,6 +492,7 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorMisalignedAddress: return "cudaErrorMisalignedAddress";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
@@ -479,7 +501,7 @@ const char* cudaGetErrorName(cudaError_t e) {
   }
 }
 const char* cudaGetErrorString(cudaError_t e) {
-  if (e != cudaSuccess && e == g_last && !g_last_msg.empty()) return g_last_msg.c_str();
+  if (e != cudaSuccess && e == g_msg_err && !g_last_msg.empty()) return g_last_msg.c_str();
   return cudaGetErrorName(e);
 }
 cudaError_t cudaGetLastError() {

@@ -274,15 +274,9 @@ class Model:
     def step(self, batch: Iterable[tuple[Sequence, TokenList]], all_logits: bool = False) -> list[np.ndarray]:
         """Advance several sequences in one batched call: each (sequence, tokens) pair appends its
         tokens; returns, per pair, the next-token logits [vocab] (or [n, vocab] with all_logits)."""
-        pairs = list(batch)
-        if not pairs:
+        seqs, toks = self._unpack(batch, "step")
+        if not seqs:
             return []
-        seqs, toks = [], []
-        for s, t in pairs:
-            if not isinstance(s, Sequence) or s._model is not self:
-                raise ValueError("step: every entry must be a Sequence of this model")
-            seqs.append(s._sid())
-            toks.append(_as_tokens(t))
         out = self._engine.step(seqs, toks, [all_logits] * len(seqs))
         res, r = [], 0
         for t in toks:
@@ -290,6 +284,16 @@ class Model:
             res.append(out[r:r + n] if all_logits else out[r])
             r += n
         return res
+
+    def _unpack(self, batch: Iterable[tuple[Sequence, TokenList]], what: str) -> tuple[list[int], list[np.ndarray]]:
+        """Engine ids and token arrays of (sequence, tokens) pairs, checked."""
+        seqs, toks = [], []
+        for s, t in batch:
+            if not isinstance(s, Sequence) or s._model is not self:
+                raise ValueError(f"{what}: every entry must be a Sequence of this model")
+            seqs.append(s._sid())
+            toks.append(_as_tokens(t))
+        return seqs, toks
 
     @property
     def samples_on_device(self) -> bool:
@@ -303,17 +307,11 @@ class Model:
         optionally logprobs (None or n <= 20); see `Sampler.device_params`. CUDA only."""
         if not self.samples_on_device:
             raise RuntimeError("step_sample needs a CUDA device (this model runs on the CPU)")
-        pairs = list(batch)
-        if len(params) != len(pairs):
+        seqs, toks = self._unpack(batch, "step_sample")
+        if len(params) != len(seqs):
             raise ValueError("step_sample: one params dict per (sequence, tokens) pair")
-        if not pairs:
+        if not seqs:
             return []
-        seqs, toks = [], []
-        for s, t in pairs:
-            if not isinstance(s, Sequence) or s._model is not self:
-                raise ValueError("step_sample: every entry must be a Sequence of this model")
-            seqs.append(s._sid())
-            toks.append(_as_tokens(t))
         cols = {k: [q[k] for q in params] for k in ("temperature", "top_k", "top_p", "min_p", "u", "vocab_limit")}
         wants = [q.get("logprobs") for q in params]
         n = max((w for w in wants if w is not None), default=-1)
