@@ -72,8 +72,9 @@ def main() -> int:
 
     t0 = time.time()
     ctxs = [int(c) for c in args.contexts.split(",") if c]
+    m_chunk = 2048
     m = gptoss.Model.synthetic(args.model, seed=0, device=args.device, kv_cache_bytes=int(args.kv_gib * (1 << 30)),
-                               max_context=max(16384, 2 * max(ctxs)))
+                               max_context=max(16384, 2 * max(ctxs)), max_chunk_tokens=m_chunk)
     eng = m._engine
     eng.synchronize()
     info = eng.memory_info()
@@ -111,6 +112,19 @@ def main() -> int:
         results[f"prefill_{n}"] = n / dt
         emit(what="prefill", tokens=n, seconds=round(dt, 3), tok_s=round(n / dt, 1))
         seqs[n] = s
+
+    # The same prompts in 512-token chunks (the CPU's default) against the default 2048.
+    for n in ctxs:
+        eng.set_max_chunk_tokens(512)
+        s = m.new_sequence()
+        eng.synchronize()
+        t = time.perf_counter()
+        eng.step_argmax([s.id], [prompt(n)])
+        eng.synchronize()
+        dt = time.perf_counter() - t
+        emit(what="prefill_chunk512", tokens=n, seconds=round(dt, 3), tok_s=round(n / dt, 1))
+        s.free()
+    eng.set_max_chunk_tokens(m_chunk)
 
     steps = 8 if args.quick else 48
     for ctx in ctxs:

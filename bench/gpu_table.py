@@ -16,6 +16,8 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
     w = r.get("what")
     if w == "prefill":
         return [(f"prefill {r['tokens']}", f"{r['tok_s']:.0f} tok/s", "")]
+    if w == "prefill_chunk512":
+        return [(f"prefill {r['tokens']} chunk 512", f"{r['tok_s']:.0f} tok/s", "")]
     if w == "decode":
         return [(f"decode b{r['batch']} ctx{r['context']}", f"{r['tok_s']:.0f} tok/s",
                  f"{r['ms_per_step']:.2f} ms/step, {r['roofline_frac'] * 100:.0f}% of copy BW")]

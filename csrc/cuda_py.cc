@@ -314,6 +314,7 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       .def("memory_info", &CudaEngine::memory_info)
       .def("device_name", &CudaEngine::device_name)
       .def("set_cuda_graphs", &CudaEngine::set_graphs, py::arg("enabled"))
+      .def("set_max_chunk_tokens", &CudaEngine::set_max_chunk_tokens, py::arg("n"))
       .def("graph_stats", [](const CudaEngine& e) {
         const auto v = e.graph_stats();
         py::dict d;

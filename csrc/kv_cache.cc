@@ -67,6 +67,7 @@ SequenceTable::SequenceTable(const ModelConfig& cfg, KVOptions opt, BlockPool& f
     : window_(cfg.window), max_context_(cfg.max_context), vocab_(cfg.vocab), opt_(opt), full_(full), win_(win) {
   GPTOSS_CHECK_ARG(opt_.block_size > 0 && opt_.block_size <= 4096, "block_size must be in [1, 4096]");
   GPTOSS_CHECK_ARG(opt_.max_chunk_tokens > 0, "max_chunk_tokens must be positive");
+  chunk_cap_ = opt_.max_chunk_tokens;
   GPTOSS_CHECK_ARG(opt_.window_retain >= 0, "window_retain must be >= 0");
 }
 
@@ -240,6 +241,12 @@ void SequenceTable::release_window(SequenceState& s) {
       s.win_table[size_t(bi)] = -1;
     }
   }
+}
+
+void SequenceTable::set_max_chunk_tokens(int64_t n) {
+  GPTOSS_CHECK_ARG(n > 0 && n <= chunk_cap_,
+                   "max_chunk_tokens must be in [1, " + std::to_string(chunk_cap_) + "] (the engine's buffers)");
+  opt_.max_chunk_tokens = n;
 }
 
 }  // namespace gptoss

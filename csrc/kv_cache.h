@@ -126,6 +126,8 @@ class SequenceTable {
   void commit(const Chunk& ch);
   // [used, allocated, cap] of the full pool, then of the window pool.
   std::vector<int64_t> stats() const;
+  // Smaller chunks from now on (the engine's buffers were sized for the larger one).
+  void set_max_chunk_tokens(int64_t n);
 
  private:
   void make_writable(BlockPool& pool, std::vector<int32_t>& table, int64_t first, int64_t last);
@@ -133,6 +135,7 @@ class SequenceTable {
 
   int64_t window_, max_context_, vocab_;
   KVOptions opt_;
+  int64_t chunk_cap_ = 0;  // max_chunk_tokens at construction
   BlockPool& full_;
   BlockPool& win_;
   std::unordered_map<int64_t, SequenceState> seqs_;

@@ -807,6 +807,11 @@ std::map<std::string, double> CudaEngine::memory_plan(ModelConfig cfg, CudaEngin
           {"kv_bytes_per_sequence_window", double(c.n_layers - nf) * per_layer_token * win_tokens}};
 }
 
+void CudaEngine::set_max_chunk_tokens(int64_t n) {
+  std::lock_guard<std::mutex> g(p_->mu);
+  p_->seqs->set_max_chunk_tokens(n);
+}
+
 std::vector<int64_t> CudaEngine::graph_stats() const {
   std::lock_guard<std::mutex> g(p_->mu);
   return {p_->graphs_captured, p_->graph_launches, int64_t(p_->graphs.size())};

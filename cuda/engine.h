@@ -95,6 +95,8 @@ class CudaEngine {
   // CUDA graphs: {captured, launches, cached}; turning them off drops the cached ones.
   std::vector<int64_t> graph_stats() const;
   void set_graphs(bool enabled);
+  // Tokens per forward chunk from now on, at most the constructed max_chunk_tokens (benchmarks).
+  void set_max_chunk_tokens(int64_t n);
   void synchronize();
 
   struct Impl;

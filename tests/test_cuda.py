@@ -716,7 +716,7 @@ def test_gpu_benchmark_script_dry_run(tmp_path):
     t = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_table.py"), str(tmp_path)],
                        capture_output=True, text=True, timeout=60)
     assert t.returncode == 0, t.stderr
-    for figure in ("prefill 40", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
+    for figure in ("prefill 40", "prefill 72 chunk 512", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
                    "device memory used", "copy bandwidth"):
         assert figure in t.stdout, (figure, t.stdout)
 
@@ -765,6 +765,8 @@ def test_step_argmax_and_errors(backend):
         s.prefill(list(range(70)))
     assert len(s) == 4  # rejected calls change nothing
     assert np.all(np.isfinite(logits))
+    with pytest.raises(ValueError):  # chunks can shrink, not grow past the buffers
+        gpu._engine.set_max_chunk_tokens(100000)
     with pytest.raises(MemoryError):
         gptoss.Model.synthetic(cfg, seed=1, device=backend.device, kv_cache_bytes=1000)
     small = gptoss.Model.synthetic(cfg, seed=1, device=backend.device, kv_cache_bytes=2 * 2 * 2 * 2 * 16 * 64 * 4 * 2)
