@@ -358,7 +358,8 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
           "step_sample",
           [](CudaEngine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,
              arr<float> temperature, arr<int32_t> top_k, arr<float> top_p, arr<float> min_p, arr<float> u,
-             arr<int32_t> vocab_limit, int logprobs) -> py::object {
+             arr<int32_t> vocab_limit, int logprobs, py::object pen_off, py::object pen_id,
+             py::object pen_val) -> py::object {
             const size_t n = seqs.size();
             need(size_t(temperature.size()) == n && size_t(top_k.size()) == n && size_t(top_p.size()) == n &&
                      size_t(min_p.size()) == n && size_t(u.size()) == n && size_t(vocab_limit.size()) == n,
@@ -377,17 +378,29 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
             float* c = chosen.mutable_data();
             int32_t* ti = top_ids.mutable_data();
             float* tl = top_lp.mutable_data();
+            CudaEngine::Penalties pen;
+            const bool has_pen = !pen_off.is_none();
+            if (has_pen) {
+              auto po = pen_off.cast<arr<int32_t>>();
+              auto pi = pen_id.cast<arr<int32_t>>();
+              auto pv = pen_val.cast<arr<float>>();
+              pen.off.assign(po.data(), po.data() + po.size());
+              pen.id.assign(pi.data(), pi.data() + pi.size());
+              pen.val.assign(pv.data(), pv.data() + pv.size());
+            }
             {
               py::gil_scoped_release nogil;
-              e.step_sample(it.items, sp, o, check_signals, logprobs, c, ti, tl);
+              e.step_sample(it.items, sp, o, check_signals, logprobs, c, ti, tl, has_pen ? &pen : nullptr);
             }
             if (logprobs < 0) return std::move(out);
             return py::make_tuple(out, chosen, top_ids, top_lp);
           },
           py::arg("seqs"), py::arg("tokens"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
           py::arg("min_p"), py::arg("u"), py::arg("vocab_limit"), py::arg("logprobs") = -1,
+          py::arg("pen_off") = py::none(), py::arg("pen_id") = py::none(), py::arg("pen_val") = py::none(),
           "Next token drawn on the device after each item (sampling.py steps 4-8 with the given uniform u); "
-          "logprobs >= 0: (tokens, chosen logprob, top ids, top logprobs) of the raw logits");
+          "logprobs >= 0: (tokens, chosen logprob, top ids, top logprobs) of the raw logits; pen_*: the "
+          "penalty CSR (item i: entries pen_off[i]..pen_off[i+1] of pen_id, pen_val [.,3] = rep, sub, bias)");
 
   py::module_ k = m.def_submodule("cuda_kernels", "CUDA kernels on numpy inputs (copy in, run, copy out), for tests");
   register_kernels(k);

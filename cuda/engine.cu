@@ -113,6 +113,8 @@ struct CudaEngine::Impl {
   float *x = nullptr, *t = nullptr, *qkv = nullptr, *att = nullptr, *rw = nullptr, *act = nullptr, *ypairs = nullptr;
   float *part = nullptr, *logits = nullptr;
   int32_t *ridx = nullptr, *argmax_out = nullptr;
+  float* pen_saved = nullptr;  // the logits that penalties overwrite (restored for the logprobs)
+  int64_t pen_cap = 0;
   float *lp_chosen = nullptr, *lp_top = nullptr;  // device logprobs: [Tmax], [Tmax * kMaxTopLogprobs]
   int32_t* lp_ids = nullptr;
   MoeTiles tiles;
@@ -136,6 +138,7 @@ struct CudaEngine::Impl {
     drop_graphs();
     for (void* p : allocs) cudaFree(p);
     if (meta) cudaFree(meta);
+    if (pen_saved) cudaFree(pen_saved);
     if (staging) cudaFreeHost(staging);
     if (stream) cudaStreamDestroy(stream);
   }
@@ -353,6 +356,7 @@ struct CudaEngine::Impl {
     float* chosen = nullptr;  // [items]
     int32_t* ids = nullptr;   // [items * n]
     float* top = nullptr;     // [items * n]
+    const Penalties* pen = nullptr;  // and the sampler's penalties (per item; may be null)
   };
   void run(const std::vector<StepItem>& items_in, float* out, int32_t* out_tok, const SP* sp,
            const std::function<bool()>& interrupted, const LogprobOut& lp) {
@@ -382,6 +386,16 @@ struct CudaEngine::Impl {
     meta_cap = staging_cap = cap;
   }
 
+  void ensure_pen_saved(int64_t n) {
+    if (n <= pen_cap) return;
+    const int64_t cap = std::max<int64_t>({n, 2 * pen_cap, 4096});
+    if (pen_saved) CUDA_CHECK(cudaFree(pen_saved));
+    pen_saved = nullptr;
+    pen_cap = 0;
+    pen_saved = static_cast<float*>(dev_alloc(size_t(cap) * 4, "sampling penalties"));
+    pen_cap = cap;
+  }
+
   // ---- CUDA graphs: a decode step (one token per sequence) is captured once per launch shape
   // and replayed. Everything a kernel reads that changes from step to step (tokens, positions,
   // block tables, attention groups) is in `meta`, whose layout depends only on the shape; the
@@ -390,6 +404,7 @@ struct CudaEngine::Impl {
   struct Shape {
     int T, ng, R, nsf, nsw, mode;
     int lpn, lpl;  // SAMPLE: top logprobs per row (-1: no logprobs) and their vocab_limit
+    int pe = 0;    // SAMPLE: penalty entries of the chunk's rows (never in a graph)
     bool operator<(const Shape& o) const {
       return std::tie(T, ng, R, nsf, nsw, mode, lpn, lpl) <
              std::tie(o.T, o.ng, o.R, o.nsf, o.nsw, o.mode, o.lpn, o.lpl);
@@ -419,7 +434,9 @@ struct CudaEngine::Impl {
   static int64_t o_gw(const Shape& p) { return o_gf(p) + 4 * int64_t(p.ng); }
   static int64_t o_lr(const Shape& p) { return o_gw(p) + 4 * int64_t(p.ng); }
   static int64_t o_sp(const Shape& p) { return o_lr(p) + p.R; }
-  static int64_t o_tab(const Shape& p) { return o_sp(p) + (p.mode == SAMPLE ? int64_t(kSpInts) * p.R : 0); }
+  static int64_t o_pen(const Shape& p) { return o_sp(p) + (p.mode == SAMPLE ? int64_t(kSpInts) * p.R : 0); }
+  // penalty CSR: off[R + 1] (from 0), id[pe], val[3 pe]
+  static int64_t o_tab(const Shape& p) { return o_pen(p) + (p.pe > 0 ? int64_t(p.R + 1) + 4 * int64_t(p.pe) : 0); }
 
   void forward_chunk(const std::vector<Chunk>& chunks, float* out, int32_t* out_tok, const SP* sp,
                      const LogprobOut& lp) {
@@ -486,6 +503,16 @@ struct CudaEngine::Impl {
     p.mode = out ? LOGITS : (sp ? SAMPLE : ARGMAX);
     p.lpn = p.mode == SAMPLE ? lp.n : -1;
     p.lpl = p.lpn >= 0 ? lp.vocab_limit : 0;
+    p.pe = 0;
+    if (p.mode == SAMPLE && lp.pen && p.R > 0) {
+      const Chunk* f = nullptr;
+      for (const auto& ch : chunks)
+        if (ch.last_of_item) {
+          f = &ch;
+          break;
+        }
+      p.pe = lp.pen->off[size_t(f->out_row + p.R)] - lp.pen->off[size_t(f->out_row)];
+    }
     p.nsf = plan_splits(p, max_span_full);
     p.nsw = plan_splits(p, max_span_win);
     const int64_t total = o_tab(p) + int64_t(tab_full.size());
@@ -511,10 +538,18 @@ struct CudaEngine::Impl {
         break;
       }
     if (p.mode == SAMPLE && p.R > 0) put(o_sp(p), sp + first->out_row, size_t(p.R) * sizeof(SP));
+    if (p.pe > 0) {  // this chunk's rows of the penalty CSR, rebased to 0
+      const Penalties& pen = *lp.pen;
+      const int32_t e0 = pen.off[size_t(first->out_row)];
+      for (int r = 0; r <= p.R; ++r) staging[o_pen(p) + r] = pen.off[size_t(first->out_row + r)] - e0;
+      put(o_pen(p) + p.R + 1, pen.id.data() + e0, size_t(p.pe) * 4);
+      put(o_pen(p) + p.R + 1 + p.pe, pen.val.data() + 3 * size_t(e0), size_t(p.pe) * 12);
+      ensure_pen_saved(p.pe);
+    }
     put(o_tab(p), tab_full.data(), tab_full.size() * 4);
     CUDA_CHECK(cudaMemcpyAsync(meta, staging, size_t(total) * 4, cudaMemcpyHostToDevice, stream));
 
-    if (decode && opt.graphs && T <= kGraphMaxT) run_graph(p);
+    if (decode && opt.graphs && T <= kGraphMaxT && p.pe == 0) run_graph(p);
     else enqueue_forward(p);
 
     // ---- logits (or greedy tokens) of the rows that asked for them, consecutive in the output
@@ -664,8 +699,13 @@ struct CudaEngine::Impl {
     cudaStream_t st = stream;
     dense(t, Hi, meta + o_lr(p) + r0, n, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st);
     if (p.mode == ARGMAX) argmax_rows(logits, n, c.vocab, argmax_out + r0, st);
+    const int32_t* pen_off = meta + o_pen(p) + r0;  // absolute entry indices of this piece's rows
+    const int32_t* pen_id = meta + o_pen(p) + p.R + 1;
+    const float* pen_val = reinterpret_cast<const float*>(meta + o_pen(p) + p.R + 1 + p.pe);
+    if (p.pe > 0) apply_penalties(logits, n, c.vocab, pen_off, pen_id, pen_val, pen_saved, st);
     if (p.mode == SAMPLE)
       sample_rows(logits, n, c.vocab, reinterpret_cast<const SP*>(meta + o_sp(p)) + r0, argmax_out + r0, st);
+    if (p.pe > 0 && p.lpn >= 0) restore_penalties(logits, n, c.vocab, pen_off, pen_id, pen_saved, st);
     if (p.mode == SAMPLE && p.lpn >= 0)  // of the raw logits, for the sampled tokens
       logprobs_rows(logits, n, c.vocab, p.lpl, argmax_out + r0, p.lpn, lp_chosen + r0,
                     lp_ids + int64_t(r0) * p.lpn, lp_top + int64_t(r0) * p.lpn, st);
@@ -732,7 +772,20 @@ void CudaEngine::step_argmax(const std::vector<StepItem>& items, int32_t* out,
 
 void CudaEngine::step_sample(const std::vector<StepItem>& items, const std::vector<SampleParams>& params,
                              int32_t* out, const std::function<bool()>& interrupted, int logprobs,
-                             float* chosen_lp, int32_t* top_ids, float* top_lp) {
+                             float* chosen_lp, int32_t* top_ids, float* top_lp, const Penalties* penalties) {
+  if (penalties) {
+    const Penalties& q = *penalties;
+    GPTOSS_CHECK_ARG(q.off.size() == items.size() + 1 && q.off.front() == 0 && q.off.back() == int32_t(q.id.size()) &&
+                         q.val.size() == 3 * q.id.size(),
+                     "penalties: off [items + 1] from 0 to len(id), val [3 * len(id)]");
+    for (size_t i = 0; i + 1 < q.off.size(); ++i) GPTOSS_CHECK_ARG(q.off[i] <= q.off[i + 1], "penalties: off must not decrease");
+    for (int32_t v : q.id)
+      GPTOSS_CHECK_ARG(v >= 0 && v < p_->cfg.vocab, "penalties: token id " + std::to_string(v) + " outside the vocabulary");
+    for (size_t e = 0; e < q.id.size(); ++e)
+      GPTOSS_CHECK_ARG(q.val[3 * e] > 0.f && std::isfinite(q.val[3 * e]) && std::isfinite(q.val[3 * e + 1]) &&
+                           std::isfinite(q.val[3 * e + 2]),
+                       "penalties: repetition penalty > 0, finite amounts");
+  }
   GPTOSS_CHECK_ARG(logprobs >= -1 && logprobs <= kMaxTopLogprobs, "logprobs: at most 20 top log-probabilities");
   GPTOSS_CHECK_ARG(params.size() == items.size(), "step_sample: one set of sampling parameters per item");
   for (const auto& q : params) {
@@ -749,11 +802,12 @@ void CudaEngine::step_sample(const std::vector<StepItem>& items, const std::vect
   std::lock_guard<std::mutex> g(p_->mu);
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
   Impl::LogprobOut lp;
+  lp.pen = penalties && !penalties->id.empty() ? penalties : nullptr;
   if (logprobs >= 0) {
     GPTOSS_CHECK_ARG(chosen_lp && (logprobs == 0 || (top_ids && top_lp)), "logprobs: output buffers missing");
     for (const auto& q : params)
       GPTOSS_CHECK_ARG(q.vocab_limit == params[0].vocab_limit, "logprobs: one vocab_limit for every item");
-    lp = Impl::LogprobOut{logprobs, params.empty() ? 0 : params[0].vocab_limit, chosen_lp, top_ids, top_lp};
+    lp = Impl::LogprobOut{logprobs, params.empty() ? 0 : params[0].vocab_limit, chosen_lp, top_ids, top_lp, lp.pen};
   }
   p_->run(items, nullptr, out, sp.data(), interrupted, lp);
   for (size_t i = 0; i < items.size(); ++i)

@@ -79,9 +79,18 @@ class CudaEngine {
   // logprobs >= 0 (at most 20): also the log-probabilities of the raw logits (sampling.py's
   // Sampler._with_logprobs): chosen_lp[item], and the `logprobs` most likely ids and theirs in
   // top_ids / top_lp[item * logprobs + j]; every item must then have the same vocab_limit.
+  // penalties (sampling.py steps 1-3, applied before the draw; the logprobs see the raw logits):
+  // item i's entries are [off[i], off[i+1]) of id (distinct within an item) and val (3 per
+  // entry: the repetition penalty or 1, the presence + frequency amount to subtract, the bias).
+  // Steps with penalties are not replayed from graphs.
+  struct Penalties {
+    std::vector<int32_t> off, id;
+    std::vector<float> val;
+  };
   void step_sample(const std::vector<StepItem>& items, const std::vector<SampleParams>& params, int32_t* out,
                    const std::function<bool()>& interrupted = nullptr, int logprobs = -1,
-                   float* chosen_lp = nullptr, int32_t* top_ids = nullptr, float* top_lp = nullptr);
+                   float* chosen_lp = nullptr, int32_t* top_ids = nullptr, float* top_lp = nullptr,
+                   const Penalties* penalties = nullptr);
 
   std::vector<int64_t> kv_stats() const;
   // Device memory in bytes: weights, kv_cache, workspace, used (total - free, whole device),

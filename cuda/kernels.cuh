@@ -141,5 +141,12 @@ constexpr int kMaxTopLogprobs = 20;
 // A +inf logit makes the row's log-probabilities NaN, as in the reference.
 void logprobs_rows(const float* logits, int R, int64_t V, int vocab_limit, const int32_t* token, int n,
                    float* chosen_lp, int32_t* top_ids, float* top_lp, cudaStream_t st);
+// sampling.py steps 1-3 as sparse edits: row r's entries e in [off[r], off[r+1]) (distinct ids)
+// turn logit id[e] into rep(x) - sub + bias with val[e] = {rep, sub, bias} (rep: x / rep when
+// x > 0, else x * rep); saved[e] keeps the old value for restore_penalties.
+void apply_penalties(float* logits, int R, int64_t V, const int32_t* off, const int32_t* id, const float* val,
+                     float* saved, cudaStream_t st);
+void restore_penalties(float* logits, int R, int64_t V, const int32_t* off, const int32_t* id, const float* saved,
+                       cudaStream_t st);
 
 }  // namespace gptoss::cuda

@@ -567,4 +567,43 @@ void logprobs_rows(const float* logits, int R, int64_t V, int vocab_limit, const
   CUDA_CHECK_LAUNCH();
 }
 
+// ---- penalties and logit bias (sampling.py steps 1-3) as sparse edits of the logits ----------
+namespace {
+
+// Row r's entries e in [off[r], off[r+1]): logit id[e] becomes
+//   x / rep (x > 0) or x * rep (x <= 0), then - sub, then + bias   (val[e] = {rep, sub, bias}),
+// the old value kept in saved[e] so the raw logits can be put back (for the log-probabilities).
+__global__ void penalties_kernel(float* logits, int64_t V, const int32_t* off, const int32_t* id,
+                                 const float* val, float* saved) {
+  float* row = logits + int64_t(blockIdx.x) * V;
+  for (int e = off[blockIdx.x] + threadIdx.x; e < off[blockIdx.x + 1]; e += blockDim.x) {
+    float x = row[id[e]];
+    saved[e] = x;
+    const float rep = val[3 * e], sub = val[3 * e + 1], bias = val[3 * e + 2];
+    if (rep != 1.0f) x = x > 0.f ? x / rep : x * rep;
+    row[id[e]] = x - sub + bias;
+  }
+}
+
+__global__ void restore_kernel(float* logits, int64_t V, const int32_t* off, const int32_t* id, const float* saved) {
+  float* row = logits + int64_t(blockIdx.x) * V;
+  for (int e = off[blockIdx.x] + threadIdx.x; e < off[blockIdx.x + 1]; e += blockDim.x) row[id[e]] = saved[e];
+}
+
+}  // namespace
+
+void apply_penalties(float* logits, int R, int64_t V, const int32_t* off, const int32_t* id, const float* val,
+                     float* saved, cudaStream_t st) {
+  if (R <= 0) return;
+  penalties_kernel<<<R, 256, 0, st>>>(logits, V, off, id, val, saved);
+  CUDA_CHECK_LAUNCH();
+}
+
+void restore_penalties(float* logits, int R, int64_t V, const int32_t* off, const int32_t* id, const float* saved,
+                       cudaStream_t st) {
+  if (R <= 0) return;
+  restore_kernel<<<R, 256, 0, st>>>(logits, V, off, id, saved);
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace gptoss::cuda

@@ -600,10 +600,25 @@ def test_generate_samples_on_device(backend):
     for x, y in zip(a.logprobs, b.logprobs):
         assert abs(x.logprob - y.logprob) < 1e-3 and [i for i, _ in x.top_logprobs] == [i for i, _ in y.top_logprobs]
         assert np.allclose([v for _, v in x.top_logprobs], [v for _, v in y.top_logprobs], atol=1e-3)
-    # Host path (logits copied back) for what the device sampler does not do.
-    a = gpu.generate(prompt, max_tokens=6, temperature=0.8, repetition_penalty=1.3, logprobs=2, seed=1)
-    b = cpu.generate(prompt, max_tokens=6, temperature=0.8, repetition_penalty=1.3, logprobs=2, seed=1)
-    assert a.tokens == b.tokens and len(a.logprobs) == 6 and len(a.logprobs[0].top_logprobs) == 2
+    # Penalties and logit bias are sparse edits on the device (those steps run without graphs);
+    # the log-probabilities still describe the raw logits.
+    launches = gpu._engine.graph_stats()["launches"]
+    for kw in (dict(temperature=0.8, repetition_penalty=1.3, logprobs=2, seed=1),
+               dict(temperature=0.0, presence_penalty=1.5, frequency_penalty=0.7),
+               dict(temperature=1.0, top_p=0.9, logit_bias={7: 5.0, 9: -100.0, 11: 2.5}, seed=4),
+               dict(temperature=0.9, repetition_penalty=0.8, frequency_penalty=-0.5, logit_bias={3: 1.0}, seed=9)):
+        a, b = gpu.generate(prompt, max_tokens=8, **kw), cpu.generate(prompt, max_tokens=8, **kw)
+        assert a.tokens == b.tokens, kw
+        if kw.get("logprobs"):
+            assert len(a.logprobs) == 8 and len(a.logprobs[0].top_logprobs) == 2
+            for x, y in zip(a.logprobs, b.logprobs):
+                assert abs(x.logprob - y.logprob) < 1e-3
+    assert gpu._engine.graph_stats()["launches"] == launches
+    ra = generate_batch(gpu, batch, temperature=0.8, presence_penalty=1.0, seed=3, max_tokens=6)
+    rb = generate_batch(cpu, batch, temperature=0.8, presence_penalty=1.0, seed=3, max_tokens=6)
+    assert [r.tokens for r in ra] == [r.tokens for r in rb]
+    with pytest.raises(ValueError):
+        gpu.generate(prompt, max_tokens=2, logit_bias={cfg.vocab_size + 5: 1.0})
     # Bad parameters are rejected before anything runs.
     s = gpu.new_sequence()
     bad = dict(temperature=1.0, top_k=0, top_p=1.5, min_p=0.0, u=0.5, vocab_limit=0)

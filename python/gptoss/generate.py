@@ -347,12 +347,13 @@ class GenerationStream:
         stop_reason: Any = None
         max_ctx = model_max_context(self.model)
         stops = set(p.stop_token_ids)
-        # Draw on the device when it can (no penalties or bias): same random stream, only token
-        # ids (and requested logprobs) cross to the host.
+        # Draw on the device when it can (up to 20 logprobs): same random stream, only token ids
+        # (and requested logprobs) cross to the host; penalties and bias go as sparse edits.
         on_device = getattr(self.model, "samples_on_device", False) and self.sampler.device_params_ok
         try:
             if on_device:
-                tok, usage.cached_tokens = self.session.prefill_sample(self.prompt, self.sampler.device_params())
+                tok, usage.cached_tokens = self.session.prefill_sample(
+                    self.prompt, self.sampler.device_params(tokens, self.prompt))
             else:
                 logits, usage.cached_tokens = self.session.prefill(self.prompt)
             while True:
@@ -382,7 +383,7 @@ class GenerationStream:
                     break
                 yield TokenChunk(s.token, text, s.logprob, s.top_logprobs)
                 if on_device:
-                    tok = self.session.decode_sample(s.token, self.sampler.device_params())
+                    tok = self.session.decode_sample(s.token, self.sampler.device_params(tokens, self.prompt))
                 else:
                     logits = self.session.decode(s.token)
         finally:
@@ -460,7 +461,7 @@ def generate_batch(model: Any, prompts: Sequence[Sequence[int]],
     def advance(live: list[int], feeds: list[list[int]]) -> list:
         pairs = [(seqs[i], f) for i, f in zip(live, feeds)]
         if on_device:
-            return model.step_sample(pairs, [samplers[i].device_params() for i in live])
+            return model.step_sample(pairs, [samplers[i].device_params(out[i], prompts[i]) for i in live])
         return model.step(pairs)
 
     try:

@@ -315,10 +315,11 @@ class Model:
         cols = {k: [q[k] for q in params] for k in ("temperature", "top_k", "top_p", "min_p", "u", "vocab_limit")}
         wants = [q.get("logprobs") for q in params]
         n = max((w for w in wants if w is not None), default=-1)
+        pen = self._penalty_csr([q.get("penalties") for q in params])
         res = self._engine.step_sample(seqs, toks, np.asarray(cols["temperature"], np.float32),
                                        np.asarray(cols["top_k"], np.int32), np.asarray(cols["top_p"], np.float32),
                                        np.asarray(cols["min_p"], np.float32), np.asarray(cols["u"], np.float32),
-                                       np.asarray(cols["vocab_limit"], np.int32), logprobs=n)
+                                       np.asarray(cols["vocab_limit"], np.int32), logprobs=n, **pen)
         if n < 0:
             return [Sample(int(t)) for t in res]
         ids, chosen, top_ids, top_lp = res
@@ -330,6 +331,28 @@ class Model:
                 top = [(int(top_ids[i, j]), float(top_lp[i, j])) for j in range(w)]
                 out.append(Sample(int(ids[i]), float(chosen[i]), top))
         return out
+
+    def _penalty_csr(self, per_item: list) -> dict:
+        """The engine's penalty arrays (pen_off, pen_id, pen_val) from per-item (ids, rep, sub, bias)
+        or None; ids outside the vocabulary are ignored, as the host sampler does, except that a
+        logit bias there is an error."""
+        if all(e is None for e in per_item):
+            return {}
+        vocab = self.config.vocab_size
+        off, ids, vals = [0], [], []
+        for e in per_item:
+            if e is not None:
+                i, rep, sub, bias = (np.asarray(a) for a in e)
+                bad = i >= vocab
+                if np.any(bad & (bias != 0)):
+                    raise ValueError(f"logit_bias token id {int(i[bad][0])} is outside the vocabulary (size {vocab})")
+                ok = ~bad & (i >= 0)
+                ids.append(i[ok].astype(np.int32))
+                vals.append(np.stack([rep[ok], sub[ok], bias[ok]], axis=1).astype(np.float32))
+            off.append(off[-1] + (len(ids[-1]) if e is not None else 0))
+        return dict(pen_off=np.asarray(off, np.int32),
+                    pen_id=np.concatenate(ids) if ids else np.zeros(0, np.int32),
+                    pen_val=np.concatenate(vals).reshape(-1) if vals else np.zeros(0, np.float32))
 
     def forward(self, tokens: TokenList) -> np.ndarray:
         """Float32 logits [len(tokens), vocab]: row t is the next-token distribution after tokens[:t+1]."""

@@ -319,22 +319,45 @@ class Sampler:
     @property
     def device_params_ok(self) -> bool:
         """Whether a device sampler (the CUDA backend's ``step_sample``) can draw for these params:
-        steps 4-8, plus logprobs of up to 20 ids; penalties and logit bias need the host."""
+        everything but more than 20 logprobs."""
         p = self.params
-        return (p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
-                and not p.logit_bias and (p.logprobs is None or p.logprobs <= 20))
+        return p.logprobs is None or p.logprobs <= 20
 
-    def device_params(self) -> dict:
+    def device_params(self, generated: Sequence[int] = (), prompt: Sequence[int] = ()) -> dict:
         """The next draw's parameters for ``Model.step_sample``: the uniform ``u`` comes from this
         sampler's generator exactly as `sample` would take it (none for greedy), so a seeded run
-        gives the same tokens on the host and on the device (up to fp32 rounding at a boundary)."""
+        gives the same tokens on the host and on the device (up to fp32 rounding at a boundary).
+        Penalties and logit bias (steps 1-3) become ``penalties``: (ids, rep, sub, bias) arrays,
+        one entry per affected id."""
         if not self.device_params_ok:
-            raise ValueError("penalties, logit_bias and over 20 logprobs need the host sampler")
+            raise ValueError("over 20 logprobs need the host sampler")
         p = self.params
         u = 0.0 if p.greedy else float(self.rng.random())
         return dict(temperature=float(p.temperature), top_k=int(p.top_k or 0), top_p=float(p.top_p),
                     min_p=float(p.min_p), u=min(u, 0.99999994), vocab_limit=int(self.vocab_limit or 0),
-                    logprobs=p.logprobs)
+                    logprobs=p.logprobs, penalties=self._penalty_entries(generated, prompt))
+
+    def _penalty_entries(self, generated: Sequence[int], prompt: Sequence[int]) -> Optional[tuple]:
+        """Steps 1-3 as sparse edits (see `process`): ids, repetition factor (1 = none), amount to
+        subtract, bias; None when there is nothing to do."""
+        p = self.params
+        edits: dict[int, list[float]] = {}
+        if p.repetition_penalty != 1.0:
+            seen, _ = _counts(list(prompt) + list(generated))
+            for t in seen[seen >= 0].tolist():
+                edits.setdefault(t, [1.0, 0.0, 0.0])[0] = p.repetition_penalty
+        if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+            ids, cnt = _counts(generated)
+            for t, c in zip(ids.tolist(), cnt.tolist()):
+                if t >= 0:
+                    edits.setdefault(t, [1.0, 0.0, 0.0])[1] = p.presence_penalty + p.frequency_penalty * c
+        for t, b in (p.logit_bias or {}).items():
+            edits.setdefault(int(t), [1.0, 0.0, 0.0])[2] = float(b)
+        if not edits:
+            return None
+        ids = np.fromiter(edits.keys(), np.int32, len(edits))
+        vals = np.asarray(list(edits.values()), np.float32)
+        return ids, vals[:, 0], vals[:, 1], vals[:, 2]
 
     def _pick(self, x: np.ndarray, u: Optional[float]) -> int:
         """Step 4's greedy argmax or steps 5-8 on processed logits; u None = draw it now."""
