@@ -61,6 +61,28 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); red: 32 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // red may still be read from a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.f;
+  for (int i = 0; i < nw; ++i) s += red[i];
+  return s;
+}
+
+// t = x / sqrt(mean(x^2) + eps) * w for one row of H, by the whole block (the one formula of
+// every RMSNorm here, so fused and plain norms agree bit for bit).
+__device__ __forceinline__ void block_rmsnorm(const float* x, int H, const float* w, float eps, float* t, float* red) {
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < H; i += blockDim.x) ss += x[i] * x[i];
+  ss = block_sum(ss, red);
+  const float r = 1.0f / sqrtf(ss / float(H) + eps);
+  for (int i = threadIdx.x; i < H; i += blockDim.x) t[i] = w[i] * (x[i] * r);
+}
+
 // 2^(s-127) for an E8M0 scale byte (s = 0: the denormal 2^-127; s = 255: +inf), as the CPU.
 __device__ __forceinline__ float e8m0_to_float(uint32_t s) {
   return s == 0 ? 5.87747175411e-39f : __uint_as_float(s << 23);

@@ -678,8 +678,8 @@ struct CudaEngine::Impl {
       a.n_splits = sliding ? p.nsw : p.nsf;
       attention(a, st);
       dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st);
-      rmsnorm(x, Ti, Hi, L.mlp_norm, c.rms_eps, t, st);
-      router(t, Ti, Hi, L.router_w, L.router_b, int(c.n_experts), int(K), ridx, rw, st);
+      norm_router(x, Ti, Hi, L.mlp_norm, c.rms_eps, t, L.router_w, L.router_b, int(c.n_experts), int(K), ridx, rw,
+                  st);
       if (!mt.direct) moe_route(ridx, int(p.T * K), int(c.n_experts), mt, st);
       MxWeights w1{L.mlp1_blocks, L.mlp1_scales, L.mlp1_b, int(2 * c.inter), Hi};
       MxWeights w2{L.mlp2_blocks, L.mlp2_scales, L.mlp2_b, Hi, int(c.inter)};

@@ -79,6 +79,9 @@ void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uin
 // and the softmax over those k.
 void router(const float* t, int T, int H, const uint16_t* W, const float* b, int E, int k, int32_t* idx,
             float* w, cudaStream_t st);
+// The same after t = rmsnorm(x) * norm_w (stored in t) in the same kernel.
+void norm_router(const float* x, int T, int H, const float* norm_w, float eps, float* t, const uint16_t* W,
+                 const float* b, int E, int k, int32_t* idx, float* w, cudaStream_t st);
 
 // (token, slot) pairs grouped by expert, cut into tiles of at most `tile` pairs.
 struct MoeTiles {

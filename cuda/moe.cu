@@ -18,14 +18,24 @@ namespace {
 
 constexpr int kRouterThreads = 256;
 
-__global__ void __launch_bounds__(kRouterThreads) router_kernel(const float* t, int H, const uint16_t* W,
+// norm_w non-null: t = rmsnorm(xin) * norm_w is computed here first (and stored: the experts
+// read it), which saves the separate RMSNorm launch; otherwise xin is t.
+__global__ void __launch_bounds__(kRouterThreads) router_kernel(const float* xin, const float* norm_w, float eps,
+                                                                float* tout, int H, const uint16_t* W,
                                                                 const float* b, int E, int k, int32_t* idx,
                                                                 float* w, bool vec) {
   extern __shared__ float lg[];  // [E] logits, then [k] chosen ids
   int* chosen = reinterpret_cast<int*>(lg + E);
+  __shared__ float red[32];
   const int row = blockIdx.x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = kRouterThreads / 32;
-  const float* x = t + int64_t(row) * H;
+  const float* x = xin + int64_t(row) * H;
+  if (norm_w) {
+    float* t = tout + int64_t(row) * H;
+    block_rmsnorm(x, H, norm_w, eps, t, red);
+    __syncthreads();  // the whole row is written before any warp reads it
+    x = t;
+  }
   for (int e = warp; e < E; e += nw) {
     const uint16_t* wr = W + int64_t(e) * H;
     float acc = 0.f;
@@ -204,10 +214,16 @@ void check_mx(const MxWeights& w) {
 
 void router(const float* t, int T, int H, const uint16_t* W, const float* b, int E, int k, int32_t* idx, float* w,
             cudaStream_t st) {
+  norm_router(t, T, H, nullptr, 0.f, nullptr, W, b, E, k, idx, w, st);
+}
+
+void norm_router(const float* x, int T, int H, const float* norm_w, float eps, float* t, const uint16_t* W,
+                 const float* b, int E, int k, int32_t* idx, float* w, cudaStream_t st) {
   if (T <= 0) return;
-  const bool vec = H % 8 == 0 && (reinterpret_cast<uintptr_t>(W) & 15u) == 0 && (reinterpret_cast<uintptr_t>(t) & 15u) == 0;
+  const float* rows = norm_w ? t : x;  // what the dot products read
+  const bool vec = H % 8 == 0 && (reinterpret_cast<uintptr_t>(W) & 15u) == 0 && (reinterpret_cast<uintptr_t>(rows) & 15u) == 0;
   const size_t smem = sizeof(float) * size_t(E) + sizeof(int) * size_t(k);
-  router_kernel<<<T, kRouterThreads, smem, st>>>(t, H, W, b, E, k, idx, w, vec);
+  router_kernel<<<T, kRouterThreads, smem, st>>>(x, norm_w, eps, t, H, W, b, E, k, idx, w, vec);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -16,18 +16,6 @@ __global__ void embedding_kernel(const int32_t* tok, const uint16_t* E, int H, f
   for (int i = threadIdx.x; i < H; i += blockDim.x) dst[i] = bf16_bits_to_float(row[i]);
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024).
-__device__ float block_sum(float v, float* red) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();  // red may still be read from a previous call
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float s = 0.f;
-  for (int i = 0; i < nw; ++i) s += red[i];
-  return s;
-}
-
 // x[t] += sum_k add[t*K + k]; y[t] = x[t] / sqrt(mean(x^2) + eps) * w.
 __global__ void add_rmsnorm_kernel(float* x, const float* add, int K, int H, const float* w, float eps, float* y) {
   __shared__ float red[32];
