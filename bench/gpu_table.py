@@ -16,6 +16,8 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
     w = r.get("what")
     if w == "prefill":
         return [(f"prefill {r['tokens']}", f"{r['tok_s']:.0f} tok/s", "")]
+    if w == "prefill_bf16":
+        return [(f"prefill {r['tokens']} bf16 act", f"{r['tok_s']:.0f} tok/s", "one MMA instead of hi/lo")]
     if w == "prefill_chunk512":
         return [(f"prefill {r['tokens']} chunk 512", f"{r['tok_s']:.0f} tok/s", "")]
     if w == "decode":

@@ -315,6 +315,8 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       .def("device_name", &CudaEngine::device_name)
       .def("set_cuda_graphs", &CudaEngine::set_graphs, py::arg("enabled"))
       .def("set_max_chunk_tokens", &CudaEngine::set_max_chunk_tokens, py::arg("n"))
+      .def("set_tc_split", &CudaEngine::set_tc_split, py::arg("split"),
+           "tensor-core GEMMs with hi/lo activations (True, default: fp32-level) or bf16 (False)")
       .def("graph_stats", [](const CudaEngine& e) {
         const auto v = e.graph_stats();
         py::dict d;

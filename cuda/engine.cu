@@ -647,7 +647,8 @@ struct CudaEngine::Impl {
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const DevLayer& L = layers[size_t(l)];
       const bool sliding = c.sliding[size_t(l)];
-      dense(t, Hi, nullptr, Ti, Hi, L.qkv_w, Hi, int(QKV), L.qkv_b, qkv, int(QKV), EPI_STORE, st);
+      const bool sp = opt.tc_split;
+      dense(t, Hi, nullptr, Ti, Hi, L.qkv_w, Hi, int(QKV), L.qkv_b, qkv, int(QKV), EPI_STORE, st, 0, sp);
       const DevPool& pool = sliding ? *win_pool : *full_pool;
       KVView kv;
       kv.pool = pool.base;
@@ -677,14 +678,14 @@ struct CudaEngine::Impl {
       a.split_len = 0;
       a.n_splits = sliding ? p.nsw : p.nsf;
       attention(a, st);
-      dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st);
+      dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st, 0, sp);
       norm_router(x, Ti, Hi, L.mlp_norm, c.rms_eps, t, L.router_w, L.router_b, int(c.n_experts), int(K), ridx, rw,
                   st);
       if (!mt.direct) moe_route(ridx, int(p.T * K), int(c.n_experts), mt, st);
       MxWeights w1{L.mlp1_blocks, L.mlp1_scales, L.mlp1_b, int(2 * c.inter), Hi};
       MxWeights w2{L.mlp2_blocks, L.mlp2_scales, L.mlp2_b, Hi, int(c.inter)};
-      moe_mlp1(t, Hi, int(K), mt, w1, c.swiglu_alpha, c.swiglu_limit, act, tc, st);
-      moe_mlp2(act, mt, w2, rw, ypairs, tc, st);
+      moe_mlp1(t, Hi, int(K), mt, w1, c.swiglu_alpha, c.swiglu_limit, act, tc, st, sp);
+      moe_mlp2(act, mt, w2, rw, ypairs, tc, st, sp);
       const float* next_norm = l + 1 < c.n_layers ? layers[size_t(l + 1)].attn_norm : final_norm;
       add_rmsnorm(x, ypairs, int(K), Ti, Hi, next_norm, c.rms_eps, t, st);
     }
@@ -697,7 +698,8 @@ struct CudaEngine::Impl {
     const ModelConfig& c = cfg;
     const int Hi = int(c.hidden);
     cudaStream_t st = stream;
-    dense(t, Hi, meta + o_lr(p) + r0, n, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st);
+    dense(t, Hi, meta + o_lr(p) + r0, n, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st, 0,
+          opt.tc_split);
     if (p.mode == ARGMAX) argmax_rows(logits, n, c.vocab, argmax_out + r0, st);
     const int32_t* pen_off = meta + o_pen(p) + r0;  // absolute entry indices of this piece's rows
     const int32_t* pen_id = meta + o_pen(p) + p.R + 1;
@@ -859,6 +861,14 @@ std::map<std::string, double> CudaEngine::memory_plan(ModelConfig cfg, CudaEngin
           {"workspace", double(im.work_bytes)},
           {"kv_bytes_per_token", double(c.n_layers) * per_layer_token},
           {"kv_bytes_per_sequence_window", double(c.n_layers - nf) * per_layer_token * win_tokens}};
+}
+
+void CudaEngine::set_tc_split(bool split) {
+  std::lock_guard<std::mutex> g(p_->mu);
+  CUDA_CHECK(cudaSetDevice(p_->opt.device));
+  CUDA_CHECK(cudaStreamSynchronize(p_->stream));
+  p_->opt.tc_split = split;
+  p_->drop_graphs();
 }
 
 void CudaEngine::set_max_chunk_tokens(int64_t n) {

@@ -33,6 +33,7 @@ struct CudaEngineOptions {
   int device = 0;
   bool kv_bf16 = false;           // KV cache in bf16 (half the memory) instead of fp32
   bool graphs = true;             // replay decode steps from captured CUDA graphs
+  bool tc_split = true;           // tensor-core GEMMs with hi/lo activations (fp32-level); false: bf16
 };
 
 // Every public method is safe to call from several threads (one lock serialises them).
@@ -106,6 +107,9 @@ class CudaEngine {
   void set_graphs(bool enabled);
   // Tokens per forward chunk from now on, at most the constructed max_chunk_tokens (benchmarks).
   void set_max_chunk_tokens(int64_t n);
+  // Tensor-core GEMMs (prefill, batches over 8) with bf16 activations (one MMA instead of two,
+  // ~3e-3 relative error) or, by default, hi/lo activations; drops the cached graphs.
+  void set_tc_split(bool split);
   void synchronize();
 
   struct Impl;

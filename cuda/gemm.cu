@@ -85,7 +85,7 @@ void launch_gemv(const float* X, int ldx, const int32_t* rows, int M, int K, con
 }  // namespace
 
 void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uint16_t* W, int ldw, int N,
-           const float* bias, float* Y, int ldy, int epi, cudaStream_t st, int path) {
+           const float* bias, float* Y, int ldy, int epi, cudaStream_t st, int path, bool split) {
   if (M <= 0 || N <= 0) return;
   const bool vec = K % 8 == 0 && ldw % 8 == 0 && ldx % 4 == 0 && aligned16(X) && aligned16(W);
   if (path == 0) path = M <= 8 ? 1 : 2;
@@ -96,7 +96,7 @@ void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uin
   }
   TcArgs a;
   a.X = X; a.ldx = ldx; a.rows = rows; a.M = M; a.K = K; a.N = N;
-  a.W = W; a.ldw = ldw; a.bias = bias; a.Y = Y; a.ldy = ldy; a.vec = vec;
+  a.W = W; a.ldw = ldw; a.bias = bias; a.Y = Y; a.ldy = ldy; a.vec = vec; a.split = split;
   dim3 grid(unsigned(cdiv(N, kBN)), unsigned(cdiv(M, kBM)));
   if (epi == EPI_ADD) tc_gemm_kernel<TCB_BF16, TCE_ADD><<<grid, kTcThreads, 0, st>>>(a);
   else tc_gemm_kernel<TCB_BF16, TCE_STORE><<<grid, kTcThreads, 0, st>>>(a);

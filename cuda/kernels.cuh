@@ -71,8 +71,10 @@ void attention(const AttnArgs& a, cudaStream_t st);
 enum Epi : int { EPI_STORE = 0, EPI_ADD = 1 };
 // Y[m, n] (= or +=) sum_k X[row(m), k] * W[n, k] + bias[n], row(m) = rows ? rows[m] : m.
 // path: 0 = auto (GEMV for M <= 8, tensor cores above), 1 = GEMV, 2 = tensor cores.
+// split (tensor cores): activations as bf16 hi + lo, two MMAs (fp32-level results); false: bf16
+// activations, one MMA (half the tensor work, ~3e-3 relative error). The same for the experts.
 void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uint16_t* W, int ldw, int N,
-           const float* bias, float* Y, int ldy, int epi, cudaStream_t st, int path = 0);
+           const float* bias, float* Y, int ldy, int epi, cudaStream_t st, int path = 0, bool split = true);
 
 // ---- moe.cu --------------------------------------------------------------------------------
 // Routing: logits = t W^T + b (W bf16 [E, H]); the top k (ties to the lower id, descending)
@@ -108,10 +110,10 @@ struct MxWeights {
 };
 // mlp1 + SwiGLU: act[pos, i] = swiglu(W1[e] x[sorted[pos] / topk] + b1[e])  (act: [P, N/2])
 void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWeights& w, float alpha,
-              float limit, float* act, bool tensor_cores, cudaStream_t st);
+              float limit, float* act, bool tensor_cores, cudaStream_t st, bool split = true);
 // mlp2 + routing weight: y[sorted[pos], :] = rw[sorted[pos]] * (W2[e] act[pos] + b2[e])  (y: [P, N])
 void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const float* rw, float* y,
-              bool tensor_cores, cudaStream_t st);
+              bool tensor_cores, cudaStream_t st, bool split = true);
 
 // ---- ops.cu (sampling, synthetic weights) --------------------------------------------------
 // out[r] = argmax of logits[r, :V] (ties: lowest index; NaN ignored).

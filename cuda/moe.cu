@@ -241,7 +241,7 @@ void moe_route(const int32_t* idx, int P, int E, const MoeTiles& mt, cudaStream_
 }
 
 void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWeights& w, float alpha, float limit,
-              float* act, bool tensor_cores, cudaStream_t st) {
+              float* act, bool tensor_cores, cudaStream_t st, bool split) {
   check_mx(w);
   if (mt.direct > 0 && tensor_cores) throw InvalidArgument("moe: direct pairs are a GEMV-path mode");
   if (mt.max_tiles <= 0) return;
@@ -251,6 +251,7 @@ void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWei
     a.Y = act; a.ldy = w.N / 2; a.sorted = mt.sorted; a.tile_e = mt.tile_e; a.tile_start = mt.tile_start;
     a.tile_count = mt.tile_count; a.n_tiles = mt.n_tiles; a.topk = topk; a.alpha = alpha; a.limit = limit;
     a.vec = ldx % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 15u) == 0;
+    a.split = split;
     dim3 grid(unsigned(cdiv(w.N, kBN)), unsigned(mt.max_tiles));
     tc_gemm_kernel<TCB_MXFP4, TCE_SWIGLU><<<grid, kTcThreads, 0, st>>>(a);
   } else {
@@ -262,7 +263,7 @@ void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWei
 }
 
 void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const float* rw, float* y, bool tensor_cores,
-              cudaStream_t st) {
+              cudaStream_t st, bool split) {
   check_mx(w);
   if (mt.direct > 0 && tensor_cores) throw InvalidArgument("moe: direct pairs are a GEMV-path mode");
   if (mt.max_tiles <= 0) return;
@@ -272,6 +273,7 @@ void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const fl
     a.Y = y; a.ldy = w.N; a.sorted = mt.sorted; a.tile_e = mt.tile_e; a.tile_start = mt.tile_start;
     a.tile_count = mt.tile_count; a.n_tiles = mt.n_tiles; a.topk = 1; a.rw = rw;
     a.vec = (reinterpret_cast<uintptr_t>(act) & 15u) == 0;
+    a.split = split;
     dim3 grid(unsigned(cdiv(w.N, kBN)), unsigned(mt.max_tiles));
     tc_gemm_kernel<TCB_MXFP4, TCE_MOE_OUT><<<grid, kTcThreads, 0, st>>>(a);
   } else {

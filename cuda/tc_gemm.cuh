@@ -45,6 +45,7 @@ struct TcArgs {
   const float* rw = nullptr;
   float alpha = 0.f, limit = 0.f;
   bool vec = false;  // 16-byte aligned rows: vector loads for X and W
+  bool split = true;  // activations as bf16 hi + lo (two MMAs); false: bf16 only
 };
 
 __device__ __forceinline__ float swiglu1(float gate, float lin, float alpha, float limit) {
@@ -124,7 +125,7 @@ __global__ void __launch_bounds__(kTcThreads) tc_gemm_kernel(TcArgs a) {
       for (int i = 0; i < 16; ++i) {
         const __nv_bfloat16 hi = __float2bfloat16_rn(v[i]);
         As_hi[lr * kLDS + lh * 16 + i] = hi;
-        As_lo[lr * kLDS + lh * 16 + i] = __float2bfloat16_rn(v[i] - __bfloat162float(hi));
+        if (a.split) As_lo[lr * kLDS + lh * 16 + i] = __float2bfloat16_rn(v[i] - __bfloat162float(hi));
       }
     }
     // ---- B: 16 weights of row wrow
@@ -169,12 +170,13 @@ __global__ void __launch_bounds__(kTcThreads) tc_gemm_kernel(TcArgs a) {
       for (int i = 0; i < 2; ++i) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
         wmma::load_matrix_sync(ah, As_hi + (wm * 32 + i * 16) * kLDS + kk, kLDS);
-        wmma::load_matrix_sync(al, As_lo + (wm * 32 + i * 16) * kLDS + kk, kLDS);
+        if (a.split) {
+          wmma::load_matrix_sync(al, As_lo + (wm * 32 + i * 16) * kLDS + kk, kLDS);
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          wmma::mma_sync(acc[i][j], al, b[j], acc[i][j]);
-          wmma::mma_sync(acc[i][j], ah, b[j], acc[i][j]);
+          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], al, b[j], acc[i][j]);
         }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], ah, b[j], acc[i][j]);
       }
     }
     __syncthreads();
