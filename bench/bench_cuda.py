@@ -99,44 +99,34 @@ def main() -> int:
     w.free()
     eng.synchronize()
 
-    results = {}
-    seqs = {}
-    for n in ctxs:
+    def timed_prefill(n: int):
+        """(sequence, seconds) of one n-token prompt on a fresh sequence."""
         s = m.new_sequence()
         p = prompt(n)
         eng.synchronize()
         t = time.perf_counter()
         eng.step_argmax([s.id], [p])
         eng.synchronize()
-        dt = time.perf_counter() - t
+        return s, time.perf_counter() - t
+
+    results = {}
+    seqs = {}
+    for n in ctxs:
+        seqs[n], dt = timed_prefill(n)
         results[f"prefill_{n}"] = n / dt
         emit(what="prefill", tokens=n, seconds=round(dt, 3), tok_s=round(n / dt, 1))
-        seqs[n] = s
 
-    # The same prompts in 512-token chunks (the CPU's default) against the default 2048.
-    for n in ctxs:
-        eng.set_max_chunk_tokens(512)
-        s = m.new_sequence()
-        eng.synchronize()
-        t = time.perf_counter()
-        eng.step_argmax([s.id], [prompt(n)])
-        eng.synchronize()
-        dt = time.perf_counter() - t
-        emit(what="prefill_chunk512", tokens=n, seconds=round(dt, 3), tok_s=round(n / dt, 1))
-        s.free()
-    eng.set_max_chunk_tokens(m_chunk)
-    # Tensor-core GEMMs with plain bf16 activations (one MMA, ~3e-3 error) instead of hi/lo.
-    eng.set_tc_split(False)
-    for n in ctxs:
-        s = m.new_sequence()
-        eng.synchronize()
-        t = time.perf_counter()
-        eng.step_argmax([s.id], [prompt(n)])
-        eng.synchronize()
-        dt = time.perf_counter() - t
-        emit(what="prefill_bf16", tokens=n, seconds=round(dt, 3), tok_s=round(n / dt, 1))
-        s.free()
-    eng.set_tc_split(True)
+    # The same prompts in 512-token chunks (the CPU's default) against the default 2048, then with
+    # tensor-core GEMMs on plain bf16 activations (one MMA, flips some expert choices) instead of hi/lo.
+    for what, setup, undo in (("prefill_chunk512", lambda: eng.set_max_chunk_tokens(512),
+                               lambda: eng.set_max_chunk_tokens(m_chunk)),
+                              ("prefill_bf16", lambda: eng.set_tc_split(False), lambda: eng.set_tc_split(True))):
+        setup()
+        for n in ctxs:
+            s, dt = timed_prefill(n)
+            emit(what=what, tokens=n, seconds=round(dt, 3), tok_s=round(n / dt, 1))
+            s.free()
+        undo()
 
     steps = 8 if args.quick else 48
     for ctx in ctxs:
