@@ -338,26 +338,36 @@ class Sampler:
                     logprobs=p.logprobs, penalties=self._penalty_entries(generated, prompt))
 
     def _penalty_entries(self, generated: Sequence[int], prompt: Sequence[int]) -> Optional[tuple]:
-        """Steps 1-3 as sparse edits (see `process`): ids, repetition factor (1 = none), amount to
-        subtract, bias; None when there is nothing to do."""
+        """Steps 1-3 as sparse edits (see `process`): sorted ids, repetition factor (1 = none),
+        amount to subtract, bias; None when there is nothing to do. Vectorised: it runs every step."""
         p = self.params
-        edits: dict[int, list[float]] = {}
+        parts = []
+        seen = gen = cnt = None
         if p.repetition_penalty != 1.0:
             seen, _ = _counts(list(prompt) + list(generated))
-            for t in seen[seen >= 0].tolist():
-                edits.setdefault(t, [1.0, 0.0, 0.0])[0] = p.repetition_penalty
+            parts.append(seen)
         if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
-            ids, cnt = _counts(generated)
-            for t, c in zip(ids.tolist(), cnt.tolist()):
-                if t >= 0:
-                    edits.setdefault(t, [1.0, 0.0, 0.0])[1] = p.presence_penalty + p.frequency_penalty * c
-        for t, b in (p.logit_bias or {}).items():
-            edits.setdefault(int(t), [1.0, 0.0, 0.0])[2] = float(b)
-        if not edits:
+            gen, cnt = _counts(generated)
+            parts.append(gen)
+        bias_ids = np.fromiter((int(t) for t in (p.logit_bias or {})), np.int64)
+        parts.append(bias_ids)
+        ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        ids = ids[ids >= 0]
+        if ids.size == 0:
             return None
-        ids = np.fromiter(edits.keys(), np.int32, len(edits))
-        vals = np.asarray(list(edits.values()), np.float32)
-        return ids, vals[:, 0], vals[:, 1], vals[:, 2]
+        rep = np.ones(ids.size, np.float32)
+        sub = np.zeros(ids.size, np.float32)
+        bias = np.zeros(ids.size, np.float32)
+        if seen is not None:
+            rep[np.isin(ids, seen)] = p.repetition_penalty
+        if gen is not None:
+            ok = gen >= 0
+            sub[np.searchsorted(ids, gen[ok])] = p.presence_penalty + p.frequency_penalty * cnt[ok]
+        if bias_ids.size:
+            vals = np.fromiter((float(b) for b in p.logit_bias.values()), np.float64)
+            ok = bias_ids >= 0
+            bias[np.searchsorted(ids, bias_ids[ok])] = vals[ok]
+        return ids.astype(np.int32), rep, sub, bias
 
     def _pick(self, x: np.ndarray, u: Optional[float]) -> int:
         """Step 4's greedy argmax or steps 5-8 on processed logits; u None = draw it now."""
