@@ -2,8 +2,9 @@
 
     python bench/bench_cuda.py --model gpt-oss-20b [--out DIR] [--quick]
 
-Measures: device copy bandwidth; prefill tok/s for 1k and 8k prompts; batch-1 decode tok/s at
-1k and 8k context (and at 1k with CUDA graphs off, to show the launch overhead); decode throughput at batch 8/32/64/128 (1k-token context shared by forks,
+Measures: device copy bandwidth and (through PyTorch, when present) the bf16 matmul peak;
+prefill tok/s and model TFLOP/s for 1k and 8k prompts (also in 512-token chunks, on bf16
+activations, and with each tensor-core tile shape forced); batch-1 decode tok/s at 1k and 8k context (and at 1k with CUDA graphs off, to show the launch overhead); decode throughput at batch 8/32/64/128 (1k-token context shared by forks,
 copy-on-write); peak device memory. Each decode figure comes with the bytes one step reads
 (weights of the experts actually used, attention, router, unembedding, KV cache) and the
 fraction of the measured copy bandwidth that this represents (roofline). Greedy decoding
@@ -44,6 +45,48 @@ def step_bytes(cfg, B: int, ctx: int, kv_elem: int) -> float:
     return cfg.num_hidden_layers * per_layer + 2 * cfg.vocab_size * H + B * 2 * H + kv
 
 
+TILES = ((1, "64x64"), (2, "64x128"), (3, "128x128"), (4, "32x128"))  # set_gemm_tiles
+
+
+def prefill_flops(cfg, n: int) -> float:
+    """Model FLOPs of an n-token prefill: the GEMMs of every token (experts: the k used), QK^T and
+    PV over the causal (or 128-token window) keys, and the unembedding of the last row."""
+    H, I, E, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.experts_per_token
+    Q = cfg.num_attention_heads * cfg.head_dim
+    KV = cfg.num_key_value_heads * cfg.head_dim
+    per_token = 2 * ((Q + 2 * KV) * H + H * Q + E * H + k * 3 * I * H)
+    full = n * (n + 1) / 2
+    w = min(n, cfg.sliding_window)
+    window = w * (w + 1) / 2 + (n - w) * cfg.sliding_window
+    attn = sum(4 * Q * (window if cfg.is_sliding(layer) else full) for layer in range(cfg.num_hidden_layers))
+    return n * cfg.num_hidden_layers * per_token + attn + 2 * cfg.vocab_size * H
+
+
+def measured_peak_tflops() -> float | None:
+    """Dense bf16 matmul rate through PyTorch (cuBLAS) on this GPU, if torch with CUDA is there:
+    the yardstick for the prefill figures (the GPU machine's image has it; nothing is installed)."""
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return None
+        n = 8192
+        a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        for _ in range(3):
+            a @ b
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        torch.cuda.synchronize()
+        rate = 10 * 2 * n**3 / (time.perf_counter() - t) / 1e12
+        del a, b
+        torch.cuda.empty_cache()
+        return rate
+    except Exception:  # no torch, no CUDA build of it, or no memory: the figure is optional
+        return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="gpt-oss-20b")
@@ -69,6 +112,9 @@ def main() -> int:
     k = backend.cuda_kernels
     bw = k.copy_bandwidth((2 << 30) if args.device == "cuda" else (1 << 20), 5)
     emit(what="copy_bandwidth", gbps=round(bw, 1), device=backend.cuda_device_description(0))
+    peak = measured_peak_tflops() if args.device == "cuda" else None
+    if peak:
+        emit(what="matmul_peak", tflops=round(peak, 1), how="torch bf16 8192^3")
 
     t0 = time.time()
     ctxs = [int(c) for c in args.contexts.split(",") if c]
@@ -109,12 +155,17 @@ def main() -> int:
         eng.synchronize()
         return s, time.perf_counter() - t
 
+    def emit_prefill(what: str, n: int, dt: float, **kw):
+        tf = prefill_flops(cfg, n) / dt / 1e12
+        emit(what=what, tokens=n, seconds=round(dt, 3), tok_s=round(n / dt, 1), tflops=round(tf, 1),
+             peak_frac=round(tf / peak, 3) if peak else None, **kw)
+
     results = {}
     seqs = {}
     for n in ctxs:
         seqs[n], dt = timed_prefill(n)
         results[f"prefill_{n}"] = n / dt
-        emit(what="prefill", tokens=n, seconds=round(dt, 3), tok_s=round(n / dt, 1))
+        emit_prefill("prefill", n, dt)
 
     # The same prompts in 512-token chunks (the CPU's default) against the default 2048, then with
     # tensor-core GEMMs on plain bf16 activations (one MMA, flips some expert choices) instead of hi/lo.
@@ -124,9 +175,16 @@ def main() -> int:
         setup()
         for n in ctxs:
             s, dt = timed_prefill(n)
-            emit(what=what, tokens=n, seconds=round(dt, 3), tok_s=round(n / dt, 1))
+            emit_prefill(what, n, dt)
             s.free()
         undo()
+    # Each tensor-core tile shape forced (auto picks per GEMM): which one the defaults should favour.
+    for tiles, name in TILES:
+        eng.set_gemm_tiles(tiles)
+        s, dt = timed_prefill(ctxs[0])
+        emit_prefill("prefill_tiles", ctxs[0], dt, tiles=name)
+        s.free()
+    eng.set_gemm_tiles(0)
 
     steps = 8 if args.quick else 48
     for ctx in ctxs:
@@ -173,7 +231,8 @@ def main() -> int:
         seqs[c].free()
 
     base = seqs[c0]
-    for B in [int(b) for b in args.batches.split(",") if b]:
+    batches = sorted(int(b) for b in args.batches.split(",") if b)
+    for B in batches:
         forks = [base.fork() for _ in range(B)]
         toks = list(rng.integers(0, V, B))
         greedy(forks, toks)  # first step: copy-on-write of the shared last block
@@ -189,6 +248,20 @@ def main() -> int:
         results[f"decode{B}_{c0}"] = (B / dt, frac)
         emit(what="decode", batch=B, context=c0, ms_per_step=round(dt * 1e3, 3), tok_s=round(B / dt, 1),
              gb_per_step=round(by / 1e9, 3), roofline_frac=round(frac, 3))
+        if B >= 16 and B in (32, batches[-1]):
+            # Batched steps are weight-streaming GEMMs: each tile shape forced (auto: by rows).
+            for tiles, name in TILES:
+                eng.set_gemm_tiles(tiles)
+                greedy(forks, toks)  # capture outside the timing
+                eng.synchronize()
+                t = time.perf_counter()
+                for _ in range(n):
+                    toks = list(greedy(forks, toks))
+                eng.synchronize()
+                dt = (time.perf_counter() - t) / n
+                emit(what="decode_tiles", batch=B, context=c0, tiles=name, ms_per_step=round(dt * 1e3, 3),
+                     tok_s=round(B / dt, 1))
+            eng.set_gemm_tiles(0)
         for f in forks:
             f.free()
     info = eng.memory_info()

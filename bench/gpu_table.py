@@ -14,15 +14,22 @@ import sys
 
 def rows_of(r: dict) -> list[tuple[str, str, str]]:
     w = r.get("what")
-    if w == "prefill":
-        return [(f"prefill {r['tokens']}", f"{r['tok_s']:.0f} tok/s", "")]
-    if w == "prefill_bf16":
-        return [(f"prefill {r['tokens']} bf16 act", f"{r['tok_s']:.0f} tok/s", "one MMA instead of hi/lo")]
-    if w == "prefill_chunk512":
-        return [(f"prefill {r['tokens']} chunk 512", f"{r['tok_s']:.0f} tok/s", "")]
+    if w and w.startswith("prefill"):
+        label = {"prefill": "", "prefill_bf16": " bf16 act", "prefill_chunk512": " chunk 512",
+                 "prefill_tiles": f" tiles {r.get('tiles')}"}.get(w, " " + w)
+        note = f"{r['tflops']:.1f} TFLOP/s" if r.get("tflops") is not None else ""
+        if r.get("peak_frac"):
+            note += f", {r['peak_frac'] * 100:.0f}% of matmul peak"
+        if w == "prefill_bf16":
+            note += " (one MMA instead of hi/lo)"
+        return [(f"prefill {r['tokens']}{label}", f"{r['tok_s']:.0f} tok/s", note)]
+    if w == "matmul_peak":
+        return [("bf16 matmul peak", f"{r['tflops']:.0f} TFLOP/s", r.get("how", ""))]
     if w == "decode":
         return [(f"decode b{r['batch']} ctx{r['context']}", f"{r['tok_s']:.0f} tok/s",
                  f"{r['ms_per_step']:.2f} ms/step, {r['roofline_frac'] * 100:.0f}% of copy BW")]
+    if w == "decode_tiles":
+        return [(f"decode b{r['batch']} tiles {r['tiles']}", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.2f} ms/step")]
     if w == "decode_graphs":
         return [(f"decode b1 graphs={'on' if r['graphs'] else 'off'}", f"{r['tok_s']:.0f} tok/s",
                  f"{r['ms_per_step']:.3f} ms/step")]

@@ -109,7 +109,8 @@ void register_kernels(py::module_& k) {
       py::arg("path") = 0, "path: 0 auto (tensor cores for prefill, head_dim 64), 1 CUDA cores, 2 tensor cores");
   k.def(
       "matmul_bf16",
-      [](arr<float> x, arr<uint16_t> w, py::object bias, int path) {
+      [](arr<float> x, arr<uint16_t> w, py::object bias, int path, bool split, int tiles) {
+        need(tiles >= 0 && tiles <= 4, "matmul_bf16: tiles 0 (auto), 1 (64x64), 2 (64x128), 3 (128x128), 4 (32x128)");
         need(x.ndim() == 2 && w.ndim() == 2 && w.shape(1) == x.shape(1), "matmul_bf16: x [M,K], w [N,K]");
         const int M = int(x.shape(0)), K = int(x.shape(1)), N = int(w.shape(0));
         arr<float> b;
@@ -118,11 +119,14 @@ void register_kernels(py::module_& k) {
           need(b.ndim() == 1 && b.shape(0) == N, "matmul_bf16: bias [N] (float32)");
         }
         py::array_t<float> y({int64_t(M), int64_t(N)});
-        test::dense(x.data(), M, K, w.data(), N, bias.is_none() ? nullptr : b.data(), path, y.mutable_data());
+        test::dense(x.data(), M, K, w.data(), N, bias.is_none() ? nullptr : b.data(), path, y.mutable_data(), split,
+                    tiles);
         return y;
       },
-      py::arg("x"), py::arg("w"), py::arg("bias") = py::none(), py::arg("path") = 0,
-      "Y = x w^T + bias (fp32 bias); path 0 auto, 1 GEMV, 2 tensor cores");
+      py::arg("x"), py::arg("w"), py::arg("bias") = py::none(), py::arg("path") = 0, py::arg("split") = true,
+      py::arg("tiles") = 0,
+      "Y = x w^T + bias (fp32 bias); path 0 auto, 1 GEMV, 2 tensor cores (split: hi/lo activations, "
+      "tiles: 0 auto, 1 64x64, 2 64x128, 3 128x128, 4 32x128)");
   k.def("router", [](arr<float> t, arr<uint16_t> w, arr<float> b, int k) {
     need(t.ndim() == 2 && w.ndim() == 2 && w.shape(1) == t.shape(1) && b.ndim() == 1 && b.shape(0) == w.shape(0) &&
              k >= 1 && k <= w.shape(0),
@@ -136,7 +140,8 @@ void register_kernels(py::module_& k) {
   k.def(
       "moe",
       [](arr<float> x, arr<int32_t> idx, arr<float> rw, arr<uint8_t> b1, arr<uint8_t> s1, arr<float> bias1,
-         arr<uint8_t> b2, arr<uint8_t> s2, arr<float> bias2, float alpha, float limit, bool tensor_cores) {
+         arr<uint8_t> b2, arr<uint8_t> s2, arr<float> bias2, float alpha, float limit, bool tensor_cores, int tiles) {
+        need(tiles >= 0 && tiles <= 4, "moe: tiles 0 (auto), 1 (64x64), 2 (64x128), 3 (128x128), 4 (32x128)");
         need(x.ndim() == 2 && idx.ndim() == 2 && rw.ndim() == 2 && idx.shape(0) == x.shape(0) &&
                  rw.shape(0) == x.shape(0) && rw.shape(1) == idx.shape(1),
              "moe: x [T,H], idx/rw [T,k]");
@@ -150,15 +155,16 @@ void register_kernels(py::module_& k) {
         for (py::ssize_t i = 0; i < idx.size(); ++i) need(idx.data()[i] >= 0 && idx.data()[i] < E, "moe: expert id out of range");
         py::array_t<float> out({int64_t(T), int64_t(H)});
         test::moe(x.data(), T, H, idx.data(), rw.data(), k, E, I, b1.data(), s1.data(), bias1.data(), b2.data(),
-                  s2.data(), bias2.data(), alpha, limit, tensor_cores, out.mutable_data());
+                  s2.data(), bias2.data(), alpha, limit, tensor_cores, out.mutable_data(), tiles);
         return out;
       },
       py::arg("x"), py::arg("idx"), py::arg("rw"), py::arg("mlp1_blocks"), py::arg("mlp1_scales"),
       py::arg("mlp1_bias"), py::arg("mlp2_blocks"), py::arg("mlp2_scales"), py::arg("mlp2_bias"),
-      py::arg("alpha") = 1.702f, py::arg("limit") = 7.0f, py::arg("tensor_cores") = false);
+      py::arg("alpha") = 1.702f, py::arg("limit") = 7.0f, py::arg("tensor_cores") = false, py::arg("tiles") = 0);
   k.def(
       "matmul_mxfp4",
-      [](arr<float> x, arr<uint8_t> blocks, arr<uint8_t> scales, py::object bias, bool tensor_cores) {
+      [](arr<float> x, arr<uint8_t> blocks, arr<uint8_t> scales, py::object bias, bool tensor_cores, int tiles) {
+        need(tiles >= 0 && tiles <= 4, "matmul_mxfp4: tiles 0 (auto), 1 (64x64), 2 (64x128), 3 (128x128), 4 (32x128)");
         need(x.ndim() == 2 && x.shape(1) % 32 == 0, "matmul_mxfp4: x [T,K], K % 32 == 0");
         const int T = int(x.shape(0)), K = int(x.shape(1));
         need(blocks.ndim() == 3 && blocks.shape(1) == K / 32 && blocks.shape(2) == 16, "matmul_mxfp4: blocks [N, K/32, 16]");
@@ -171,10 +177,11 @@ void register_kernels(py::module_& k) {
         }
         py::array_t<float> y({int64_t(T), int64_t(N)});
         test::mxfp4_matmul(x.data(), T, K, blocks.data(), scales.data(), N, bias.is_none() ? nullptr : b.data(),
-                           tensor_cores, y.mutable_data());
+                           tensor_cores, y.mutable_data(), tiles);
         return y;
       },
-      py::arg("x"), py::arg("blocks"), py::arg("scales"), py::arg("bias") = py::none(), py::arg("tensor_cores") = false);
+      py::arg("x"), py::arg("blocks"), py::arg("scales"), py::arg("bias") = py::none(), py::arg("tensor_cores") = false,
+      py::arg("tiles") = 0);
   k.def("argmax", [](arr<float> logits) {
     need(logits.ndim() == 2, "argmax: logits [R, V]");
     py::array_t<int32_t> out(logits.shape(0));
@@ -317,6 +324,8 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       .def("set_max_chunk_tokens", &CudaEngine::set_max_chunk_tokens, py::arg("n"))
       .def("set_tc_split", &CudaEngine::set_tc_split, py::arg("split"),
            "tensor-core GEMMs with hi/lo activations (True, default: fp32-level) or bf16 (False)")
+      .def("set_gemm_tiles", &CudaEngine::set_gemm_tiles, py::arg("tiles"),
+           "tensor-core block tile: 0 auto (default), 1 64x64, 2 64x128, 3 128x128, 4 32x128")
       .def("graph_stats", [](const CudaEngine& e) {
         const auto v = e.graph_stats();
         py::dict d;

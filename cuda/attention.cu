@@ -417,19 +417,13 @@ void allow_smem() {
 // The kernels' shared-memory opt-in, once per device (outside any graph capture: the engine
 // calls attention_prepare when it starts).
 void prepare_device() {
-  static std::mutex mu;
-  static std::vector<bool> done;
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  std::lock_guard<std::mutex> g(mu);
-  if (size_t(dev) < done.size() && done[size_t(dev)]) return;
-  allow_smem<32, float>(); allow_smem<32, uint16_t>();
-  allow_smem<64, float>(); allow_smem<64, uint16_t>();
-  allow_smem<128, float>(); allow_smem<128, uint16_t>();
-  CUDA_CHECK(cudaFuncSetAttribute(attn_tc_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tc::kBytes)));
-  CUDA_CHECK(cudaFuncSetAttribute(attn_tc_kernel<uint16_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tc::kBytes)));
-  if (done.size() <= size_t(dev)) done.resize(size_t(dev) + 1, false);
-  done[size_t(dev)] = true;
+  once_per_device([] {
+    allow_smem<32, float>(); allow_smem<32, uint16_t>();
+    allow_smem<64, float>(); allow_smem<64, uint16_t>();
+    allow_smem<128, float>(); allow_smem<128, uint16_t>();
+    CUDA_CHECK(cudaFuncSetAttribute(attn_tc_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tc::kBytes)));
+    CUDA_CHECK(cudaFuncSetAttribute(attn_tc_kernel<uint16_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tc::kBytes)));
+  });
 }
 
 template <typename KV>

@@ -9,7 +9,9 @@
 #include <stdint.h>
 
 #include <cmath>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "common.h"
 
@@ -38,6 +40,32 @@ struct CudaError : std::runtime_error {
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Runs f once per device (per call site): kernel attributes such as the shared-memory opt-in,
+// which must not be set during a graph capture.
+template <class F>
+void once_per_device(F&& f) {
+  static std::mutex mu;
+  static std::vector<char> done;
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> g(mu);
+  if (size_t(dev) < done.size() && done[size_t(dev)]) return;
+  f();
+  if (done.size() <= size_t(dev)) done.resize(size_t(dev) + 1, 0);
+  done[size_t(dev)] = 1;
+}
+
+inline int device_sm_count() {
+  static std::mutex mu;
+  static std::vector<int> sms;
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> g(mu);
+  if (sms.size() <= size_t(dev)) sms.resize(size_t(dev) + 1, 0);
+  if (sms[size_t(dev)] == 0) CUDA_CHECK(cudaDeviceGetAttribute(&sms[size_t(dev)], cudaDevAttrMultiProcessorCount, dev));
+  return sms[size_t(dev)];
+}
 
 __device__ __forceinline__ float bf16_bits_to_float(uint32_t h) { return __uint_as_float(h << 16); }
 

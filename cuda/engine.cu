@@ -163,6 +163,7 @@ struct CudaEngine::Impl {
       throw CudaError("unsupported GPU " + dev_name + ": the gptoss CUDA backend needs compute capability 8.0+");
     check_kernel_image(opt.device);
     attention_prepare();
+    gemm_prepare();
     sm_count = p.multiProcessorCount;
     if (!attn_head_dim_supported(int(cfg.head_dim)))
       throw InvalidArgument("CUDA backend: head_dim must be 32, 64 or 128, got " + std::to_string(cfg.head_dim));
@@ -301,7 +302,7 @@ struct CudaEngine::Impl {
     lp_chosen = alloc<float>(T, "logprobs", c);
     lp_top = alloc<float>(T * kMaxTopLogprobs, "logprobs", c);
     lp_ids = alloc<int32_t>(T * kMaxTopLogprobs, "logprobs", c);
-    const int mt = moe_max_tiles(int(P), int(cfg.n_experts), moe_tile_size(false));
+    const int mt = moe_max_tiles(int(P), int(cfg.n_experts), moe_gemv_tile());  // the most tiles
     tiles.sorted = alloc<int32_t>(P, "moe tiles", c);
     tiles.tile_e = alloc<int32_t>(mt, "moe tiles", c);
     tiles.tile_start = alloc<int32_t>(mt, "moe tiles", c);
@@ -634,8 +635,7 @@ struct CudaEngine::Impl {
     const int Ti = p.T, Hi = int(H);
     const bool tc = p.T > 8;
     MoeTiles mt = tiles;
-    mt.tile = moe_tile_size(tc);
-    mt.max_tiles = moe_max_tiles(int(p.T * K), int(c.n_experts), mt.tile);
+    moe_plan(mt, tc, int(p.T * K), int(c.n_experts), opt.gemm_tiles);
     if (p.T == 1) {  // one token: its k experts are distinct, no grouping needed
       mt.direct = int(K);
       mt.idx = ridx;
@@ -648,7 +648,8 @@ struct CudaEngine::Impl {
       const DevLayer& L = layers[size_t(l)];
       const bool sliding = c.sliding[size_t(l)];
       const bool sp = opt.tc_split;
-      dense(t, Hi, nullptr, Ti, Hi, L.qkv_w, Hi, int(QKV), L.qkv_b, qkv, int(QKV), EPI_STORE, st, 0, sp);
+      const int gt = opt.gemm_tiles;
+      dense(t, Hi, nullptr, Ti, Hi, L.qkv_w, Hi, int(QKV), L.qkv_b, qkv, int(QKV), EPI_STORE, st, 0, sp, gt);
       const DevPool& pool = sliding ? *win_pool : *full_pool;
       KVView kv;
       kv.pool = pool.base;
@@ -678,7 +679,7 @@ struct CudaEngine::Impl {
       a.split_len = 0;
       a.n_splits = sliding ? p.nsw : p.nsf;
       attention(a, st);
-      dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st, 0, sp);
+      dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st, 0, sp, gt);
       norm_router(x, Ti, Hi, L.mlp_norm, c.rms_eps, t, L.router_w, L.router_b, int(c.n_experts), int(K), ridx, rw,
                   st);
       if (!mt.direct) moe_route(ridx, int(p.T * K), int(c.n_experts), mt, st);
@@ -699,7 +700,7 @@ struct CudaEngine::Impl {
     const int Hi = int(c.hidden);
     cudaStream_t st = stream;
     dense(t, Hi, meta + o_lr(p) + r0, n, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st, 0,
-          opt.tc_split);
+          opt.tc_split, opt.gemm_tiles);
     if (p.mode == ARGMAX) argmax_rows(logits, n, c.vocab, argmax_out + r0, st);
     const int32_t* pen_off = meta + o_pen(p) + r0;  // absolute entry indices of this piece's rows
     const int32_t* pen_id = meta + o_pen(p) + p.R + 1;
@@ -868,6 +869,16 @@ void CudaEngine::set_tc_split(bool split) {
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
   CUDA_CHECK(cudaStreamSynchronize(p_->stream));
   p_->opt.tc_split = split;
+  p_->drop_graphs();
+}
+
+void CudaEngine::set_gemm_tiles(int tiles) {
+  if (tiles < TILES_AUTO || tiles > kGemmTilesMax)
+    throw InvalidArgument("set_gemm_tiles: 0 (auto), 1 (64x64), 2 (64x128), 3 (128x128) or 4 (32x128)");
+  std::lock_guard<std::mutex> g(p_->mu);
+  CUDA_CHECK(cudaSetDevice(p_->opt.device));
+  CUDA_CHECK(cudaStreamSynchronize(p_->stream));
+  p_->opt.gemm_tiles = tiles;
   p_->drop_graphs();
 }
 

@@ -34,6 +34,7 @@ struct CudaEngineOptions {
   bool kv_bf16 = false;           // KV cache in bf16 (half the memory) instead of fp32
   bool graphs = true;             // replay decode steps from captured CUDA graphs
   bool tc_split = true;           // tensor-core GEMMs with hi/lo activations (fp32-level); false: bf16
+  int gemm_tiles = 0;             // tensor-core block tile (GemmTiles): 0 = chosen per launch
 };
 
 // Every public method is safe to call from several threads (one lock serialises them).
@@ -110,6 +111,9 @@ class CudaEngine {
   // Tensor-core GEMMs (prefill, batches over 8) with bf16 activations (one MMA instead of two,
   // ~3e-3 relative error) or, by default, hi/lo activations; drops the cached graphs.
   void set_tc_split(bool split);
+  // Forces one tensor-core tile shape (1: 64x64, 2: 64x128, 3: 128x128, 4: 32x128) or 0: auto
+  // (benchmarks).
+  void set_gemm_tiles(int tiles);
   void synchronize();
 
   struct Impl;

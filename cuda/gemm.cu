@@ -1,6 +1,7 @@
 // Dense bf16 projections (QKV, attention out, unembedding): a warp-per-output-row GEMV for a
 // few rows (decode; 16-byte weight loads, fp32 accumulation, weights read once for up to 8
-// rows) and the tensor-core GEMM of tc_gemm.cuh above that.
+// rows) and the tensor-core GEMM of tc_gemm.cuh above that. The tensor-core instances of the
+// MoE experts are launched from here too (moe_gemm), so each is compiled once.
 #include "common.cuh"
 #include "kernels.cuh"
 #include "tc_gemm.cuh"
@@ -82,10 +83,60 @@ void launch_gemv(const float* X, int ldx, const int32_t* rows, int M, int K, con
   CUDA_CHECK_LAUNCH();
 }
 
+// Launches one tensor-core instance: grid (N / BN, row tiles).
+template <class C, int BMODE, int EPI>
+void tc_launch(const TcArgs& a, unsigned row_tiles, cudaStream_t st) {
+  gemm_prepare();
+  dim3 grid(unsigned(cdiv(a.N, C::BN)), row_tiles);
+  tc_gemm_kernel<C, BMODE, EPI><<<grid, C::kThreads, C::smem(BMODE), st>>>(a);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int BMODE, int EPI>
+void prepare_instances() {
+  auto raise = [](auto* fn, size_t smem) {
+    if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  };
+  raise(tc_gemm_kernel<Tile32x128, BMODE, EPI>, Tile32x128::smem(BMODE));
+  raise(tc_gemm_kernel<Tile64x64, BMODE, EPI>, Tile64x64::smem(BMODE));
+  raise(tc_gemm_kernel<Tile64x128, BMODE, EPI>, Tile64x128::smem(BMODE));
+  raise(tc_gemm_kernel<Tile128x128, BMODE, EPI>, Tile128x128::smem(BMODE));
+}
+
+template <int BMODE, int EPI>
+void launch_tiles(int tiles, const TcArgs& a, unsigned row_tiles, cudaStream_t st) {
+  if (tiles == TILES_32x128) tc_launch<Tile32x128, BMODE, EPI>(a, row_tiles, st);
+  else if (tiles == TILES_64x64) tc_launch<Tile64x64, BMODE, EPI>(a, row_tiles, st);
+  else if (tiles == TILES_64x128) tc_launch<Tile64x128, BMODE, EPI>(a, row_tiles, st);
+  else tc_launch<Tile128x128, BMODE, EPI>(a, row_tiles, st);
+}
+
 }  // namespace
 
+void gemm_prepare() {
+  once_per_device([] {
+    prepare_instances<TCB_BF16, TCE_STORE>();
+    prepare_instances<TCB_BF16, TCE_ADD>();
+    prepare_instances<TCB_MXFP4, TCE_SWIGLU>();
+    prepare_instances<TCB_MXFP4, TCE_MOE_OUT>();
+  });
+}
+
+int gemm_tile_rows(int tiles) { return tiles == TILES_128x128 ? 128 : tiles == TILES_32x128 ? 32 : 64; }
+
+int dense_tiles(int M, int N, int tiles) {
+  if (tiles != TILES_AUTO) return tiles;
+  // Few rows: the weights stream from memory once, keep many of them in flight. Otherwise the
+  // biggest tiles that still give every SM two blocks (8 warps each), else the most blocks.
+  if (M <= 32) return TILES_32x128;
+  const int64_t sms = device_sm_count();
+  if (cdiv(N, 128) * cdiv(M, 128) >= 2 * sms) return TILES_128x128;
+  if (cdiv(N, 128) * cdiv(M, 64) >= sms) return TILES_64x128;
+  return TILES_64x64;
+}
+
 void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uint16_t* W, int ldw, int N,
-           const float* bias, float* Y, int ldy, int epi, cudaStream_t st, int path, bool split) {
+           const float* bias, float* Y, int ldy, int epi, cudaStream_t st, int path, bool split, int tiles) {
   if (M <= 0 || N <= 0) return;
   const bool vec = K % 8 == 0 && ldw % 8 == 0 && ldx % 4 == 0 && aligned16(X) && aligned16(W);
   if (path == 0) path = M <= 8 ? 1 : 2;
@@ -97,10 +148,15 @@ void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uin
   TcArgs a;
   a.X = X; a.ldx = ldx; a.rows = rows; a.M = M; a.K = K; a.N = N;
   a.W = W; a.ldw = ldw; a.bias = bias; a.Y = Y; a.ldy = ldy; a.vec = vec; a.split = split;
-  dim3 grid(unsigned(cdiv(N, kBN)), unsigned(cdiv(M, kBM)));
-  if (epi == EPI_ADD) tc_gemm_kernel<TCB_BF16, TCE_ADD><<<grid, kTcThreads, 0, st>>>(a);
-  else tc_gemm_kernel<TCB_BF16, TCE_STORE><<<grid, kTcThreads, 0, st>>>(a);
-  CUDA_CHECK_LAUNCH();
+  tiles = dense_tiles(M, N, tiles);
+  const unsigned row_tiles = unsigned(cdiv(M, gemm_tile_rows(tiles)));
+  if (epi == EPI_ADD) launch_tiles<TCB_BF16, TCE_ADD>(tiles, a, row_tiles, st);
+  else launch_tiles<TCB_BF16, TCE_STORE>(tiles, a, row_tiles, st);
+}
+
+void moe_gemm(bool mlp1, int tiles, const TcArgs& a, unsigned row_tiles, cudaStream_t st) {
+  if (mlp1) launch_tiles<TCB_MXFP4, TCE_SWIGLU>(tiles, a, row_tiles, st);
+  else launch_tiles<TCB_MXFP4, TCE_MOE_OUT>(tiles, a, row_tiles, st);
 }
 
 }  // namespace gptoss::cuda

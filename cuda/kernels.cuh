@@ -73,8 +73,17 @@ enum Epi : int { EPI_STORE = 0, EPI_ADD = 1 };
 // path: 0 = auto (GEMV for M <= 8, tensor cores above), 1 = GEMV, 2 = tensor cores.
 // split (tensor cores): activations as bf16 hi + lo, two MMAs (fp32-level results); false: bf16
 // activations, one MMA (half the tensor work, ~3e-3 relative error). The same for the experts.
+// tiles: the tensor-core block tile (GemmTiles, rows x outputs); auto takes 32 x 128 for up to
+// 32 rows, else the biggest that still gives every SM two blocks.
+enum GemmTiles : int { TILES_AUTO = 0, TILES_64x64 = 1, TILES_64x128 = 2, TILES_128x128 = 3, TILES_32x128 = 4 };
+constexpr int kGemmTilesMax = 4;
 void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uint16_t* W, int ldw, int N,
-           const float* bias, float* Y, int ldy, int epi, cudaStream_t st, int path = 0, bool split = true);
+           const float* bias, float* Y, int ldy, int epi, cudaStream_t st, int path = 0, bool split = true,
+           int tiles = TILES_AUTO);
+int dense_tiles(int M, int N, int tiles);  // the tile auto resolves to
+int gemm_tile_rows(int tiles);             // rows of a (resolved) tile
+// Per-device setup (shared-memory opt-in of the 128 x 128 tiles) outside any graph capture.
+void gemm_prepare();
 
 // ---- moe.cu --------------------------------------------------------------------------------
 // Routing: logits = t W^T + b (W bf16 [E, H]); the top k (ties to the lower id, descending)
@@ -97,9 +106,14 @@ struct MoeTiles {
   // i < direct. For one token (its k experts are distinct anyway) this saves moe_route.
   int direct = 0;
   const int32_t* idx = nullptr;
+  int gemm = TILES_64x128;  // tensor-core path: the block tile (its rows = tile)
 };
 int moe_max_tiles(int P, int E, int tile);
-int moe_tile_size(bool tensor_cores);
+// Pairs per tile and the tensor-core tile shape for P pairs over E experts (tiles: GemmTiles;
+// auto: 128-row tiles once experts average 96 pairs, 64 from 24, else 32); sets tile, gemm and
+// max_tiles.
+void moe_plan(MoeTiles& mt, bool tensor_cores, int P, int E, int tiles = TILES_AUTO);
+int moe_gemv_tile();  // pairs per tile on the GEMV path (the smallest tile: bounds max_tiles)
 void moe_route(const int32_t* idx, int P, int E, const MoeTiles& mt, cudaStream_t st);
 
 struct MxWeights {

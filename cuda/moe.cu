@@ -5,8 +5,9 @@
 //    4 pairs of one expert per block, so each selected expert's weights are read once per 4
 //    pairs; only the selected experts are touched. mlp1 fuses bias + interleaved SwiGLU with
 //    the clamp; mlp2 fuses bias + routing-weight scaling.
-//  * prefill / large batches: the tensor-core GEMM of tc_gemm.cuh over tiles of up to 64 pairs
-//    of one expert, dequantizing 32-weight MXFP4 blocks into shared memory.
+//  * prefill / large batches: the tensor-core GEMM of tc_gemm.cuh (launched by gemm.cu) over
+//    tiles of up to 64 or 128 pairs of one expert, dequantizing 32-weight MXFP4 blocks into
+//    shared memory.
 // The per-pair outputs y[pair] are summed in a fixed order by add_rmsnorm (ops.cu), so results
 // do not depend on scheduling (no atomics).
 #include "common.cuh"
@@ -210,6 +211,11 @@ void check_mx(const MxWeights& w) {
   if (w.K % 32 != 0) throw InvalidArgument("MXFP4 product: K must be a multiple of 32");
 }
 
+void check_tile(const MoeTiles& mt) {
+  if (mt.gemm == TILES_AUTO || mt.tile != gemm_tile_rows(mt.gemm))
+    throw InvalidArgument("moe: the grouping's tile size does not match the GEMM tile (use moe_plan)");
+}
+
 }  // namespace
 
 void router(const float* t, int T, int H, const uint16_t* W, const float* b, int E, int k, int32_t* idx, float* w,
@@ -227,7 +233,21 @@ void norm_router(const float* x, int T, int H, const float* norm_w, float eps, f
   CUDA_CHECK_LAUNCH();
 }
 
-int moe_tile_size(bool tensor_cores) { return tensor_cores ? kBM : kMoeTT; }
+int moe_gemv_tile() { return kMoeTT; }
+
+void moe_plan(MoeTiles& mt, bool tensor_cores, int P, int E, int tiles) {
+  if (!tensor_cores) {
+    mt.tile = kMoeTT;
+  } else {
+    if (tiles == TILES_AUTO) {  // by the pairs an expert gets on average
+      const int64_t p = P, e = E;
+      tiles = p >= 96 * e ? TILES_128x128 : p >= 24 * e ? TILES_64x128 : TILES_32x128;
+    }
+    mt.gemm = tiles;
+    mt.tile = gemm_tile_rows(tiles);
+  }
+  mt.max_tiles = moe_max_tiles(P, E, mt.tile);
+}
 
 int moe_max_tiles(int P, int E, int tile) { return P / tile + (E < P ? E : P) + 1; }
 
@@ -252,8 +272,9 @@ void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWei
     a.tile_count = mt.tile_count; a.n_tiles = mt.n_tiles; a.topk = topk; a.alpha = alpha; a.limit = limit;
     a.vec = ldx % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 15u) == 0;
     a.split = split;
-    dim3 grid(unsigned(cdiv(w.N, kBN)), unsigned(mt.max_tiles));
-    tc_gemm_kernel<TCB_MXFP4, TCE_SWIGLU><<<grid, kTcThreads, 0, st>>>(a);
+    check_tile(mt);
+    moe_gemm(true, mt.gemm, a, unsigned(mt.max_tiles), st);
+    return;
   } else {
     MoeGemvArgs a{x, ldx, topk, mt, w, nullptr, alpha, limit, act, w.N / 2};
     dim3 grid(unsigned(cdiv(w.N / 2, kMoeWarps)), unsigned(mt.max_tiles));
@@ -274,8 +295,9 @@ void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const fl
     a.tile_count = mt.tile_count; a.n_tiles = mt.n_tiles; a.topk = 1; a.rw = rw;
     a.vec = (reinterpret_cast<uintptr_t>(act) & 15u) == 0;
     a.split = split;
-    dim3 grid(unsigned(cdiv(w.N, kBN)), unsigned(mt.max_tiles));
-    tc_gemm_kernel<TCB_MXFP4, TCE_MOE_OUT><<<grid, kTcThreads, 0, st>>>(a);
+    check_tile(mt);
+    moe_gemm(false, mt.gemm, a, unsigned(mt.max_tiles), st);
+    return;
   } else {
     MoeGemvArgs a{act, w.K, 1, mt, w, rw, 0.f, 0.f, y, w.N};
     dim3 grid(unsigned(cdiv(w.N, kMoeWarps)), unsigned(mt.max_tiles));

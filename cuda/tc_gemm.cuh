@@ -1,24 +1,61 @@
 // Tensor-core GEMM shared by the dense projections (bf16 weights) and the MoE experts (MXFP4
 // weights dequantized to bf16 in shared memory): Y[m, n] = sum_k X[row(m), k] * W[n, k].
 //
-// Tiles of 64 (rows) x 64 (outputs) x 32 (k) per block of 4 warps (2 x 2 warps of 32 x 32,
-// wmma 16x16x16 bf16 with fp32 accumulation, sm_80+). Activations are fp32: each is split as
-// x = hi + lo with hi = bf16(x), lo = bf16(x - hi), and both halves are multiplied by the
-// (exactly bf16) weights, so the product keeps ~16 mantissa bits of x and the result matches
-// the fp32 CPU engine to ~1e-5 relative (plain bf16 activations would give ~4e-3 and flip
-// near-tied router decisions). The epilogue goes through shared memory (fused bias, residual
-// add, SwiGLU, routing-weight scaling).
+// Block tiles of BM (rows) x BN (outputs) x 32 (k), warps of (BM / WARPS_M) x (BN / WARPS_N)
+// (wmma 16x16x16 bf16, fp32 accumulation, sm_80+). The weights stream through a ring of k-steps
+// in shared memory filled by cp.async (RING - 1 steps in flight per thread: enough bytes in the
+// air for the memory-bound shapes, few rows per tile); each thread copies and later converts its
+// own piece, so the ring needs no barrier. Activations (small, mostly in L2) are loaded into
+// registers one step ahead. Both are converted into one of two bf16 stages that the MMAs read
+// (one barrier per k-step).
+// Activations are fp32: with `split` each is x = hi + lo, hi = bf16(x), lo = bf16(x - hi), and
+// both halves are multiplied by the (exactly bf16) weights, so the product keeps ~16 mantissa
+// bits of x and matches the fp32 CPU engine to ~1e-5 relative (plain bf16 activations give
+// ~4e-3 and flip near-tied router decisions). The epilogue goes through shared memory (fused
+// bias, residual add, SwiGLU, routing-weight scaling).
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_pipeline.h>
 #include <mma.h>
 
 #include "common.cuh"
 
 namespace gptoss::cuda {
 
-constexpr int kBM = 64, kBN = 64, kBK = 32, kLDS = kBK + 8, kLDC = kBN + 4;
-constexpr int kTcThreads = 128;
+constexpr int kBK = 32, kLDS = kBK + 8;  // bf16 row stride of the stages: 80 bytes, conflict-light
+
+template <int BM_, int BN_, int WARPS_M, int WARPS_N>
+struct TcTile {
+  static constexpr int BM = BM_, BN = BN_;
+  static constexpr int kThreads = 32 * WARPS_M * WARPS_N;
+  static constexpr int kMinBlocks = 512 / kThreads;  // per SM: caps registers at 128 a thread
+  static constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // one warp's tile
+  static constexpr int FM = WTM / 16, FN = WTN / 16;
+  static constexpr int A_TPR = kThreads / BM, A_PER = kBK / A_TPR;  // loader: fp32 per thread
+  static constexpr int B_TPR = kThreads / BN, B_PER = kBK / B_TPR;  // loader: weights per thread
+  static constexpr int kStage = (2 * BM + BN) * kLDS;  // bf16: A hi, A lo, B
+  static constexpr int kLDC = BN + 4;
+  // Weight ring (BMODE: TcB): k-steps, and raw bytes per thread and step.
+  static constexpr int ring(int bmode) { return bmode == 1 ? 8 : 4; }
+  static constexpr int ring_bytes(int bmode) { return bmode == 1 ? B_PER / 2 : B_PER * 2; }
+  static constexpr size_t smem(int bmode) {
+    const size_t main = size_t(2 * kStage * 2 + ring(bmode) * kThreads * ring_bytes(bmode));
+    const size_t epi = size_t(BM) * kLDC * 4;  // the epilogue reuses it all
+    return main > epi ? main : epi;
+  }
+  static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile: whole 16x16 fragments");
+  static_assert(kThreads % BM == 0 && A_PER % 4 == 0 && A_PER * A_TPR == kBK, "A loader: float4 pieces");
+  static_assert(kThreads % BN == 0 && B_PER % 8 == 0 && B_PER * B_TPR == kBK, "B loader: uint4 / 4-byte pieces");
+};
+
+// The shapes a launch can use (GemmTiles in kernels.cuh names them). Small row tiles keep more
+// blocks (so more weight bytes in flight) per SM when few rows share the weights (batched
+// decode, busy experts of small batches); big ones reuse each loaded weight across more rows.
+using Tile32x128 = TcTile<32, 128, 1, 4>;   // 4 warps of 32 x 32
+using Tile64x64 = TcTile<64, 64, 2, 2>;     // 4 warps of 32 x 32
+using Tile64x128 = TcTile<64, 128, 2, 4>;   // 8 warps of 32 x 32
+using Tile128x128 = TcTile<128, 128, 2, 4>; // 8 warps of 64 x 32
 
 enum TcB : int { TCB_BF16 = 0, TCB_MXFP4 = 1 };
 enum TcEpi : int { TCE_STORE = 0, TCE_ADD = 1, TCE_SWIGLU = 2, TCE_MOE_OUT = 3 };
@@ -54,18 +91,15 @@ __device__ __forceinline__ float swiglu1(float gate, float lin, float alpha, flo
   return g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
 }
 
-template <int BMODE, int EPI>
-__global__ void __launch_bounds__(kTcThreads) tc_gemm_kernel(TcArgs a) {
+template <class C, int BMODE, int EPI>
+__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcArgs a) {
   using namespace nvcuda;
-  __shared__ __align__(128) unsigned char smem_raw[kBM * kLDC * sizeof(float)];
-  __nv_bfloat16* As_hi = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  __nv_bfloat16* As_lo = As_hi + kBM * kLDS;
-  __nv_bfloat16* Bs = As_lo + kBM * kLDS;
-  float* Cs = reinterpret_cast<float*>(smem_raw);
-  __shared__ int32_t s_row[kBM];  // source row of X for each tile row (-1: none)
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  __shared__ int32_t s_row[C::BM];  // source row of X for each tile row (-1: none)
+  constexpr int BM = C::BM, BN = C::BN;
 
   const int tid = threadIdx.x, warp = tid >> 5;
-  const int n0 = blockIdx.x * kBN;
+  const int n0 = blockIdx.x * BN;
   int e = 0, m0 = 0, mcount = 0;
   if (BMODE == TCB_MXFP4) {
     const int tile = blockIdx.y;
@@ -74,137 +108,202 @@ __global__ void __launch_bounds__(kTcThreads) tc_gemm_kernel(TcArgs a) {
     m0 = a.tile_start[tile];
     mcount = a.tile_count[tile];
   } else {
-    m0 = blockIdx.y * kBM;
-    mcount = min(kBM, a.M - m0);
+    m0 = blockIdx.y * BM;
+    mcount = min(BM, a.M - m0);
   }
-  if (tid < kBM) {
+  for (int i = tid; i < BM; i += C::kThreads) {
     int r = -1;
-    if (tid < mcount) {
-      const int pos = m0 + tid;
+    if (i < mcount) {
+      const int pos = m0 + i;
       if (BMODE == TCB_MXFP4) r = (EPI == TCE_SWIGLU) ? a.sorted[pos] / a.topk : pos;
       else r = a.rows ? a.rows[pos] : pos;
     }
-    s_row[tid] = r;
+    s_row[i] = r;
   }
   __syncthreads();
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[C::FM][C::FN];
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < C::FM; ++i)
 #pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+    for (int j = 0; j < C::FN; ++j) wmma::fill_fragment(acc[i][j], 0.f);
 
-  const int wm = warp >> 1, wn = warp & 1;
-  const int lr = tid >> 1, lh = tid & 1;  // loader: tile row (of A and B), which 16 of the 32 k
-  const int xrow = s_row[lr];
+  const int wm = warp / (BN / C::WTN), wn = warp % (BN / C::WTN);
+  // Loaders: A row ar, floats [ac, ac + A_PER) of the k-step; B row br, weights [bc, bc + B_PER).
+  const int ar = tid / C::A_TPR, ac = (tid % C::A_TPR) * C::A_PER;
+  const int br = tid / C::B_TPR, bc = (tid % C::B_TPR) * C::B_PER;
+  const int xrow = s_row[ar];
   const int64_t nb = a.K / 32;
-  const int wrow = n0 + lr;
+  const int wrow = n0 + br;
+  const bool wok = wrow < a.N;
 
-  for (int k0 = 0; k0 < a.K; k0 += kBK) {
-    // ---- A: 16 fp32 -> hi/lo bf16
-    {
-      float v[16];
-      const int kb = k0 + lh * 16;
-      if (xrow >= 0) {
-        const float* src = a.X + int64_t(xrow) * a.ldx + kb;
-        if (a.vec && kb + 16 <= a.K) {
+  constexpr int RING = C::ring(BMODE), RB = C::ring_bytes(BMODE);
+  float ra[C::A_PER];  // activations of the next step
+  float rsc = 0.f;     // MXFP4 scale of the next step
+  uint8_t* ring = smem_raw + 2 * C::kStage * 2 + size_t(tid) * RB;  // this thread's slot 0
+  auto slot = [&](int step) { return ring + size_t(step % RING) * C::kThreads * RB; };
+
+  // Weights of k-step `step` into this thread's ring slot (cp.async; plain stores at the edges).
+  auto issue = [&](int step) {
+    uint8_t* dst = slot(step);
+    const int k0 = step * kBK;
+    if (BMODE == TCB_MXFP4) {
+      if (wok) __pipeline_memcpy_async(dst, a.blocks + ((int64_t(e) * a.N + wrow) * nb + k0 / 32) * 16 + bc / 2, RB);
+    } else {
+      const int kb = k0 + bc;
+      const uint16_t* src = a.W + int64_t(wrow) * a.ldw + kb;
+      if (wok && a.vec && kb + C::B_PER <= a.K) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float4 f = *reinterpret_cast<const float4*>(src + 4 * i);
-            v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
-          }
-        } else {
+        for (int i = 0; i < RB / 16; ++i) __pipeline_memcpy_async(dst + 16 * i, src + 8 * i, 16);
+      } else {
+        uint16_t* d = reinterpret_cast<uint16_t*>(dst);
 #pragma unroll
-          for (int i = 0; i < 16; ++i) v[i] = (kb + i < a.K) ? src[i] : 0.f;
+        for (int i = 0; i < C::B_PER; ++i) d[i] = (wok && kb + i < a.K) ? src[i] : uint16_t(0);
+      }
+    }
+  };
+
+  // Activations (and the MXFP4 scale) of the k-step at k0 into registers.
+  auto load = [&](int k0) {
+    const int ka = k0 + ac;
+    if (xrow >= 0) {
+      const float* src = a.X + int64_t(xrow) * a.ldx + ka;
+      if (a.vec && ka + C::A_PER <= a.K) {
+#pragma unroll
+        for (int i = 0; i < C::A_PER / 4; ++i) {
+          const float4 f = *reinterpret_cast<const float4*>(src + 4 * i);
+          ra[4 * i] = f.x; ra[4 * i + 1] = f.y; ra[4 * i + 2] = f.z; ra[4 * i + 3] = f.w;
         }
       } else {
 #pragma unroll
-        for (int i = 0; i < 16; ++i) v[i] = 0.f;
+        for (int i = 0; i < C::A_PER; ++i) ra[i] = (ka + i < a.K) ? src[i] : 0.f;
       }
+    } else {
 #pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const __nv_bfloat16 hi = __float2bfloat16_rn(v[i]);
-        As_hi[lr * kLDS + lh * 16 + i] = hi;
-        if (a.split) As_lo[lr * kLDS + lh * 16 + i] = __float2bfloat16_rn(v[i] - __bfloat162float(hi));
-      }
+      for (int i = 0; i < C::A_PER; ++i) ra[i] = 0.f;
     }
-    // ---- B: 16 weights of row wrow
-    {
-      uint16_t* dst = reinterpret_cast<uint16_t*>(Bs) + lr * kLDS + lh * 16;
-      if (BMODE == TCB_MXFP4) {
-        if (wrow < a.N) {
-          const int64_t r = int64_t(e) * a.N + wrow;
-          const int64_t kblk = k0 / 32;
-          const uint2 q = *reinterpret_cast<const uint2*>(a.blocks + (r * nb + kblk) * 16 + lh * 8);
-          const float sc = e8m0_to_float(a.scales[r * nb + kblk]);
+    if (BMODE == TCB_MXFP4 && wok) rsc = e8m0_to_float(a.scales[(int64_t(e) * a.N + wrow) * nb + k0 / 32]);
+  };
+
+  auto stage = [&](int s) {  // bf16 views of stage s
+    return reinterpret_cast<__nv_bfloat16*>(smem_raw) + s * C::kStage;
+  };
+
+  // Step `step` into stage s: activations as bf16 hi (+ lo), weights from the ring as bf16.
+  auto store = [&](int s, int step) {
+    __nv_bfloat16* As_hi = stage(s);
+    __nv_bfloat16* As_lo = As_hi + BM * kLDS;
+    uint16_t* Bs = reinterpret_cast<uint16_t*>(As_lo + BM * kLDS);
 #pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            const uint32_t byte = ((j < 4 ? q.x : q.y) >> (8 * (j & 3))) & 0xffu;
-            dst[2 * j] = float_to_bf16_bits(e2m1_to_float(byte & 15u) * sc);
-            dst[2 * j + 1] = float_to_bf16_bits(e2m1_to_float(byte >> 4) * sc);
-          }
-        } else {
-#pragma unroll
-          for (int j = 0; j < 16; ++j) dst[j] = 0;
-        }
+    for (int i = 0; i < C::A_PER; ++i) {
+      const __nv_bfloat16 hi = __float2bfloat16_rn(ra[i]);
+      As_hi[ar * kLDS + ac + i] = hi;
+      if (a.split) As_lo[ar * kLDS + ac + i] = __float2bfloat16_rn(ra[i] - __bfloat162float(hi));
+    }
+    uint32_t* dst = reinterpret_cast<uint32_t*>(Bs + br * kLDS + bc);
+    const uint8_t* raw = slot(step);
+    if (BMODE == TCB_MXFP4) {
+      uint32_t q[4];
+      if (RB == 16) {
+        const uint4 u = *reinterpret_cast<const uint4*>(raw);
+        q[0] = u.x; q[1] = u.y; q[2] = u.z; q[3] = u.w;
+      } else if (RB == 8) {
+        const uint2 u = *reinterpret_cast<const uint2*>(raw);
+        q[0] = u.x; q[1] = u.y;
       } else {
-        const int kb = k0 + lh * 16;
-        if (wrow < a.N && a.vec && kb + 16 <= a.K) {
-          const uint4* src = reinterpret_cast<const uint4*>(a.W + int64_t(wrow) * a.ldw + kb);
-          reinterpret_cast<uint4*>(dst)[0] = src[0];
-          reinterpret_cast<uint4*>(dst)[1] = src[1];
-        } else {
-#pragma unroll
-          for (int j = 0; j < 16; ++j)
-            dst[j] = (wrow < a.N && kb + j < a.K) ? a.W[int64_t(wrow) * a.ldw + kb + j] : uint16_t(0);
-        }
+        q[0] = *reinterpret_cast<const uint32_t*>(raw);
       }
+#pragma unroll
+      for (int j = 0; j < RB; ++j) {  // byte j: weights 2j (low nibble), 2j + 1
+        const uint32_t byte = (q[j / 4] >> (8 * (j % 4))) & 0xffu;
+        dst[j] = wok ? uint32_t(float_to_bf16_bits(e2m1_to_float(byte & 15u) * rsc)) |
+                           (uint32_t(float_to_bf16_bits(e2m1_to_float(byte >> 4) * rsc)) << 16)
+                     : 0u;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < RB / 16; ++i) reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(raw)[i];
     }
-    __syncthreads();
+  };
+
+  auto compute = [&](int s) {
+    const __nv_bfloat16* As_hi = stage(s);
+    const __nv_bfloat16* As_lo = As_hi + BM * kLDS;
+    const __nv_bfloat16* Bs = As_lo + BM * kLDS;
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[C::FN];
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + (wn * 32 + j * 16) * kLDS + kk, kLDS);
+      for (int j = 0; j < C::FN; ++j)
+        wmma::load_matrix_sync(b[j], Bs + (wn * C::WTN + j * 16) * kLDS + kk, kLDS);
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
+      for (int i = 0; i < C::FM; ++i) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
-        wmma::load_matrix_sync(ah, As_hi + (wm * 32 + i * 16) * kLDS + kk, kLDS);
+        wmma::load_matrix_sync(ah, As_hi + (wm * C::WTM + i * 16) * kLDS + kk, kLDS);
         if (a.split) {
-          wmma::load_matrix_sync(al, As_lo + (wm * 32 + i * 16) * kLDS + kk, kLDS);
+          wmma::load_matrix_sync(al, As_lo + (wm * C::WTM + i * 16) * kLDS + kk, kLDS);
 #pragma unroll
-          for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], al, b[j], acc[i][j]);
+          for (int j = 0; j < C::FN; ++j) wmma::mma_sync(acc[i][j], al, b[j], acc[i][j]);
         }
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], ah, b[j], acc[i][j]);
+        for (int j = 0; j < C::FN; ++j) wmma::mma_sync(acc[i][j], ah, b[j], acc[i][j]);
       }
+    }
+  };
+
+  // Ring: one cp.async group per k-step (empty ones too, so the count stays fixed); step j's
+  // group is the j-th, so after committing step kt + RING - 1, step kt + 1 is complete once at
+  // most RING - 2 groups are pending. A slot is refilled one step after its bytes were converted.
+  // Stages: the store into stage s^1 happens after the barrier that ended the previous reads
+  // of it, and the next iteration reads it only after the barrier below.
+  const int nk = (a.K + kBK - 1) / kBK;
+  for (int j = 0; j < RING - 1; ++j) {
+    if (j < nk) issue(j);
+    __pipeline_commit();
+  }
+  load(0);
+  __pipeline_wait_prior(RING - 2);
+  store(0, 0);
+  __syncthreads();
+  for (int kt = 0; kt < nk; ++kt) {
+    const bool more = kt + 1 < nk;
+    if (kt + RING - 1 < nk) issue(kt + RING - 1);
+    __pipeline_commit();
+    if (more) load((kt + 1) * kBK);
+    compute(kt & 1);
+    if (more) {
+      __pipeline_wait_prior(RING - 2);
+      store((kt + 1) & 1, kt + 1);
     }
     __syncthreads();
   }
 
+  float* Cs = reinterpret_cast<float*>(smem_raw);  // the stages are free after the last barrier
+  constexpr int LDC = C::kLDC;
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < C::FM; ++i)
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * kLDC + wn * 32 + j * 16, acc[i][j], kLDC, wmma::mem_row_major);
+    for (int j = 0; j < C::FN; ++j)
+      wmma::store_matrix_sync(Cs + (wm * C::WTM + i * 16) * LDC + wn * C::WTN + j * 16, acc[i][j], LDC,
+                              wmma::mem_row_major);
   __syncthreads();
 
   if (EPI == TCE_SWIGLU) {
-    for (int idx = tid; idx < kBM * (kBN / 2); idx += kTcThreads) {
-      const int i = idx / (kBN / 2), jp = idx % (kBN / 2);
+    const float* b = a.bias + int64_t(e) * a.N;
+    for (int idx = tid; idx < BM * (BN / 2); idx += C::kThreads) {
+      const int i = idx / (BN / 2), jp = idx % (BN / 2);
       const int n = n0 + 2 * jp;
       if (i >= mcount || n >= a.N) continue;  // N is even (2 * intermediate)
-      const float* b = a.bias + int64_t(e) * a.N;
-      const float gate = Cs[i * kLDC + 2 * jp] + b[n];
-      const float lin = Cs[i * kLDC + 2 * jp + 1] + b[n + 1];
+      const float gate = Cs[i * LDC + 2 * jp] + b[n];
+      const float lin = Cs[i * LDC + 2 * jp + 1] + b[n + 1];
       a.Y[int64_t(m0 + i) * a.ldy + n / 2] = swiglu1(gate, lin, a.alpha, a.limit);
     }
   } else {
-    for (int idx = tid; idx < kBM * kBN; idx += kTcThreads) {
-      const int i = idx / kBN, j = idx % kBN;
+    for (int idx = tid; idx < BM * BN; idx += C::kThreads) {
+      const int i = idx / BN, j = idx % BN;
       const int n = n0 + j;
       if (i >= mcount || n >= a.N) continue;
-      const float v = Cs[i * kLDC + j];
+      const float v = Cs[i * LDC + j];
       if (EPI == TCE_MOE_OUT) {
         const int pair = a.sorted[m0 + i];
         a.Y[int64_t(pair) * a.ldy + n] = a.rw[pair] * (v + a.bias[int64_t(e) * a.N + n]);
@@ -217,5 +316,12 @@ __global__ void __launch_bounds__(kTcThreads) tc_gemm_kernel(TcArgs a) {
     }
   }
 }
+
+// Shared-memory opt-in of every instance (> 48 KiB for 128 x 128); once per device, outside
+// graph capture (the engine calls gemm_prepare when it starts, tests on first use).
+void gemm_prepare();
+
+// The MoE instances (gemm.cu compiles them all): mlp1 with SwiGLU, or mlp2 with the routing weight.
+void moe_gemm(bool mlp1, int tiles, const TcArgs& a, unsigned row_tiles, cudaStream_t st);
 
 }  // namespace gptoss::cuda

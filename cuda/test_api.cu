@@ -149,11 +149,12 @@ void attention(const float* q, int T, int n_heads, const float* k, const float* 
   dout.to_host(out, size_t(T) * n_heads * D * 4);
 }
 
-void dense(const float* x, int M, int K, const uint16_t* w, int N, const float* bias, int path, float* y) {
+void dense(const float* x, int M, int K, const uint16_t* w, int N, const float* bias, int path, float* y, bool split,
+           int tiles) {
   Buf dx(x, size_t(M) * K * 4), dw(w, size_t(N) * K * 2), dy(size_t(M) * N * 4);
   Buf db(bias ? bias : x, bias ? size_t(N) * 4 : 0);
   cuda::dense(dx.as<float>(), K, nullptr, M, K, dw.as<uint16_t>(), K, N, bias ? db.as<float>() : nullptr,
-              dy.as<float>(), N, EPI_STORE, 0, path);
+              dy.as<float>(), N, EPI_STORE, 0, path, split, tiles);
   dy.to_host(y, size_t(M) * N * 4);
 }
 
@@ -169,9 +170,9 @@ namespace {
 struct TileBufs {
   Buf sorted, te, ts, tc, nt;
   MoeTiles mt;
-  TileBufs(int P, int E, bool tensor_cores)
+  TileBufs(int P, int E, bool tensor_cores, int tiles)
       : sorted(size_t(P) * 4),
-        te(size_t(moe_max_tiles(P, E, moe_tile_size(tensor_cores))) * 4),
+        te(size_t(moe_max_tiles(P, E, moe_gemv_tile())) * 4),
         ts(te.bytes),
         tc(te.bytes),
         nt(4) {
@@ -180,22 +181,21 @@ struct TileBufs {
     mt.tile_start = ts.as<int32_t>();
     mt.tile_count = tc.as<int32_t>();
     mt.n_tiles = nt.as<int32_t>();
-    mt.tile = moe_tile_size(tensor_cores);
-    mt.max_tiles = moe_max_tiles(P, E, mt.tile);
+    moe_plan(mt, tensor_cores, P, E, tiles);
   }
 };
 }  // namespace
 
 void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int k, int E, int I, const uint8_t* b1,
          const uint8_t* s1, const float* bias1, const uint8_t* b2, const uint8_t* s2, const float* bias2, float alpha,
-         float limit, bool tensor_cores, float* out) {
+         float limit, bool tensor_cores, float* out, int tiles) {
   const int P = T * k;
   Buf dx(x, size_t(T) * H * 4), di(idx, size_t(P) * 4), dr(rw, size_t(P) * 4);
   Buf db1(b1, size_t(E) * 2 * I * (H / 32) * 16), ds1(s1, size_t(E) * 2 * I * (H / 32)),
       dbias1(bias1, size_t(E) * 2 * I * 4);
   Buf db2(b2, size_t(E) * H * (I / 32) * 16), ds2(s2, size_t(E) * H * (I / 32)), dbias2(bias2, size_t(E) * H * 4);
   Buf act(size_t(P) * I * 4), y(size_t(P) * H * 4);
-  TileBufs tb(P, E, tensor_cores);
+  TileBufs tb(P, E, tensor_cores, tiles);
   if (T == 1 && !tensor_cores) {  // as the engine does for one token: no grouping
     tb.mt.direct = k;
     tb.mt.idx = di.as<int32_t>();
@@ -218,14 +218,14 @@ void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int 
 }
 
 void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uint8_t* scales, int N, const float* bias,
-                  bool tensor_cores, float* y) {
+                  bool tensor_cores, float* y, int tiles) {
   // One expert, every token routed to it with weight 1: the mlp2 path computes 1 * (W x + b).
   std::vector<int32_t> idx(size_t(T), 0);
   std::vector<float> ones(size_t(T), 1.f), zeros(size_t(N), 0.f);
   Buf dx(x, size_t(T) * K * 4), di(idx.data(), size_t(T) * 4), dr(ones.data(), size_t(T) * 4);
   Buf db(blocks, size_t(N) * (K / 32) * 16), ds(scales, size_t(N) * (K / 32));
   Buf dbias(bias ? bias : zeros.data(), size_t(N) * 4), dy(size_t(T) * N * 4);
-  TileBufs tb(T, 1, tensor_cores);
+  TileBufs tb(T, 1, tensor_cores, tiles);
   cuda::moe_route(di.as<int32_t>(), T, 1, tb.mt, 0);
   // mlp2 reads its input by position in the expert-sorted order, which the grouping leaves
   // arbitrary (atomics): lay x out in that order.

@@ -17,17 +17,19 @@ void rope(const float* x, int T, const int64_t* pos, const float* inv_freq, int 
 void attention(const float* q, int T, int n_heads, const float* k, const float* v, int L, int n_kv, int D,
                const int64_t* pos, const float* sinks, float scale, int window, int block_size, uint32_t seed,
                bool kv_bf16, int split_len, float* out, int path = 0);
-// Y = X W^T + bias (bias fp32 or null); path 0 auto, 1 GEMV, 2 tensor cores.
-void dense(const float* x, int M, int K, const uint16_t* w, int N, const float* bias, int path, float* y);
+// Y = X W^T + bias (bias fp32 or null); path 0 auto, 1 GEMV, 2 tensor cores; split and tiles:
+// the tensor-core options of cuda::dense.
+void dense(const float* x, int M, int K, const uint16_t* w, int N, const float* bias, int path, float* y,
+           bool split = true, int tiles = 0);
 void router(const float* t, int T, int H, const uint16_t* w, int E, const float* b, int k, int32_t* idx, float* rw);
 // The MoE block for given routing: out[t] = sum_k rw[t,k] * (W2 swiglu(W1 x[t] + b1) + b2) over
 // experts idx[t, k].
 void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int k, int E, int I,
          const uint8_t* b1, const uint8_t* s1, const float* bias1, const uint8_t* b2, const uint8_t* s2,
-         const float* bias2, float alpha, float limit, bool tensor_cores, float* out);
+         const float* bias2, float alpha, float limit, bool tensor_cores, float* out, int tiles = 0);
 // Y = X W^T + bias for one MXFP4 matrix (blocks [N, K/32, 16], scales [N, K/32]).
 void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uint8_t* scales, int N,
-                  const float* bias, bool tensor_cores, float* y);
+                  const float* bias, bool tensor_cores, float* y, int tiles = 0);
 void argmax(const float* logits, int R, int64_t V, int32_t* out);
 // kind: 0 normal bf16 (out uint16), 1 normal f32, 2 bytes, 3 scales
 // Device-to-device copy bandwidth in GB/s (bytes read + bytes written per second), best of reps.

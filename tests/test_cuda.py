@@ -266,6 +266,34 @@ def test_matmul_bf16(backend, M, K, N, path):
 
 
 @cuda_test
+@pytest.mark.parametrize("tiles", [1, 2, 3, 4])
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("M,K,N", [(9, 64, 65), (130, 100, 300), (200, 2880, 129), (257, 7, 5), (64, 32, 128),
+                                   gpu_only(1000, 2880, 5120)])
+def test_matmul_bf16_tiles(backend, M, K, N, tiles, split):
+    """Every tensor-core tile shape, on hi/lo (split) and plain bf16 activations: partial row and
+    column tiles, a k tail, several k-steps through both shared-memory stages."""
+    rng = np.random.default_rng(M * 5 + K + N * 3 + tiles)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = to_bf16((rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32))
+    bias = rng.standard_normal(N).astype(np.float32)
+    xr = x if split else from_bf16(to_bf16(x)).reshape(x.shape)  # what one bf16 MMA multiplies
+    want = ck.matmul_bf16(xr, w) + bias
+    got = backend.kernels.matmul_bf16(x, w, bias, 2, split, tiles)
+    assert_rel(got, want, 5e-5, f"matmul_bf16 tiles {tiles} split {split}")
+    if not split:  # and it is really the bf16 product, not the fp32 one
+        assert np.abs(got - (ck.matmul_bf16(x, w) + bias)).max() > 1e-5 * np.abs(want).max()
+
+
+@cuda_test
+def test_matmul_tiles_argument_checked(backend):
+    x = np.ones((9, 32), np.float32)
+    w = to_bf16(np.ones((4, 32), np.float32))
+    with pytest.raises(ValueError, match="tiles"):
+        backend.kernels.matmul_bf16(x, w, None, 2, True, 5)
+
+
+@cuda_test
 @pytest.mark.parametrize("T", [1, 2, 5, 9, 64, 100])
 @pytest.mark.parametrize("K,N", [(64, 64), (2880, 96), (96, 50), (320, 130)])
 @pytest.mark.parametrize("tc", [False, True])
@@ -276,6 +304,18 @@ def test_matmul_mxfp4(backend, T, K, N, tc):
     bias = rng.standard_normal(N).astype(np.float32)
     want = ck.matmul_mxfp4(x, blocks, scales) + bias
     assert_rel(backend.kernels.matmul_mxfp4(x, blocks, scales, bias, tc), want, 5e-5 if tc else 1e-5, "matmul_mxfp4")
+
+
+@cuda_test
+@pytest.mark.parametrize("tiles", [1, 2, 3, 4])
+@pytest.mark.parametrize("T,K,N", [(100, 320, 130), (200, 64, 256), (130, 2880, 96)])
+def test_matmul_mxfp4_tiles(backend, T, K, N, tiles):
+    rng = np.random.default_rng(T + K + N + 7 * tiles)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    blocks, scales = mx_random(rng, N, K)
+    bias = rng.standard_normal(N).astype(np.float32)
+    want = ck.matmul_mxfp4(x, blocks, scales) + bias
+    assert_rel(backend.kernels.matmul_mxfp4(x, blocks, scales, bias, True, tiles), want, 5e-5, f"tiles {tiles}")
 
 
 @cuda_test
@@ -337,6 +377,21 @@ def _moe_reference(x, idx, rw, b1, s1, bias1, b2, s2, bias2, alpha=1.702, limit=
                                        gpu_only(3, 2880, 2880, 32, 4)])
 @pytest.mark.parametrize("tc", [False, True])
 def test_moe(backend, T, H, I, E, k, tc):
+    _check_moe(backend, T, H, I, E, k, tc, 0)
+
+
+@cuda_test
+@pytest.mark.parametrize("T,H,I,E,k", [(70, 320, 64, 8, 4), (200, 64, 96, 4, 2), (12, 64, 64, 16, 4),
+                                       gpu_only(1024, 2880, 2880, 32, 4)])
+@pytest.mark.parametrize("tiles", [0, 1, 2, 3, 4])
+def test_moe_tiles(backend, T, H, I, E, k, tiles):
+    """The expert GEMMs with each tile shape (3: 128-pair tiles, several per busy expert). Auto
+    takes 128 rows for (200, 4, 2) (100 pairs per expert), 64 for (70, 8, 4) (35), 32 for
+    (12, 16, 4) (3)."""
+    _check_moe(backend, T, H, I, E, k, True, tiles)
+
+
+def _check_moe(backend, T, H, I, E, k, tc, tiles):
     rng = np.random.default_rng(T * 31 + H + E)
     x = rng.standard_normal((T, H)).astype(np.float32)
     idx = np.stack([rng.choice(E, k, replace=False) for _ in range(T)]).astype(np.int32)
@@ -348,7 +403,7 @@ def test_moe(backend, T, H, I, E, k, tc):
     bias1 = (0.5 * rng.standard_normal((E, 2 * I))).astype(np.float32)
     bias2 = (0.05 * rng.standard_normal((E, H))).astype(np.float32)
     want = _moe_reference(x, idx, rw, b1, s1, bias1, b2, s2, bias2)
-    got = backend.kernels.moe(x, idx, rw, b1, s1, bias1, b2, s2, bias2, 1.702, 7.0, tc)
+    got = backend.kernels.moe(x, idx, rw, b1, s1, bias1, b2, s2, bias2, 1.702, 7.0, tc, tiles)
     assert_rel(got, want, 1e-4 if tc else 2e-5, "moe")
 
 
@@ -572,6 +627,25 @@ def test_bf16_activation_gemms(backend):
 
 
 @cuda_test
+def test_gemm_tiles_in_the_engine(backend):
+    """set_gemm_tiles forces one tensor-core tile shape for every GEMM of a step (dense and
+    experts): each gives the CPU engine's logits; 0 goes back to the automatic choice."""
+    cfg = gptoss.config.preset("tiny", **dict(SMALL, num_hidden_layers=2))
+    cpu, gpu = _pair(backend, cfg, seed=14)
+    toks = _toks(150, 15, cfg.vocab_size)  # > 128 rows: two row tiles of 128 as well
+    want = cpu.forward(toks)
+    auto = gpu.forward(toks)
+    assert_rel(auto, want, E2E_REL, "auto tiles")
+    for tiles in (1, 2, 3, 4):
+        gpu._engine.set_gemm_tiles(tiles)
+        assert_rel(gpu.forward(toks), want, E2E_REL, f"tiles {tiles}")
+    gpu._engine.set_gemm_tiles(0)
+    np.testing.assert_array_equal(gpu.forward(toks), auto)
+    with pytest.raises(ValueError, match="set_gemm_tiles"):
+        gpu._engine.set_gemm_tiles(5)
+
+
+@cuda_test
 def test_more_output_rows_than_the_logits_buffer(backend):
     """The logits buffer holds 256 rows: longer all-logits steps and bigger greedy batches compute
     the head in pieces."""
@@ -747,13 +821,14 @@ def test_gpu_benchmark_script_dry_run(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = _child_env()
     r = subprocess.run([sys.executable, os.path.join(root, "bench", "bench_cuda.py"), "--device", "cuda-emu",
-                        "--model", "tiny", "--quick", "--contexts", "40,72", "--batches", "2", "--kv-gib", "0.02",
+                        "--model", "tiny", "--quick", "--contexts", "40,72", "--batches", "2,17", "--kv-gib", "0.02",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     t = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_table.py"), str(tmp_path)],
                        capture_output=True, text=True, timeout=60)
     assert t.returncode == 0, t.stderr
-    for figure in ("prefill 40", "prefill 72 chunk 512", "prefill 72 bf16 act", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
+    for figure in ("prefill 40", "prefill 72 chunk 512", "prefill 72 bf16 act", "prefill 40 tiles 128x128",
+                   "TFLOP/s", "decode b17 tiles 32x128", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
                    "device memory used", "copy bandwidth"):
         assert figure in t.stdout, (figure, t.stdout)
 

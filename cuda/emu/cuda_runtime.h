@@ -13,7 +13,8 @@
 // and stores (float4, uint4, ...) at addresses not aligned to their size (they trap: the emulator
 // is built with -fsanitize=alignment), missing barriers that the thread order (flipped from
 // block to block) exposes, capture rules of CUDA graphs (no synchronisation or allocation while
-// a stream captures). A fault names the launch and thread.
+// a stream captures), cp.async copies read before their wait (cuda_pipeline.h: they land only
+// at __pipeline_wait_prior). A fault names the launch and thread.
 // What it cannot check: timing, register and occupancy limits, memory-model races between
 // blocks (blocks never overlap here), the hardware's own fragment layouts.
 //

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -112,6 +114,12 @@ struct Barrier {
   uint64_t gen = 0;  // bumped on release
 };
 
+struct AsyncCopy {  // one __pipeline_memcpy_async, not yet landed
+  char* dst;
+  const char* src;
+  size_t size, zfill;
+};
+
 struct Fiber {
 #if defined(__x86_64__)
   void* sp = nullptr;
@@ -125,6 +133,8 @@ struct Fiber {
   Barrier* wait = nullptr;
   uint64_t wait_gen = 0;
   unsigned shfl_count = 0;
+  std::vector<AsyncCopy> async_open;                // issued since the last commit
+  std::deque<std::vector<AsyncCopy>> async_groups;  // committed, oldest first
 };
 
 struct BlockRun {
@@ -317,6 +327,8 @@ bool run_block() {
     f.done = false;
     f.wait = nullptr;
     f.shfl_count = 0;
+    f.async_open.clear();
+    f.async_groups.clear();
     start_fiber(&f);
   }
   // Threads run up to their next barrier one after the other; the order flips from block to
@@ -445,6 +457,35 @@ void wmma_misuse(const char* what) {
 }
 
 bool is_device_range(const void* p, size_t bytes) { return in_device(p, bytes); }
+
+// ---- cp.async (cuda_pipeline.h) ------------------------------------------------------------
+void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill) {
+  if (size != 4 && size != 8 && size != 16) wmma_misuse("__pipeline_memcpy_async: size must be 4, 8 or 16");
+  if (zfill > size) wmma_misuse("__pipeline_memcpy_async: zfill larger than the size");
+  if ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & (size - 1))
+    wmma_misuse("__pipeline_memcpy_async: source or destination not aligned to the copy size");
+  if (zfill < size && !in_device(src, size - zfill))
+    wmma_misuse("__pipeline_memcpy_async: the source is not device memory");
+  if (in_device(dst, size)) wmma_misuse("__pipeline_memcpy_async: the destination is not shared memory");
+  g_cur->async_open.push_back(AsyncCopy{static_cast<char*>(dst), static_cast<const char*>(src), size, zfill});
+}
+
+void pipeline_commit() {
+  Fiber* f = g_cur;
+  f->async_groups.push_back(std::move(f->async_open));
+  f->async_open.clear();
+}
+
+void pipeline_wait_prior(size_t prior) {
+  Fiber* f = g_cur;
+  while (f->async_groups.size() > prior) {
+    for (const AsyncCopy& c : f->async_groups.front()) {
+      std::memcpy(c.dst, c.src, c.size - c.zfill);
+      std::memset(c.dst + (c.size - c.zfill), 0, c.zfill);
+    }
+    f->async_groups.pop_front();
+  }
+}
 
 void bad_kernel_argument(const LaunchConfig& c, int index) {
   fail(cudaErrorIllegalAddress, "argument " + std::to_string(index) + " of " + describe(c) +

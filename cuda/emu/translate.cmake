@@ -1,4 +1,4 @@
-# cuda-emu: turns a .cu file into host C++ for the emulator (cmake -DIN=x.cu -DOUT=x.cc -P ...).
+# cuda-emu: turns a .cu file (or a header with device code) into host C++ for the emulator (cmake -DIN=x.cu -DOUT=x.cc -P ...).
 # The only syntax outside C++ that cuda/ uses is rewritten:
 #   kernel<<<grid, block, smem, stream>>>(args)  ->  GPTOSS_LAUNCH(grid, block, smem, stream, kernel)(args)
 #   extern __shared__ [__align__(N)] T name[];   ->  GPTOSS_DYNAMIC_SMEM(T, name);  (128-aligned)
