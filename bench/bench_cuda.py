@@ -14,6 +14,7 @@ fraction of the measured copy bandwidth that this represents (roofline). Greedy 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -137,6 +138,15 @@ def main() -> int:
     def greedy(seqs, toks):
         return eng.step_argmax([s.id for s in seqs], [np.array([t], np.int64) for t in toks])
 
+    def timed_greedy(seqs, toks, n: int):
+        """n greedy steps of seqs: (the last tokens, seconds per step)."""
+        eng.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            toks = list(greedy(seqs, toks))
+        eng.synchronize()
+        return toks, (time.perf_counter() - t) / n
+
     # warm-up (module loading, first launches)
     w = m.new_sequence()
     w.prefill(prompt(64))
@@ -144,6 +154,17 @@ def main() -> int:
         greedy([w], [1])
     w.free()
     eng.synchronize()
+
+    @contextlib.contextmanager
+    def side_by_side(section: str, undo):
+        """An optional comparison: a failure in it is reported as an error line (in the table too)
+        and the benchmark goes on with the defaults restored."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - reported, not swallowed
+            emit(what="error", section=section, error=f"{type(e).__name__}: {e}"[:600])
+        finally:
+            undo()
 
     def timed_prefill(n: int):
         """(sequence, seconds) of one n-token prompt on a fresh sequence."""
@@ -172,29 +193,25 @@ def main() -> int:
     for what, setup, undo in (("prefill_chunk512", lambda: eng.set_max_chunk_tokens(512),
                                lambda: eng.set_max_chunk_tokens(m_chunk)),
                               ("prefill_bf16", lambda: eng.set_tc_split(False), lambda: eng.set_tc_split(True))):
-        setup()
-        for n in ctxs:
-            s, dt = timed_prefill(n)
-            emit_prefill(what, n, dt)
-            s.free()
-        undo()
+        with side_by_side(what, undo):
+            setup()
+            for n in ctxs:
+                s, dt = timed_prefill(n)
+                emit_prefill(what, n, dt)
+                s.free()
     # Each tensor-core tile shape forced (auto picks per GEMM): which one the defaults should favour.
-    for tiles, name in TILES:
-        eng.set_gemm_tiles(tiles)
-        s, dt = timed_prefill(ctxs[0])
-        emit_prefill("prefill_tiles", ctxs[0], dt, tiles=name)
-        s.free()
-    eng.set_gemm_tiles(0)
+    with side_by_side("prefill_tiles", lambda: eng.set_gemm_tiles(0)):
+        for tiles, name in TILES:
+            eng.set_gemm_tiles(tiles)
+            s, dt = timed_prefill(ctxs[0])
+            emit_prefill("prefill_tiles", ctxs[0], dt, tiles=name)
+            s.free()
 
     steps = 8 if args.quick else 48
     for ctx in ctxs:
         s = seqs[ctx]
-        tok = 1
-        t = time.perf_counter()
-        for _ in range(steps):
-            tok = int(greedy([s], [tok])[0])
-        eng.synchronize()
-        dt = (time.perf_counter() - t) / steps
+        toks = list(greedy([s], [1]))  # captures this context's graph outside the timing
+        toks, dt = timed_greedy([s], toks, steps)
         by = step_bytes(cfg, 1, ctx + steps // 2, kv_elem)
         frac = by / dt / (bw * 1e9)
         results[f"decode1_{ctx}"] = (1 / dt, frac)
@@ -205,23 +222,27 @@ def main() -> int:
     s = seqs[c0]
     for graphs in (False, True):
         eng.set_cuda_graphs(graphs)
-        tok = 1
-        greedy([s], [tok])
-        eng.synchronize()
-        t = time.perf_counter()
-        for _ in range(steps):
-            tok = int(greedy([s], [tok])[0])
-        eng.synchronize()
-        dt = (time.perf_counter() - t) / steps
+        toks, dt = timed_greedy([s], list(greedy([s], [1])), steps)
         emit(what="decode_graphs", graphs=graphs, batch=1, context=c0 + steps, ms_per_step=round(dt * 1e3, 3),
              tok_s=round(1 / dt, 1))
+    # Programmatic dependent launch (sm_90+; off by default until measured): on, then off again.
+    with side_by_side("decode_pdl", lambda: eng.set_pdl(False)):
+        for pdl in (True, False):
+            used = eng.set_pdl(pdl)
+            toks, dt = timed_greedy([s], list(greedy([s], [1])), steps)
+            emit(what="decode_pdl", pdl=used, batch=1, context=c0 + steps, ms_per_step=round(dt * 1e3, 3),
+                 tok_s=round(1 / dt, 1))
     # Sampling on the device (temperature 0.8, top-p 0.95): the per-step cost over greedy.
-    tok = 1
+    def sampled(tok: int) -> int:
+        return int(eng.step_sample([s.id], [np.array([tok], np.int64)], np.array([0.8], np.float32),
+                                   np.array([0], np.int32), np.array([0.95], np.float32), np.array([0.0], np.float32),
+                                   rng.random(1).astype(np.float32) * 0.999, np.array([0], np.int32))[0])
+
+    tok = sampled(1)  # captures the sampling graph outside the timing
+    eng.synchronize()
     t = time.perf_counter()
     for _ in range(steps):
-        tok = int(eng.step_sample([s.id], [np.array([tok], np.int64)], np.array([0.8], np.float32),
-                                  np.array([0], np.int32), np.array([0.95], np.float32), np.array([0.0], np.float32),
-                                  rng.random(1).astype(np.float32) * 0.999, np.array([0], np.int32))[0])
+        tok = sampled(tok)
     eng.synchronize()
     dt = (time.perf_counter() - t) / steps
     emit(what="decode_sampled", batch=1, context=c0 + 2 * steps, ms_per_step=round(dt * 1e3, 3),
@@ -237,12 +258,7 @@ def main() -> int:
         toks = list(rng.integers(0, V, B))
         greedy(forks, toks)  # first step: copy-on-write of the shared last block
         n = 4 if args.quick else 16
-        eng.synchronize()
-        t = time.perf_counter()
-        for _ in range(n):
-            toks = list(greedy(forks, toks))
-        eng.synchronize()
-        dt = (time.perf_counter() - t) / n
+        toks, dt = timed_greedy(forks, toks, n)
         by = step_bytes(cfg, B, c0 + n, kv_elem)
         frac = by / dt / (bw * 1e9)
         results[f"decode{B}_{c0}"] = (B / dt, frac)
@@ -250,18 +266,13 @@ def main() -> int:
              gb_per_step=round(by / 1e9, 3), roofline_frac=round(frac, 3))
         if B >= 16 and B in (32, batches[-1]):
             # Batched steps are weight-streaming GEMMs: each tile shape forced (auto: by rows).
-            for tiles, name in TILES:
-                eng.set_gemm_tiles(tiles)
-                greedy(forks, toks)  # capture outside the timing
-                eng.synchronize()
-                t = time.perf_counter()
-                for _ in range(n):
-                    toks = list(greedy(forks, toks))
-                eng.synchronize()
-                dt = (time.perf_counter() - t) / n
-                emit(what="decode_tiles", batch=B, context=c0, tiles=name, ms_per_step=round(dt * 1e3, 3),
-                     tok_s=round(B / dt, 1))
-            eng.set_gemm_tiles(0)
+            with side_by_side(f"decode_tiles b{B}", lambda: eng.set_gemm_tiles(0)):
+                for tiles, name in TILES:
+                    eng.set_gemm_tiles(tiles)
+                    greedy(forks, toks)  # capture outside the timing
+                    toks, dt = timed_greedy(forks, toks, n)
+                    emit(what="decode_tiles", batch=B, context=c0, tiles=name, ms_per_step=round(dt * 1e3, 3),
+                         tok_s=round(B / dt, 1))
         for f in forks:
             f.free()
     info = eng.memory_info()

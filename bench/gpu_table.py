@@ -33,8 +33,13 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
     if w == "decode_graphs":
         return [(f"decode b1 graphs={'on' if r['graphs'] else 'off'}", f"{r['tok_s']:.0f} tok/s",
                  f"{r['ms_per_step']:.3f} ms/step")]
+    if w == "decode_pdl":
+        return [(f"decode b1 pdl={'on' if r['pdl'] else 'off'}", f"{r['tok_s']:.0f} tok/s",
+                 f"{r['ms_per_step']:.3f} ms/step")]
     if w == "decode_sampled":
         return [("decode b1 top-p sampled", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.3f} ms/step")]
+    if w == "error":
+        return [(f"ERROR in {r.get('section')}", "-", r.get("error", "")[:200])]
     if w == "copy_bandwidth":
         return [("copy bandwidth", f"{r['gbps']:.0f} GB/s", r.get("device", ""))]
     if w == "memory":

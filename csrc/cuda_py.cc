@@ -324,6 +324,8 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       .def("set_max_chunk_tokens", &CudaEngine::set_max_chunk_tokens, py::arg("n"))
       .def("set_tc_split", &CudaEngine::set_tc_split, py::arg("split"),
            "tensor-core GEMMs with hi/lo activations (True, default: fp32-level) or bf16 (False)")
+      .def("set_pdl", &CudaEngine::set_pdl, py::arg("enabled"),
+           "programmatic dependent launch between kernels (sm_90+); returns whether it is in use")
       .def("set_gemm_tiles", &CudaEngine::set_gemm_tiles, py::arg("tiles"),
            "tensor-core block tile: 0 auto (default), 1 64x64, 2 64x128, 3 128x128, 4 32x128")
       .def("graph_stats", [](const CudaEngine& e) {

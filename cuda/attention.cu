@@ -68,6 +68,7 @@ struct BlockWork {
 
 template <int D, typename KV>
 __global__ void __launch_bounds__(kThreads) attn_kernel(AttnArgs a) {
+  grid_dependency_wait();
   constexpr int DPL = D / 32;  // output dims per lane
   extern __shared__ __align__(16) float smem[];  // float4 accesses
   float* q_s = smem;                    // [kMaxComb][D]
@@ -215,6 +216,7 @@ __device__ __forceinline__ void split_bf16(float x, __nv_bfloat16* hi, __nv_bflo
 
 template <typename KV>
 __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
+  grid_dependency_wait();
   using namespace nvcuda;
   using namespace tc;
   extern __shared__ __align__(128) float smem[];  // wmma wants 32-byte aligned tiles
@@ -378,6 +380,7 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
 
 // One warp per (row, head): merge the splits with the sink.
 __global__ void attn_combine_kernel(AttnArgs a, int D) {
+  grid_dependency_wait();
   const int row = blockIdx.x;
   const int h = blockIdx.y * kWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
@@ -430,8 +433,7 @@ template <typename KV>
 void launch_tc(const AttnArgs& a, cudaStream_t st) {
   prepare_device();
   dim3 grid(a.n_groups, a.kv.n_kv, a.n_splits);
-  attn_tc_kernel<KV><<<grid, kThreads, tc::kBytes, st>>>(a);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(attn_tc_kernel<KV>, grid, kThreads, tc::kBytes, st, a);
 }
 
 template <int D, typename KV>
@@ -439,8 +441,7 @@ void launch(const AttnArgs& a, cudaStream_t st) {
   prepare_device();
   const size_t smem = attn_smem<D>();
   dim3 grid(a.n_groups, a.kv.n_kv, a.n_splits);
-  attn_kernel<D, KV><<<grid, kThreads, smem, st>>>(a);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(attn_kernel<D, KV>, grid, kThreads, smem, st, a);
 }
 
 }  // namespace
@@ -483,8 +484,7 @@ void attention(const AttnArgs& a, cudaStream_t st) {
   }
   if (a.n_splits == 1) return;  // attn_kernel wrote the output
   dim3 grid(a.T, int(cdiv(a.n_heads, kWarps)));
-  attn_combine_kernel<<<grid, kThreads, 0, st>>>(a, D);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(attn_combine_kernel, grid, kThreads, 0, st, a, D);
 }
 
 }  // namespace gptoss::cuda

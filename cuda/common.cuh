@@ -11,6 +11,7 @@
 #include <cmath>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -54,6 +55,69 @@ void once_per_device(F&& f) {
   f();
   if (done.size() <= size_t(dev)) done.resize(size_t(dev) + 1, 0);
   done[size_t(dev)] = 1;
+}
+
+// ---- programmatic dependent launch (sm_90+) -------------------------------------------------
+// On a stream marked with stream_set_pdl, launch_kernel lets each kernel be launched while its
+// predecessor is still running, so launch latency hides under the predecessor's tail (decode
+// steps are ~200 short kernels). It is safe because every kernel starts with
+// grid_dependency_wait(), which returns once the predecessor has completed and its writes are
+// visible (and at once after an ordinary launch); it then lets the next kernel launch (its
+// blocks take free SM slots and wait in turn). The emulator checks that every thread of a
+// kernel so launched calls it.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if !defined(__CUDACC__)
+  cudaGridDependencySynchronize();  // cuda-emu
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// The streams that launch with programmatic dependencies (the engine's, when enabled).
+inline std::vector<cudaStream_t>& pdl_streams(std::mutex** mu) {
+  static std::mutex m;
+  static std::vector<cudaStream_t> v;
+  *mu = &m;
+  return v;
+}
+
+inline void stream_set_pdl(cudaStream_t st, bool on) {
+  std::mutex* mu = nullptr;
+  auto& v = pdl_streams(&mu);
+  std::lock_guard<std::mutex> g(*mu);
+  for (size_t i = 0; i < v.size(); ++i)
+    if (v[i] == st) v.erase(v.begin() + long(i));
+  if (on && st) v.push_back(st);
+}
+
+inline bool stream_pdl(cudaStream_t st) {
+  if (!st) return false;
+  std::mutex* mu = nullptr;
+  auto& v = pdl_streams(&mu);
+  std::lock_guard<std::mutex> g(*mu);
+  for (cudaStream_t s : v)
+    if (s == st) return true;
+  return false;
+}
+
+// kernel<<<grid, block, smem, st>>>(args...), with a programmatic dependency on the previous
+// kernel of st when st launches so; checked.
+template <typename... P, typename... A>
+void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  if (stream_pdl(st)) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...));
 }
 
 inline int device_sm_count() {

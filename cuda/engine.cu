@@ -90,7 +90,7 @@ std::string device_description(int device) {
 struct CudaEngine::Impl {
   ModelConfig cfg;
   CudaEngineOptions opt;
-  int sm_count = 0;
+  int sm_count = 0, cc_major = 0;
   std::string dev_name;
   cudaStream_t stream = nullptr;
   std::vector<void*> allocs;
@@ -140,7 +140,10 @@ struct CudaEngine::Impl {
     if (meta) cudaFree(meta);
     if (pen_saved) cudaFree(pen_saved);
     if (staging) cudaFreeHost(staging);
-    if (stream) cudaStreamDestroy(stream);
+    if (stream) {
+      stream_set_pdl(stream, false);  // a later stream may get this handle
+      cudaStreamDestroy(stream);
+    }
   }
 
   void init_device() {
@@ -165,6 +168,7 @@ struct CudaEngine::Impl {
     attention_prepare();
     gemm_prepare();
     sm_count = p.multiProcessorCount;
+    cc_major = p.major;
     if (!attn_head_dim_supported(int(cfg.head_dim)))
       throw InvalidArgument("CUDA backend: head_dim must be 32, 64 or 128, got " + std::to_string(cfg.head_dim));
     if (attn_rows_per_group(int(cfg.n_heads), int(cfg.n_kv)) < 1)
@@ -172,6 +176,7 @@ struct CudaEngine::Impl {
     GPTOSS_CHECK_ARG(cfg.vocab < (int64_t(1) << 31) && cfg.max_context < (int64_t(1) << 30),
                      "CUDA backend: vocab and max_context must fit in int32");
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    stream_set_pdl(stream, opt.pdl && cc_major >= 9);
   }
 
   // ---- weights -------------------------------------------------------------------------------
@@ -880,6 +885,16 @@ void CudaEngine::set_gemm_tiles(int tiles) {
   CUDA_CHECK(cudaStreamSynchronize(p_->stream));
   p_->opt.gemm_tiles = tiles;
   p_->drop_graphs();
+}
+
+bool CudaEngine::set_pdl(bool on) {
+  std::lock_guard<std::mutex> g(p_->mu);
+  CUDA_CHECK(cudaSetDevice(p_->opt.device));
+  CUDA_CHECK(cudaStreamSynchronize(p_->stream));
+  p_->opt.pdl = on && p_->cc_major >= 9;
+  stream_set_pdl(p_->stream, p_->opt.pdl);
+  p_->drop_graphs();  // captured launches keep the attributes they were captured with
+  return p_->opt.pdl;
 }
 
 void CudaEngine::set_max_chunk_tokens(int64_t n) {

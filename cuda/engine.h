@@ -35,6 +35,7 @@ struct CudaEngineOptions {
   bool graphs = true;             // replay decode steps from captured CUDA graphs
   bool tc_split = true;           // tensor-core GEMMs with hi/lo activations (fp32-level); false: bf16
   int gemm_tiles = 0;             // tensor-core block tile (GemmTiles): 0 = chosen per launch
+  bool pdl = false;               // programmatic dependent launch between kernels (sm_90+)
 };
 
 // Every public method is safe to call from several threads (one lock serialises them).
@@ -114,6 +115,9 @@ class CudaEngine {
   // Forces one tensor-core tile shape (1: 64x64, 2: 64x128, 3: 128x128, 4: 32x128) or 0: auto
   // (benchmarks).
   void set_gemm_tiles(int tiles);
+  // Programmatic dependent launch (each kernel launched while its predecessor finishes; sm_90+
+  // only). Returns whether it is now in use.
+  bool set_pdl(bool on);
   void synchronize();
 
   struct Impl;

@@ -22,6 +22,7 @@ template <int TT, int EPI>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float* X, int ldx, const int32_t* rows, int M,
                                                                      int K, const uint16_t* W, int ldw, int N,
                                                                      const float* bias, float* Y, int ldy, bool vec) {
+  grid_dependency_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n = blockIdx.x * kGemvWarps + warp;
   if (n >= N) return;
@@ -77,10 +78,11 @@ void launch_gemv(const float* X, int ldx, const int32_t* rows, int M, int K, con
                  const float* bias, float* Y, int ldy, int epi, bool vec, cudaStream_t st) {
   dim3 grid(unsigned(cdiv(N, kGemvWarps)), unsigned(cdiv(M, TT)));
   if (epi == EPI_ADD)
-    gemv_bf16_kernel<TT, EPI_ADD><<<grid, kGemvWarps * 32, 0, st>>>(X, ldx, rows, M, K, W, ldw, N, bias, Y, ldy, vec);
+    launch_kernel(gemv_bf16_kernel<TT, EPI_ADD>, grid, kGemvWarps * 32, 0, st, X, ldx, rows, M, K, W, ldw, N, bias,
+                  Y, ldy, vec);
   else
-    gemv_bf16_kernel<TT, EPI_STORE><<<grid, kGemvWarps * 32, 0, st>>>(X, ldx, rows, M, K, W, ldw, N, bias, Y, ldy, vec);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(gemv_bf16_kernel<TT, EPI_STORE>, grid, kGemvWarps * 32, 0, st, X, ldx, rows, M, K, W, ldw, N, bias,
+                  Y, ldy, vec);
 }
 
 // Launches one tensor-core instance: grid (N / BN, row tiles).
@@ -88,8 +90,7 @@ template <class C, int BMODE, int EPI>
 void tc_launch(const TcArgs& a, unsigned row_tiles, cudaStream_t st) {
   gemm_prepare();
   dim3 grid(unsigned(cdiv(a.N, C::BN)), row_tiles);
-  tc_gemm_kernel<C, BMODE, EPI><<<grid, C::kThreads, C::smem(BMODE), st>>>(a);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(tc_gemm_kernel<C, BMODE, EPI>, grid, C::kThreads, C::smem(BMODE), st, a);
 }
 
 template <int BMODE, int EPI>
@@ -115,6 +116,7 @@ void launch_tiles(int tiles, const TcArgs& a, unsigned row_tiles, cudaStream_t s
 
 void gemm_prepare() {
   once_per_device([] {
+    device_sm_count();  // cached now: dense_tiles asks during graph captures
     prepare_instances<TCB_BF16, TCE_STORE>();
     prepare_instances<TCB_BF16, TCE_ADD>();
     prepare_instances<TCB_MXFP4, TCE_SWIGLU>();

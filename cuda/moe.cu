@@ -25,6 +25,7 @@ __global__ void __launch_bounds__(kRouterThreads) router_kernel(const float* xin
                                                                 float* tout, int H, const uint16_t* W,
                                                                 const float* b, int E, int k, int32_t* idx,
                                                                 float* w, bool vec) {
+  grid_dependency_wait();
   extern __shared__ float lg[];  // [E] logits, then [k] chosen ids
   int* chosen = reinterpret_cast<int*>(lg + E);
   __shared__ float red[32];
@@ -76,7 +77,8 @@ __global__ void __launch_bounds__(kRouterThreads) router_kernel(const float* xin
   }
 }
 
-__global__ void route_kernel(const int32_t* idx, int P, int E, MoeTiles mt) {
+__global__ void __launch_bounds__(1024) route_kernel(const int32_t* idx, int P, int E, MoeTiles mt) {
+  grid_dependency_wait();
   extern __shared__ int sh[];
   int* cnt = sh;
   int* off = sh + E;
@@ -126,6 +128,7 @@ struct MoeGemvArgs {
 
 template <bool MLP1>
 __global__ void __launch_bounds__(kMoeWarps * 32) moe_gemv_kernel(MoeGemvArgs a) {
+  grid_dependency_wait();
   constexpr int R = MLP1 ? 2 : 1;
   constexpr int TT = kMoeTT;
   __shared__ float tab[16 * 32];  // E2M1 value of nibble v at [v * 32 + lane]: conflict-free lookups
@@ -229,8 +232,7 @@ void norm_router(const float* x, int T, int H, const float* norm_w, float eps, f
   const float* rows = norm_w ? t : x;  // what the dot products read
   const bool vec = H % 8 == 0 && (reinterpret_cast<uintptr_t>(W) & 15u) == 0 && (reinterpret_cast<uintptr_t>(rows) & 15u) == 0;
   const size_t smem = sizeof(float) * size_t(E) + sizeof(int) * size_t(k);
-  router_kernel<<<T, kRouterThreads, smem, st>>>(x, norm_w, eps, t, H, W, b, E, k, idx, w, vec);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(router_kernel, T, kRouterThreads, smem, st, x, norm_w, eps, t, H, W, b, E, k, idx, w, vec);
 }
 
 int moe_gemv_tile() { return kMoeTT; }
@@ -256,8 +258,7 @@ void moe_route(const int32_t* idx, int P, int E, const MoeTiles& mt, cudaStream_
     CUDA_CHECK(cudaMemsetAsync(mt.n_tiles, 0, sizeof(int32_t), st));
     return;
   }
-  route_kernel<<<1, 1024, sizeof(int) * 3 * size_t(E), st>>>(idx, P, E, mt);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(route_kernel, 1, 1024, sizeof(int) * 3 * size_t(E), st, idx, P, E, mt);
 }
 
 void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWeights& w, float alpha, float limit,
@@ -278,9 +279,8 @@ void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWei
   } else {
     MoeGemvArgs a{x, ldx, topk, mt, w, nullptr, alpha, limit, act, w.N / 2};
     dim3 grid(unsigned(cdiv(w.N / 2, kMoeWarps)), unsigned(mt.max_tiles));
-    moe_gemv_kernel<true><<<grid, kMoeWarps * 32, 0, st>>>(a);
+    launch_kernel(moe_gemv_kernel<true>, grid, kMoeWarps * 32, 0, st, a);
   }
-  CUDA_CHECK_LAUNCH();
 }
 
 void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const float* rw, float* y, bool tensor_cores,
@@ -301,9 +301,8 @@ void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const fl
   } else {
     MoeGemvArgs a{act, w.K, 1, mt, w, rw, 0.f, 0.f, y, w.N};
     dim3 grid(unsigned(cdiv(w.N, kMoeWarps)), unsigned(mt.max_tiles));
-    moe_gemv_kernel<false><<<grid, kMoeWarps * 32, 0, st>>>(a);
+    launch_kernel(moe_gemv_kernel<false>, grid, kMoeWarps * 32, 0, st, a);
   }
-  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace gptoss::cuda

@@ -10,6 +10,7 @@ namespace gptoss::cuda {
 namespace {
 
 __global__ void embedding_kernel(const int32_t* tok, const uint16_t* E, int H, float* x) {
+  grid_dependency_wait();
   const int t = blockIdx.x;
   const uint16_t* row = E + int64_t(tok[t]) * H;
   float* dst = x + int64_t(t) * H;
@@ -18,6 +19,7 @@ __global__ void embedding_kernel(const int32_t* tok, const uint16_t* E, int H, f
 
 // x[t] += sum_k add[t*K + k]; y[t] = x[t] / sqrt(mean(x^2) + eps) * w.
 __global__ void add_rmsnorm_kernel(float* x, const float* add, int K, int H, const float* w, float eps, float* y) {
+  grid_dependency_wait();
   __shared__ float red[32];
   const int t = blockIdx.x;
   float* xr = x + int64_t(t) * H;
@@ -53,6 +55,7 @@ template <typename KV>
 __global__ void rope_kv_kernel(float* qkv, int ld, const int32_t* pos, const int32_t* row_table,
                                const int32_t* tables, int nq, int nk, int half, const float* inv_freq, float conc,
                                KVView kv) {
+  grid_dependency_wait();
   const int t = blockIdx.x;
   const int p = pos[t];
   const int D = 2 * half;
@@ -96,7 +99,8 @@ __global__ void rope_kv_kernel(float* qkv, int ld, const int32_t* pos, const int
   }
 }
 
-__global__ void argmax_kernel(const float* logits, int64_t V, int32_t* out) {
+__global__ void __launch_bounds__(1024) argmax_kernel(const float* logits, int64_t V, int32_t* out) {
+  grid_dependency_wait();
   __shared__ float sv[32];
   __shared__ int32_t si[32];
   const float* row = logits + int64_t(blockIdx.x) * V;
@@ -184,38 +188,33 @@ uint64_t fill_key(uint64_t seed, uint64_t stream) {
 
 void embedding(const int32_t* tok, int T, const uint16_t* E, int H, float* x, cudaStream_t st) {
   if (T <= 0) return;
-  embedding_kernel<<<T, 256, 0, st>>>(tok, E, H, x);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(embedding_kernel, T, 256, 0, st, tok, E, H, x);
 }
 
 void rmsnorm(const float* x, int T, int H, const float* w, float eps, float* y, cudaStream_t st) {
   if (T <= 0) return;
   // add_rmsnorm with nothing to add does not write x.
-  add_rmsnorm_kernel<<<T, 256, 0, st>>>(const_cast<float*>(x), nullptr, 0, H, w, eps, y);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(add_rmsnorm_kernel, T, 256, 0, st, const_cast<float*>(x), nullptr, 0, H, w, eps, y);
 }
 
 void add_rmsnorm(float* x, const float* add, int K, int T, int H, const float* w, float eps, float* y,
                  cudaStream_t st) {
   if (T <= 0) return;
-  add_rmsnorm_kernel<<<T, 256, 0, st>>>(x, add, K, H, w, eps, y);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(add_rmsnorm_kernel, T, 256, 0, st, x, add, K, H, w, eps, y);
 }
 
 void rope_kv_store(float* qkv, int ld, int T, const int32_t* pos, const int32_t* row_table, const int32_t* tables,
                    int nq, int nk, int half, const float* inv_freq, float conc, const KVView& kv, cudaStream_t st) {
   if (T <= 0) return;
   if (kv.bf16)
-    rope_kv_kernel<uint16_t><<<T, 256, 0, st>>>(qkv, ld, pos, row_table, tables, nq, nk, half, inv_freq, conc, kv);
+    launch_kernel(rope_kv_kernel<uint16_t>, T, 256, 0, st, qkv, ld, pos, row_table, tables, nq, nk, half, inv_freq, conc, kv);
   else
-    rope_kv_kernel<float><<<T, 256, 0, st>>>(qkv, ld, pos, row_table, tables, nq, nk, half, inv_freq, conc, kv);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(rope_kv_kernel<float>, T, 256, 0, st, qkv, ld, pos, row_table, tables, nq, nk, half, inv_freq, conc, kv);
 }
 
 void argmax_rows(const float* logits, int R, int64_t V, int32_t* out, cudaStream_t st) {
   if (R <= 0) return;
-  argmax_kernel<<<R, 1024, 0, st>>>(logits, V, out);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(argmax_kernel, R, 1024, 0, st, logits, V, out);
 }
 
 void fill_normal_bf16(uint16_t* p, int64_t n, float mean, float std, uint64_t seed, uint64_t stream, cudaStream_t st) {

@@ -278,6 +278,7 @@ __device__ u64 nucleus(float top_p, u64 total) {
 
 __global__ void __launch_bounds__(kThreads, 1)
     sample_kernel(const float* logits, int64_t V, const SampleParams* params, int32_t* out) {
+  grid_dependency_wait();
   __shared__ Shared sm;
   const SampleParams p = params[blockIdx.x];
   const float* row = logits + int64_t(blockIdx.x) * V;
@@ -414,8 +415,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 void sample_rows(const float* logits, int R, int64_t V, const SampleParams* params, int32_t* out, cudaStream_t st) {
   if (R <= 0) return;
   GPTOSS_CHECK_ARG(V >= 0 && V <= (int64_t(1) << 30), "sample_rows: vocabulary size out of range (at most 2^30)");
-  sample_kernel<<<R, kThreads, 0, st>>>(logits, V, params, out);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(sample_kernel, R, kThreads, 0, st, logits, V, params, out);
 }
 
 // ---- log-probabilities ------------------------------------------------------------------------
@@ -460,6 +460,7 @@ __device__ int rank_of(float x, int i, const float* v, const int* id, int c, int
 __global__ void __launch_bounds__(kThreads, 1)
     logprobs_kernel(const float* logits, int64_t V, int vocab_limit, const int32_t* token, int n, float* chosen_lp,
                     int32_t* top_ids, float* top_lp) {
+  grid_dependency_wait();
   __shared__ LpShared sm;
   const float* row = logits + int64_t(blockIdx.x) * V;
   const int lim = vocab_limit > 0 && vocab_limit < V ? vocab_limit : int(V);
@@ -563,8 +564,7 @@ void logprobs_rows(const float* logits, int R, int64_t V, int vocab_limit, const
   if (R <= 0) return;
   GPTOSS_CHECK_ARG(V >= 0 && V <= (int64_t(1) << 30), "logprobs_rows: vocabulary size out of range (at most 2^30)");
   GPTOSS_CHECK_ARG(n >= 0 && n <= kMaxTopLogprobs, "logprobs_rows: n must be in [0, 20]");
-  logprobs_kernel<<<R, kThreads, 0, st>>>(logits, V, vocab_limit, token, n, chosen_lp, top_ids, top_lp);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(logprobs_kernel, R, kThreads, 0, st, logits, V, vocab_limit, token, n, chosen_lp, top_ids, top_lp);
 }
 
 // ---- penalties and logit bias (sampling.py steps 1-3) as sparse edits of the logits ----------
@@ -575,6 +575,7 @@ namespace {
 // the old value kept in saved[e] so the raw logits can be put back (for the log-probabilities).
 __global__ void penalties_kernel(float* logits, int64_t V, const int32_t* off, const int32_t* id,
                                  const float* val, float* saved) {
+  grid_dependency_wait();
   float* row = logits + int64_t(blockIdx.x) * V;
   for (int e = off[blockIdx.x] + threadIdx.x; e < off[blockIdx.x + 1]; e += blockDim.x) {
     float x = row[id[e]];
@@ -586,6 +587,7 @@ __global__ void penalties_kernel(float* logits, int64_t V, const int32_t* off, c
 }
 
 __global__ void restore_kernel(float* logits, int64_t V, const int32_t* off, const int32_t* id, const float* saved) {
+  grid_dependency_wait();
   float* row = logits + int64_t(blockIdx.x) * V;
   for (int e = off[blockIdx.x] + threadIdx.x; e < off[blockIdx.x + 1]; e += blockDim.x) row[id[e]] = saved[e];
 }
@@ -595,15 +597,13 @@ __global__ void restore_kernel(float* logits, int64_t V, const int32_t* off, con
 void apply_penalties(float* logits, int R, int64_t V, const int32_t* off, const int32_t* id, const float* val,
                      float* saved, cudaStream_t st) {
   if (R <= 0) return;
-  penalties_kernel<<<R, 256, 0, st>>>(logits, V, off, id, val, saved);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(penalties_kernel, R, 256, 0, st, logits, V, off, id, val, saved);
 }
 
 void restore_penalties(float* logits, int R, int64_t V, const int32_t* off, const int32_t* id, const float* saved,
                        cudaStream_t st) {
   if (R <= 0) return;
-  restore_kernel<<<R, 256, 0, st>>>(logits, V, off, id, saved);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(restore_kernel, R, 256, 0, st, logits, V, off, id, saved);
 }
 
 }  // namespace gptoss::cuda

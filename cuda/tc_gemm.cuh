@@ -93,6 +93,7 @@ __device__ __forceinline__ float swiglu1(float gate, float lin, float alpha, flo
 
 template <class C, int BMODE, int EPI>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcArgs a) {
+  grid_dependency_wait();
   using namespace nvcuda;
   extern __shared__ __align__(128) uint8_t smem_raw[];
   __shared__ int32_t s_row[C::BM];  // source row of X for each tile row (-1: none)

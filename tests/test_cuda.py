@@ -646,6 +646,34 @@ def test_gemm_tiles_in_the_engine(backend):
 
 
 @cuda_test
+def test_programmatic_dependent_launch(backend):
+    """set_pdl(True) (sm_90+): every kernel launched while its predecessor finishes, each waiting
+    for it first. Same kernels, same order: bit-identical logits, greedy and sampled tokens and
+    logprobs, eager and through graphs. (The emulator also fails any kernel so launched in which a
+    thread never waits.)"""
+    cfg = gptoss.config.preset("tiny", **dict(SMALL, num_hidden_layers=2))
+    models = [_pair(backend, cfg, seed=16)[1] for _ in range(2)]
+    assert models[1]._engine.set_pdl(True) is True  # the emulator is an sm_90 by default
+    toks = _toks(90, 17, cfg.vocab_size)  # tensor-core GEMMs and attention
+    outs = []
+    for m in models:
+        s = m.new_sequence()
+        r = [s.prefill(toks)]
+        r += [s.decode(t) for t in (3, 5, 7)]  # graphs
+        r.append(m._engine.step_argmax([s.id], [np.array([9], np.int64)]))
+        r += list(m._engine.step_sample([s.id], [np.array([11], np.int64)], np.array([0.9], np.float32),
+                                        np.array([40], np.int32), np.array([0.9], np.float32),
+                                        np.array([0.0], np.float32), np.array([0.37], np.float32),
+                                        np.array([cfg.vocab_size], np.int32), 5))
+        r.append(m.forward(toks[:20]))
+        outs.append(r)
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    assert models[1]._engine.set_pdl(False) is False
+    np.testing.assert_array_equal(models[1].forward(toks[:20]), outs[0][-1])
+
+
+@cuda_test
 def test_more_output_rows_than_the_logits_buffer(backend):
     """The logits buffer holds 256 rows: longer all-logits steps and bigger greedy batches compute
     the head in pieces."""
@@ -828,7 +856,7 @@ def test_gpu_benchmark_script_dry_run(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert t.returncode == 0, t.stderr
     for figure in ("prefill 40", "prefill 72 chunk 512", "prefill 72 bf16 act", "prefill 40 tiles 128x128",
-                   "TFLOP/s", "decode b17 tiles 32x128", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
+                   "TFLOP/s", "decode b17 tiles 32x128", "pdl=on", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
                    "device memory used", "copy bandwidth"):
         assert figure in t.stdout, (figure, t.stdout)
 

@@ -14,7 +14,8 @@
 // is built with -fsanitize=alignment), missing barriers that the thread order (flipped from
 // block to block) exposes, capture rules of CUDA graphs (no synchronisation or allocation while
 // a stream captures), cp.async copies read before their wait (cuda_pipeline.h: they land only
-// at __pipeline_wait_prior). A fault names the launch and thread.
+// at __pipeline_wait_prior), kernels launched with a programmatic dependency (cudaLaunchKernelEx)
+// in which a thread never calls cudaGridDependencySynchronize. A fault names the launch and thread.
 // What it cannot check: timing, register and occupancy limits, memory-model races between
 // blocks (blocks never overlap here), the hardware's own fragment layouts.
 //
@@ -193,8 +194,6 @@ namespace gptoss_emu {
 
 const uint3& thread_idx();
 const uint3& block_idx();
-const dim3& block_dim();
-const dim3& grid_dim();
 void* dynamic_smem();
 void syncthreads();
 // Every live lane of the calling warp deposits `bits`; returns the bits of lane `src` (its own
@@ -207,7 +206,9 @@ struct LaunchConfig {
   size_t smem;
   cudaStream_t stream;
   const void* fn;
+  bool pdl = false;  // programmatic dependent launch: every thread must call cudaGridDependencySynchronize
 };
+void grid_dependency_wait();
 // Validates the configuration, then runs (or, while the stream captures, records) `body`
 // once per thread of every block. Errors are reported through cudaGetLastError.
 struct Body {
@@ -257,7 +258,7 @@ struct Launcher {
 };
 template <typename... P>
 inline Launcher<P...> make_launcher(dim3 grid, dim3 block, size_t smem, cudaStream_t st, void (*fn)(P...)) {
-  return Launcher<P...>{LaunchConfig{grid, block, smem, st, reinterpret_cast<const void*>(fn)}, fn};
+  return Launcher<P...>{LaunchConfig{grid, block, smem, st, reinterpret_cast<const void*>(fn), false}, fn};
 }
 
 template <typename T>
@@ -273,6 +274,35 @@ inline T shfl_bits(T v, int src) {
 
 }  // namespace gptoss_emu
 
+// cudaLaunchKernelEx with the one attribute cuda/ uses (programmatic stream serialisation).
+enum cudaLaunchAttributeID : int { cudaLaunchAttributeProgrammaticStreamSerialization = 6 };
+union cudaLaunchAttributeValue {
+  int programmaticStreamSerializationAllowed;
+  char pad[64];
+};
+struct cudaLaunchAttribute {
+  cudaLaunchAttributeID id;
+  cudaLaunchAttributeValue val;
+};
+struct cudaLaunchConfig_t {
+  dim3 gridDim, blockDim;
+  size_t dynamicSmemBytes;
+  cudaStream_t stream;
+  cudaLaunchAttribute* attrs;
+  unsigned numAttrs;
+};
+template <typename... P, typename... A>
+inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*fn)(P...), A&&... args) {
+  auto l = gptoss_emu::make_launcher(cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cfg->stream, fn);
+  for (unsigned i = 0; i < cfg->numAttrs; ++i)
+    if (cfg->attrs[i].id == cudaLaunchAttributeProgrammaticStreamSerialization)
+      l.c.pdl = cfg->attrs[i].val.programmaticStreamSerializationAllowed != 0;
+  l(std::forward<A>(args)...);
+  return cudaGetLastError();  // a launch reports its own error here
+}
+inline void cudaGridDependencySynchronize() { gptoss_emu::grid_dependency_wait(); }
+
+
 // kernel<<<grid, block, smem, stream>>>(args) is written GPTOSS_LAUNCH(grid, block, smem, stream, kernel)(args)
 #define GPTOSS_LAUNCH(grid, block, smem, stream, ...) \
   ::gptoss_emu::make_launcher(dim3(grid), dim3(block), size_t(smem), (stream), __VA_ARGS__)
@@ -281,8 +311,9 @@ inline T shfl_bits(T v, int src) {
 
 #define threadIdx (::gptoss_emu::thread_idx())
 #define blockIdx (::gptoss_emu::block_idx())
-#define blockDim (::gptoss_emu::block_dim())
-#define gridDim (::gptoss_emu::grid_dim())
+// The same for every thread of a launch (launches run one at a time): plain variables, not
+// macros, so that cudaLaunchConfig_t can have members of these names.
+extern dim3 blockDim, gridDim;
 
 inline void __syncthreads() { gptoss_emu::syncthreads(); }
 template <typename T>

@@ -133,6 +133,7 @@ struct Fiber {
   Barrier* wait = nullptr;
   uint64_t wait_gen = 0;
   unsigned shfl_count = 0;
+  bool dep_waited = false;                          // called cudaGridDependencySynchronize
   std::vector<AsyncCopy> async_open;                // issued since the last commit
   std::deque<std::vector<AsyncCopy>> async_groups;  // committed, oldest first
 };
@@ -329,6 +330,7 @@ bool run_block() {
     f.shfl_count = 0;
     f.async_open.clear();
     f.async_groups.clear();
+    f.dep_waited = false;
     start_fiber(&f);
   }
   // Threads run up to their next barrier one after the other; the order flips from block to
@@ -408,6 +410,8 @@ void execute(const LaunchConfig& c, const std::shared_ptr<Body>& body) {
   g_run.body = body.get();
   g_run.bdim = c.block;
   g_run.gdim = c.grid;
+  ::blockDim = c.block;
+  ::gridDim = c.grid;
   g_run.n = n;
   ++g_run.launch;
   // Uninitialised shared memory is garbage on the device: poison it so code that reads it
@@ -426,17 +430,25 @@ void execute(const LaunchConfig& c, const std::shared_ptr<Body>& body) {
                                          "that other live threads of the block never reach, in " + describe(c));
           return;
         }
+        if (c.pdl)
+          for (int i = 0; i < n; ++i)
+            if (!g_fibers[i].dep_waited) {
+              fail(cudaErrorLaunchFailure,
+                   "thread " + std::to_string(i) + " of " + describe(c) +
+                       " never called cudaGridDependencySynchronize, but the kernel was launched with a "
+                       "programmatic dependency: it may read its predecessor's output before it is written");
+              return;
+            }
       }
 }
 }  // namespace
 
 const uint3& thread_idx() { return g_cur->tid; }
 const uint3& block_idx() { return g_run.bid; }
-const dim3& block_dim() { return g_run.bdim; }
-const dim3& grid_dim() { return g_run.gdim; }
 void* dynamic_smem() { return g_smem.data(); }
 int lane_id() { return g_cur->lane; }
 void syncthreads() { arrive(g_run.block_bar); }
+void grid_dependency_wait() { g_cur->dep_waited = true; }  // blocks run after their predecessors here
 
 uint64_t warp_exchange(uint64_t bits, int src) {
   Fiber* f = g_cur;
@@ -523,6 +535,8 @@ void launch(const LaunchConfig& c, Body* raw) {
 
 // ---- runtime API ---------------------------------------------------------------------------
 using namespace gptoss_emu;
+
+dim3 blockDim, gridDim;
 
 const char* cudaGetErrorName(cudaError_t e) {
   switch (e) {

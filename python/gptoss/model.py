@@ -233,6 +233,8 @@ class Model:
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, device=cuda_index,
                 kv_dtype=os.environ.get("GPTOSS_KV_DTYPE", "float32"), synthetic_seed=_synthetic_seed,
                 cuda_graphs=os.environ.get("GPTOSS_CUDA_GRAPHS", "1") != "0")
+            if os.environ.get("GPTOSS_PDL", "0") == "1":  # programmatic dependent launch (sm_90+), measured option
+                self._engine.set_pdl(True)
         else:
             self._engine = _core().Engine(
                 cdict, files, _arrays, self.layout, block_size=block_size,
