@@ -49,6 +49,25 @@ def step_bytes(cfg, B: int, ctx: int, kv_elem: int) -> float:
 TILES = ((1, "64x64"), (2, "64x128"), (3, "128x128"), (4, "32x128"))  # set_gemm_tiles
 
 
+def kind_bytes(cfg, B: int, ctx: int, kv_elem: int) -> dict[str, float]:
+    """Bytes one decode step of B rows reads, per kernel kind of CudaEngine.profile (all layers)."""
+    H, I, E, k, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.experts_per_token, cfg.num_hidden_layers
+    Q = cfg.num_attention_heads * cfg.head_dim
+    KV = cfg.num_key_value_heads * cfg.head_dim
+    used = expected_unique(E, k, B)
+    n_win = sum(1 for layer in range(L) if cfg.is_sliding(layer))
+    return {
+        "qkv": L * ((Q + 2 * KV) * H * 2 + (Q + 2 * KV) * 4),
+        "attention out": L * (H * Q * 2 + H * 4),
+        "norm + router": L * (E * H * 2 + E * 4),
+        "experts mlp1": L * used * (2 * I * H * 17 / 32 + 2 * I * 4),
+        "experts mlp2": L * used * (H * I * 17 / 32 + H * 4),
+        "attention (full)": (L - n_win) * B * ctx * 2 * KV * kv_elem,
+        "attention (window)": n_win * B * min(ctx, cfg.sliding_window) * 2 * KV * kv_elem,
+        "unembedding": cfg.vocab_size * H * 2,
+    }
+
+
 def prefill_flops(cfg, n: int) -> float:
     """Model FLOPs of an n-token prefill: the GEMMs of every token (experts: the k used), QK^T and
     PV over the causal (or 128-token window) keys, and the unembedding of the last row."""
@@ -166,6 +185,22 @@ def main() -> int:
         finally:
             undo()
 
+    def profiled(section: str, seqs, toks, n: int, B: int, ctx: int):
+        """Device time per kernel kind over n greedy steps, with the bandwidth each reaches."""
+        with side_by_side(section, lambda: eng.set_profile(False)):
+            eng.set_profile(True)
+            timed_greedy(seqs, toks, n)
+            prof = eng.profile()
+            steps = max(1, prof.pop("steps"))
+            by = kind_bytes(cfg, B, ctx, kv_elem)
+            total = sum(ms for ms, _ in prof.values()) / steps
+            for kind, (ms, _) in sorted(prof.items(), key=lambda kv: -kv[1][0]):
+                us = ms / steps * 1e3
+                gbps = by[kind] / (us * 1e-6) / 1e9 if kind in by and us > 0 else None
+                emit(what="profile", batch=B, context=ctx, kind=kind, us_per_step=round(us, 1),
+                     share=round(ms / steps / total, 3) if total > 0 else None,
+                     gbps=round(gbps, 1) if gbps else None, bw_frac=round(gbps / bw, 3) if gbps else None)
+
     def timed_prefill(n: int):
         """(sequence, seconds) of one n-token prompt on a fresh sequence."""
         s = m.new_sequence()
@@ -217,6 +252,7 @@ def main() -> int:
         results[f"decode1_{ctx}"] = (1 / dt, frac)
         emit(what="decode", batch=1, context=ctx, ms_per_step=round(dt * 1e3, 3), tok_s=round(1 / dt, 1),
              gb_per_step=round(by / 1e9, 3), roofline_frac=round(frac, 3))
+    profiled("profile b1", [seqs[ctxs[0]]], [1], steps // 2, 1, ctxs[0] + steps)
     # Launch overhead: the same batch-1 decode at 1k with the CUDA graphs off, then on again.
     c0 = ctxs[0]
     s = seqs[c0]
@@ -264,6 +300,8 @@ def main() -> int:
         results[f"decode{B}_{c0}"] = (B / dt, frac)
         emit(what="decode", batch=B, context=c0, ms_per_step=round(dt * 1e3, 3), tok_s=round(B / dt, 1),
              gb_per_step=round(by / 1e9, 3), roofline_frac=round(frac, 3))
+        if B == batches[-1]:
+            profiled(f"profile b{B}", forks, toks, n, B, c0 + n)
         if B >= 16 and B in (32, batches[-1]):
             # Batched steps are weight-streaming GEMMs: each tile shape forced (auto: by rows).
             with side_by_side(f"decode_tiles b{B}", lambda: eng.set_gemm_tiles(0)):

@@ -38,6 +38,11 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
                  f"{r['ms_per_step']:.3f} ms/step")]
     if w == "decode_sampled":
         return [("decode b1 top-p sampled", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.3f} ms/step")]
+    if w == "profile":
+        note = f"{r['share'] * 100:.0f}% of the step" if r.get("share") is not None else ""
+        if r.get("gbps"):
+            note += f", {r['gbps']:.0f} GB/s ({r['bw_frac'] * 100:.0f}% of copy BW)"
+        return [(f"b{r['batch']} {r['kind']}"[:25], f"{r['us_per_step']:.1f} us/step", note)]
     if w == "error":
         return [(f"ERROR in {r.get('section')}", "-", r.get("error", "")[:200])]
     if w == "copy_bandwidth":

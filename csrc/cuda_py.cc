@@ -324,6 +324,18 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       .def("set_max_chunk_tokens", &CudaEngine::set_max_chunk_tokens, py::arg("n"))
       .def("set_tc_split", &CudaEngine::set_tc_split, py::arg("split"),
            "tensor-core GEMMs with hi/lo activations (True, default: fp32-level) or bf16 (False)")
+      .def("set_profile", &CudaEngine::set_profile, py::arg("enabled"),
+           "device time per kernel kind of the following steps (benchmarks); resets the totals")
+      .def("profile", [](const CudaEngine& e) {
+        py::dict d;
+        int64_t steps = 0;
+        for (const auto& [name, ms, n] : e.profile()) {
+          if (name == "steps") steps = n;
+          else d[py::str(name)] = py::make_tuple(ms, n);
+        }
+        d["steps"] = steps;
+        return d;
+      }, "{kernel kind: (device ms summed, intervals), 'steps': profiled steps}")
       .def("set_pdl", &CudaEngine::set_pdl, py::arg("enabled"),
            "programmatic dependent launch between kernels (sm_90+); returns whether it is in use")
       .def("set_gemm_tiles", &CudaEngine::set_gemm_tiles, py::arg("tiles"),

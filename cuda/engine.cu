@@ -136,6 +136,7 @@ struct CudaEngine::Impl {
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
     drop_graphs();
+    drop_profile();
     for (void* p : allocs) cudaFree(p);
     if (meta) cudaFree(meta);
     if (pen_saved) cudaFree(pen_saved);
@@ -430,6 +431,74 @@ struct CudaEngine::Impl {
     graphs.clear();
   }
 
+  // ---- profile: device time per kernel kind of graph-eligible steps ----------------------------
+  // A profiled step is captured afresh with an event after each kernel group, so the kernels run
+  // back to back as in a replayed graph, and the events' elapsed times split the step.
+  bool profiling = false;
+  bool prof_capture = false;           // marks are recorded (inside a profiled capture)
+  std::vector<cudaEvent_t> prof_events;
+  std::vector<const char*> prof_labels;  // label of the interval ending at event i
+  std::map<std::string, std::pair<double, int64_t>> prof_acc;  // label -> (ms, intervals)
+  int64_t prof_steps = 0;
+  cudaGraphExec_t prof_exec = nullptr;
+
+  void mark(const char* label) {
+    if (!prof_capture) return;
+    const size_t i = prof_labels.size();
+    if (i == prof_events.size()) {
+      cudaEvent_t e = nullptr;
+      CUDA_CHECK(cudaEventCreate(&e));
+      prof_events.push_back(e);
+    }
+    CUDA_CHECK(cudaEventRecord(prof_events[i], stream));
+    prof_labels.push_back(label);
+  }
+
+  void run_profiled(const Shape& p) {
+    prof_labels.clear();
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    cudaGraph_t g = nullptr;
+    prof_capture = true;
+    try {
+      mark("start");
+      enqueue_forward(p);
+    } catch (...) {
+      prof_capture = false;
+      cudaStreamEndCapture(stream, &g);
+      if (g) cudaGraphDestroy(g);
+      cudaGetLastError();
+      throw;
+    }
+    prof_capture = false;
+    CUDA_CHECK(cudaStreamEndCapture(stream, &g));
+    const cudaError_t e = cudaGraphInstantiate(&prof_exec, g, 0);
+    cudaGraphDestroy(g);
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaGraphLaunch(prof_exec, stream));
+  }
+
+  // After the profiled step's stream synchronisation: adds its intervals.
+  void collect_profile() {
+    if (!prof_exec) return;
+    cudaGraphExecDestroy(prof_exec);
+    prof_exec = nullptr;
+    for (size_t i = 1; i < prof_labels.size(); ++i) {
+      float ms = 0.f;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, prof_events[i - 1], prof_events[i]));
+      auto& a = prof_acc[prof_labels[i]];
+      a.first += ms;
+      a.second += 1;
+    }
+    ++prof_steps;
+  }
+
+  void drop_profile() {
+    if (prof_exec) cudaGraphExecDestroy(prof_exec);
+    prof_exec = nullptr;
+    for (cudaEvent_t e : prof_events) cudaEventDestroy(e);
+    prof_events.clear();
+  }
+
   // Metadata layout: tok[T] pos[T] row_full[T] row_win[T] groups_full[ng] groups_win[ng]
   // logit_rows[R] sample_params[R] (SAMPLE only) tables[...] (the full-attention tables, then the
   // window tables).
@@ -555,7 +624,8 @@ struct CudaEngine::Impl {
     put(o_tab(p), tab_full.data(), tab_full.size() * 4);
     CUDA_CHECK(cudaMemcpyAsync(meta, staging, size_t(total) * 4, cudaMemcpyHostToDevice, stream));
 
-    if (decode && opt.graphs && T <= kGraphMaxT && p.pe == 0) run_graph(p);
+    if (profiling && T <= kGraphMaxT && p.pe == 0) run_profiled(p);
+    else if (decode && opt.graphs && T <= kGraphMaxT && p.pe == 0) run_graph(p);
     else enqueue_forward(p);
 
     // ---- logits (or greedy tokens) of the rows that asked for them, consecutive in the output
@@ -586,6 +656,7 @@ struct CudaEngine::Impl {
       }
     }
     CUDA_CHECK(cudaStreamSynchronize(stream));
+    collect_profile();
 
     for (const auto& ch : chunks) seqs->commit(ch);
   }
@@ -649,12 +720,14 @@ struct CudaEngine::Impl {
 
     embedding(d_tok, Ti, embed, Hi, x, st);
     rmsnorm(x, Ti, Hi, layers[0].attn_norm, c.rms_eps, t, st);
+    mark("embedding + norm");
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const DevLayer& L = layers[size_t(l)];
       const bool sliding = c.sliding[size_t(l)];
       const bool sp = opt.tc_split;
       const int gt = opt.gemm_tiles;
       dense(t, Hi, nullptr, Ti, Hi, L.qkv_w, Hi, int(QKV), L.qkv_b, qkv, int(QKV), EPI_STORE, st, 0, sp, gt);
+      mark("qkv");
       const DevPool& pool = sliding ? *win_pool : *full_pool;
       KVView kv;
       kv.pool = pool.base;
@@ -666,6 +739,7 @@ struct CudaEngine::Impl {
       kv.bf16 = opt.kv_bf16;
       rope_kv_store(qkv, int(QKV), Ti, d_pos, meta + (sliding ? o_rw(p) : o_rf(p)), d_tables, int(c.n_heads),
                     int(c.n_kv), int(D / 2), inv_freq, c.rope_conc, kv, st);
+      mark("rope + kv store");
       AttnArgs a;
       a.q = qkv;
       a.ldq = int(QKV);
@@ -684,16 +758,23 @@ struct CudaEngine::Impl {
       a.split_len = 0;
       a.n_splits = sliding ? p.nsw : p.nsf;
       attention(a, st);
+      mark(sliding ? "attention (window)" : "attention (full)");
       dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st, 0, sp, gt);
+      mark("attention out");
       norm_router(x, Ti, Hi, L.mlp_norm, c.rms_eps, t, L.router_w, L.router_b, int(c.n_experts), int(K), ridx, rw,
                   st);
+      mark("norm + router");
       if (!mt.direct) moe_route(ridx, int(p.T * K), int(c.n_experts), mt, st);
+      if (!mt.direct) mark("expert grouping");
       MxWeights w1{L.mlp1_blocks, L.mlp1_scales, L.mlp1_b, int(2 * c.inter), Hi};
       MxWeights w2{L.mlp2_blocks, L.mlp2_scales, L.mlp2_b, Hi, int(c.inter)};
       moe_mlp1(t, Hi, int(K), mt, w1, c.swiglu_alpha, c.swiglu_limit, act, tc, st, sp);
+      mark("experts mlp1");
       moe_mlp2(act, mt, w2, rw, ypairs, tc, st, sp);
+      mark("experts mlp2");
       const float* next_norm = l + 1 < c.n_layers ? layers[size_t(l + 1)].attn_norm : final_norm;
       add_rmsnorm(x, ypairs, int(K), Ti, Hi, next_norm, c.rms_eps, t, st);
+      mark("combine + norm");
     }
     if (p.R > 0 && p.R <= kLogitRows) enqueue_head(p, 0, p.R);
   }
@@ -706,7 +787,9 @@ struct CudaEngine::Impl {
     cudaStream_t st = stream;
     dense(t, Hi, meta + o_lr(p) + r0, n, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st, 0,
           opt.tc_split, opt.gemm_tiles);
+    mark("unembedding");
     if (p.mode == ARGMAX) argmax_rows(logits, n, c.vocab, argmax_out + r0, st);
+    if (p.mode == ARGMAX) mark("argmax");
     const int32_t* pen_off = meta + o_pen(p) + r0;  // absolute entry indices of this piece's rows
     const int32_t* pen_id = meta + o_pen(p) + p.R + 1;
     const float* pen_val = reinterpret_cast<const float*>(meta + o_pen(p) + p.R + 1 + p.pe);
@@ -717,6 +800,7 @@ struct CudaEngine::Impl {
     if (p.mode == SAMPLE && p.lpn >= 0)  // of the raw logits, for the sampled tokens
       logprobs_rows(logits, n, c.vocab, p.lpl, argmax_out + r0, p.lpn, lp_chosen + r0,
                     lp_ids + int64_t(r0) * p.lpn, lp_top + int64_t(r0) * p.lpn, st);
+    if (p.mode == SAMPLE) mark(p.lpn >= 0 ? "sampling + logprobs" : "sampling");
   }
 };
 
@@ -895,6 +979,21 @@ bool CudaEngine::set_pdl(bool on) {
   stream_set_pdl(p_->stream, p_->opt.pdl);
   p_->drop_graphs();  // captured launches keep the attributes they were captured with
   return p_->opt.pdl;
+}
+
+void CudaEngine::set_profile(bool on) {
+  std::lock_guard<std::mutex> g(p_->mu);
+  p_->profiling = on;
+  p_->prof_acc.clear();
+  p_->prof_steps = 0;
+}
+
+std::vector<std::tuple<std::string, double, int64_t>> CudaEngine::profile() const {
+  std::lock_guard<std::mutex> g(p_->mu);
+  std::vector<std::tuple<std::string, double, int64_t>> v;
+  for (const auto& kv : p_->prof_acc) v.emplace_back(kv.first, kv.second.first, kv.second.second);
+  v.emplace_back("steps", 0.0, p_->prof_steps);
+  return v;
 }
 
 void CudaEngine::set_max_chunk_tokens(int64_t n) {
