@@ -224,7 +224,8 @@ def main() -> int:
         emit_prefill("prefill", n, dt)
 
     # The same prompts in 512-token chunks (the CPU's default) against the default 2048, then with
-    # tensor-core GEMMs on plain bf16 activations (one MMA, flips some expert choices) instead of hi/lo.
+    # tensor-core GEMMs and attention on plain bf16 operands (one MMA, flips some expert choices)
+    # instead of hi/lo.
     for what, setup, undo in (("prefill_chunk512", lambda: eng.set_max_chunk_tokens(512),
                                lambda: eng.set_max_chunk_tokens(m_chunk)),
                               ("prefill_bf16", lambda: eng.set_tc_split(False), lambda: eng.set_tc_split(True))):

@@ -193,7 +193,8 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(AttnArgs a) {
 // ---- prefill on tensor cores (head_dim 64, groups of several rows) -------------------------
 // The block's 64 (row, head) pairs are the M dimension of S = Q K^T (64 x 32 keys) and of
 // O += P V. Every operand is split as x = hi + lo in bf16 and each product takes three MMAs
-// (hi*hi + lo*hi + hi*lo), so the result keeps ~16 mantissa bits like the fp32 kernel above.
+// (hi*hi + lo*hi + hi*lo), so the result keeps ~16 mantissa bits like the fp32 kernel above
+// (a.split = false: the hi parts only, one MMA, bf16-level results).
 // Warp w owns pairs 16w..16w+15: its S tile, their online softmax (a lane pair per pair) and its
 // rows of O, which live in shared memory (fp32) so the per-row rescaling needs no knowledge of
 // the accumulator fragments' layout.
@@ -288,11 +289,13 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bh, bl;
         wmma::load_matrix_sync(ah, qh + warp * 16 * LQ + kk, LQ);
-        wmma::load_matrix_sync(al, ql + warp * 16 * LQ + kk, LQ);
         wmma::load_matrix_sync(bh, kh + jn * 16 * LQ + kk, LQ);
-        wmma::load_matrix_sync(bl, kl + jn * 16 * LQ + kk, LQ);
-        wmma::mma_sync(acc, al, bh, acc);
-        wmma::mma_sync(acc, ah, bl, acc);
+        if (a.split) {
+          wmma::load_matrix_sync(al, ql + warp * 16 * LQ + kk, LQ);
+          wmma::load_matrix_sync(bl, kl + jn * 16 * LQ + kk, LQ);
+          wmma::mma_sync(acc, al, bh, acc);
+          wmma::mma_sync(acc, ah, bl, acc);
+        }
         wmma::mma_sync(acc, ah, bh, acc);
       }
       wmma::store_matrix_sync(S + warp * 16 * LS + jn * 16, acc, LS, wmma::mem_row_major);
@@ -343,11 +346,13 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bh, bl;
         wmma::load_matrix_sync(ah, ph + warp * 16 * LP + kk, LP);
-        wmma::load_matrix_sync(al, pl + warp * 16 * LP + kk, LP);
         wmma::load_matrix_sync(bh, vh + kk * LQ + dn, LQ);
-        wmma::load_matrix_sync(bl, vl + kk * LQ + dn, LQ);
-        wmma::mma_sync(acc, al, bh, acc);
-        wmma::mma_sync(acc, ah, bl, acc);
+        if (a.split) {
+          wmma::load_matrix_sync(al, pl + warp * 16 * LP + kk, LP);
+          wmma::load_matrix_sync(bl, vl + kk * LQ + dn, LQ);
+          wmma::mma_sync(acc, al, bh, acc);
+          wmma::mma_sync(acc, ah, bl, acc);
+        }
         wmma::mma_sync(acc, ah, bh, acc);
       }
       wmma::store_matrix_sync(O + warp * 16 * LO + dn, acc, LO, wmma::mem_row_major);

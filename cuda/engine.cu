@@ -757,6 +757,7 @@ struct CudaEngine::Impl {
       a.ldo = int(Q);
       a.split_len = 0;
       a.n_splits = sliding ? p.nsw : p.nsf;
+      a.split = sp;
       attention(a, st);
       mark(sliding ? "attention (window)" : "attention (full)");
       dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st, 0, sp, gt);

@@ -110,8 +110,9 @@ class CudaEngine {
   void set_graphs(bool enabled);
   // Tokens per forward chunk from now on, at most the constructed max_chunk_tokens (benchmarks).
   void set_max_chunk_tokens(int64_t n);
-  // Tensor-core GEMMs (prefill, batches over 8) with bf16 activations (one MMA instead of two,
-  // ~3e-3 relative error) or, by default, hi/lo activations; drops the cached graphs.
+  // Tensor-core GEMMs (prefill, batches over 8) and prefill attention on bf16 operands (one MMA
+  // instead of two or three, ~3e-3 relative error) or, by default, hi/lo operands (fp32-level);
+  // drops the cached graphs.
   void set_tc_split(bool split);
   // Forces one tensor-core tile shape (1: 64x64, 2: 64x128, 3: 128x128, 4: 32x128) or 0: auto
   // (benchmarks).

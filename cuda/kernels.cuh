@@ -56,6 +56,7 @@ struct AttnArgs {
   float* out = nullptr;   // [T, ldo]
   int ldo = 0;
   int path = 0;  // 0: tensor cores for prefill (head_dim 64), CUDA cores for decode; 1 / 2 force one
+  bool split = true;  // tensor cores: operands as bf16 hi + lo, 3 MMAs (fp32-level); false: bf16, 1 MMA
 };
 // Max query rows per group for this GQA ratio (64 (row, head) pairs per block).
 int attn_rows_per_group(int n_heads, int n_kv);
@@ -72,7 +73,8 @@ enum Epi : int { EPI_STORE = 0, EPI_ADD = 1 };
 // Y[m, n] (= or +=) sum_k X[row(m), k] * W[n, k] + bias[n], row(m) = rows ? rows[m] : m.
 // path: 0 = auto (GEMV for M <= 8, tensor cores above), 1 = GEMV, 2 = tensor cores.
 // split (tensor cores): activations as bf16 hi + lo, two MMAs (fp32-level results); false: bf16
-// activations, one MMA (half the tensor work, ~3e-3 relative error). The same for the experts.
+// activations, one MMA (half the tensor work, ~3e-3 relative error). The same for the experts
+// (and AttnArgs::split for the prefill attention).
 // tiles: the tensor-core block tile (GemmTiles, rows x outputs); auto takes 32 x 128 for up to
 // 32 rows, else the biggest that still gives every SM two blocks.
 enum GemmTiles : int { TILES_AUTO = 0, TILES_64x64 = 1, TILES_64x128 = 2, TILES_128x128 = 3, TILES_32x128 = 4 };

@@ -77,7 +77,7 @@ void rope(const float* x, int T, const int64_t* pos, const float* inv_freq, int 
 
 void attention(const float* q, int T, int n_heads, const float* k, const float* v, int L, int n_kv, int D,
                const int64_t* pos, const float* sinks, float scale, int window, int block_size, uint32_t seed,
-               bool kv_bf16, int split_len, float* out, int path) {
+               bool kv_bf16, int split_len, float* out, int path, bool tc_split) {
   const int B = block_size, nblk = (L + B - 1) / B;
   const int64_t per_layer = int64_t(2) * n_kv * B * D, block_elems = 2 * per_layer;
   std::vector<int32_t> table(static_cast<size_t>(nblk));
@@ -134,6 +134,7 @@ void attention(const float* q, int T, int n_heads, const float* k, const float* 
   a.out = dout.as<float>();
   a.ldo = n_heads * D;
   a.path = path;
+  a.split = tc_split;
   int dev = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));

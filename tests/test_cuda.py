@@ -239,6 +239,23 @@ def test_attention(backend, case, split_len, path):
 
 
 @cuda_test
+@pytest.mark.parametrize("case", [c for c in ATTN_CASES if c[2] == 64 and c[6] != "decode"],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_attention_tensor_cores_on_bf16_operands(backend, case):
+    """tc_split=False (set_tc_split(False) in the engine): one MMA on bf16 q, k, p, v instead of
+    three on hi/lo parts: bf16-close to the reference with bf16-rounded inputs, and not the
+    fp32-level result."""
+    q, k, v, pos, sinks, scale, window, bs = _attn_inputs(case, 11)
+    r = lambda a: from_bf16(to_bf16(a)).reshape(a.shape)  # noqa: E731
+    qs = r(q * scale) / scale
+    want = ck.attention(qs, r(k), r(v), pos, sinks, scale, window, bs, 3)
+    got = backend.kernels.attention(q, k, v, pos, sinks, scale, window, bs, 5, "float32", 0, 2, False)
+    assert_rel(got, want, 1e-2, "attention (bf16 operands)")
+    exact = backend.kernels.attention(q, k, v, pos, sinks, scale, window, bs, 5, "float32", 0, 2, True)
+    assert np.abs(got - exact).max() > 1e-5 * np.abs(exact).max()
+
+
+@cuda_test
 @pytest.mark.parametrize("case", ATTN_CASES[:6], ids=lambda c: "-".join(map(str, c)))
 def test_attention_bf16_cache(backend, case):
     q, k, v, pos, sinks, scale, window, bs = _attn_inputs(case, 7)
