@@ -130,16 +130,18 @@ void register_kernels(py::module_& k) {
       py::arg("tiles") = 0,
       "Y = x w^T + bias (fp32 bias); path 0 auto, 1 GEMV, 2 tensor cores (split: hi/lo activations, "
       "tiles: 0 auto, 1 64x64, 2 64x128, 3 128x128, 4 32x128)");
-  k.def("router", [](arr<float> t, arr<uint16_t> w, arr<float> b, int k) {
+  k.def("router", [](arr<float> t, arr<uint16_t> w, arr<float> b, int k, bool split) {
     need(t.ndim() == 2 && w.ndim() == 2 && w.shape(1) == t.shape(1) && b.ndim() == 1 && b.shape(0) == w.shape(0) &&
              k >= 1 && k <= w.shape(0),
          "router: t [T,H], w [E,H], b [E], 1 <= k <= E");
     const int T = int(t.shape(0));
     py::array_t<int32_t> idx({int64_t(T), int64_t(k)});
     py::array_t<float> rw({int64_t(T), int64_t(k)});
-    test::router(t.data(), T, int(t.shape(1)), w.data(), int(w.shape(0)), b.data(), k, idx.mutable_data(), rw.mutable_data());
+    test::router(t.data(), T, int(t.shape(1)), w.data(), int(w.shape(0)), b.data(), k, idx.mutable_data(),
+                 rw.mutable_data(), split);
     return py::make_tuple(idx, rw);
-  });
+  }, py::arg("t"), py::arg("w"), py::arg("b"), py::arg("k"), py::arg("split") = false,
+     "top-k routing; split: few rows over many blocks (up to 16 rows, more than 4 experts), as the engine's decode");
   k.def(
       "moe",
       [](arr<float> x, arr<int32_t> idx, arr<float> rw, arr<uint8_t> b1, arr<uint8_t> s1, arr<float> bias1,

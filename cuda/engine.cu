@@ -118,6 +118,7 @@ struct CudaEngine::Impl {
   float *lp_chosen = nullptr, *lp_top = nullptr;  // device logprobs: [Tmax], [Tmax * kMaxTopLogprobs]
   int32_t* lp_ids = nullptr;
   MoeTiles tiles;
+  RouterScratch router_scr;  // few-row steps route over many blocks
   int32_t* meta = nullptr;   // per-chunk metadata (device)
   int64_t meta_cap = 0;      // int32 entries
   int32_t* staging = nullptr;  // pinned host copy of meta
@@ -314,6 +315,10 @@ struct CudaEngine::Impl {
     tiles.tile_start = alloc<int32_t>(mt, "moe tiles", c);
     tiles.tile_count = alloc<int32_t>(mt, "moe tiles", c);
     tiles.n_tiles = alloc<int32_t>(1, "moe tiles", c);
+    router_scr.rows = router_split_rows();
+    router_scr.logits = alloc<float>(int64_t(router_scr.rows) * cfg.n_experts, "router scratch", c);
+    router_scr.arrivals = alloc<int32_t>(router_scr.rows, "router scratch", c);
+    if (!dry) CUDA_CHECK(cudaMemset(router_scr.arrivals, 0, size_t(router_scr.rows) * 4));
   }
 
   void alloc_kv() {
@@ -763,7 +768,7 @@ struct CudaEngine::Impl {
       dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st, 0, sp, gt);
       mark("attention out");
       norm_router(x, Ti, Hi, L.mlp_norm, c.rms_eps, t, L.router_w, L.router_b, int(c.n_experts), int(K), ridx, rw,
-                  st);
+                  st, &router_scr);
       mark("norm + router");
       if (!mt.direct) moe_route(ridx, int(p.T * K), int(c.n_experts), mt, st);
       if (!mt.direct) mark("expert grouping");

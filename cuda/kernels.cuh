@@ -88,13 +88,22 @@ int gemm_tile_rows(int tiles);             // rows of a (resolved) tile
 void gemm_prepare();
 
 // ---- moe.cu --------------------------------------------------------------------------------
+// Scratch that lets a few rows (T <= min(rows, router_split_rows())) be routed by many blocks:
+// logits [rows, E] and an arrival count per row, zeroed once (each launch leaves it zero).
+struct RouterScratch {
+  float* logits = nullptr;
+  int32_t* arrivals = nullptr;
+  int rows = 0;
+};
+int router_split_rows();
 // Routing: logits = t W^T + b (W bf16 [E, H]); the top k (ties to the lower id, descending)
 // and the softmax over those k.
 void router(const float* t, int T, int H, const uint16_t* W, const float* b, int E, int k, int32_t* idx,
-            float* w, cudaStream_t st);
+            float* w, cudaStream_t st, const RouterScratch* scratch = nullptr);
 // The same after t = rmsnorm(x) * norm_w (stored in t) in the same kernel.
 void norm_router(const float* x, int T, int H, const float* norm_w, float eps, float* t, const uint16_t* W,
-                 const float* b, int E, int k, int32_t* idx, float* w, cudaStream_t st);
+                 const float* b, int E, int k, int32_t* idx, float* w, cudaStream_t st,
+                 const RouterScratch* scratch = nullptr);
 
 // (token, slot) pairs grouped by expert, cut into tiles of at most `tile` pairs.
 struct MoeTiles {

@@ -18,16 +18,56 @@ namespace gptoss::cuda {
 namespace {
 
 constexpr int kRouterThreads = 256;
+// Few rows: each row's experts are spread over blocks of 4 warps (a warp per expert), so the
+// router weights (0.2 MB for 20b, 0.7 MB for 120b per layer) stream through many SMs, not one.
+constexpr int kSplitThreads = 128, kSplitExperts = kSplitThreads / 32, kSplitMaxRows = 16;
 
-// norm_w non-null: t = rmsnorm(xin) * norm_w is computed here first (and stored: the experts
-// read it), which saves the separate RMSNorm launch; otherwise xin is t.
+// Router logit of expert row wr (bf16 [H]) for activations x, by one warp (all lanes get it).
+__device__ __forceinline__ float router_logit(const float* x, const uint16_t* wr, int H, bool vec, int lane) {
+  float acc = 0.f;
+  const int H8 = vec ? H / 8 : 0;
+  for (int k8 = lane; k8 < H8; k8 += 32) {
+    const uint4 u = __ldg(reinterpret_cast<const uint4*>(wr) + k8);
+    const float4 a = *reinterpret_cast<const float4*>(x + 8 * k8);
+    const float4 c = *reinterpret_cast<const float4*>(x + 8 * k8 + 4);
+    acc += a.x * __uint_as_float(u.x << 16) + a.y * __uint_as_float(u.x & 0xffff0000u) +
+           a.z * __uint_as_float(u.y << 16) + a.w * __uint_as_float(u.y & 0xffff0000u) +
+           c.x * __uint_as_float(u.z << 16) + c.y * __uint_as_float(u.z & 0xffff0000u) +
+           c.z * __uint_as_float(u.w << 16) + c.w * __uint_as_float(u.w & 0xffff0000u);
+  }
+  for (int i = H8 * 8 + lane; i < H; i += 32) acc += x[i] * bf16_bits_to_float(wr[i]);
+  return warp_sum(acc);
+}
+
+// The top k of lg[E] (descending, ties to the lower id) and the softmax over them, by one thread.
+__device__ __forceinline__ void router_pick(const float* lg, int E, int k, int* chosen, int32_t* idx, float* w) {
+  for (int s = 0; s < k; ++s) {
+    int best = -1;
+    for (int e = 0; e < E; ++e) {
+      bool taken = false;
+      for (int r = 0; r < s; ++r) taken |= chosen[r] == e;
+      if (taken) continue;
+      if (best < 0 || lg[e] > lg[best]) best = e;  // strict: ties keep the lower id
+    }
+    chosen[s] = best;
+  }
+  const float m = lg[chosen[0]];
+  float sum = 0.f;
+  for (int s = 0; s < k; ++s) sum += expf(lg[chosen[s]] - m);
+  for (int s = 0; s < k; ++s) {
+    idx[s] = chosen[s];
+    w[s] = expf(lg[chosen[s]] - m) / sum;
+  }
+}
+
+// One block per row. norm_w non-null: t = rmsnorm(xin) * norm_w is computed here first (and
+// stored: the experts read it), which saves the separate RMSNorm launch; otherwise xin is t.
 __global__ void __launch_bounds__(kRouterThreads) router_kernel(const float* xin, const float* norm_w, float eps,
                                                                 float* tout, int H, const uint16_t* W,
                                                                 const float* b, int E, int k, int32_t* idx,
                                                                 float* w, bool vec) {
   grid_dependency_wait();
   extern __shared__ float lg[];  // [E] logits, then [k] chosen ids
-  int* chosen = reinterpret_cast<int*>(lg + E);
   __shared__ float red[32];
   const int row = blockIdx.x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = kRouterThreads / 32;
@@ -39,41 +79,54 @@ __global__ void __launch_bounds__(kRouterThreads) router_kernel(const float* xin
     x = t;
   }
   for (int e = warp; e < E; e += nw) {
-    const uint16_t* wr = W + int64_t(e) * H;
-    float acc = 0.f;
-    const int H8 = vec ? H / 8 : 0;
-    for (int k8 = lane; k8 < H8; k8 += 32) {
-      const uint4 u = __ldg(reinterpret_cast<const uint4*>(wr) + k8);
-      const float4 a = *reinterpret_cast<const float4*>(x + 8 * k8);
-      const float4 c = *reinterpret_cast<const float4*>(x + 8 * k8 + 4);
-      acc += a.x * __uint_as_float(u.x << 16) + a.y * __uint_as_float(u.x & 0xffff0000u) +
-             a.z * __uint_as_float(u.y << 16) + a.w * __uint_as_float(u.y & 0xffff0000u) +
-             c.x * __uint_as_float(u.z << 16) + c.y * __uint_as_float(u.z & 0xffff0000u) +
-             c.z * __uint_as_float(u.w << 16) + c.w * __uint_as_float(u.w & 0xffff0000u);
-    }
-    for (int i = H8 * 8 + lane; i < H; i += 32) acc += x[i] * bf16_bits_to_float(wr[i]);
-    acc = warp_sum(acc);
-    if (lane == 0) lg[e] = acc + b[e];
+    const float s = router_logit(x, W + int64_t(e) * H, H, vec, lane);
+    if (lane == 0) lg[e] = s + b[e];
   }
   __syncthreads();
+  if (threadIdx.x == 0)
+    router_pick(lg, E, k, reinterpret_cast<int*>(lg + E), idx + int64_t(row) * k, w + int64_t(row) * k);
+}
+
+// Grid (rows, E / 4): block y computes experts 4y .. 4y+3 of its row into logits[row, :] (each
+// block normalises the row itself; block 0 stores t); the last block of a row to arrive picks
+// the top k from all E and resets the row's arrival count for the next launch.
+__global__ void __launch_bounds__(kSplitThreads) router_split_kernel(const float* xin, const float* norm_w, float eps,
+                                                                     float* tout, int H, const uint16_t* W,
+                                                                     const float* b, int E, int k, int32_t* idx,
+                                                                     float* w, bool vec, float* logits,
+                                                                     int32_t* arrivals) {
+  grid_dependency_wait();
+  extern __shared__ __align__(16) float sx[];  // [H] the normalised row (norm_w), [E] logits, [k] ids
+  __shared__ float red[32];
+  __shared__ bool last;
+  const int row = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float* x = xin + int64_t(row) * H;
+  float* lg = sx;
+  if (norm_w) {
+    block_rmsnorm(x, H, norm_w, eps, sx, red);
+    __syncthreads();
+    if (blockIdx.y == 0)
+      for (int i = threadIdx.x; i < H; i += kSplitThreads) tout[int64_t(row) * H + i] = sx[i];
+    x = sx;
+    lg = sx + H;
+  }
+  const int e = blockIdx.y * kSplitExperts + warp;
+  if (e < E) {
+    const float s = router_logit(x, W + int64_t(e) * H, H, vec, lane);
+    if (lane == 0) logits[int64_t(row) * E + e] = s + b[e];
+  }
+  __threadfence();  // this block's logits are visible device-wide before it counts itself in
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&arrivals[row], 1) == int(gridDim.y) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const volatile float* all = logits + int64_t(row) * E;
+  for (int i = threadIdx.x; i < E; i += kSplitThreads) lg[i] = all[i];
+  __syncthreads();
   if (threadIdx.x == 0) {
-    for (int s = 0; s < k; ++s) {
-      int best = -1;
-      for (int e = 0; e < E; ++e) {
-        bool taken = false;
-        for (int r = 0; r < s; ++r) taken |= chosen[r] == e;
-        if (taken) continue;
-        if (best < 0 || lg[e] > lg[best]) best = e;  // strict: ties keep the lower id
-      }
-      chosen[s] = best;
-    }
-    const float m = lg[chosen[0]];
-    float sum = 0.f;
-    for (int s = 0; s < k; ++s) sum += expf(lg[chosen[s]] - m);
-    for (int s = 0; s < k; ++s) {
-      idx[int64_t(row) * k + s] = chosen[s];
-      w[int64_t(row) * k + s] = expf(lg[chosen[s]] - m) / sum;
-    }
+    router_pick(lg, E, k, reinterpret_cast<int*>(lg + E), idx + int64_t(row) * k, w + int64_t(row) * k);
+    arrivals[row] = 0;
   }
 }
 
@@ -222,15 +275,25 @@ void check_tile(const MoeTiles& mt) {
 }  // namespace
 
 void router(const float* t, int T, int H, const uint16_t* W, const float* b, int E, int k, int32_t* idx, float* w,
-            cudaStream_t st) {
-  norm_router(t, T, H, nullptr, 0.f, nullptr, W, b, E, k, idx, w, st);
+            cudaStream_t st, const RouterScratch* scratch) {
+  norm_router(t, T, H, nullptr, 0.f, nullptr, W, b, E, k, idx, w, st, scratch);
 }
 
+int router_split_rows() { return kSplitMaxRows; }
+
 void norm_router(const float* x, int T, int H, const float* norm_w, float eps, float* t, const uint16_t* W,
-                 const float* b, int E, int k, int32_t* idx, float* w, cudaStream_t st) {
+                 const float* b, int E, int k, int32_t* idx, float* w, cudaStream_t st, const RouterScratch* scratch) {
   if (T <= 0) return;
-  const float* rows = norm_w ? t : x;  // what the dot products read
-  const bool vec = H % 8 == 0 && (reinterpret_cast<uintptr_t>(W) & 15u) == 0 && (reinterpret_cast<uintptr_t>(rows) & 15u) == 0;
+  const float* rows = norm_w ? t : x;  // what the dot products read (the split kernel: shared memory)
+  const bool w16 = (reinterpret_cast<uintptr_t>(W) & 15u) == 0;
+  if (scratch && T <= scratch->rows && T <= kSplitMaxRows && E > kSplitExperts) {
+    const bool vec = H % 8 == 0 && w16 && (norm_w || (reinterpret_cast<uintptr_t>(x) & 15u) == 0);
+    const size_t smem = sizeof(float) * (size_t(norm_w ? H : 0) + size_t(E)) + sizeof(int) * size_t(k);
+    launch_kernel(router_split_kernel, dim3(unsigned(T), unsigned(cdiv(E, kSplitExperts))), kSplitThreads, smem, st,
+                  x, norm_w, eps, t, H, W, b, E, k, idx, w, vec, scratch->logits, scratch->arrivals);
+    return;
+  }
+  const bool vec = H % 8 == 0 && w16 && (reinterpret_cast<uintptr_t>(rows) & 15u) == 0;
   const size_t smem = sizeof(float) * size_t(E) + sizeof(int) * size_t(k);
   launch_kernel(router_kernel, T, kRouterThreads, smem, st, x, norm_w, eps, t, H, W, b, E, k, idx, w, vec);
 }

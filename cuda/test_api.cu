@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "common.cuh"
@@ -159,10 +160,22 @@ void dense(const float* x, int M, int K, const uint16_t* w, int N, const float* 
   dy.to_host(y, size_t(M) * N * 4);
 }
 
-void router(const float* t, int T, int H, const uint16_t* w, int E, const float* b, int k, int32_t* idx, float* rw) {
+void router(const float* t, int T, int H, const uint16_t* w, int E, const float* b, int k, int32_t* idx, float* rw,
+            bool split) {
   Buf dt(t, size_t(T) * H * 4), dw(w, size_t(E) * H * 2), db(b, size_t(E) * 4), di(size_t(T) * k * 4),
       dr(size_t(T) * k * 4);
-  cuda::router(dt.as<float>(), T, H, dw.as<uint16_t>(), db.as<float>(), E, k, di.as<int32_t>(), dr.as<float>(), 0);
+  const int rows = cuda::router_split_rows();
+  Buf dl(size_t(rows) * E * 4), da(size_t(rows) * 4);
+  CUDA_CHECK(cudaMemset(da.p, 0, da.bytes));
+  RouterScratch scr{dl.as<float>(), da.as<int32_t>(), rows};
+  cuda::router(dt.as<float>(), T, H, dw.as<uint16_t>(), db.as<float>(), E, k, di.as<int32_t>(), dr.as<float>(), 0,
+               split ? &scr : nullptr);
+  if (split) {  // every row's last block reset its count
+    std::vector<int32_t> left(static_cast<size_t>(rows));
+    da.to_host(left.data(), da.bytes);
+    for (int32_t v : left)
+      if (v != 0) throw std::runtime_error("router: an arrival count was left non-zero");
+  }
   di.to_host(idx, size_t(T) * k * 4);
   dr.to_host(rw, size_t(T) * k * 4);
 }

@@ -21,7 +21,9 @@ void attention(const float* q, int T, int n_heads, const float* k, const float* 
 // the tensor-core options of cuda::dense.
 void dense(const float* x, int M, int K, const uint16_t* w, int N, const float* bias, int path, float* y,
            bool split = true, int tiles = 0);
-void router(const float* t, int T, int H, const uint16_t* w, int E, const float* b, int k, int32_t* idx, float* rw);
+// split: few rows routed over many blocks (as the engine does for up to router_split_rows rows).
+void router(const float* t, int T, int H, const uint16_t* w, int E, const float* b, int k, int32_t* idx, float* rw,
+            bool split = false);
 // The MoE block for given routing: out[t] = sum_k rw[t,k] * (W2 swiglu(W1 x[t] + b1) + b2) over
 // experts idx[t, k].
 void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int k, int E, int I,

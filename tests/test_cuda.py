@@ -347,15 +347,19 @@ def test_matmul_mxfp4_extreme_scales(backend):
 
 # ------------------------------------------------------------------------ router + MoE
 @cuda_test
-@pytest.mark.parametrize("T,H,E,k", [(1, 2880, 32, 4), (7, 2880, 128, 4), (5, 64, 4, 2), (3, 96, 5, 3), (2, 40, 8, 8)])
-def test_router(backend, T, H, E, k):
+@pytest.mark.parametrize("T,H,E,k", [(1, 2880, 32, 4), (7, 2880, 128, 4), (5, 64, 4, 2), (3, 96, 5, 3), (2, 40, 8, 8),
+                                     (16, 100, 13, 3), (20, 64, 32, 4)])
+@pytest.mark.parametrize("split", [False, True])
+def test_router(backend, T, H, E, k, split):
+    """split: the few-row router that spreads a row's experts over blocks (the last block to
+    arrive picks the top k); it falls back to one block per row above 16 rows or 4 experts."""
     rng = np.random.default_rng(T + H + E)
     t = rng.standard_normal((T, H)).astype(np.float32)
     w = to_bf16((2 * rng.standard_normal((E, H)) / np.sqrt(H)).astype(np.float32))
     b = (0.1 * rng.standard_normal(E)).astype(np.float32)
     logits = (ck.matmul_bf16(t, w) + b).astype(np.float32)
     want_i, want_w = ck.router_topk_softmax(logits, k)
-    got_i, got_w = backend.kernels.router(t, w, b, k)
+    got_i, got_w = backend.kernels.router(t, w, b, k, split)
     np.testing.assert_array_equal(got_i, want_i)
     assert_rel(got_w, want_w, 1e-5, "router weights")
 
@@ -370,6 +374,7 @@ def test_router_ties_go_to_lower_id(backend):
     w[:, 0] = to_bf16(col)
     b = np.zeros(E, np.float32)
     idx, rw = backend.kernels.router(t, w, b, 6)
+    np.testing.assert_array_equal(idx, backend.kernels.router(t, w, b, 6, True)[0])
     np.testing.assert_array_equal(idx[0], [1, 2, 4, 9, 3, 6])
     want_i, want_w = ck.router_topk_softmax(col[None, :].repeat(2, 0), 6)
     np.testing.assert_array_equal(idx, want_i)

@@ -316,6 +316,7 @@ inline void cudaGridDependencySynchronize() { gptoss_emu::grid_dependency_wait()
 extern dim3 blockDim, gridDim;
 
 inline void __syncthreads() { gptoss_emu::syncthreads(); }
+inline void __threadfence() {}  // blocks run one after the other: their writes are already in order
 template <typename T>
 inline T __shfl_xor_sync(unsigned, T v, int mask, int = 32) {
   return gptoss_emu::shfl_bits(v, gptoss_emu::lane_id() ^ mask);
