@@ -382,15 +382,16 @@ def test_router_ties_go_to_lower_id(backend):
 
 
 def _moe_reference(x, idx, rw, b1, s1, bias1, b2, s2, bias2, alpha=1.702, limit=7.0):
+    """sum_j rw[t, j] * (W2[e] swiglu(W1[e] x[t] + b1[e]) + b2[e]), e = idx[t, j]: each expert's
+    tokens in one product (the CPU kernels, rows independent)."""
     T, H = x.shape
     out = np.zeros((T, H), np.float32)
-    for t in range(T):
-        for j in range(idx.shape[1]):
-            e = idx[t, j]
-            h = ck.matmul_mxfp4(x[t:t + 1], b1[e], s1[e]) + bias1[e]
-            a = ck.swiglu(h.astype(np.float32), alpha, limit)
-            y = ck.matmul_mxfp4(a.astype(np.float32), b2[e], s2[e]) + bias2[e]
-            out[t] += rw[t, j] * y[0]
+    for e in np.unique(idx):
+        t, j = np.nonzero(idx == e)
+        h = ck.matmul_mxfp4(np.ascontiguousarray(x[t]), b1[e], s1[e]) + bias1[e]
+        a = ck.swiglu(h.astype(np.float32), alpha, limit)
+        y = ck.matmul_mxfp4(np.ascontiguousarray(a, dtype=np.float32), b2[e], s2[e]) + bias2[e]
+        np.add.at(out, t, rw[t, j][:, None] * y)
     return out
 
 
