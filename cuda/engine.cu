@@ -401,6 +401,7 @@ struct CudaEngine::Impl {
   void ensure_pen_saved(int64_t n) {
     if (n <= pen_cap) return;
     const int64_t cap = std::max<int64_t>({n, 2 * pen_cap, 4096});
+    drop_graphs();  // they hold the old pointer
     if (pen_saved) CUDA_CHECK(cudaFree(pen_saved));
     pen_saved = nullptr;
     pen_cap = 0;
@@ -416,10 +417,12 @@ struct CudaEngine::Impl {
   struct Shape {
     int T, ng, R, nsf, nsw, mode;
     int lpn, lpl;  // SAMPLE: top logprobs per row (-1: no logprobs) and their vocab_limit
-    int pe = 0;    // SAMPLE: penalty entries of the chunk's rows (never in a graph)
+    // SAMPLE: room for the chunk's penalty entries, a power of two >= 64 (0: none), so that a
+    // graph serves every step whose entries fit; the CSR offsets say how many are real.
+    int pe = 0;
     bool operator<(const Shape& o) const {
-      return std::tie(T, ng, R, nsf, nsw, mode, lpn, lpl) <
-             std::tie(o.T, o.ng, o.R, o.nsf, o.nsw, o.mode, o.lpn, o.lpl);
+      return std::tie(T, ng, R, nsf, nsw, mode, lpn, lpl, pe) <
+             std::tie(o.T, o.ng, o.R, o.nsf, o.nsw, o.mode, o.lpn, o.lpl, o.pe);
     }
   };
   static constexpr int kSpInts = int(sizeof(SP) / 4);
@@ -584,6 +587,7 @@ struct CudaEngine::Impl {
     p.lpn = p.mode == SAMPLE ? lp.n : -1;
     p.lpl = p.lpn >= 0 ? lp.vocab_limit : 0;
     p.pe = 0;
+    int pe_n = 0;  // real penalty entries (p.pe: the room for them)
     if (p.mode == SAMPLE && lp.pen && p.R > 0) {
       const Chunk* f = nullptr;
       for (const auto& ch : chunks)
@@ -591,7 +595,11 @@ struct CudaEngine::Impl {
           f = &ch;
           break;
         }
-      p.pe = lp.pen->off[size_t(f->out_row + p.R)] - lp.pen->off[size_t(f->out_row)];
+      pe_n = lp.pen->off[size_t(f->out_row + p.R)] - lp.pen->off[size_t(f->out_row)];
+      if (pe_n > 0) {
+        p.pe = 64;
+        while (p.pe < pe_n) p.pe *= 2;
+      }
     }
     p.nsf = plan_splits(p, max_span_full);
     p.nsw = plan_splits(p, max_span_win);
@@ -622,15 +630,15 @@ struct CudaEngine::Impl {
       const Penalties& pen = *lp.pen;
       const int32_t e0 = pen.off[size_t(first->out_row)];
       for (int r = 0; r <= p.R; ++r) staging[o_pen(p) + r] = pen.off[size_t(first->out_row + r)] - e0;
-      put(o_pen(p) + p.R + 1, pen.id.data() + e0, size_t(p.pe) * 4);
-      put(o_pen(p) + p.R + 1 + p.pe, pen.val.data() + 3 * size_t(e0), size_t(p.pe) * 12);
+      put(o_pen(p) + p.R + 1, pen.id.data() + e0, size_t(pe_n) * 4);
+      put(o_pen(p) + p.R + 1 + p.pe, pen.val.data() + 3 * size_t(e0), size_t(pe_n) * 12);
       ensure_pen_saved(p.pe);
     }
     put(o_tab(p), tab_full.data(), tab_full.size() * 4);
     CUDA_CHECK(cudaMemcpyAsync(meta, staging, size_t(total) * 4, cudaMemcpyHostToDevice, stream));
 
-    if (profiling && T <= kGraphMaxT && p.pe == 0) run_profiled(p);
-    else if (decode && opt.graphs && T <= kGraphMaxT && p.pe == 0) run_graph(p);
+    if (profiling && T <= kGraphMaxT) run_profiled(p);
+    else if (decode && opt.graphs && T <= kGraphMaxT) run_graph(p);
     else enqueue_forward(p);
 
     // ---- logits (or greedy tokens) of the rows that asked for them, consecutive in the output

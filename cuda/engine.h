@@ -86,7 +86,7 @@ class CudaEngine {
   // penalties (sampling.py steps 1-3, applied before the draw; the logprobs see the raw logits):
   // item i's entries are [off[i], off[i+1]) of id (distinct within an item) and val (3 per
   // entry: the repetition penalty or 1, the presence + frequency amount to subtract, the bias).
-  // Steps with penalties are not replayed from graphs.
+  // Steps with penalties replay graphs too (one per power-of-two room for the entries).
   struct Penalties {
     std::vector<int32_t> off, id;
     std::vector<float> val;

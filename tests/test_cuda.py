@@ -746,7 +746,7 @@ def test_more_output_rows_than_the_logits_buffer(backend):
 @cuda_test
 def test_generate_samples_on_device(backend):
     """generate / generate_batch draw on the device (same random stream as the host sampler, only
-    token ids come back) and give the CPU's tokens; penalties and logprobs use the host path."""
+    token ids come back) and give the CPU's tokens, with penalties, logit bias and logprobs too."""
     cfg = tiny_config("tiny4")
     cpu, gpu = _pair(backend, cfg, seed=3)
     assert gpu.samples_on_device and not cpu.samples_on_device
@@ -771,8 +771,8 @@ def test_generate_samples_on_device(backend):
     for x, y in zip(a.logprobs, b.logprobs):
         assert abs(x.logprob - y.logprob) < 1e-3 and [i for i, _ in x.top_logprobs] == [i for i, _ in y.top_logprobs]
         assert np.allclose([v for _, v in x.top_logprobs], [v for _, v in y.top_logprobs], atol=1e-3)
-    # Penalties and logit bias are sparse edits on the device (those steps run without graphs);
-    # the log-probabilities still describe the raw logits.
+    # Penalties and logit bias are sparse edits on the device, replayed from graphs too (one per
+    # power-of-two room for the entries); the log-probabilities still describe the raw logits.
     launches = gpu._engine.graph_stats()["launches"]
     for kw in (dict(temperature=0.8, repetition_penalty=1.3, logprobs=2, seed=1),
                dict(temperature=0.0, presence_penalty=1.5, frequency_penalty=0.7),
@@ -784,7 +784,18 @@ def test_generate_samples_on_device(backend):
             assert len(a.logprobs) == 8 and len(a.logprobs[0].top_logprobs) == 2
             for x, y in zip(a.logprobs, b.logprobs):
                 assert abs(x.logprob - y.logprob) < 1e-3
-    assert gpu._engine.graph_stats()["launches"] == launches
+    assert gpu._engine.graph_stats()["launches"] >= launches + 4 * 7
+    # Entries crossing a room boundary (64 -> 128) mid-generation: a second graph, same tokens.
+    long_prompt = [int(t) for t in np.random.default_rng(8).permutation(cfg.vocab_size)[:60]]
+    kw = dict(temperature=0.9, repetition_penalty=1.2, frequency_penalty=0.3, seed=12)
+    launches = gpu._engine.graph_stats()["launches"]
+    a, b = gpu.generate(long_prompt, max_tokens=12, **kw), cpu.generate(long_prompt, max_tokens=12, **kw)
+    assert a.tokens == b.tokens
+    assert gpu._engine.graph_stats()["launches"] >= launches + 11
+    gpu._engine.set_cuda_graphs(False)  # and the same tokens eagerly
+    kw = dict(temperature=0.9, repetition_penalty=0.8, frequency_penalty=-0.5, logit_bias={3: 1.0}, seed=9)
+    assert gpu.generate(prompt, max_tokens=8, **kw).tokens == cpu.generate(prompt, max_tokens=8, **kw).tokens
+    gpu._engine.set_cuda_graphs(True)
     ra = generate_batch(gpu, batch, temperature=0.8, presence_penalty=1.0, seed=3, max_tokens=6)
     rb = generate_batch(cpu, batch, temperature=0.8, presence_penalty=1.0, seed=3, max_tokens=6)
     assert [r.tokens for r in ra] == [r.tokens for r in rb]
