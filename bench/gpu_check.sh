@@ -88,7 +88,7 @@ log "$(tail -3 "$OUT/smoke.txt")"
 
 # 4. CUDA tests
 log "pytest -m cuda tests/test_cuda.py"
-timeout $(budget 200 180) python3 -m pytest -m cuda tests/test_cuda.py -q -rfE -p no:cacheprovider --maxfail=60 \
+timeout $(budget 200 180) python3 -m pytest -m cuda tests/test_cuda.py -q -rfE -p no:cacheprovider --maxfail=60 --durations=15 \
   > "$OUT/pytest.log" 2>&1
 RC=$?
 log "pytest rc=$RC: $(tail -1 "$OUT/pytest.log")"
