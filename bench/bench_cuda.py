@@ -68,6 +68,23 @@ def kind_bytes(cfg, B: int, ctx: int, kv_elem: int) -> dict[str, float]:
     }
 
 
+def kind_flops(cfg, n: int) -> dict[str, float]:
+    """Model FLOPs of an n-token prefill per kernel kind of CudaEngine.profile."""
+    H, I, k, L = cfg.hidden_size, cfg.intermediate_size, cfg.experts_per_token, cfg.num_hidden_layers
+    Q = cfg.num_attention_heads * cfg.head_dim
+    KV = cfg.num_key_value_heads * cfg.head_dim
+    n_win = sum(1 for layer in range(L) if cfg.is_sliding(layer))
+    w = min(n, cfg.sliding_window)
+    return {
+        "qkv": 2 * n * L * (Q + 2 * KV) * H,
+        "attention out": 2 * n * L * H * Q,
+        "experts mlp1": 2 * n * L * k * 2 * I * H,
+        "experts mlp2": 2 * n * L * k * I * H,
+        "attention (full)": 4 * Q * (L - n_win) * n * (n + 1) / 2,
+        "attention (window)": 4 * Q * n_win * (w * (w + 1) / 2 + (n - w) * cfg.sliding_window),
+    }
+
+
 def prefill_flops(cfg, n: int) -> float:
     """Model FLOPs of an n-token prefill: the GEMMs of every token (experts: the k used), QK^T and
     PV over the causal (or 128-token window) keys, and the unembedding of the last row."""
@@ -185,21 +202,27 @@ def main() -> int:
         finally:
             undo()
 
+    def emit_profile(step: str, prof: dict, by: dict, fl: dict):
+        """One line per kernel kind: device time per step, its share, and the bandwidth (by: bytes
+        per step) or the model TFLOP/s (fl: FLOPs per step) it reaches."""
+        steps = max(1, prof.pop("steps"))
+        total = sum(ms for ms, _ in prof.values()) / steps
+        for kind, (ms, _) in sorted(prof.items(), key=lambda kv: -kv[1][0]):
+            us = ms / steps * 1e3
+            gbps = by[kind] / (us * 1e-6) / 1e9 if kind in by and us > 0 else None
+            tflops = fl[kind] / (us * 1e-6) / 1e12 if kind in fl and us > 0 else None
+            emit(what="profile", step=step, kind=kind, us_per_step=round(us, 1),
+                 share=round(ms / steps / total, 3) if total > 0 else None,
+                 gbps=round(gbps, 1) if gbps else None, bw_frac=round(gbps / bw, 3) if gbps else None,
+                 tflops=round(tflops, 1) if tflops else None,
+                 peak_frac=round(tflops / peak, 3) if tflops and peak else None)
+
     def profiled(section: str, seqs, toks, n: int, B: int, ctx: int):
-        """Device time per kernel kind over n greedy steps, with the bandwidth each reaches."""
+        """Device time per kernel kind over n greedy steps of B rows at context ctx."""
         with side_by_side(section, lambda: eng.set_profile(False)):
             eng.set_profile(True)
             timed_greedy(seqs, toks, n)
-            prof = eng.profile()
-            steps = max(1, prof.pop("steps"))
-            by = kind_bytes(cfg, B, ctx, kv_elem)
-            total = sum(ms for ms, _ in prof.values()) / steps
-            for kind, (ms, _) in sorted(prof.items(), key=lambda kv: -kv[1][0]):
-                us = ms / steps * 1e3
-                gbps = by[kind] / (us * 1e-6) / 1e9 if kind in by and us > 0 else None
-                emit(what="profile", batch=B, context=ctx, kind=kind, us_per_step=round(us, 1),
-                     share=round(ms / steps / total, 3) if total > 0 else None,
-                     gbps=round(gbps, 1) if gbps else None, bw_frac=round(gbps / bw, 3) if gbps else None)
+            emit_profile(f"b{B}", eng.profile(), kind_bytes(cfg, B, ctx, kv_elem), {})
 
     def timed_prefill(n: int):
         """(sequence, seconds) of one n-token prompt on a fresh sequence."""
@@ -235,6 +258,12 @@ def main() -> int:
                 s, dt = timed_prefill(n)
                 emit_prefill(what, n, dt)
                 s.free()
+    # Where a prefill's time goes (eager steps, an event between kernel groups).
+    with side_by_side("profile prefill", lambda: eng.set_profile(False)):
+        eng.set_profile(True)
+        s, _ = timed_prefill(ctxs[0])
+        s.free()
+        emit_profile(f"p{ctxs[0]}", eng.profile(), {}, kind_flops(cfg, ctxs[0]))
     # Each tensor-core tile shape forced (auto picks per GEMM): which one the defaults should favour.
     with side_by_side("prefill_tiles", lambda: eng.set_gemm_tiles(0)):
         for tiles, name in TILES:

@@ -42,7 +42,11 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
         note = f"{r['share'] * 100:.0f}% of the step" if r.get("share") is not None else ""
         if r.get("gbps"):
             note += f", {r['gbps']:.0f} GB/s ({r['bw_frac'] * 100:.0f}% of copy BW)"
-        return [(f"b{r['batch']} {r['kind']}"[:25], f"{r['us_per_step']:.1f} us/step", note)]
+        if r.get("tflops"):
+            note += f", {r['tflops']:.0f} TFLOP/s"
+            if r.get("peak_frac"):
+                note += f" ({r['peak_frac'] * 100:.0f}% of matmul peak)"
+        return [(f"{r['step']} {r['kind']}"[:25], f"{r['us_per_step']:.1f} us/step", note)]
     if w == "error":
         return [(f"ERROR in {r.get('section')}", "-", r.get("error", "")[:200])]
     if w == "copy_bandwidth":

@@ -439,11 +439,14 @@ struct CudaEngine::Impl {
     graphs.clear();
   }
 
-  // ---- profile: device time per kernel kind of graph-eligible steps ----------------------------
-  // A profiled step is captured afresh with an event after each kernel group, so the kernels run
-  // back to back as in a replayed graph, and the events' elapsed times split the step.
+  // ---- profile: device time per kernel kind ----------------------------------------------------
+  // A profiled step records an event after each kernel group and the events' elapsed times
+  // split it. Steps of up to 256 rows are captured afresh into a graph with the events, so their
+  // short kernels run back to back as in a replayed graph; longer ones (prefill) run eagerly,
+  // where launch gaps are small next to their kernels.
   bool profiling = false;
-  bool prof_capture = false;           // marks are recorded (inside a profiled capture)
+  bool prof_on = false;       // marks are recorded now
+  bool prof_pending = false;  // a profiled step is in flight
   std::vector<cudaEvent_t> prof_events;
   std::vector<const char*> prof_labels;  // label of the interval ending at event i
   std::map<std::string, std::pair<double, int64_t>> prof_acc;  // label -> (ms, intervals)
@@ -451,7 +454,7 @@ struct CudaEngine::Impl {
   cudaGraphExec_t prof_exec = nullptr;
 
   void mark(const char* label) {
-    if (!prof_capture) return;
+    if (!prof_on) return;
     const size_t i = prof_labels.size();
     if (i == prof_events.size()) {
       cudaEvent_t e = nullptr;
@@ -463,21 +466,20 @@ struct CudaEngine::Impl {
   }
 
   void run_profiled(const Shape& p) {
-    prof_labels.clear();
     CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     cudaGraph_t g = nullptr;
-    prof_capture = true;
+    prof_on = true;
     try {
       mark("start");
       enqueue_forward(p);
     } catch (...) {
-      prof_capture = false;
+      prof_on = false;
       cudaStreamEndCapture(stream, &g);
       if (g) cudaGraphDestroy(g);
       cudaGetLastError();
       throw;
     }
-    prof_capture = false;
+    prof_on = false;
     CUDA_CHECK(cudaStreamEndCapture(stream, &g));
     const cudaError_t e = cudaGraphInstantiate(&prof_exec, g, 0);
     cudaGraphDestroy(g);
@@ -487,8 +489,9 @@ struct CudaEngine::Impl {
 
   // After the profiled step's stream synchronisation: adds its intervals.
   void collect_profile() {
-    if (!prof_exec) return;
-    cudaGraphExecDestroy(prof_exec);
+    if (!prof_pending) return;
+    prof_pending = false;
+    if (prof_exec) cudaGraphExecDestroy(prof_exec);
     prof_exec = nullptr;
     for (size_t i = 1; i < prof_labels.size(); ++i) {
       float ms = 0.f;
@@ -637,9 +640,18 @@ struct CudaEngine::Impl {
     put(o_tab(p), tab_full.data(), tab_full.size() * 4);
     CUDA_CHECK(cudaMemcpyAsync(meta, staging, size_t(total) * 4, cudaMemcpyHostToDevice, stream));
 
-    if (profiling && T <= kGraphMaxT) run_profiled(p);
-    else if (decode && opt.graphs && T <= kGraphMaxT) run_graph(p);
-    else enqueue_forward(p);
+    prof_on = false;
+    prof_pending = profiling;
+    prof_labels.clear();
+    if (profiling && T <= kGraphMaxT) {
+      run_profiled(p);
+    } else if (decode && opt.graphs && T <= kGraphMaxT) {
+      run_graph(p);
+    } else {
+      prof_on = profiling;
+      mark("start");
+      enqueue_forward(p);
+    }
 
     // ---- logits (or greedy tokens) of the rows that asked for them, consecutive in the output
     if (p.R > kLogitRows) {  // more output rows than the logits buffer: the head in pieces (eager only)
@@ -651,6 +663,7 @@ struct CudaEngine::Impl {
                                      cudaMemcpyDeviceToHost, stream));
       }
     }
+    prof_on = false;
     if (p.R > 0) {
       if (out) {
         if (p.R <= kLogitRows)

@@ -120,9 +120,10 @@ class CudaEngine {
   // Programmatic dependent launch (each kernel launched while its predecessor finishes; sm_90+
   // only). Returns whether it is now in use.
   bool set_pdl(bool on);
-  // Profiling (benchmarks): steps of up to 256 rows run as freshly captured graphs with an event
-  // after each kernel group; profile() gives (kernel kind, device ms summed, intervals) over the
-  // steps since set_profile(true), and ("steps", 0, count). Turning it on or off resets it.
+  // Profiling (benchmarks): an event after each kernel group of every step (steps of up to 256
+  // rows as freshly captured graphs, longer ones eagerly); profile() gives (kernel kind, device
+  // ms summed, intervals) over the steps since set_profile(true), and ("steps", 0, count).
+  // Turning it on or off resets it.
   void set_profile(bool on);
   std::vector<std::tuple<std::string, double, int64_t>> profile() const;
   void synchronize();

@@ -698,26 +698,27 @@ def test_programmatic_dependent_launch(backend):
 
 @cuda_test
 def test_profile_splits_steps_by_kernel_kind(backend):
-    """set_profile: graph-eligible steps run as fresh graphs with events between kernel groups;
-    the results are unchanged and every kind is counted once per layer and step."""
+    """set_profile: events between kernel groups (steps of up to 256 rows as fresh graphs, longer
+    ones eagerly); the results are unchanged and every kind is counted once per layer and step."""
     cfg = gptoss.config.preset("tiny", **dict(SMALL, num_hidden_layers=2))
-    models = [_pair(backend, cfg, seed=18)[1] for _ in range(2)]
+    models = [_pair(backend, cfg, seed=18, max_chunk_tokens=400)[1] for _ in range(2)]
     eng = models[1]._engine
     eng.set_profile(True)
     outs = []
     for m in models:
         s = m.new_sequence()
         outs.append([s.prefill(_toks(12, 19, cfg.vocab_size))] + [s.decode(t) for t in (4, 6, 8)])
+        outs[-1].append(m.new_sequence().prefill(_toks(300, 20, cfg.vocab_size)))  # eager
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
     prof = eng.profile()
-    assert prof["steps"] == 4
+    assert prof["steps"] == 5
     L = cfg.num_hidden_layers
     for kind in ("qkv", "rope + kv store", "attention out", "norm + router", "experts mlp1", "experts mlp2",
                  "combine + norm"):
-        assert prof[kind][1] == 4 * L, (kind, prof)
-    assert prof["embedding + norm"][1] == 4 and prof["unembedding"][1] == 4
-    assert prof["expert grouping"][1] == L  # the 12-token prefill; one-token steps need none
+        assert prof[kind][1] == 5 * L, (kind, prof)
+    assert prof["embedding + norm"][1] == 5 and prof["unembedding"][1] == 5
+    assert prof["expert grouping"][1] == 2 * L  # the prefills; one-token steps need none
     assert all(ms >= 0 for k, (ms, n) in ((k, v) for k, v in prof.items() if k != "steps"))
     eng.set_profile(False)
     assert eng.profile() == {"steps": 0}
@@ -918,7 +919,7 @@ def test_gpu_benchmark_script_dry_run(tmp_path):
     assert t.returncode == 0, t.stderr
     assert "ERROR" not in t.stdout, t.stdout
     for figure in ("prefill 40", "prefill 72 chunk 512", "prefill 72 bf16 act", "prefill 40 tiles 128x128",
-                   "TFLOP/s", "decode b17 tiles 32x128", "pdl=on", "b1 experts mlp1", "b17 qkv", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
+                   "TFLOP/s", "decode b17 tiles 32x128", "pdl=on", "b1 experts mlp1", "b17 qkv", "p40 experts mlp1", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
                    "device memory used", "copy bandwidth"):
         assert figure in t.stdout, (figure, t.stdout)
 
