@@ -1,5 +1,6 @@
-"""The compact table that bench/gpu_check.sh prints last: one row per figure in the
-bench_<model>.jsonl files that bench/bench_cuda.py wrote into DIR.
+"""The tables that bench/gpu_check.sh prints last: one row per figure in the bench_<model>.jsonl
+files that bench/bench_cuda.py wrote into DIR, the details first and the compact summary
+(bandwidth, matmul peak, prefill, decode, memory, errors) last.
 
     python bench/gpu_table.py DIR
 """
@@ -57,8 +58,14 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
     return []
 
 
+HEADLINE = ("copy_bandwidth", "matmul_peak", "prefill", "decode", "memory", "error")
+
+
 def table(out: str) -> str:
-    lines = [f"{'model':<14}{'figure':<26}{'value':<16}note"]
+    """The details (variants, tile shapes, per-kernel profiles) first, then the compact table of
+    the headline figures last."""
+    head = f"{'model':<14}{'figure':<26}{'value':<16}note"
+    detail, main = [head], [head]
     for path in sorted(glob.glob(os.path.join(out, "bench_*.jsonl"))):
         model = os.path.basename(path)[len("bench_"):-len(".jsonl")]
         for line in open(path):
@@ -67,8 +74,8 @@ def table(out: str) -> str:
             except ValueError:
                 continue
             for fig, val, note in rows_of(r):
-                lines.append(f"{model:<14}{fig:<26}{val:<16}{note}")
-    return "\n".join(lines)
+                (main if r.get("what") in HEADLINE else detail).append(f"{model:<14}{fig:<26}{val:<16}{note}")
+    return "\n".join(["-- details --"] + detail + ["", "-- summary --"] + main)
 
 
 if __name__ == "__main__":
