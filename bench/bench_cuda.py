@@ -298,6 +298,12 @@ def main() -> int:
             toks, dt = timed_greedy([s], list(greedy([s], [1])), steps)
             emit(what="decode_pdl", pdl=used, batch=1, context=c0 + steps, ms_per_step=round(dt * 1e3, 3),
                  tok_s=round(1 / dt, 1))
+    # QKV, RoPE and the KV store as two kernels instead of one (the fused kernel is the default).
+    with side_by_side("decode_unfused", lambda: eng.set_fuse_qkv_rope(True)):
+        eng.set_fuse_qkv_rope(False)
+        toks, dt = timed_greedy([s], list(greedy([s], [1])), steps)
+        emit(what="decode_unfused", batch=1, context=c0 + 2 * steps, ms_per_step=round(dt * 1e3, 3),
+             tok_s=round(1 / dt, 1))
     # Sampling on the device (temperature 0.8, top-p 0.95): the per-step cost over greedy.
     def sampled(tok: int) -> int:
         return int(eng.step_sample([s.id], [np.array([tok], np.int64)], np.array([0.8], np.float32),

@@ -341,6 +341,8 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
         d["steps"] = steps;
         return d;
       }, "{kernel kind: (device ms summed, intervals), 'steps': profiled steps}")
+      .def("set_fuse_qkv_rope", &CudaEngine::set_fuse_qkv_rope, py::arg("enabled"),
+           "decode steps: QKV projection, RoPE and KV store in one kernel (default) or two")
       .def("set_pdl", &CudaEngine::set_pdl, py::arg("enabled"),
            "programmatic dependent launch between kernels (sm_90+); returns whether it is in use")
       .def("set_gemm_tiles", &CudaEngine::set_gemm_tiles, py::arg("tiles"),

@@ -175,6 +175,18 @@ __device__ __forceinline__ void block_rmsnorm(const float* x, int H, const float
   for (int i = threadIdx.x; i < H; i += blockDim.x) t[i] = w[i] * (x[i] * r);
 }
 
+// One KV-cache element (fp32 or bf16 cache) at pool index i.
+template <typename KV>
+__device__ __forceinline__ void kv_put(void* base, int64_t i, float v);
+template <>
+__device__ __forceinline__ void kv_put<float>(void* base, int64_t i, float v) {
+  static_cast<float*>(base)[i] = v;
+}
+template <>
+__device__ __forceinline__ void kv_put<uint16_t>(void* base, int64_t i, float v) {
+  static_cast<uint16_t*>(base)[i] = float_to_bf16_bits(v);
+}
+
 // 2^(s-127) for an E8M0 scale byte (s = 0: the denormal 2^-127; s = 255: +inf), as the CPU.
 __device__ __forceinline__ float e8m0_to_float(uint32_t s) {
   return s == 0 ? 5.87747175411e-39f : __uint_as_float(s << 23);

@@ -752,8 +752,6 @@ struct CudaEngine::Impl {
       const bool sliding = c.sliding[size_t(l)];
       const bool sp = opt.tc_split;
       const int gt = opt.gemm_tiles;
-      dense(t, Hi, nullptr, Ti, Hi, L.qkv_w, Hi, int(QKV), L.qkv_b, qkv, int(QKV), EPI_STORE, st, 0, sp, gt);
-      mark("qkv");
       const DevPool& pool = sliding ? *win_pool : *full_pool;
       KVView kv;
       kv.pool = pool.base;
@@ -763,9 +761,22 @@ struct CudaEngine::Impl {
       kv.n_kv = int(c.n_kv);
       kv.head_dim = int(D);
       kv.bf16 = opt.kv_bf16;
-      rope_kv_store(qkv, int(QKV), Ti, d_pos, meta + (sliding ? o_rw(p) : o_rf(p)), d_tables, int(c.n_heads),
-                    int(c.n_kv), int(D / 2), inv_freq, c.rope_conc, kv, st);
-      mark("rope + kv store");
+      const int32_t* row_table = meta + (sliding ? o_rw(p) : o_rf(p));
+      if (Ti <= kQkvRopeRows && opt.fuse_qkv_rope) {  // decode: one kernel
+        QkvRopeArgs qa;
+        qa.X = t; qa.ldx = Hi; qa.M = Ti; qa.K = Hi; qa.W = L.qkv_w; qa.bias = L.qkv_b; qa.qkv = qkv;
+        qa.ld = int(QKV); qa.pos = d_pos; qa.row_table = row_table; qa.tables = d_tables;
+        qa.nq = int(c.n_heads); qa.nk = int(c.n_kv); qa.half = int(D / 2); qa.inv_freq = inv_freq;
+        qa.conc = c.rope_conc; qa.kv = kv;
+        qkv_rope(qa, st);
+        mark("qkv");
+      } else {
+        dense(t, Hi, nullptr, Ti, Hi, L.qkv_w, Hi, int(QKV), L.qkv_b, qkv, int(QKV), EPI_STORE, st, 0, sp, gt);
+        mark("qkv");
+        rope_kv_store(qkv, int(QKV), Ti, d_pos, row_table, d_tables, int(c.n_heads), int(c.n_kv), int(D / 2),
+                      inv_freq, c.rope_conc, kv, st);
+        mark("rope + kv store");
+      }
       AttnArgs a;
       a.q = qkv;
       a.ldq = int(QKV);
@@ -995,6 +1006,14 @@ void CudaEngine::set_gemm_tiles(int tiles) {
   CUDA_CHECK(cudaSetDevice(p_->opt.device));
   CUDA_CHECK(cudaStreamSynchronize(p_->stream));
   p_->opt.gemm_tiles = tiles;
+  p_->drop_graphs();
+}
+
+void CudaEngine::set_fuse_qkv_rope(bool on) {
+  std::lock_guard<std::mutex> g(p_->mu);
+  CUDA_CHECK(cudaSetDevice(p_->opt.device));
+  CUDA_CHECK(cudaStreamSynchronize(p_->stream));
+  p_->opt.fuse_qkv_rope = on;
   p_->drop_graphs();
 }
 

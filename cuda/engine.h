@@ -37,6 +37,7 @@ struct CudaEngineOptions {
   bool tc_split = true;           // tensor-core GEMMs with hi/lo activations (fp32-level); false: bf16
   int gemm_tiles = 0;             // tensor-core block tile (GemmTiles): 0 = chosen per launch
   bool pdl = false;               // programmatic dependent launch between kernels (sm_90+)
+  bool fuse_qkv_rope = true;      // decode steps: QKV projection, RoPE and KV store in one kernel
 };
 
 // Every public method is safe to call from several threads (one lock serialises them).
@@ -120,6 +121,9 @@ class CudaEngine {
   // Programmatic dependent launch (each kernel launched while its predecessor finishes; sm_90+
   // only). Returns whether it is now in use.
   bool set_pdl(bool on);
+  // Decode steps (<= 8 rows): the QKV projection with RoPE and the KV store in one kernel (on by
+  // default), or the two kernels of longer steps (to compare).
+  void set_fuse_qkv_rope(bool on);
   // Profiling (benchmarks): an event after each kernel group of every step (steps of up to 256
   // rows as freshly captured graphs, longer ones eagerly); profile() gives (kernel kind, device
   // ms summed, intervals) over the steps since set_profile(true), and ("steps", 0, count).

@@ -18,26 +18,12 @@ __device__ __forceinline__ void unpack_bf16x8(const uint4 u, float* w) {
   w[6] = __uint_as_float(u.w << 16); w[7] = __uint_as_float(u.w & 0xffff0000u);
 }
 
-template <int TT, int EPI>
-__global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float* X, int ldx, const int32_t* rows, int M,
-                                                                     int K, const uint16_t* W, int ldw, int N,
-                                                                     const float* bias, float* Y, int ldy, bool vec) {
-  grid_dependency_wait();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kGemvWarps + warp;
-  if (n >= N) return;
-  const int m0 = blockIdx.y * TT;
-  const int mm = min(TT, M - m0);
-  const float* xr[TT];
-#pragma unroll
-  for (int t = 0; t < TT; ++t) {
-    const int m = m0 + min(t, mm - 1);
-    xr[t] = X + int64_t(rows ? rows[m] : m) * ldx;
-  }
-  float acc[TT];
+// acc[t] = this lane's part of x_t . w for the mm (<= TT) rows xr[t] (the warp sums them).
+template <int TT>
+__device__ __forceinline__ void gemv_dot(const float* const* xr, int mm, const uint16_t* wr, int K, bool vec,
+                                         int lane, float* acc) {
 #pragma unroll
   for (int t = 0; t < TT; ++t) acc[t] = 0.f;
-  const uint16_t* wr = W + int64_t(n) * ldw;
   const int K8 = vec ? K / 8 : 0;
 #pragma unroll 4
   for (int k8 = lane; k8 < K8; k8 += 32) {
@@ -59,6 +45,26 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float*
     for (int t = 0; t < TT; ++t)
       if (t < mm) acc[t] += xr[t][k] * w;
   }
+}
+
+template <int TT, int EPI>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float* X, int ldx, const int32_t* rows, int M,
+                                                                     int K, const uint16_t* W, int ldw, int N,
+                                                                     const float* bias, float* Y, int ldy, bool vec) {
+  grid_dependency_wait();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kGemvWarps + warp;
+  if (n >= N) return;
+  const int m0 = blockIdx.y * TT;
+  const int mm = min(TT, M - m0);
+  const float* xr[TT];
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    const int m = m0 + min(t, mm - 1);
+    xr[t] = X + int64_t(rows ? rows[m] : m) * ldx;
+  }
+  float acc[TT];
+  gemv_dot<TT>(xr, mm, W + int64_t(n) * ldw, K, vec, lane, acc);
   const float b = bias ? bias[n] : 0.f;
 #pragma unroll
   for (int t = 0; t < TT; ++t) {
@@ -67,6 +73,58 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float*
       float* y = Y + int64_t(m0 + t) * ldy + n;
       if (EPI == EPI_ADD) *y += s + b;
       else *y = s + b;
+    }
+  }
+}
+
+// The decode QKV projection with rope_kv_store's work fused in (one launch instead of two): a
+// warp computes rows i and i + half of one head (q, k or v) for up to TT rows; lane t then
+// finishes row t exactly as rope_kv_kernel does: q rotated into qkv, k rotated and v into the
+// cache.
+template <int TT, typename KV>
+__global__ void __launch_bounds__(kGemvWarps * 32) qkv_rope_kernel(QkvRopeArgs a) {
+  grid_dependency_wait();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int unit = blockIdx.x * kGemvWarps + warp;
+  const int half = a.half, D = 2 * half;
+  if (unit >= (a.nq + 2 * a.nk) * half) return;
+  const int h = unit / half, i = unit % half;
+  const int n1 = h * D + i, n2 = n1 + half;
+  const int m0 = blockIdx.y * TT;
+  const int mm = min(TT, a.M - m0);
+  const float* xr[TT];
+#pragma unroll
+  for (int t = 0; t < TT; ++t) xr[t] = a.X + int64_t(m0 + min(t, mm - 1)) * a.ldx;
+  float acc1[TT], acc2[TT];
+  gemv_dot<TT>(xr, mm, a.W + int64_t(n1) * a.K, a.K, a.vec, lane, acc1);
+  gemv_dot<TT>(xr, mm, a.W + int64_t(n2) * a.K, a.K, a.vec, lane, acc2);
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    const float u = warp_sum(acc1[t]) + a.bias[n1], v = warp_sum(acc2[t]) + a.bias[n2];
+    if (lane != t || t >= mm) continue;
+    const int row = m0 + t, p = a.pos[row];
+    const int B = a.kv.block_size;
+    const int64_t blk = a.tables[a.row_table[row] + p / B];
+    const int64_t kbase = blk * a.kv.block_elems + a.kv.layer_offset + int64_t(p % B) * D;
+    const int64_t head_stride = int64_t(B) * D;
+    if (h >= a.nq + a.nk) {  // v, as it is
+      const int64_t at = kbase + int64_t(a.kv.n_kv) * B * D + (h - a.nq - a.nk) * head_stride + i;
+      kv_put<KV>(a.kv.pool, at, u);
+      kv_put<KV>(a.kv.pool, at + half, v);
+      continue;
+    }
+    float sn, cs;
+    sincosf(float(p) * a.inv_freq[i], &sn, &cs);
+    cs *= a.conc;
+    sn *= a.conc;
+    const float o1 = u * cs - v * sn, o2 = v * cs + u * sn;
+    if (h < a.nq) {
+      a.qkv[int64_t(row) * a.ld + n1] = o1;
+      a.qkv[int64_t(row) * a.ld + n2] = o2;
+    } else {
+      const int64_t at = kbase + (h - a.nq) * head_stride + i;
+      kv_put<KV>(a.kv.pool, at, o1);
+      kv_put<KV>(a.kv.pool, at + half, o2);
     }
   }
 }
@@ -154,6 +212,22 @@ void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uin
   const unsigned row_tiles = unsigned(cdiv(M, gemm_tile_rows(tiles)));
   if (epi == EPI_ADD) launch_tiles<TCB_BF16, TCE_ADD>(tiles, a, row_tiles, st);
   else launch_tiles<TCB_BF16, TCE_STORE>(tiles, a, row_tiles, st);
+}
+
+void qkv_rope(const QkvRopeArgs& a, cudaStream_t st) {
+  if (a.M <= 0) return;
+  if (a.M > kQkvRopeRows) throw InvalidArgument("qkv_rope: at most 8 rows (more go through dense + rope_kv_store)");
+  if (!a.kv.pool) throw InvalidArgument("qkv_rope: needs the KV cache");
+  QkvRopeArgs b = a;
+  b.vec = a.K % 8 == 0 && a.ldx % 4 == 0 && aligned16(a.X) && aligned16(a.W);
+  dim3 grid(unsigned(cdiv(int64_t(a.nq + 2 * a.nk) * a.half, kGemvWarps)), 1);
+  if (a.kv.bf16) {
+    if (a.M == 1) launch_kernel(qkv_rope_kernel<1, uint16_t>, grid, kGemvWarps * 32, 0, st, b);
+    else launch_kernel(qkv_rope_kernel<kQkvRopeRows, uint16_t>, grid, kGemvWarps * 32, 0, st, b);
+  } else {
+    if (a.M == 1) launch_kernel(qkv_rope_kernel<1, float>, grid, kGemvWarps * 32, 0, st, b);
+    else launch_kernel(qkv_rope_kernel<kQkvRopeRows, float>, grid, kGemvWarps * 32, 0, st, b);
+  }
 }
 
 void moe_gemm(bool mlp1, int tiles, const TcArgs& a, unsigned row_tiles, cudaStream_t st) {

@@ -34,6 +34,27 @@ struct KVView {
 // 2*half): half-split YaRN RoPE of q and k at position pos[t] (cos/sin of float(pos)*inv_freq
 // times conc), q rotated in place; if kv.pool, k (rotated) and v are stored at pos[t] in the
 // block tables[row_table[t] + pos[t] / block_size].
+// The QKV projection of up to kQkvRopeRows rows (decode) with rope_kv_store fused in: qkv
+// [M, ld] gets the rotated q (its k and v columns are left unwritten), the cache gets k and v.
+// W: bf16 [(nq + 2 nk) * 2 half, K] rows, bias fp32.
+constexpr int kQkvRopeRows = 8;
+struct QkvRopeArgs {
+  const float* X = nullptr;
+  int ldx = 0, M = 0, K = 0;
+  const uint16_t* W = nullptr;
+  const float* bias = nullptr;
+  float* qkv = nullptr;
+  int ld = 0;
+  const int32_t* pos = nullptr;
+  const int32_t* row_table = nullptr;
+  const int32_t* tables = nullptr;
+  int nq = 0, nk = 0, half = 0;
+  const float* inv_freq = nullptr;
+  float conc = 1.f;
+  KVView kv;
+  bool vec = false;  // set by qkv_rope
+};
+void qkv_rope(const QkvRopeArgs& a, cudaStream_t st);
 void rope_kv_store(float* qkv, int ld, int T, const int32_t* pos, const int32_t* row_table, const int32_t* tables,
                    int nq, int nk, int half, const float* inv_freq, float conc, const KVView& kv, cudaStream_t st);
 

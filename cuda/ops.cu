@@ -41,17 +41,6 @@ __global__ void add_rmsnorm_kernel(float* x, const float* add, int K, int H, con
 }
 
 template <typename KV>
-__device__ __forceinline__ void kv_put(void* base, int64_t i, float v);
-template <>
-__device__ __forceinline__ void kv_put<float>(void* base, int64_t i, float v) {
-  static_cast<float*>(base)[i] = v;
-}
-template <>
-__device__ __forceinline__ void kv_put<uint16_t>(void* base, int64_t i, float v) {
-  static_cast<uint16_t*>(base)[i] = float_to_bf16_bits(v);
-}
-
-template <typename KV>
 __global__ void rope_kv_kernel(float* qkv, int ld, const int32_t* pos, const int32_t* row_table,
                                const int32_t* tables, int nq, int nk, int half, const float* inv_freq, float conc,
                                KVView kv) {

@@ -697,6 +697,27 @@ def test_programmatic_dependent_launch(backend):
 
 
 @cuda_test
+@pytest.mark.parametrize("kv_dtype", ["float32", "bfloat16"])
+def test_fused_qkv_rope_matches_two_kernels(backend, kv_dtype, monkeypatch):
+    """Decode steps (up to 8 rows) project QKV, rotate and store K/V in one kernel; the same
+    steps through the separate QKV GEMV and RoPE kernels give the same logits."""
+    monkeypatch.setenv("GPTOSS_KV_DTYPE", kv_dtype)
+    cfg = tiny_config("tiny")
+    models = [_pair(backend, cfg, seed=21, block_size=4)[1] for _ in range(2)]
+    models[1]._engine.set_fuse_qkv_rope(False)
+    outs = []
+    for m in models:
+        seqs = [m.new_sequence() for _ in range(6)]
+        r = [q.prefill(_toks(5 + 3 * i, 22 + i, cfg.vocab_size)) for i, q in enumerate(seqs)]
+        for step in range(3):  # batch 1 (one-row kernel), then 6 rows (the 8-row kernel)
+            r.append(seqs[0].decode(7 + step))
+            r += m.step([(q, [3 + step + i]) for i, q in enumerate(seqs)])
+        outs.append(r)
+    for a, b in zip(*outs):
+        assert_rel(a, b, 1e-6, "fused qkv + rope")
+
+
+@cuda_test
 def test_profile_splits_steps_by_kernel_kind(backend):
     """set_profile: events between kernel groups (steps of up to 256 rows as fresh graphs, longer
     ones eagerly); the results are unchanged and every kind is counted once per layer and step."""
@@ -714,9 +735,9 @@ def test_profile_splits_steps_by_kernel_kind(backend):
     prof = eng.profile()
     assert prof["steps"] == 5
     L = cfg.num_hidden_layers
-    for kind in ("qkv", "rope + kv store", "attention out", "norm + router", "experts mlp1", "experts mlp2",
-                 "combine + norm"):
+    for kind in ("qkv", "attention out", "norm + router", "experts mlp1", "experts mlp2", "combine + norm"):
         assert prof[kind][1] == 5 * L, (kind, prof)
+    assert prof["rope + kv store"][1] == 2 * L  # decode steps do it inside the QKV kernel
     assert prof["embedding + norm"][1] == 5 and prof["unembedding"][1] == 5
     assert prof["expert grouping"][1] == 2 * L  # the prefills; one-token steps need none
     assert all(ms >= 0 for k, (ms, n) in ((k, v) for k, v in prof.items() if k != "steps"))
@@ -919,7 +940,7 @@ def test_gpu_benchmark_script_dry_run(tmp_path):
     assert t.returncode == 0, t.stderr
     assert "ERROR" not in t.stdout, t.stdout
     for figure in ("prefill 40", "prefill 72 chunk 512", "prefill 72 bf16 act", "prefill 40 tiles 128x128",
-                   "TFLOP/s", "decode b17 tiles 32x128", "pdl=on", "b1 experts mlp1", "b17 qkv", "p40 experts mlp1", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
+                   "TFLOP/s", "decode b17 tiles 32x128", "pdl=on", "qkv+rope unfused", "b1 experts mlp1", "b17 qkv", "p40 experts mlp1", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
                    "device memory used", "copy bandwidth"):
         assert figure in t.stdout, (figure, t.stdout)
 
