@@ -991,39 +991,36 @@ std::map<std::string, double> CudaEngine::memory_plan(ModelConfig cfg, CudaEngin
           {"kv_bytes_per_sequence_window", double(c.n_layers - nf) * per_layer_token * win_tokens}};
 }
 
+// A launch option changes between steps: the stream drains, and the captured graphs (which keep
+// the launches they were captured with) are dropped.
+template <class F>
+static void reconfigure(CudaEngine::Impl& im, F&& change) {
+  std::lock_guard<std::mutex> g(im.mu);
+  CUDA_CHECK(cudaSetDevice(im.opt.device));
+  CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  change(im.opt);
+  im.drop_graphs();
+}
+
 void CudaEngine::set_tc_split(bool split) {
-  std::lock_guard<std::mutex> g(p_->mu);
-  CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  CUDA_CHECK(cudaStreamSynchronize(p_->stream));
-  p_->opt.tc_split = split;
-  p_->drop_graphs();
+  reconfigure(*p_, [&](CudaEngineOptions& o) { o.tc_split = split; });
 }
 
 void CudaEngine::set_gemm_tiles(int tiles) {
   if (tiles < TILES_AUTO || tiles > kGemmTilesMax)
     throw InvalidArgument("set_gemm_tiles: 0 (auto), 1 (64x64), 2 (64x128), 3 (128x128) or 4 (32x128)");
-  std::lock_guard<std::mutex> g(p_->mu);
-  CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  CUDA_CHECK(cudaStreamSynchronize(p_->stream));
-  p_->opt.gemm_tiles = tiles;
-  p_->drop_graphs();
+  reconfigure(*p_, [&](CudaEngineOptions& o) { o.gemm_tiles = tiles; });
 }
 
 void CudaEngine::set_fuse_qkv_rope(bool on) {
-  std::lock_guard<std::mutex> g(p_->mu);
-  CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  CUDA_CHECK(cudaStreamSynchronize(p_->stream));
-  p_->opt.fuse_qkv_rope = on;
-  p_->drop_graphs();
+  reconfigure(*p_, [&](CudaEngineOptions& o) { o.fuse_qkv_rope = on; });
 }
 
 bool CudaEngine::set_pdl(bool on) {
-  std::lock_guard<std::mutex> g(p_->mu);
-  CUDA_CHECK(cudaSetDevice(p_->opt.device));
-  CUDA_CHECK(cudaStreamSynchronize(p_->stream));
-  p_->opt.pdl = on && p_->cc_major >= 9;
-  stream_set_pdl(p_->stream, p_->opt.pdl);
-  p_->drop_graphs();  // captured launches keep the attributes they were captured with
+  reconfigure(*p_, [&](CudaEngineOptions& o) {
+    o.pdl = on && p_->cc_major >= 9;
+    stream_set_pdl(p_->stream, o.pdl);
+  });
   return p_->opt.pdl;
 }
 
