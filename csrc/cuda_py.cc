@@ -89,7 +89,8 @@ void register_kernels(py::module_& k) {
   k.def(
       "attention",
       [](arr<float> q, arr<float> kc, arr<float> vc, arr<int64_t> pos, arr<float> sinks, float scale, int window,
-         int block_size, uint32_t shuffle_seed, const std::string& kv_dtype, int split_len, int path, bool tc_split) {
+         int block_size, uint32_t shuffle_seed, const std::string& kv_dtype, int split_len, int path, bool tc_split,
+         bool merge_in_kernel) {
         need(kc.ndim() == 3 && vc.ndim() == 3 && q.ndim() == 2 && pos.ndim() == 1, "attention: bad ranks");
         const int L = int(kc.shape(0)), n_kv = int(kc.shape(1)), D = int(kc.shape(2));
         need(vc.shape(0) == L && vc.shape(1) == n_kv && vc.shape(2) == D, "attention: k/v shapes differ");
@@ -102,14 +103,15 @@ void register_kernels(py::module_& k) {
         py::array_t<float> out({int64_t(T), int64_t(n_heads) * D});
         test::attention(q.data(), T, n_heads, kc.data(), vc.data(), L, n_kv, D, pos.data(), sinks.data(), scale, window,
                         block_size, shuffle_seed, kv_dtype == "bfloat16", split_len, out.mutable_data(), path,
-                        tc_split);
+                        tc_split, merge_in_kernel);
         return out;
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("pos"), py::arg("sinks"), py::arg("scale"), py::arg("window"),
       py::arg("block_size") = 4, py::arg("shuffle_seed") = 0, py::arg("kv_dtype") = "float32", py::arg("split_len") = 0,
-      py::arg("path") = 0, py::arg("tc_split") = true,
+      py::arg("path") = 0, py::arg("tc_split") = true, py::arg("merge_in_kernel") = true,
       "path: 0 auto (tensor cores for prefill, head_dim 64), 1 CUDA cores, 2 tensor cores; tc_split: hi/lo "
-      "operands (3 MMAs) or plain bf16 (1 MMA)");
+      "operands (3 MMAs) or plain bf16 (1 MMA); merge_in_kernel: splits merged by their last block, or by a "
+      "second kernel");
   k.def(
       "matmul_bf16",
       [](arr<float> x, arr<uint16_t> w, py::object bias, int path, bool split, int tiles) {

@@ -7,9 +7,9 @@
 // of 32 (converted to fp32 from the fp32 or bf16 cache); each warp owns a few (row, head)
 // pairs and keeps an online softmax (running max m, sum l, output o) in registers: lane j
 // scores key j of the tile, then every lane accumulates its head_dim/32 output dimensions.
-// A second kernel merges the splits and adds the sink to the denominator:
-//   o = sum_s e^(m_s - M) o_s / (e^(S_h - M) + sum_s e^(m_s - M) l_s),  M = max(S_h, m_s);
-// with a single split (window layers, short contexts) the first kernel does that itself.
+// The splits are merged with the sink in the denominator (merge_pair) by the last split block
+// of each group and KV head to finish (an arrival count per pair), or, without the counts, by a
+// second kernel; with a single split (window layers, short contexts) the block finishes alone.
 #include <mutex>
 #include <vector>
 
@@ -65,6 +65,49 @@ struct BlockWork {
     s_hi = min(last, s_lo + split_len - 1);
   }
 };
+
+// Output (row, head h) from its n_splits partials (o, m, l) and the sink, by one warp:
+//   o = sum_s e^(m_s - M) o_s / (e^(S_h - M) + sum_s e^(m_s - M) l_s),  M = max(S_h, m_s).
+// Volatile reads: in merge_if_last the partials come from other blocks of the same launch.
+__device__ void merge_pair(const AttnArgs& a, int row, int h, int D, int lane) {
+  const volatile float* part = a.part + (int64_t(row) * a.n_heads + h) * a.n_splits * (D + 2);
+  const float sink = a.sinks[h];
+  float M = sink;
+  for (int s = 0; s < a.n_splits; ++s) M = fmaxf(M, part[s * (D + 2) + D]);
+  float denom = expf(sink - M);
+  for (int s = 0; s < a.n_splits; ++s) {
+    const float ms = part[s * (D + 2) + D];
+    if (ms != -INFINITY) denom += expf(ms - M) * part[s * (D + 2) + D + 1];
+  }
+  const float inv = 1.0f / denom;
+  for (int d = lane; d < D; d += 32) {
+    float acc = 0.f;
+    for (int s = 0; s < a.n_splits; ++s) {
+      const float ms = part[s * (D + 2) + D];
+      if (ms != -INFINITY) acc += expf(ms - M) * part[s * (D + 2) + d];
+    }
+    a.out[int64_t(row) * a.ldo + h * D + d] = acc * inv;
+  }
+}
+
+// After a block wrote its partials (a.arrivals set): the last of its group's splits to arrive,
+// per KV head, merges them all (the merge kernel's work without its launch) and resets the count
+// for the next launch.
+__device__ void merge_if_last(const AttnArgs& a, const BlockWork& w, int D) {
+  __shared__ bool last;
+  __threadfence();  // this block's partials are visible device-wide before it counts itself in
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t* count = a.arrivals + int64_t(blockIdx.x) * w.n_kv + w.kvh;
+    last = atomicAdd(count, 1) == a.n_splits - 1;
+    if (last) *count = 0;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int c = warp; c < w.ncomb; c += kWarps) merge_pair(a, w.g.row0 + c / w.G, w.kvh * w.G + c % w.G, D, lane);
+}
 
 template <int D, typename KV>
 __global__ void __launch_bounds__(kThreads) attn_kernel(AttnArgs a) {
@@ -188,6 +231,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(AttnArgs a) {
       }
     }
   }
+  if (a.arrivals) merge_if_last(a, w, D);
 }
 
 // ---- prefill on tensor cores (head_dim 64, groups of several rows) -------------------------
@@ -220,8 +264,10 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
   grid_dependency_wait();
   using namespace nvcuda;
   using namespace tc;
-  extern __shared__ __align__(128) float smem[];  // wmma wants 32-byte aligned tiles
-  unsigned char* sm = reinterpret_cast<unsigned char*>(smem);
+  // Its own name: extern shared arrays of one name share one declaration (and alignment) per file,
+  // and wmma wants 32-byte aligned tiles behind the static shared variables.
+  extern __shared__ __align__(128) float tc_smem[];
+  unsigned char* sm = reinterpret_cast<unsigned char*>(tc_smem);
   __nv_bfloat16* qh = reinterpret_cast<__nv_bfloat16*>(sm + kQh);
   __nv_bfloat16* ql = reinterpret_cast<__nv_bfloat16*>(sm + kQl);
   __nv_bfloat16* kh = reinterpret_cast<__nv_bfloat16*>(sm + kKh);
@@ -381,33 +427,14 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
       }
     }
   }
+  if (a.n_splits > 1 && a.arrivals) merge_if_last(a, w, D);
 }
 
-// One warp per (row, head): merge the splits with the sink.
+// One warp per (row, head): merge the splits with the sink (when no arrival counts are given).
 __global__ void attn_combine_kernel(AttnArgs a, int D) {
   grid_dependency_wait();
-  const int row = blockIdx.x;
   const int h = blockIdx.y * kWarps + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (h >= a.n_heads) return;
-  const float* part = a.part + (int64_t(row) * a.n_heads + h) * a.n_splits * (D + 2);
-  const float sink = a.sinks[h];
-  float M = sink;
-  for (int s = 0; s < a.n_splits; ++s) M = fmaxf(M, part[s * (D + 2) + D]);
-  float denom = expf(sink - M);
-  for (int s = 0; s < a.n_splits; ++s) {
-    const float ms = part[s * (D + 2) + D];
-    if (ms != -INFINITY) denom += expf(ms - M) * part[s * (D + 2) + D + 1];
-  }
-  const float inv = 1.0f / denom;
-  for (int d = lane; d < D; d += 32) {
-    float acc = 0.f;
-    for (int s = 0; s < a.n_splits; ++s) {
-      const float ms = part[s * (D + 2) + D];
-      if (ms != -INFINITY) acc += expf(ms - M) * part[s * (D + 2) + d];
-    }
-    a.out[int64_t(row) * a.ldo + h * D + d] = acc * inv;
-  }
+  if (h < a.n_heads) merge_pair(a, blockIdx.x, h, D, threadIdx.x & 31);
 }
 
 template <int D>
@@ -487,7 +514,7 @@ void attention(const AttnArgs& a, cudaStream_t st) {
     case 128: a.kv.bf16 ? launch<128, uint16_t>(a, st) : launch<128, float>(a, st); break;
     default: throw InvalidArgument("attention: head_dim must be 32, 64 or 128 on CUDA, got " + std::to_string(D));
   }
-  if (a.n_splits == 1) return;  // attn_kernel wrote the output
+  if (a.n_splits == 1 || a.arrivals) return;  // the attention kernel wrote the output
   dim3 grid(a.T, int(cdiv(a.n_heads, kWarps)));
   launch_kernel(attn_combine_kernel, grid, kThreads, 0, st, a, D);
 }

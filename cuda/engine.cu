@@ -119,6 +119,7 @@ struct CudaEngine::Impl {
   int32_t* lp_ids = nullptr;
   MoeTiles tiles;
   RouterScratch router_scr;  // few-row steps route over many blocks
+  int32_t* attn_arrivals = nullptr;  // [Tmax * n_kv]: split attention merges in its last block
   int32_t* meta = nullptr;   // per-chunk metadata (device)
   int64_t meta_cap = 0;      // int32 entries
   int32_t* staging = nullptr;  // pinned host copy of meta
@@ -315,6 +316,8 @@ struct CudaEngine::Impl {
     tiles.tile_start = alloc<int32_t>(mt, "moe tiles", c);
     tiles.tile_count = alloc<int32_t>(mt, "moe tiles", c);
     tiles.n_tiles = alloc<int32_t>(1, "moe tiles", c);
+    attn_arrivals = alloc<int32_t>(T * cfg.n_kv, "attention arrival counts", c);
+    if (!dry) CUDA_CHECK(cudaMemset(attn_arrivals, 0, size_t(T * cfg.n_kv) * 4));
     router_scr.rows = router_split_rows();
     router_scr.logits = alloc<float>(int64_t(router_scr.rows) * cfg.n_experts, "router scratch", c);
     router_scr.arrivals = alloc<int32_t>(router_scr.rows, "router scratch", c);
@@ -795,6 +798,7 @@ struct CudaEngine::Impl {
       a.split_len = 0;
       a.n_splits = sliding ? p.nsw : p.nsf;
       a.split = sp;
+      a.arrivals = attn_arrivals;
       attention(a, st);
       mark(sliding ? "attention (window)" : "attention (full)");
       dense(att, int(Q), nullptr, Ti, int(Q), L.o_w, int(Q), Hi, L.o_b, x, Hi, EPI_ADD, st, 0, sp, gt);

@@ -74,6 +74,9 @@ struct AttnArgs {
   const float* sinks = nullptr;  // [n_heads]
   int split_len = 0, n_splits = 1;  // split_len 0: each group's range in n_splits equal parts
   float* part = nullptr;  // [T * n_heads * n_splits * (head_dim + 2)]
+  // [n_groups * n_kv] zeroed arrival counts: the last split block merges (no merge kernel);
+  // each launch leaves them zero. Null: a second kernel merges.
+  int32_t* arrivals = nullptr;
   float* out = nullptr;   // [T, ldo]
   int ldo = 0;
   int path = 0;  // 0: tensor cores for prefill (head_dim 64), CUDA cores for decode; 1 / 2 force one

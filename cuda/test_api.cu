@@ -78,7 +78,7 @@ void rope(const float* x, int T, const int64_t* pos, const float* inv_freq, int 
 
 void attention(const float* q, int T, int n_heads, const float* k, const float* v, int L, int n_kv, int D,
                const int64_t* pos, const float* sinks, float scale, int window, int block_size, uint32_t seed,
-               bool kv_bf16, int split_len, float* out, int path, bool tc_split) {
+               bool kv_bf16, int split_len, float* out, int path, bool tc_split, bool merge_in_kernel) {
   const int B = block_size, nblk = (L + B - 1) / B;
   const int64_t per_layer = int64_t(2) * n_kv * B * D, block_elems = 2 * per_layer;
   std::vector<int32_t> table(static_cast<size_t>(nblk));
@@ -147,7 +147,16 @@ void attention(const float* q, int T, int n_heads, const float* k, const float* 
   }
   Buf dpart(size_t(T) * n_heads * a.n_splits * (D + 2) * 4);
   a.part = dpart.as<float>();
+  Buf arrivals(size_t(std::max(a.n_groups, 1)) * n_kv * 4);
+  CUDA_CHECK(cudaMemset(arrivals.p, 0, arrivals.bytes));
+  if (merge_in_kernel) a.arrivals = arrivals.as<int32_t>();
   cuda::attention(a, 0);
+  if (merge_in_kernel) {  // every count is back to zero
+    std::vector<int32_t> left(arrivals.bytes / 4);
+    arrivals.to_host(left.data(), arrivals.bytes);
+    for (int32_t v : left)
+      if (v != 0) throw std::runtime_error("attention: an arrival count was left non-zero");
+  }
   dout.to_host(out, size_t(T) * n_heads * D * 4);
 }
 

@@ -13,10 +13,12 @@ void embedding(const int32_t* tok, int T, const uint16_t* E, int64_t V, int H, f
 // x [T, n_heads * 2 * half] rotated at pos -> y
 void rope(const float* x, int T, const int64_t* pos, const float* inv_freq, int half, float conc, int n_heads, float* y);
 // q [T, Hq*D]; k, v [L, n_kv, D] (one sequence's dense cache, laid out in shuffled blocks of a
-// paged cache with a dummy layer in front); pos [T]; split_len 0 = automatic.
+// paged cache with a dummy layer in front); pos [T]; split_len 0 = automatic; merge_in_kernel:
+// the splits merged by their last block (as the engine does) or by the separate merge kernel.
 void attention(const float* q, int T, int n_heads, const float* k, const float* v, int L, int n_kv, int D,
                const int64_t* pos, const float* sinks, float scale, int window, int block_size, uint32_t seed,
-               bool kv_bf16, int split_len, float* out, int path = 0, bool tc_split = true);
+               bool kv_bf16, int split_len, float* out, int path = 0, bool tc_split = true,
+               bool merge_in_kernel = true);
 // Y = X W^T + bias (bias fp32 or null); path 0 auto, 1 GEMV, 2 tensor cores; split and tiles:
 // the tensor-core options of cuda::dense.
 void dense(const float* x, int M, int K, const uint16_t* w, int N, const float* bias, int path, float* y,

@@ -236,6 +236,10 @@ def test_attention(backend, case, split_len, path):
     want = ck.attention(q, k, v, pos, sinks, scale, window, bs, 3)
     got = backend.kernels.attention(q, k, v, pos, sinks, scale, window, bs, 5, "float32", split_len, path)
     assert_rel(got, want, 2e-5, "attention")
+    if split_len:  # the splits merged by the separate kernel instead of their last block
+        two = backend.kernels.attention(q, k, v, pos, sinks, scale, window, bs, 5, "float32", split_len, path,
+                                        True, False)
+        assert_rel(two, want, 2e-5, "attention (merge kernel)")
 
 
 @cuda_test

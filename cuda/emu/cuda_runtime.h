@@ -4,7 +4,8 @@
 // Every CUDA thread of a block is a fiber (its own stack, cooperative switching); a block's
 // fibers run on one OS thread until each has finished or waits at a barrier, so __syncthreads
 // and the warp shuffles have their real semantics (a shuffle is a warp barrier with an exchange
-// slot). Blocks run one after the other, so `__shared__` can be a function-local static.
+// slot). Blocks run one after the other, in an order shuffled per launch, so `__shared__` can be
+// a function-local static.
 // What it checks beyond running the code: launch limits (block <= 1024 threads, grid y/z <=
 // 65535, dynamic shared memory <= 48 KiB unless raised by cudaFuncSetAttribute, 227 KiB at
 // most), barriers that not every live thread reaches (deadlock), wmma pointer alignment, copies
@@ -12,7 +13,7 @@
 // are not device memory, guard pages around every allocation (an overrun faults), vector loads
 // and stores (float4, uint4, ...) at addresses not aligned to their size (they trap: the emulator
 // is built with -fsanitize=alignment), missing barriers that the thread order (flipped from
-// block to block) exposes, capture rules of CUDA graphs (no synchronisation or allocation while
+// block to block) exposes, reliance on an order of blocks (they run shuffled), capture rules of CUDA graphs (no synchronisation or allocation while
 // a stream captures), cp.async copies read before their wait (cuda_pipeline.h: they land only
 // at __pipeline_wait_prior), kernels launched with a programmatic dependency (cudaLaunchKernelEx)
 // in which a thread never calls cudaGridDependencySynchronize. A fault names the launch and thread.

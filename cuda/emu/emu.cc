@@ -414,32 +414,44 @@ void execute(const LaunchConfig& c, const std::shared_ptr<Body>& body) {
   ::gridDim = c.grid;
   g_run.n = n;
   ++g_run.launch;
-  // Uninitialised shared memory is garbage on the device: poison it so code that reads it
-  // before writing shows up as NaNs / wild values instead of lucky zeros.
-  for (unsigned z = 0; z < c.grid.z; ++z)
-    for (unsigned y = 0; y < c.grid.y; ++y)
-      for (unsigned x = 0; x < c.grid.x; ++x) {
-        g_run.bid = uint3{x, y, z};
-        memset(g_smem.data(), 0xff, c.smem);
-        g_run.fault = nullptr;
-        if (!run_block()) {
-          if (g_run.fault)
-            fail(cudaErrorMisalignedAddress, std::string(g_run.fault) + " in " + describe(c));
-          else
-            fail(cudaErrorLaunchFailure, "deadlock: threads wait at a barrier (__syncthreads or a full-warp shuffle) "
-                                         "that other live threads of the block never reach, in " + describe(c));
+  // Blocks run in an order shuffled per launch (the device promises none), so code that counts
+  // on block 0 running first, or on the last block being the highest, is caught.
+  const uint64_t nblocks = uint64_t(c.grid.x) * c.grid.y * c.grid.z;
+  std::vector<uint64_t> order(nblocks);
+  for (uint64_t i = 0; i < nblocks; ++i) order[i] = i;
+  uint64_t rs = 0x9e3779b97f4a7c15ull * (g_run.launch + 1);
+  for (uint64_t i = nblocks; i > 1; --i) {
+    rs ^= rs << 13;
+    rs ^= rs >> 7;
+    rs ^= rs << 17;
+    std::swap(order[i - 1], order[rs % i]);
+  }
+  for (uint64_t b : order) {
+    const unsigned x = unsigned(b % c.grid.x), y = unsigned(b / c.grid.x % c.grid.y),
+                   z = unsigned(b / (uint64_t(c.grid.x) * c.grid.y));
+    g_run.bid = uint3{x, y, z};
+    // Uninitialised shared memory is garbage on the device: poison it so code that reads it
+    // before writing shows up as NaNs / wild values instead of lucky zeros.
+    memset(g_smem.data(), 0xff, c.smem);
+    g_run.fault = nullptr;
+    if (!run_block()) {
+      if (g_run.fault)
+        fail(cudaErrorMisalignedAddress, std::string(g_run.fault) + " in " + describe(c));
+      else
+        fail(cudaErrorLaunchFailure, "deadlock: threads wait at a barrier (__syncthreads or a full-warp shuffle) "
+                                     "that other live threads of the block never reach, in " + describe(c));
+      return;
+    }
+    if (c.pdl)
+      for (int i = 0; i < n; ++i)
+        if (!g_fibers[i].dep_waited) {
+          fail(cudaErrorLaunchFailure,
+               "thread " + std::to_string(i) + " of " + describe(c) +
+                   " never called cudaGridDependencySynchronize, but the kernel was launched with a "
+                   "programmatic dependency: it may read its predecessor's output before it is written");
           return;
         }
-        if (c.pdl)
-          for (int i = 0; i < n; ++i)
-            if (!g_fibers[i].dep_waited) {
-              fail(cudaErrorLaunchFailure,
-                   "thread " + std::to_string(i) + " of " + describe(c) +
-                       " never called cudaGridDependencySynchronize, but the kernel was launched with a "
-                       "programmatic dependency: it may read its predecessor's output before it is written");
-              return;
-            }
-      }
+  }
 }
 }  // namespace
 
