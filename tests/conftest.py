@@ -37,6 +37,24 @@ def tiny_config(name: str) -> ModelConfig:
     return preset("tiny", **TINY_CONFIGS[name])
 
 
+def interrupt_prefill(seq, toks: list[int], delay: float) -> int:
+    """Ctrl-C (an interrupt of the main thread after `delay` s) during seq.prefill(toks), a prefill
+    of 2-token chunks long enough to be interrupted: it raises KeyboardInterrupt at a chunk
+    boundary and keeps exactly what it processed. Returns how many tokens that was."""
+    import _thread
+    import threading
+
+    timer = threading.Timer(delay, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        seq.prefill(toks)
+    timer.cancel()
+    n = len(seq)
+    assert 0 < n < len(toks) and n % 2 == 0  # stopped at a chunk boundary
+    assert seq.tokens == toks[:n]  # and the cache holds exactly what was processed
+    return n
+
+
 @pytest.fixture(scope="session")
 def make_checkpoint(tmp_path_factory):
     """make_checkpoint(name, seed, layout) -> directory of a written tiny checkpoint (cached)."""

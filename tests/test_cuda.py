@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import gptoss
-from conftest import TINY_CONFIGS, tiny_config
+from conftest import TINY_CONFIGS, interrupt_prefill, tiny_config
 
 try:
     from gptoss import _core as core
@@ -839,21 +839,11 @@ def test_generate_samples_on_device(backend):
 
 @cuda_test
 def test_ctrl_c_stops_a_long_prefill(backend):
-    import _thread
-    import threading
-
     cfg = tiny_config("tiny")
     cpu, gpu = _pair(backend, cfg, seed=4, max_chunk_tokens=2, max_context=65536)
     toks = _toks(3000 if backend.emu else 40000, 41, cfg.vocab_size)  # one-token chunks take seconds
     s = gpu.new_sequence()
-    timer = threading.Timer(0.3, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        s.prefill(toks)
-    timer.cancel()
-    n = len(s)
-    assert 0 < n < len(toks) and n % 2 == 0  # stopped at a chunk boundary
-    assert s.tokens == toks[:n]  # and the cache holds exactly what was processed
+    n = interrupt_prefill(s, toks, 0.3)
     assert_rel(s.decode(toks[n]), cpu.forward(toks[: n + 1])[-1], E2E_REL, "after the interrupt")
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gptoss
-from conftest import tiny_config
+from conftest import interrupt_prefill, tiny_config
 
 TOL = dict(rtol=0, atol=2e-5)
 
@@ -201,19 +201,9 @@ def test_model_generate_greedy_matches_forward(model):
 
 
 def test_ctrl_c_stops_a_long_prefill_between_chunks():
-    import _thread
-    import threading
-
     # 40000 one-token chunks take seconds; the interrupt comes after 0.2 s.
     m = gptoss.Model.synthetic(tiny_config("tiny"), seed=4, max_chunk_tokens=2, max_context=65536)
     toks = _toks(40000, 41)
     s = m.new_sequence()
-    timer = threading.Timer(0.2, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        s.prefill(toks)
-    timer.cancel()
-    n = len(s)
-    assert 0 < n < len(toks) and n % 2 == 0  # stopped at a chunk boundary
-    assert s.tokens == toks[:n]  # and the cache holds exactly what was processed
+    n = interrupt_prefill(s, toks, 0.2)
     np.testing.assert_allclose(s.decode(toks[n]), m.forward(toks[: n + 1])[-1], **TOL)
