@@ -1,10 +1,11 @@
 // Mixture of experts: fused router (logits + bias + top-k + softmax over the k), grouping of
 // (token, slot) pairs by expert, and the MXFP4 expert products straight from the packed
 // checkpoint bytes:
-//  * decode (few tokens): a warp per output row (two rows, gate and linear, for mlp1) and up to
-//    4 pairs of one expert per block, so each selected expert's weights are read once per 4
-//    pairs; only the selected experts are touched. mlp1 fuses bias + interleaved SwiGLU with
-//    the clamp; mlp2 fuses bias + routing-weight scaling.
+//  * decode (few tokens): up to 8 pairs of one expert per tile, 32 rows per block, on fp16
+//    tensor-core MMAs whose A operands are decoded from the MXFP4 bytes in registers, so each
+//    selected expert's weights are read once per 8 pairs; only the selected experts are
+//    touched. mlp1 fuses bias + interleaved SwiGLU with the clamp; mlp2 fuses bias +
+//    routing-weight scaling. Activations are rounded to fp16 (11-bit significand) here.
 //  * prefill / large batches: the tensor-core GEMM of tc_gemm.cuh (launched by gemm.cu) over
 //    tiles of up to 64 or 128 pairs of one expert, dequantizing 32-weight MXFP4 blocks into
 //    shared memory.
@@ -12,6 +13,7 @@
 // do not depend on scheduling (no atomics).
 #include "common.cuh"
 #include "kernels.cuh"
+#include "mma_f16.cuh"
 #include "tc_gemm.cuh"
 
 namespace gptoss::cuda {
@@ -165,8 +167,20 @@ __global__ void __launch_bounds__(1024) route_kernel(const int32_t* idx, int P, 
   }
 }
 
-constexpr int kMoeWarps = 8;
-constexpr int kMoeTT = 4;  // pairs per tile on the GEMV path
+// ---- few pairs per expert (decode): fp16 tensor-core GEMV ----------------------------------
+// A block computes 64 weight rows (four 16-row mma tiles) of one expert for a tile of up to 8
+// pairs (the mma's 8 columns); its 8 warps take every 8th 32-weight block of K and sum their
+// partial products through shared memory in a fixed order. A lane loads one 32-bit word of
+// each of its 8 rows' blocks and decodes it in registers (e2m1x8_to_half2) straight into the A
+// fragments, so each weight is decoded once per tile, whatever the number of pairs. The
+// activations go in as two fp16 parts (hi + lo, 22 significant bits, two MMAs), so the
+// products keep fp32-level accuracy; a lane splits its activations once per block for all four
+// row tiles. Per 16 weight bytes a warp issues ~3 instructions (bench/RESULTS.md), under the
+// ~3.4 an H200 SM can issue while its share of the memory bandwidth delivers them; the
+// previous kernel (a shared-memory lookup and an FMA per nibble and pair) needed ~7.
+// Activations must stay within fp16 range (|x| < 65504).
+constexpr int kGemvWarps = 8, kGemvRows = 64, kGemvPairs = 8;
+constexpr int kMoeTT = kGemvPairs;  // pairs per tile on the GEMV path
 
 struct MoeGemvArgs {
   const float* X;
@@ -179,85 +193,106 @@ struct MoeGemvArgs {
   int ldy;
 };
 
-template <bool MLP1>
-__global__ void __launch_bounds__(kMoeWarps * 32) moe_gemv_kernel(MoeGemvArgs a) {
+// NB > 0: K = 32 * NB and N a multiple of 64 (gpt-oss: NB = 90 for both projections), so a
+// lane's eight rows sit at fixed offsets from one pointer: one address per iteration, not 16.
+template <bool MLP1, int NB>
+__global__ void __launch_bounds__(kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a) {
   grid_dependency_wait();
-  constexpr int R = MLP1 ? 2 : 1;
-  constexpr int TT = kMoeTT;
-  __shared__ float tab[16 * 32];  // E2M1 value of nibble v at [v * 32 + lane]: conflict-free lookups
-  for (int i = threadIdx.x; i < 16 * 32; i += blockDim.x) tab[i] = e2m1_to_float(uint32_t(i >> 5));
-  __syncthreads();
+  constexpr int MT = kGemvRows / 16;  // mma row tiles
+  __shared__ float part[kGemvWarps][kGemvRows][kGemvPairs];
   const int tile = blockIdx.y;
   const bool direct = a.mt.direct > 0;
   if (tile >= (direct ? a.mt.direct : *a.mt.n_tiles)) return;
   const int e = direct ? a.mt.idx[tile] : a.mt.tile_e[tile];
   const int start = direct ? tile : a.mt.tile_start[tile], cnt = direct ? 1 : a.mt.tile_count[tile];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int N = a.w.N, K = a.w.K;
-  const int unit = blockIdx.x * kMoeWarps + warp;
-  if (unit >= (MLP1 ? N / 2 : N)) return;
-  const int r0 = MLP1 ? 2 * unit : unit;
-  const float* xr[TT];
-#pragma unroll
-  for (int t = 0; t < TT; ++t) {
-    const int pos = start + min(t, cnt - 1);
-    const int src = MLP1 ? (direct ? pos : a.mt.sorted[pos]) / a.topk : pos;
-    xr[t] = a.X + int64_t(src) * a.ldx;
-  }
-  const int nb = K / 32;
-  const float* tl = tab + lane;
-  float acc[R][TT];
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int t = 0; t < TT; ++t) acc[r][t] = 0.f;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int N = a.w.N, nb = NB > 0 ? NB : a.w.K / 32, row0 = blockIdx.x * kGemvRows;
 
-  for (int b = lane; b < nb; b += 32) {
-    uint32_t q[R][4];
-    float sc[R];
+  // This lane's rows: row0 + 8j + g (j = 0..7; tile m = j / 2 holds rows j = 2m and 2m + 1 as
+  // its g and g + 8). Rows past N (NB = 0 only) read row N - 1 and are never stored.
+  const uint32_t* wr[2 * MT];
+  const uint8_t* sr[2 * MT];
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int64_t rr = int64_t(e) * N + r0 + r;
-      const uint4 u = __ldg(reinterpret_cast<const uint4*>(a.w.blocks + (rr * nb + b) * 16));
-      q[r][0] = u.x; q[r][1] = u.y; q[r][2] = u.z; q[r][3] = u.w;
-      sc[r] = e8m0_to_float(__ldg(a.w.scales + rr * nb + b));
+  for (int j = 0; j < 2 * MT; ++j) {
+    const int64_t rr = int64_t(e) * N + (NB > 0 ? row0 + g : min(row0 + 8 * j + g, N - 1));
+    wr[j] = reinterpret_cast<const uint32_t*>(a.w.blocks + rr * nb * 16) + q + (NB > 0 ? j * 8 * NB * 4 : 0);
+    sr[j] = a.w.scales + rr * nb + (NB > 0 ? j * 8 * NB : 0);
+  }
+  // This lane's activations: pair g of the tile (B column g), elements 8q .. 8q+7 of a block.
+  const float* xr = nullptr;
+  if (g < cnt) {
+    const int pos = start + g;
+    const int src = MLP1 ? (direct ? pos : a.mt.sorted[pos]) / a.topk : pos;
+    xr = a.X + int64_t(src) * a.ldx + 8 * q;
+  }
+
+  float acc[MT][4] = {};
+#pragma unroll 2
+  for (int b = warp; b < nb; b += kGemvWarps) {
+    uint32_t w[2 * MT];
+    float sc[2 * MT];
+#pragma unroll
+    for (int j = 0; j < 2 * MT; ++j) {
+      w[j] = __ldg(wr[j] + 4 * b);
+      sc[j] = __uint_as_float(uint32_t(__ldg(sr[j] + b)) << 23);  // 2^(s-127); s = 0 (2^-127) as 0
+    }
+    // k is numbered so that lane q's word is its own: in step s, B rows (2q, 2q+1) are elements
+    // (8q+2s, 8q+2s+4) and rows (2q+8, 2q+9) are (8q+2s+1, 8q+2s+5), matching h[2s], h[2s+1].
+    uint32_t hi[2][2] = {{0u, 0u}, {0u, 0u}}, lo[2][2] = {{0u, 0u}, {0u, 0u}};
+    if (xr) {
+      const float4 u = *reinterpret_cast<const float4*>(xr + 32 * b);
+      const float4 v = *reinterpret_cast<const float4*>(xr + 32 * b + 4);
+      split_half2(u.x, v.x, hi[0][0], lo[0][0]);
+      split_half2(u.y, v.y, hi[0][1], lo[0][1]);
+      split_half2(u.z, v.z, hi[1][0], lo[1][0]);
+      split_half2(u.w, v.w, hi[1][1], lo[1][1]);
     }
 #pragma unroll
-    for (int t = 0; t < TT; ++t) {
-      if (t < cnt) {
-        const float4* xp = reinterpret_cast<const float4*>(xr[t] + 32 * b);
-        float part[R];
-#pragma unroll
-        for (int r = 0; r < R; ++r) part[r] = 0.f;
-#pragma unroll
-        for (int wd = 0; wd < 4; ++wd) {
-          const float4 xa = xp[2 * wd], xb = xp[2 * wd + 1];
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            const uint32_t v = q[r][wd];
-            part[r] += tl[((v >> 0) & 15u) * 32] * xa.x + tl[((v >> 4) & 15u) * 32] * xa.y +
-                       tl[((v >> 8) & 15u) * 32] * xa.z + tl[((v >> 12) & 15u) * 32] * xa.w +
-                       tl[((v >> 16) & 15u) * 32] * xb.x + tl[((v >> 20) & 15u) * 32] * xb.y +
-                       tl[((v >> 24) & 15u) * 32] * xb.z + tl[((v >> 28) & 15u) * 32] * xb.w;
-          }
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r][t] += part[r] * sc[r];
+    for (int m = 0; m < MT; ++m) {
+      uint32_t h0[4], h1[4];  // rows g and g + 8 of tile m
+      e2m1x8_to_half2(w[2 * m], h0);
+      e2m1x8_to_half2(w[2 * m + 1], h1);
+      float c[4] = {0.f, 0.f, 0.f, 0.f};
+      mma_f16_16816(c, {h0[0], h1[0], h0[1], h1[1]}, hi[0]);
+      mma_f16_16816(c, {h0[0], h1[0], h0[1], h1[1]}, lo[0]);
+      mma_f16_16816(c, {h0[2], h1[2], h0[3], h1[3]}, hi[1]);
+      mma_f16_16816(c, {h0[2], h1[2], h0[3], h1[3]}, lo[1]);
+      acc[m][0] += c[0] * sc[2 * m];
+      acc[m][2] += c[2] * sc[2 * m + 1];
+      if (cnt > 1) {  // columns 2q + 1: only pairs 1, 3, 5, 7 (warp-uniform)
+        acc[m][1] += c[1] * sc[2 * m];
+        acc[m][3] += c[3] * sc[2 * m + 1];
       }
     }
   }
 #pragma unroll
-  for (int t = 0; t < TT; ++t) {
-    float s[R];
+  for (int m = 0; m < MT; ++m) {
+    part[warp][16 * m + g][2 * q] = acc[m][0];
+    part[warp][16 * m + g][2 * q + 1] = acc[m][1];
+    part[warp][16 * m + g + 8][2 * q] = acc[m][2];
+    part[warp][16 * m + g + 8][2 * q + 1] = acc[m][3];
+  }
+  __syncthreads();
+  // Row r, pair c: the warps' partials in warp order, times the 2^14 the decode took out.
+  auto total = [&](int r, int c) {
+    float s = 0.f;
 #pragma unroll
-    for (int r = 0; r < R; ++r) s[r] = warp_sum(acc[r][t]);
-    if (lane == 0 && t < cnt) {
-      const float* bias = a.w.bias + int64_t(e) * N;
-      if (MLP1) {
-        a.Y[int64_t(start + t) * a.ldy + unit] = swiglu1(s[0] + bias[r0], s[R - 1] + bias[r0 + 1], a.alpha, a.limit);
-      } else {
-        const int pair = direct ? start + t : a.mt.sorted[start + t];
-        a.Y[int64_t(pair) * a.ldy + r0] = a.rw[pair] * (s[0] + bias[r0]);
+    for (int i = 0; i < kGemvWarps; ++i) s += part[i][r][c];
+    return s * 16384.f;
+  };
+  const float* bias = a.w.bias + int64_t(e) * N;
+  if (MLP1) {  // rows 2u (gate) and 2u + 1 (linear) -> unit row0 / 2 + u
+    static_assert(kGemvWarps * 32 == kGemvRows / 2 * kGemvPairs, "one thread per (unit, pair)");
+    const int u = threadIdx.x % (kGemvRows / 2), c = threadIdx.x / (kGemvRows / 2), r = row0 + 2 * u;
+    if (c < cnt && r < N)
+      a.Y[int64_t(start + c) * a.ldy + r / 2] =
+          swiglu1(total(2 * u, c) + bias[r], total(2 * u + 1, c) + bias[r + 1], a.alpha, a.limit);
+  } else {
+    for (int i = threadIdx.x; i < kGemvRows * kGemvPairs; i += kGemvWarps * 32) {
+      const int rl = i % kGemvRows, c = i / kGemvRows, r = row0 + rl;
+      if (c < cnt && r < N) {
+        const int pair = direct ? start + c : a.mt.sorted[start + c];
+        a.Y[int64_t(pair) * a.ldy + r] = a.rw[pair] * (total(rl, c) + bias[r]);
       }
     }
   }
@@ -266,6 +301,14 @@ __global__ void __launch_bounds__(kMoeWarps * 32) moe_gemv_kernel(MoeGemvArgs a)
 void check_mx(const MxWeights& w) {
   if (w.K % 32 != 0) throw InvalidArgument("MXFP4 product: K must be a multiple of 32");
 }
+
+// The GEMV reads activations as float4.
+void check_rows16(const float* x, int ldx) {
+  if (ldx % 4 != 0 || (reinterpret_cast<uintptr_t>(x) & 15u) != 0)
+    throw InvalidArgument("moe: expert activations must be 16-byte aligned rows (a multiple of 4 floats)");
+}
+
+bool gemv_nb90(const MxWeights& w) { return w.K == 32 * 90 && w.N % kGemvRows == 0; }
 
 void check_tile(const MoeTiles& mt) {
   if (mt.gemm == TILES_AUTO || mt.tile != gemm_tile_rows(mt.gemm))
@@ -340,9 +383,10 @@ void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWei
     moe_gemm(true, mt.gemm, a, unsigned(mt.max_tiles), st);
     return;
   } else {
+    check_rows16(x, ldx);
     MoeGemvArgs a{x, ldx, topk, mt, w, nullptr, alpha, limit, act, w.N / 2};
-    dim3 grid(unsigned(cdiv(w.N / 2, kMoeWarps)), unsigned(mt.max_tiles));
-    launch_kernel(moe_gemv_kernel<true>, grid, kMoeWarps * 32, 0, st, a);
+    dim3 grid(unsigned(cdiv(w.N, kGemvRows)), unsigned(mt.max_tiles));
+    launch_kernel(gemv_nb90(w) ? moe_gemv_kernel<true, 90> : moe_gemv_kernel<true, 0>, grid, kGemvWarps * 32, 0, st, a);
   }
 }
 
@@ -362,9 +406,11 @@ void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const fl
     moe_gemm(false, mt.gemm, a, unsigned(mt.max_tiles), st);
     return;
   } else {
+    check_rows16(act, w.K);
     MoeGemvArgs a{act, w.K, 1, mt, w, rw, 0.f, 0.f, y, w.N};
-    dim3 grid(unsigned(cdiv(w.N, kMoeWarps)), unsigned(mt.max_tiles));
-    launch_kernel(moe_gemv_kernel<false>, grid, kMoeWarps * 32, 0, st, a);
+    dim3 grid(unsigned(cdiv(w.N, kGemvRows)), unsigned(mt.max_tiles));
+    launch_kernel(gemv_nb90(w) ? moe_gemv_kernel<false, 90> : moe_gemv_kernel<false, 0>, grid, kGemvWarps * 32, 0, st,
+                  a);
   }
 }
 

@@ -401,7 +401,7 @@ def _moe_reference(x, idx, rw, b1, s1, bias1, b2, s2, bias2, alpha=1.702, limit=
 
 @cuda_test
 @pytest.mark.parametrize("T,H,I,E,k", [(1, 64, 64, 4, 2), (5, 96, 64, 8, 4), (40, 64, 96, 5, 3), (70, 320, 64, 8, 4),
-                                       gpu_only(3, 2880, 2880, 32, 4)])
+                                       (1, 2880, 64, 4, 2), (9, 2880, 96, 3, 2), gpu_only(3, 2880, 2880, 32, 4)])
 @pytest.mark.parametrize("tc", [False, True])
 def test_moe(backend, T, H, I, E, k, tc):
     _check_moe(backend, T, H, I, E, k, tc, 0)

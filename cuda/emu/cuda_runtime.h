@@ -200,6 +200,8 @@ void syncthreads();
 // Every live lane of the calling warp deposits `bits`; returns the bits of lane `src` (its own
 // when src is out of the warp).
 uint64_t warp_exchange(uint64_t bits, int src_lane);
+// Every live lane of the calling warp deposits `bits`; out[i] = lane i's (0 past the warp's end).
+void warp_gather(uint64_t bits, uint64_t* out);
 int lane_id();
 
 struct LaunchConfig {

@@ -473,6 +473,17 @@ uint64_t warp_exchange(uint64_t bits, int src) {
   return (src >= 0 && src < lanes) ? slot[src] : bits;
 }
 
+void warp_gather(uint64_t bits, uint64_t* out) {
+  Fiber* f = g_cur;
+  Barrier& b = g_run.warp_bar[size_t(f->warp)];
+  const size_t par = f->shfl_count++ & 1u;
+  uint64_t* slot = g_run.slots.data() + (par * g_run.warp_bar.size() + size_t(f->warp)) * 32;
+  slot[f->lane] = bits;
+  arrive(b);
+  const int lanes = std::min(32, g_run.n - 32 * f->warp);
+  for (int i = 0; i < 32; ++i) out[i] = i < lanes ? slot[i] : 0;
+}
+
 void wmma_misuse(const char* what) {
   // The device faults with a misaligned address: the launch fails, this block is abandoned.
   g_run.fault = what;

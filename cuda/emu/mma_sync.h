@@ -1,0 +1,66 @@
+// cuda-emu: the register-level tensor-core instruction cuda/ uses (mma.sync.m16n8k16 with fp16
+// operands and fp32 accumulators, sm_80+) and fp16 conversions, on the host (see
+// cuda_runtime.h). The fragments follow the PTX ISA's register layout exactly: each lane's
+// registers are gathered from the whole warp (a warp barrier, as the instruction is), so a
+// kernel that puts an element in the wrong lane or register gets a wrong product here too.
+// Products are exact and summed in double, then added to the fp32 accumulator.
+#pragma once
+
+#include <stdint.h>
+
+#include <cmath>
+
+#include "cuda_runtime.h"
+
+namespace gptoss_emu {
+
+// IEEE binary16 bits -> float (exact; subnormals, infinities and NaN kept).
+inline float half_bits_to_float(uint32_t h) {
+  const uint32_t e = (h >> 10) & 31u, m = h & 1023u;
+  float v;
+  if (e == 0) v = std::ldexp(float(m), -24);
+  else if (e == 31) v = m ? NAN : INFINITY;
+  else v = std::ldexp(float(m | 1024u), int(e) - 25);
+  return (h & 0x8000u) ? -v : v;
+}
+
+// float -> binary16 bits, round to nearest even (overflow to infinity, subnormals kept).
+inline uint32_t float_to_half_bits(float f) {
+  const uint32_t u = __float_as_uint(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (a >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds to infinity
+  if (a >= 0x38800000u) {                       // a normal half (>= 2^-14)
+    const uint32_t r = a - 0x38000000u;         // exponent rebiased from 127 to 15
+    return sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13);
+  }
+  return sign | uint32_t(std::nearbyint(__uint_as_float(a) * 16777216.f));  // units of 2^-24
+}
+
+// d += A * B: A 16x16 (row major), B 16x8 (column major), fp16; with g = lane / 4, q = lane % 4:
+//   a[0] = A[g][2q, 2q+1]   a[1] = A[g+8][2q, 2q+1]   a[2] = A[g][2q+8, 2q+9]   a[3] = A[g+8][2q+8, 2q+9]
+//   b[0] = B[2q, 2q+1][g]   b[1] = B[2q+8, 2q+9][g]
+//   d[0], d[1] = D[g][2q, 2q+1]   d[2], d[3] = D[g+8][2q, 2q+1]
+// (the lower index of each pair in bits 0-15).
+inline void mma_m16n8k16_f16(float* d, const uint32_t* a, const uint32_t* b) {
+  uint64_t a01[32], a23[32], bb[32];
+  warp_gather(uint64_t(a[0]) | (uint64_t(a[1]) << 32), a01);
+  warp_gather(uint64_t(a[2]) | (uint64_t(a[3]) << 32), a23);
+  warp_gather(uint64_t(b[0]) | (uint64_t(b[1]) << 32), bb);
+  auto half_of = [](uint64_t v, int reg, int k) {
+    return half_bits_to_float(uint32_t(v >> (32 * reg + 16 * (k & 1))) & 0xffffu);
+  };
+  const int lane = lane_id(), g = lane >> 2, q = lane & 3;
+  for (int i = 0; i < 4; ++i) {
+    const int r = g + 8 * (i >> 1), n = 2 * q + (i & 1);
+    double s = 0.0;
+    for (int k = 0; k < 16; ++k) {
+      const int al = (r % 8) * 4 + (k % 8) / 2, areg = r / 8 + 2 * (k / 8);
+      const float av = half_of(areg < 2 ? a01[al] : a23[al], areg & 1, k);
+      const float bv = half_of(bb[n * 4 + (k % 8) / 2], k / 8, k);
+      s += double(av) * double(bv);
+    }
+    d[i] = float(double(d[i]) + s);
+  }
+}
+
+}  // namespace gptoss_emu

@@ -1,0 +1,64 @@
+// Register-level fp16 tensor-core products: mma.sync m16n8k16 (fp16 operands, fp32
+// accumulators, sm_80+), for kernels that build their operands in registers (the MXFP4 decode
+// GEMV decodes nibbles straight into A fragments). cuda-emu runs the same layout
+// (emu/mma_sync.h). The fragments, with g = lane / 4 and q = lane % 4, the lower index of
+// each pair in bits 0-15:
+//   a[0] = A[g][2q, 2q+1]   a[1] = A[g+8][2q, 2q+1]   a[2] = A[g][2q+8, 2q+9]   a[3] = A[g+8][2q+8, 2q+9]
+//   b[0] = B[2q, 2q+1][g]   b[1] = B[2q+8, 2q+9][g]
+//   d[0], d[1] = D[g][2q, 2q+1]   d[2], d[3] = D[g+8][2q, 2q+1]
+// A kernel may number k as it likes, as long as A and B agree.
+#pragma once
+
+#include "common.cuh"
+#if !defined(__CUDACC__)
+#include <mma_sync.h>  // cuda-emu
+#endif
+
+namespace gptoss::cuda {
+
+// Two floats -> fp16x2 bits (lo in bits 0-15), rounded to nearest even.
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+#if !defined(__CUDACC__)
+  return gptoss_emu::float_to_half_bits(lo) | (gptoss_emu::float_to_half_bits(hi) << 16);
+#else
+  uint32_t r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+#endif
+}
+
+// (a, b) as two fp16x2 parts, hi + lo = (a, b) to ~22 significant bits: hi keeps a float's top
+// 11 significand bits (truncated, so hi is exact in fp16 and a - hi in fp32), lo rounds the
+// rest. Within fp16's normal range; below it hi is rounded (error < 2^-25).
+__device__ __forceinline__ void split_half2(float a, float b, uint32_t& hi, uint32_t& lo) {
+  const float ah = __uint_as_float(__float_as_uint(a) & 0xffffe000u);
+  const float bh = __uint_as_float(__float_as_uint(b) & 0xffffe000u);
+  hi = pack_half2(ah, bh);
+  lo = pack_half2(a - ah, b - bh);
+}
+
+// d += A * B over one warp (every lane calls it, converged).
+__device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if !defined(__CUDACC__)
+  gptoss_emu::mma_m16n8k16_f16(d, a, b);
+#else
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// MXFP4 word -> fp16 A operands: 32-bit word w of a block holds elements 8w .. 8w+7 (nibble i =
+// element 8w+i: low nibble first, as the checkpoint stores them). h[i] = (element 8w+i,
+// element 8w+i+4) * 2^-14: an E2M1 nibble s e1 e0 m moved to fp16's sign, exponent low bits and
+// mantissa top is exactly its value times 2^-14 (0.5 becomes a subnormal), so two shifts and two
+// masks make a pair; the caller multiplies the 2^14 back in with the block scale.
+__device__ __forceinline__ void e2m1x8_to_half2(uint32_t v, uint32_t (&h)[4]) {
+  h[0] = ((v << 9) & 0x0E000E00u) | ((v << 12) & 0x80008000u);
+  h[1] = ((v << 5) & 0x0E000E00u) | ((v << 8) & 0x80008000u);
+  h[2] = ((v << 1) & 0x0E000E00u) | ((v << 4) & 0x80008000u);
+  h[3] = ((v >> 3) & 0x0E000E00u) | (v & 0x80008000u);
+}
+
+}  // namespace gptoss::cuda
