@@ -5,7 +5,7 @@
 Measures: device copy bandwidth and (through PyTorch, when present) the bf16 matmul peak;
 prefill tok/s and model TFLOP/s for 1k and 8k prompts (also in 512-token chunks, on bf16
 activations, and with each tensor-core tile shape forced); batch-1 decode tok/s at 1k and 8k context (and at 1k with CUDA graphs off, to show the launch overhead); decode throughput at batch 8/32/64/128 (1k-token context shared by forks,
-copy-on-write); peak device memory. Each decode figure comes with the bytes one step reads
+copy-on-write; at 32 and 64 also with the experts on the decode GEMV); peak device memory. Each decode figure comes with the bytes one step reads
 (weights of the experts actually used, attention, router, unembedding, KV cache) and the
 fraction of the measured copy bandwidth that this represents (roofline). Greedy decoding
 (argmax on the device). Prints JSON lines while running and writes them to DIR/bench_<model>.jsonl.
@@ -347,6 +347,15 @@ def main() -> int:
                     toks, dt = timed_greedy(forks, toks, n)
                     emit(what="decode_tiles", batch=B, context=c0, tiles=name, ms_per_step=round(dt * 1e3, 3),
                          tok_s=round(B / dt, 1))
+        if 8 < B <= 64:
+            # The experts on the GEMV path (8 pairs of an expert per weight read) instead of the
+            # tensor-core GEMM: which one wins at this batch decides the default (8 tokens).
+            with side_by_side(f"decode_moe_gemv b{B}", lambda: eng.set_moe_gemv_tokens(8)):
+                eng.set_moe_gemv_tokens(B)
+                greedy(forks, toks)
+                toks, dt = timed_greedy(forks, toks, n)
+                emit(what="decode_moe_gemv", batch=B, context=c0, ms_per_step=round(dt * 1e3, 3),
+                     tok_s=round(B / dt, 1))
         for f in forks:
             f.free()
     info = eng.memory_info()

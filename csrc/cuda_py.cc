@@ -345,6 +345,9 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       }, "{kernel kind: (device ms summed, intervals), 'steps': profiled steps}")
       .def("set_fuse_qkv_rope", &CudaEngine::set_fuse_qkv_rope, py::arg("enabled"),
            "decode steps: QKV projection, RoPE and KV store in one kernel (default) or two")
+      .def("set_moe_gemv_tokens", &CudaEngine::set_moe_gemv_tokens, py::arg("n"),
+           "steps of up to n tokens (default 8) run the experts on the GEMV path, longer ones on "
+           "the tensor-core GEMM")
       .def("set_pdl", &CudaEngine::set_pdl, py::arg("enabled"),
            "programmatic dependent launch between kernels (sm_90+); returns whether it is in use")
       .def("set_gemm_tiles", &CudaEngine::set_gemm_tiles, py::arg("tiles"),

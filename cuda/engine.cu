@@ -738,10 +738,10 @@ struct CudaEngine::Impl {
 
     cudaStream_t st = stream;
     const int Ti = p.T, Hi = int(H);
-    const bool tc = p.T > 8;
+    const bool tc = p.T > opt.moe_gemv_tokens;
     MoeTiles mt = tiles;
     moe_plan(mt, tc, int(p.T * K), int(c.n_experts), opt.gemm_tiles);
-    if (p.T == 1) {  // one token: its k experts are distinct, no grouping needed
+    if (p.T == 1 && !tc) {  // one token: its k experts are distinct, no grouping needed
       mt.direct = int(K);
       mt.idx = ridx;
       mt.max_tiles = int(K);
@@ -1014,6 +1014,11 @@ void CudaEngine::set_gemm_tiles(int tiles) {
   if (tiles < TILES_AUTO || tiles > kGemmTilesMax)
     throw InvalidArgument("set_gemm_tiles: 0 (auto), 1 (64x64), 2 (64x128), 3 (128x128) or 4 (32x128)");
   reconfigure(*p_, [&](CudaEngineOptions& o) { o.gemm_tiles = tiles; });
+}
+
+void CudaEngine::set_moe_gemv_tokens(int n) {
+  if (n < 0) throw InvalidArgument("set_moe_gemv_tokens: n must be >= 0");
+  reconfigure(*p_, [&](CudaEngineOptions& o) { o.moe_gemv_tokens = n; });
 }
 
 void CudaEngine::set_fuse_qkv_rope(bool on) {

@@ -38,6 +38,7 @@ struct CudaEngineOptions {
   int gemm_tiles = 0;             // tensor-core block tile (GemmTiles): 0 = chosen per launch
   bool pdl = false;               // programmatic dependent launch between kernels (sm_90+)
   bool fuse_qkv_rope = true;      // decode steps: QKV projection, RoPE and KV store in one kernel
+  int moe_gemv_tokens = 8;        // steps of up to this many tokens run the experts on the GEMV path
 };
 
 // Every public method is safe to call from several threads (one lock serialises them).
@@ -124,6 +125,9 @@ class CudaEngine {
   // Decode steps (<= 8 rows): the QKV projection with RoPE and the KV store in one kernel (on by
   // default), or the two kernels of longer steps (to compare).
   void set_fuse_qkv_rope(bool on);
+  // Steps of up to n tokens run the experts on the decode GEMV (8 pairs of an expert per
+  // weight read), longer ones on the tensor-core GEMM (32-128 pairs per read).
+  void set_moe_gemv_tokens(int n);
   // Profiling (benchmarks): an event after each kernel group of every step (steps of up to 256
   // rows as freshly captured graphs, longer ones eagerly); profile() gives (kernel kind, device
   // ms summed, intervals) over the steps since set_profile(true), and ("steps", 0, count).

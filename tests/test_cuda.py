@@ -722,6 +722,29 @@ def test_fused_qkv_rope_matches_two_kernels(backend, kv_dtype, monkeypatch):
 
 
 @cuda_test
+def test_moe_gemv_tokens_switches_expert_path(backend):
+    """set_moe_gemv_tokens(n): steps of up to n tokens run the experts on the GEMV, longer ones
+    on the tensor-core GEMM; 0 (every step on the GEMM, batch 1 too) and 64 (prefill chunks and
+    a 9-row step on the GEMV) both give the CPU's logits."""
+    cfg = tiny_config("tiny")
+    cpu, gpu = _pair(backend, cfg, seed=23)
+    toks = _toks(40, 24, cfg.vocab_size)
+    nxt = _toks(9, 25, cfg.vocab_size)
+    for n in (0, 64):
+        gpu._engine.set_moe_gemv_tokens(n)
+        assert_rel(gpu.forward(toks), cpu.forward(toks), E2E_REL, f"gemv tokens {n}: prefill 40")
+        sg, sc = gpu.new_sequence(), cpu.new_sequence()
+        sg.prefill(toks[:6])
+        sc.prefill(toks[:6])
+        assert_rel(sg.decode(int(nxt[0])), sc.decode(int(nxt[0])), E2E_REL, f"gemv tokens {n}: decode")
+        fg, fc = [sg.fork() for _ in nxt], [sc.fork() for _ in nxt]
+        for a, b in zip(gpu.step([(s, [t]) for s, t in zip(fg, nxt)]), cpu.step([(s, [t]) for s, t in zip(fc, nxt)])):
+            assert_rel(a, b, E2E_REL, f"gemv tokens {n}: 9 rows")
+    with pytest.raises(ValueError):
+        gpu._engine.set_moe_gemv_tokens(-1)
+
+
+@cuda_test
 def test_profile_splits_steps_by_kernel_kind(backend):
     """set_profile: events between kernel groups (steps of up to 256 rows as fresh graphs, longer
     ones eagerly); the results are unchanged and every kind is counted once per layer and step."""
@@ -934,7 +957,7 @@ def test_gpu_benchmark_script_dry_run(tmp_path):
     assert t.returncode == 0, t.stderr
     assert "ERROR" not in t.stdout, t.stdout
     for figure in ("prefill 40", "prefill 72 chunk 512", "prefill 72 bf16 act", "prefill 40 tiles 128x128",
-                   "TFLOP/s", "decode b17 tiles 32x128", "pdl=on", "qkv+rope unfused", "b1 experts mlp1", "b17 qkv", "p40 experts mlp1", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
+                   "TFLOP/s", "decode b17 tiles 32x128", "decode b17 experts GEMV", "pdl=on", "qkv+rope unfused", "b1 experts mlp1", "b17 qkv", "p40 experts mlp1", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
                    "device memory used", "copy bandwidth"):
         assert figure in t.stdout, (figure, t.stdout)
 
