@@ -130,7 +130,7 @@ void register_kernels(py::module_& k) {
       },
       py::arg("x"), py::arg("w"), py::arg("bias") = py::none(), py::arg("path") = 0, py::arg("split") = true,
       py::arg("tiles") = 0,
-      "Y = x w^T + bias (fp32 bias); path 0 auto, 1 GEMV, 2 tensor cores (split: hi/lo activations, "
+      "Y = x w^T + bias (fp32 bias); path 0 auto, 1 GEMV, 2 tensor cores, 3 tensor-core GEMV (split: hi/lo activations, "
       "tiles: 0 auto, 1 64x64, 2 64x128, 3 128x128, 4 32x128)");
   k.def("router", [](arr<float> t, arr<uint16_t> w, arr<float> b, int k, bool split) {
     need(t.ndim() == 2 && w.ndim() == 2 && w.shape(1) == t.shape(1) && b.ndim() == 1 && b.shape(0) == w.shape(0) &&

@@ -1,9 +1,11 @@
-// Dense bf16 projections (QKV, attention out, unembedding): a warp-per-output-row GEMV for a
-// few rows (decode; 16-byte weight loads, fp32 accumulation, weights read once for up to 8
-// rows) and the tensor-core GEMM of tc_gemm.cuh above that. The tensor-core instances of the
-// MoE experts are launched from here too (moe_gemm), so each is compiled once.
+// Dense bf16 projections (QKV, attention out, unembedding): for one row (decode) a warp-per-
+// output-row GEMV (16-byte weight loads, fp32 accumulation); for 2-8 rows a tensor-core GEMV
+// (gemv_mma_kernel: the rows are the mma's 8 columns, weights read once); above that the
+// tensor-core GEMM of tc_gemm.cuh. The tensor-core instances of the MoE experts are launched
+// from here too (moe_gemm), so each is compiled once.
 #include "common.cuh"
 #include "kernels.cuh"
+#include "mma_sync.cuh"
 #include "tc_gemm.cuh"
 
 namespace gptoss::cuda {
@@ -129,6 +131,111 @@ __global__ void __launch_bounds__(kGemvWarps * 32) qkv_rope_kernel(QkvRopeArgs a
   }
 }
 
+// ---- 2-8 rows: bf16 tensor-core GEMV -------------------------------------------------------
+// The CUDA-core GEMV for 8 rows reloads every activation from L1 for every weight (16x the
+// weight bytes through L1's ~128 B/clock per SM), which caps it near half the memory bandwidth.
+// Here the rows are the mma's B operand (its 8 columns), loaded once per 32-k step and kept in
+// registers for two 16-output tiles, and the weights are the A operands as loaded: a lane's
+// 16-byte load is 8 k-values of one output row, no conversion. Activations are split exactly
+// into three bf16 parts (split3_bf16x2), so the products are fp32's. A block computes 32
+// outputs for 8 rows; its 8 warps take every 8th 32-k step and add their partial sums in warp
+// order. Needs 16-byte aligned rows (K % 8 == 0).
+constexpr int kMmaWarps = 8, kMmaOut = 32, kMmaRows = 8;
+
+struct GemvMmaArgs {
+  const float* X;
+  int ldx;
+  const int32_t* rows;
+  int M, K;
+  const uint16_t* W;
+  int ldw, N;
+  const float* bias;
+  float* Y;
+  int ldy;
+};
+
+// c[t] += the products of 32 k-values: w[2t], w[2t+1] = rows g, g+8 of output tile t (8 k each,
+// lane q's share), (u, v) = this lane's 8 activations of row g. k is numbered so that lane q's
+// 8 values are its own: in step s, B rows (2q, 2q+1) are k (8q+4s, 8q+4s+1) and rows
+// (2q+8, 2q+9) are k (8q+4s+2, 8q+4s+3), the order of the loaded bf16 pairs.
+__device__ __forceinline__ void mma_step32(float (&c)[2][4], const uint4 (&w)[4], const float4& u, const float4& v) {
+  uint32_t b[3][2][2];  // [part][step][register]
+  split3_bf16x2(u.x, u.y, b[0][0][0], b[1][0][0], b[2][0][0]);
+  split3_bf16x2(u.z, u.w, b[0][0][1], b[1][0][1], b[2][0][1]);
+  split3_bf16x2(v.x, v.y, b[0][1][0], b[1][1][0], b[2][1][0]);
+  split3_bf16x2(v.z, v.w, b[0][1][1], b[1][1][1], b[2][1][1]);
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    const uint4 &r0 = w[2 * t], &r1 = w[2 * t + 1];
+#pragma unroll
+    for (int p = 0; p < 3; ++p) {
+      mma_bf16_16816(c[t], {r0.x, r1.x, r0.y, r1.y}, b[p][0]);
+      mma_bf16_16816(c[t], {r0.z, r1.z, r0.w, r1.w}, b[p][1]);
+    }
+  }
+}
+
+template <int EPI>
+__global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(GemvMmaArgs a) {
+  grid_dependency_wait();
+  __shared__ float part[kMmaWarps][kMmaOut][kMmaRows];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int n0 = blockIdx.x * kMmaOut, m0 = blockIdx.y * kMmaRows, mm = min(kMmaRows, a.M - m0);
+  // This lane's outputs n0 + 8j + g (j = 0..3; tile t = j / 2 holds j = 2t and 2t + 1 as its g
+  // and g + 8; outputs past N read row N - 1 and are not stored) and its row m0 + g.
+  const uint16_t* wr[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) wr[j] = a.W + int64_t(min(n0 + 8 * j + g, a.N - 1)) * a.ldw + 8 * q;
+  const float* xr = nullptr;
+  if (g < mm) xr = a.X + int64_t(a.rows ? a.rows[m0 + g] : m0 + g) * a.ldx + 8 * q;
+
+  float c[2][4] = {};
+  const int nb = a.K / 32;
+#pragma unroll 2
+  for (int b = warp; b < nb; b += kMmaWarps) {
+    uint4 w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = __ldg(reinterpret_cast<const uint4*>(wr[j] + 32 * b));
+    float4 u = make_float4(0.f, 0.f, 0.f, 0.f), v = u;
+    if (xr) {
+      u = *reinterpret_cast<const float4*>(xr + 32 * b);
+      v = *reinterpret_cast<const float4*>(xr + 32 * b + 4);
+    }
+    mma_step32(c, w, u, v);
+  }
+  if (a.K % 32 != 0 && warp == nb % kMmaWarps) {  // the last K % 32 (a multiple of 8)
+    const bool has = 32 * nb + 8 * q < a.K;
+    uint4 w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = has ? __ldg(reinterpret_cast<const uint4*>(wr[j] + 32 * nb)) : make_uint4(0, 0, 0, 0);
+    float4 u = make_float4(0.f, 0.f, 0.f, 0.f), v = u;
+    if (xr && has) {
+      u = *reinterpret_cast<const float4*>(xr + 32 * nb);
+      v = *reinterpret_cast<const float4*>(xr + 32 * nb + 4);
+    }
+    mma_step32(c, w, u, v);
+  }
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    part[warp][16 * t + g][2 * q] = c[t][0];
+    part[warp][16 * t + g][2 * q + 1] = c[t][1];
+    part[warp][16 * t + g + 8][2 * q] = c[t][2];
+    part[warp][16 * t + g + 8][2 * q + 1] = c[t][3];
+  }
+  __syncthreads();
+  static_assert(kMmaWarps * 32 == kMmaOut * kMmaRows, "one thread per (output, row)");
+  const int i = threadIdx.x % kMmaOut, r = threadIdx.x / kMmaOut, n = n0 + i;
+  if (r < mm && n < a.N) {
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < kMmaWarps; ++k) s += part[k][i][r];
+    if (a.bias) s += a.bias[n];
+    float* y = a.Y + int64_t(m0 + r) * a.ldy + n;
+    if (EPI == EPI_ADD) *y += s;
+    else *y = s;
+  }
+}
+
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 template <int TT>
@@ -199,7 +306,15 @@ void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uin
            const float* bias, float* Y, int ldy, int epi, cudaStream_t st, int path, bool split, int tiles) {
   if (M <= 0 || N <= 0) return;
   const bool vec = K % 8 == 0 && ldw % 8 == 0 && ldx % 4 == 0 && aligned16(X) && aligned16(W);
-  if (path == 0) path = M <= 8 ? 1 : 2;
+  if (path == 0) path = M == 1 ? 1 : M <= 8 ? 3 : 2;
+  if (path == 3 && !vec) path = 1;
+  if (path == 3) {
+    GemvMmaArgs a{X, ldx, rows, M, K, W, ldw, N, bias, Y, ldy};
+    dim3 grid(unsigned(cdiv(N, kMmaOut)), unsigned(cdiv(M, kMmaRows)));
+    if (epi == EPI_ADD) launch_kernel(gemv_mma_kernel<EPI_ADD>, grid, kMmaWarps * 32, 0, st, a);
+    else launch_kernel(gemv_mma_kernel<EPI_STORE>, grid, kMmaWarps * 32, 0, st, a);
+    return;
+  }
   if (path == 1) {
     if (M == 1) launch_gemv<1>(X, ldx, rows, M, K, W, ldw, N, bias, Y, ldy, epi, vec, st);
     else launch_gemv<8>(X, ldx, rows, M, K, W, ldw, N, bias, Y, ldy, epi, vec, st);
@@ -216,7 +331,7 @@ void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uin
 
 void qkv_rope(const QkvRopeArgs& a, cudaStream_t st) {
   if (a.M <= 0) return;
-  if (a.M > kQkvRopeRows) throw InvalidArgument("qkv_rope: at most 8 rows (more go through dense + rope_kv_store)");
+  if (a.M > kQkvRopeRows) throw InvalidArgument("qkv_rope: at most 2 rows (more go through dense + rope_kv_store)");
   if (!a.kv.pool) throw InvalidArgument("qkv_rope: needs the KV cache");
   QkvRopeArgs b = a;
   b.vec = a.K % 8 == 0 && a.ldx % 4 == 0 && aligned16(a.X) && aligned16(a.W);

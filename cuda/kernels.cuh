@@ -36,8 +36,10 @@ struct KVView {
 // block tables[row_table[t] + pos[t] / block_size].
 // The QKV projection of up to kQkvRopeRows rows (decode) with rope_kv_store fused in: qkv
 // [M, ld] gets the rotated q (its k and v columns are left unwritten), the cache gets k and v.
-// W: bf16 [(nq + 2 nk) * 2 half, K] rows, bias fp32.
-constexpr int kQkvRopeRows = 8;
+// W: bf16 [(nq + 2 nk) * 2 half, K] rows, bias fp32. Its dot products run on CUDA cores, which
+// reread the activations from L1 for every weight: past 2 rows that costs more than the
+// separate launch of dense (tensor-core GEMV) + rope_kv_store.
+constexpr int kQkvRopeRows = 2;
 struct QkvRopeArgs {
   const float* X = nullptr;
   int ldx = 0, M = 0, K = 0;
@@ -95,7 +97,9 @@ void attention(const AttnArgs& a, cudaStream_t st);
 // ---- gemm.cu -------------------------------------------------------------------------------
 enum Epi : int { EPI_STORE = 0, EPI_ADD = 1 };
 // Y[m, n] (= or +=) sum_k X[row(m), k] * W[n, k] + bias[n], row(m) = rows ? rows[m] : m.
-// path: 0 = auto (GEMV for M <= 8, tensor cores above), 1 = GEMV, 2 = tensor cores.
+// path: 0 = auto (CUDA-core GEMV for one row, tensor-core GEMV for 2-8, the tensor-core GEMM
+// above), 1 = CUDA-core GEMV, 2 = tensor-core GEMM, 3 = tensor-core GEMV (1 when the rows are
+// not 16-byte aligned).
 // split (tensor cores): activations as bf16 hi + lo, two MMAs (fp32-level results); false: bf16
 // activations, one MMA (half the tensor work, ~3e-3 relative error). The same for the experts
 // (and AttnArgs::split for the prefill attention).

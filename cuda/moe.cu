@@ -13,7 +13,7 @@
 // do not depend on scheduling (no atomics).
 #include "common.cuh"
 #include "kernels.cuh"
-#include "mma_f16.cuh"
+#include "mma_sync.cuh"
 #include "tc_gemm.cuh"
 
 namespace gptoss::cuda {

@@ -1,5 +1,5 @@
 // cuda-emu: the register-level tensor-core instruction cuda/ uses (mma.sync.m16n8k16 with fp16
-// operands and fp32 accumulators, sm_80+) and fp16 conversions, on the host (see
+// or bf16 operands and fp32 accumulators, sm_80+) and fp16 conversions, on the host (see
 // cuda_runtime.h). The fragments follow the PTX ISA's register layout exactly: each lane's
 // registers are gathered from the whole warp (a warp barrier, as the instruction is), so a
 // kernel that puts an element in the wrong lane or register gets a wrong product here too.
@@ -10,6 +10,7 @@
 
 #include <cmath>
 
+#include "cuda_bf16.h"
 #include "cuda_runtime.h"
 
 namespace gptoss_emu {
@@ -36,18 +37,23 @@ inline uint32_t float_to_half_bits(float f) {
   return sign | uint32_t(std::nearbyint(__uint_as_float(a) * 16777216.f));  // units of 2^-24
 }
 
-// d += A * B: A 16x16 (row major), B 16x8 (column major), fp16; with g = lane / 4, q = lane % 4:
+inline float bf16_bits_to_float_emu(uint32_t h) { return __uint_as_float(h << 16); }
+
+// d += A * B: A 16x16 (row major), B 16x8 (column major), fp16 (BF16: bf16); with g = lane / 4,
+// q = lane % 4:
 //   a[0] = A[g][2q, 2q+1]   a[1] = A[g+8][2q, 2q+1]   a[2] = A[g][2q+8, 2q+9]   a[3] = A[g+8][2q+8, 2q+9]
 //   b[0] = B[2q, 2q+1][g]   b[1] = B[2q+8, 2q+9][g]
 //   d[0], d[1] = D[g][2q, 2q+1]   d[2], d[3] = D[g+8][2q, 2q+1]
 // (the lower index of each pair in bits 0-15).
-inline void mma_m16n8k16_f16(float* d, const uint32_t* a, const uint32_t* b) {
+template <bool BF16>
+inline void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b) {
   uint64_t a01[32], a23[32], bb[32];
   warp_gather(uint64_t(a[0]) | (uint64_t(a[1]) << 32), a01);
   warp_gather(uint64_t(a[2]) | (uint64_t(a[3]) << 32), a23);
   warp_gather(uint64_t(b[0]) | (uint64_t(b[1]) << 32), bb);
   auto half_of = [](uint64_t v, int reg, int k) {
-    return half_bits_to_float(uint32_t(v >> (32 * reg + 16 * (k & 1))) & 0xffffu);
+    const uint32_t h = uint32_t(v >> (32 * reg + 16 * (k & 1))) & 0xffffu;
+    return BF16 ? bf16_bits_to_float_emu(h) : half_bits_to_float(h);
   };
   const int lane = lane_id(), g = lane >> 2, q = lane & 3;
   for (int i = 0; i < 4; ++i) {

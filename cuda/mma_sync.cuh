@@ -1,7 +1,7 @@
-// Register-level fp16 tensor-core products: mma.sync m16n8k16 (fp16 operands, fp32
-// accumulators, sm_80+), for kernels that build their operands in registers (the MXFP4 decode
-// GEMV decodes nibbles straight into A fragments). cuda-emu runs the same layout
-// (emu/mma_sync.h). The fragments, with g = lane / 4 and q = lane % 4, the lower index of
+// Register-level tensor-core products: mma.sync m16n8k16 (fp16 or bf16 operands, fp32
+// accumulators, sm_80+), for kernels that build their operands in registers: the decode GEMVs
+// (MXFP4 nibbles decoded straight into A fragments; bf16 weights loaded as A fragments).
+// cuda-emu runs the same layout (emu/mma_sync.h). The fragments, with g = lane / 4 and q = lane % 4, the lower index of
 // each pair in bits 0-15:
 //   a[0] = A[g][2q, 2q+1]   a[1] = A[g+8][2q, 2q+1]   a[2] = A[g][2q+8, 2q+9]   a[3] = A[g+8][2q+8, 2q+9]
 //   b[0] = B[2q, 2q+1][g]   b[1] = B[2q+8, 2q+9][g]
@@ -37,12 +37,47 @@ __device__ __forceinline__ void split_half2(float a, float b, uint32_t& hi, uint
   lo = pack_half2(a - ah, b - bh);
 }
 
-// d += A * B over one warp (every lane calls it, converged).
+// Two floats -> bf16x2 bits (lo in bits 0-15), rounded to nearest even.
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+#if !defined(__CUDACC__)
+  return uint32_t(__float2bfloat16_rn(lo).x) | (uint32_t(__float2bfloat16_rn(hi).x) << 16);
+#else
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+#endif
+}
+
+// (a, b) as three bf16x2 parts with hi + mid + lo = (a, b) exactly: hi and mid keep the top 8
+// significand bits of what is left (truncated, exact), lo the last 8 (so its rounding is exact
+// too). Three bf16 MMAs on them give fp32 products.
+__device__ __forceinline__ void split3_bf16x2(float a, float b, uint32_t& hi, uint32_t& mid, uint32_t& lo) {
+  const uint32_t ua = __float_as_uint(a) & 0xffff0000u, ub = __float_as_uint(b) & 0xffff0000u;
+  const float ra = a - __uint_as_float(ua), rb = b - __uint_as_float(ub);
+  const uint32_t va = __float_as_uint(ra) & 0xffff0000u, vb = __float_as_uint(rb) & 0xffff0000u;
+  hi = (ua >> 16) | ub;
+  mid = (va >> 16) | vb;
+  lo = pack_bf16x2(ra - __uint_as_float(va), rb - __uint_as_float(vb));
+}
+
+// d += A * B over one warp (every lane calls it, converged), fp16 operands.
 __device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if !defined(__CUDACC__)
-  gptoss_emu::mma_m16n8k16_f16(d, a, b);
+  gptoss_emu::mma_m16n8k16<false>(d, a, b);
 #else
   asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// d += A * B over one warp, bf16 operands.
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if !defined(__CUDACC__)
+  gptoss_emu::mma_m16n8k16<true>(d, a, b);
+#else
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
