@@ -175,6 +175,28 @@ __device__ __forceinline__ void block_rmsnorm(const float* x, int H, const float
   for (int i = threadIdx.x; i < H; i += blockDim.x) t[i] = w[i] * (x[i] * r);
 }
 
+// x += add[0] + ... + add[K-1] (rows of H, summed in that order; add null: nothing), then
+// y = rmsnorm(x) * w, by one block. A: const float or const volatile float (rows other blocks
+// of the same launch wrote).
+template <typename A>
+__device__ __forceinline__ void block_add_rmsnorm(float* x, A* add, int K, int H, const float* w, float eps, float* y,
+                                                  float* red) {
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < H; i += blockDim.x) {
+    float v = x[i];
+    if (add) {
+      float s = 0.f;
+      for (int k = 0; k < K; ++k) s += add[int64_t(k) * H + i];
+      v += s;
+      x[i] = v;
+    }
+    ss += v * v;
+  }
+  ss = block_sum(ss, red);
+  const float r = 1.0f / sqrtf(ss / float(H) + eps);
+  for (int i = threadIdx.x; i < H; i += blockDim.x) y[i] = w[i] * (x[i] * r);
+}
+
 // One KV-cache element (fp32 or bf16 cache) at pool index i.
 template <typename KV>
 __device__ __forceinline__ void kv_put(void* base, int64_t i, float v);

@@ -120,6 +120,7 @@ struct CudaEngine::Impl {
   MoeTiles tiles;
   RouterScratch router_scr;  // few-row steps route over many blocks
   int32_t* attn_arrivals = nullptr;  // [Tmax * n_kv]: split attention merges in its last block
+  int32_t* moe_arrivals = nullptr;   // [1]: one token's mlp2 does the combine in its last block
   int32_t* meta = nullptr;   // per-chunk metadata (device)
   int64_t meta_cap = 0;      // int32 entries
   int32_t* staging = nullptr;  // pinned host copy of meta
@@ -318,6 +319,8 @@ struct CudaEngine::Impl {
     tiles.n_tiles = alloc<int32_t>(1, "moe tiles", c);
     attn_arrivals = alloc<int32_t>(T * cfg.n_kv, "attention arrival counts", c);
     if (!dry) CUDA_CHECK(cudaMemset(attn_arrivals, 0, size_t(T * cfg.n_kv) * 4));
+    moe_arrivals = alloc<int32_t>(1, "expert arrival count", c);
+    if (!dry) CUDA_CHECK(cudaMemset(moe_arrivals, 0, 4));
     router_scr.rows = router_split_rows();
     router_scr.logits = alloc<float>(int64_t(router_scr.rows) * cfg.n_experts, "router scratch", c);
     router_scr.arrivals = alloc<int32_t>(router_scr.rows, "router scratch", c);
@@ -812,11 +815,14 @@ struct CudaEngine::Impl {
       MxWeights w2{L.mlp2_blocks, L.mlp2_scales, L.mlp2_b, Hi, int(c.inter)};
       moe_mlp1(t, Hi, int(K), mt, w1, c.swiglu_alpha, c.swiglu_limit, act, tc, st, sp);
       mark("experts mlp1");
-      moe_mlp2(act, mt, w2, rw, ypairs, tc, st, sp);
-      mark("experts mlp2");
       const float* next_norm = l + 1 < c.n_layers ? layers[size_t(l + 1)].attn_norm : final_norm;
-      add_rmsnorm(x, ypairs, int(K), Ti, Hi, next_norm, c.rms_eps, t, st);
-      mark("combine + norm");
+      const MoeCombine comb{x, next_norm, c.rms_eps, t, moe_arrivals};
+      const bool combined = moe_mlp2(act, mt, w2, rw, ypairs, tc, st, sp, Ti == 1 ? &comb : nullptr);
+      mark("experts mlp2");
+      if (!combined) {
+        add_rmsnorm(x, ypairs, int(K), Ti, Hi, next_norm, c.rms_eps, t, st);
+        mark("combine + norm");
+      }
     }
     if (p.R > 0 && p.R <= kLogitRows) enqueue_head(p, 0, p.R);
   }

@@ -164,9 +164,19 @@ struct MxWeights {
 // mlp1 + SwiGLU: act[pos, i] = swiglu(W1[e] x[sorted[pos] / topk] + b1[e])  (act: [P, N/2])
 void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWeights& w, float alpha,
               float limit, float* act, bool tensor_cores, cudaStream_t st, bool split = true);
-// mlp2 + routing weight: y[sorted[pos], :] = rw[sorted[pos]] * (W2[e] act[pos] + b2[e])  (y: [P, N])
-void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const float* rw, float* y,
-              bool tensor_cores, cudaStream_t st, bool split = true);
+// One token's combine folded into mlp2 (add_rmsnorm's work, by the last block to finish): x +=
+// the k rows of y, t = rmsnorm(x) * norm_w. arrivals: one counter, zero (the launch leaves it so).
+struct MoeCombine {
+  float* x = nullptr;
+  const float* norm_w = nullptr;
+  float eps = 0.f;
+  float* t = nullptr;
+  int32_t* arrivals = nullptr;
+};
+// mlp2 + routing weight: y[sorted[pos], :] = rw[sorted[pos]] * (W2[e] act[pos] + b2[e])  (y: [P, N]).
+// comb (GEMV path, one token's direct pairs): also the combine; returns whether it did it.
+bool moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const float* rw, float* y,
+              bool tensor_cores, cudaStream_t st, bool split = true, const MoeCombine* comb = nullptr);
 
 // ---- ops.cu (sampling, synthetic weights) --------------------------------------------------
 // out[r] = argmax of logits[r, :V] (ties: lowest index; NaN ignored).

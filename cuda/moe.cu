@@ -191,6 +191,7 @@ struct MoeGemvArgs {
   float alpha, limit;
   float* Y;
   int ldy;
+  MoeCombine comb;  // mlp2 of one token: arrivals set -> the last block does add_rmsnorm
 };
 
 // NB > 0: K = 32 * NB and N a multiple of 64 (gpt-oss: NB = 90 for both projections), so a
@@ -295,6 +296,19 @@ __global__ void __launch_bounds__(kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a
         a.Y[int64_t(pair) * a.ldy + r] = a.rw[pair] * (total(rl, c) + bias[r]);
       }
     }
+    if (a.comb.arrivals) {  // one token: the last block to finish adds the k outputs into x, normalises
+      __shared__ float red[32];
+      __shared__ bool last;
+      __threadfence();  // this block's outputs are visible device-wide before it counts itself in
+      __syncthreads();
+      if (threadIdx.x == 0) last = atomicAdd(a.comb.arrivals, 1) == int(gridDim.x * gridDim.y) - 1;
+      __syncthreads();
+      if (!last) return;
+      __threadfence();
+      block_add_rmsnorm(a.comb.x, static_cast<const volatile float*>(a.Y), a.mt.direct, N, a.comb.norm_w, a.comb.eps,
+                        a.comb.t, red);
+      if (threadIdx.x == 0) *a.comb.arrivals = 0;
+    }
   }
 }
 
@@ -384,17 +398,17 @@ void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWei
     return;
   } else {
     check_rows16(x, ldx);
-    MoeGemvArgs a{x, ldx, topk, mt, w, nullptr, alpha, limit, act, w.N / 2};
+    MoeGemvArgs a{x, ldx, topk, mt, w, nullptr, alpha, limit, act, w.N / 2, MoeCombine{}};
     dim3 grid(unsigned(cdiv(w.N, kGemvRows)), unsigned(mt.max_tiles));
     launch_kernel(gemv_nb90(w) ? moe_gemv_kernel<true, 90> : moe_gemv_kernel<true, 0>, grid, kGemvWarps * 32, 0, st, a);
   }
 }
 
-void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const float* rw, float* y, bool tensor_cores,
-              cudaStream_t st, bool split) {
+bool moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const float* rw, float* y, bool tensor_cores,
+              cudaStream_t st, bool split, const MoeCombine* comb) {
   check_mx(w);
   if (mt.direct > 0 && tensor_cores) throw InvalidArgument("moe: direct pairs are a GEMV-path mode");
-  if (mt.max_tiles <= 0) return;
+  if (mt.max_tiles <= 0) return false;
   if (tensor_cores) {
     TcArgs a;
     a.X = act; a.ldx = w.K; a.K = w.K; a.N = w.N; a.blocks = w.blocks; a.scales = w.scales; a.bias = w.bias;
@@ -404,14 +418,16 @@ void moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const fl
     a.split = split;
     check_tile(mt);
     moe_gemm(false, mt.gemm, a, unsigned(mt.max_tiles), st);
-    return;
-  } else {
-    check_rows16(act, w.K);
-    MoeGemvArgs a{act, w.K, 1, mt, w, rw, 0.f, 0.f, y, w.N};
-    dim3 grid(unsigned(cdiv(w.N, kGemvRows)), unsigned(mt.max_tiles));
-    launch_kernel(gemv_nb90(w) ? moe_gemv_kernel<false, 90> : moe_gemv_kernel<false, 0>, grid, kGemvWarps * 32, 0, st,
-                  a);
+    return false;
   }
+  check_rows16(act, w.K);
+  MoeGemvArgs a{act, w.K, 1, mt, w, rw, 0.f, 0.f, y, w.N, MoeCombine{}};
+  // Every block must count itself in: only when each tile is one direct pair.
+  const bool fuse = comb && comb->arrivals && mt.direct > 0 && mt.max_tiles == mt.direct;
+  if (fuse) a.comb = *comb;
+  dim3 grid(unsigned(cdiv(w.N, kGemvRows)), unsigned(mt.max_tiles));
+  launch_kernel(gemv_nb90(w) ? moe_gemv_kernel<false, 90> : moe_gemv_kernel<false, 0>, grid, kGemvWarps * 32, 0, st, a);
+  return fuse;
 }
 
 }  // namespace gptoss::cuda

@@ -22,22 +22,7 @@ __global__ void add_rmsnorm_kernel(float* x, const float* add, int K, int H, con
   grid_dependency_wait();
   __shared__ float red[32];
   const int t = blockIdx.x;
-  float* xr = x + int64_t(t) * H;
-  float ss = 0.f;
-  for (int i = threadIdx.x; i < H; i += blockDim.x) {
-    float v = xr[i];
-    if (add) {
-      float s = 0.f;
-      for (int k = 0; k < K; ++k) s += add[(int64_t(t) * K + k) * H + i];
-      v += s;
-      xr[i] = v;
-    }
-    ss += v * v;
-  }
-  ss = block_sum(ss, red);
-  const float r = 1.0f / sqrtf(ss / float(H) + eps);
-  float* yr = y + int64_t(t) * H;
-  for (int i = threadIdx.x; i < H; i += blockDim.x) yr[i] = w[i] * (xr[i] * r);
+  block_add_rmsnorm(x + int64_t(t) * H, add ? add + int64_t(t) * K * H : add, K, H, w, eps, y + int64_t(t) * H, red);
 }
 
 template <typename KV>
