@@ -189,12 +189,13 @@ void register_kernels(py::module_& k) {
       },
       py::arg("x"), py::arg("blocks"), py::arg("scales"), py::arg("bias") = py::none(), py::arg("tensor_cores") = false,
       py::arg("tiles") = 0);
-  k.def("argmax", [](arr<float> logits) {
+  k.def("argmax", [](arr<float> logits, bool split) {
     need(logits.ndim() == 2, "argmax: logits [R, V]");
     py::array_t<int32_t> out(logits.shape(0));
-    test::argmax(logits.data(), int(logits.shape(0)), logits.shape(1), out.mutable_data());
+    test::argmax(logits.data(), int(logits.shape(0)), logits.shape(1), out.mutable_data(), split);
     return out;
-  });
+  }, py::arg("logits"), py::arg("split") = true,
+     "split: each row over several blocks (the last one picks), as the engine does for few rows");
   k.def(
       "sample",
       [](arr<float> logits, arr<float> temperature, arr<int32_t> top_k, arr<float> top_p, arr<float> min_p,

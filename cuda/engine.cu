@@ -121,6 +121,7 @@ struct CudaEngine::Impl {
   RouterScratch router_scr;  // few-row steps route over many blocks
   int32_t* attn_arrivals = nullptr;  // [Tmax * n_kv]: split attention merges in its last block
   int32_t* moe_arrivals = nullptr;   // [1]: one token's mlp2 does the combine in its last block
+  ArgmaxScratch argmax_scr;          // few-row greedy steps: each row's argmax over many blocks
   int32_t* meta = nullptr;   // per-chunk metadata (device)
   int64_t meta_cap = 0;      // int32 entries
   int32_t* staging = nullptr;  // pinned host copy of meta
@@ -321,6 +322,12 @@ struct CudaEngine::Impl {
     if (!dry) CUDA_CHECK(cudaMemset(attn_arrivals, 0, size_t(T * cfg.n_kv) * 4));
     moe_arrivals = alloc<int32_t>(1, "expert arrival count", c);
     if (!dry) CUDA_CHECK(cudaMemset(moe_arrivals, 0, 4));
+    argmax_scr.rows = int(std::min<int64_t>(T, kLogitRows));
+    argmax_scr.splits = 64;
+    argmax_scr.val = alloc<float>(int64_t(argmax_scr.rows) * argmax_scr.splits, "argmax scratch", c);
+    argmax_scr.idx = alloc<int32_t>(int64_t(argmax_scr.rows) * argmax_scr.splits, "argmax scratch", c);
+    argmax_scr.arrivals = alloc<int32_t>(argmax_scr.rows, "argmax scratch", c);
+    if (!dry) CUDA_CHECK(cudaMemset(argmax_scr.arrivals, 0, size_t(argmax_scr.rows) * 4));
     router_scr.rows = router_split_rows();
     router_scr.logits = alloc<float>(int64_t(router_scr.rows) * cfg.n_experts, "router scratch", c);
     router_scr.arrivals = alloc<int32_t>(router_scr.rows, "router scratch", c);
@@ -836,7 +843,7 @@ struct CudaEngine::Impl {
     dense(t, Hi, meta + o_lr(p) + r0, n, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st, 0,
           opt.tc_split, opt.gemm_tiles);
     mark("unembedding");
-    if (p.mode == ARGMAX) argmax_rows(logits, n, c.vocab, argmax_out + r0, st);
+    if (p.mode == ARGMAX) argmax_rows(logits, n, c.vocab, argmax_out + r0, st, &argmax_scr);
     if (p.mode == ARGMAX) mark("argmax");
     const int32_t* pen_off = meta + o_pen(p) + r0;  // absolute entry indices of this piece's rows
     const int32_t* pen_id = meta + o_pen(p) + p.R + 1;

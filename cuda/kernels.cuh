@@ -179,8 +179,16 @@ bool moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const fl
               bool tensor_cores, cudaStream_t st, bool split = true, const MoeCombine* comb = nullptr);
 
 // ---- ops.cu (sampling, synthetic weights) --------------------------------------------------
-// out[r] = argmax of logits[r, :V] (ties: lowest index; NaN ignored).
-void argmax_rows(const float* logits, int R, int64_t V, int32_t* out, cudaStream_t st);
+// out[r] = argmax of logits[r, :V] (ties: lowest index; NaN ignored). With scratch, up to
+// scratch->rows rows are each split over several blocks.
+struct ArgmaxScratch {
+  float* val = nullptr;         // [rows * splits] partial maxima
+  int32_t* idx = nullptr;       // [rows * splits]
+  int32_t* arrivals = nullptr;  // [rows], zero (each launch leaves it so)
+  int rows = 0, splits = 0;
+};
+void argmax_rows(const float* logits, int R, int64_t V, int32_t* out, cudaStream_t st,
+                 const ArgmaxScratch* scratch = nullptr);
 // Deterministic pseudo-random fills keyed by (seed, stream): Normal(mean, std) in bf16 or
 // fp32; uniform bytes; E8M0 scales base + {-1, 0, +1}.
 void fill_normal_bf16(uint16_t* p, int64_t n, float mean, float std, uint64_t seed, uint64_t stream, cudaStream_t st);

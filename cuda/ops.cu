@@ -1,6 +1,8 @@
 // Small kernels: embedding, RMSNorm (plain and fused with the MoE combine + residual add),
 // YaRN RoPE fused with the KV-cache store, greedy argmax, and the hash-based random fills used
 // to build synthetic models directly on the device.
+#include <algorithm>
+
 #include <cuda_bf16.h>
 
 #include "common.cuh"
@@ -73,14 +75,14 @@ __global__ void rope_kv_kernel(float* qkv, int ld, const int32_t* pos, const int
   }
 }
 
-__global__ void __launch_bounds__(1024) argmax_kernel(const float* logits, int64_t V, int32_t* out) {
-  grid_dependency_wait();
+// The argmax (value, index) of row[lo, hi) over the block: NaN never wins, ties go to the lower
+// index, index -1 when every value is NaN. Thread 0 gets the result.
+__device__ void block_argmax_range(const float* row, int64_t lo, int64_t hi, float& b, int32_t& ix) {
   __shared__ float sv[32];
   __shared__ int32_t si[32];
-  const float* row = logits + int64_t(blockIdx.x) * V;
   float bv = -INFINITY;
   int64_t bi = -1;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
     const float v = row[i];
     if (v > bv || (bi < 0 && !(v != v))) {  // first non-NaN, then strictly larger
       bv = v;
@@ -102,16 +104,60 @@ __global__ void __launch_bounds__(1024) argmax_kernel(const float* logits, int64
     si[warp] = int32_t(bi);
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    float b = -INFINITY;
-    int32_t ix = -1;
+  b = -INFINITY;
+  ix = -1;
+  if (threadIdx.x == 0)
     for (int w = 0; w < int(blockDim.x >> 5); ++w)
       if (si[w] >= 0 && (ix < 0 || sv[w] > b || (sv[w] == b && si[w] < ix))) {
         b = sv[w];
         ix = si[w];
       }
-    out[blockIdx.x] = ix < 0 ? 0 : ix;
+}
+
+__global__ void __launch_bounds__(1024) argmax_kernel(const float* logits, int64_t V, int32_t* out) {
+  grid_dependency_wait();
+  float b;
+  int32_t ix;
+  block_argmax_range(logits + int64_t(blockIdx.x) * V, 0, V, b, ix);
+  if (threadIdx.x == 0) out[blockIdx.x] = ix < 0 ? 0 : ix;
+}
+
+// Few rows: grid (R, S), block s takes slice s of its row, so a row streams through S SMs
+// instead of one; the last of a row's blocks to finish picks from the S partials (in slice
+// order, so ties still go to the lower index) and resets the row's arrival count.
+constexpr int kArgmaxSplitThreads = 256;
+__global__ void __launch_bounds__(kArgmaxSplitThreads) argmax_split_kernel(const float* logits, int64_t V,
+                                                                           int32_t* out, ArgmaxScratch scr) {
+  grid_dependency_wait();
+  __shared__ bool last;
+  const int r = blockIdx.x, s = blockIdx.y, S = int(gridDim.y);
+  const int64_t len = (V + S - 1) / S;
+  float b;
+  int32_t ix;
+  block_argmax_range(logits + int64_t(r) * V, min(V, s * len), min(V, (s + 1) * len), b, ix);
+  if (threadIdx.x == 0) {
+    scr.val[r * S + s] = b;
+    scr.idx[r * S + s] = ix;
+    __threadfence();  // the partial is visible device-wide before the block counts itself in
+    last = atomicAdd(&scr.arrivals[r], 1) == S - 1;
   }
+  __syncthreads();
+  if (!last || threadIdx.x != 0) return;
+  __threadfence();
+  const volatile float* vals = scr.val + r * S;
+  const volatile int32_t* ids = scr.idx + r * S;
+  float bb = -INFINITY;
+  int32_t bx = -1;
+  for (int k = 0; k < S; ++k) {
+    const int32_t i = ids[k];
+    const float v = vals[k];
+    if (i >= 0 && (bx < 0 || v > bb)) {  // slices in index order: strictly larger only
+      bb = v;
+      bx = i;
+    }
+  }
+  out[r] = bx < 0 ? 0 : bx;
+  scr.arrivals[r] = 0;
 }
 
 // ---- hash-based random numbers: value i of stream (seed, stream) ----------------------------
@@ -186,8 +232,16 @@ void rope_kv_store(float* qkv, int ld, int T, const int32_t* pos, const int32_t*
     launch_kernel(rope_kv_kernel<float>, T, 256, 0, st, qkv, ld, pos, row_table, tables, nq, nk, half, inv_freq, conc, kv);
 }
 
-void argmax_rows(const float* logits, int R, int64_t V, int32_t* out, cudaStream_t st) {
+void argmax_rows(const float* logits, int R, int64_t V, int32_t* out, cudaStream_t st, const ArgmaxScratch* scr) {
   if (R <= 0) return;
+  // Slices of >= 4096 logits, up to the scratch's splits and about two blocks per SM overall.
+  const int S = scr && R <= scr->rows ? int(std::min<int64_t>({int64_t(scr->splits), (V + 4095) / 4096,
+                                                                int64_t(cdiv(2 * device_sm_count(), R))}))
+                                      : 1;
+  if (S > 1) {
+    launch_kernel(argmax_split_kernel, dim3(unsigned(R), unsigned(S)), kArgmaxSplitThreads, 0, st, logits, V, out, *scr);
+    return;
+  }
   launch_kernel(argmax_kernel, R, 1024, 0, st, logits, V, out);
 }
 

@@ -262,9 +262,17 @@ void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uin
   dy.to_host(y, size_t(T) * N * 4);
 }
 
-void argmax(const float* logits, int R, int64_t V, int32_t* out) {
+void argmax(const float* logits, int R, int64_t V, int32_t* out, bool split) {
   Buf dl(logits, size_t(R) * size_t(V) * 4), dout(size_t(R) * 4);
-  cuda::argmax_rows(dl.as<float>(), R, V, dout.as<int32_t>(), 0);
+  const int S = 64;
+  Buf val(size_t(R) * S * 4), idx(size_t(R) * S * 4), arr(size_t(R) * 4);
+  CUDA_CHECK(cudaMemset(arr.p, 0, size_t(R) * 4));
+  ArgmaxScratch scr{val.as<float>(), idx.as<int32_t>(), arr.as<int32_t>(), R, S};
+  cuda::argmax_rows(dl.as<float>(), R, V, dout.as<int32_t>(), 0, split ? &scr : nullptr);
+  std::vector<int32_t> left(static_cast<size_t>(R));
+  arr.to_host(left.data(), size_t(R) * 4);
+  for (int32_t v : left)
+    if (v != 0) throw std::runtime_error("argmax: an arrival count was left non-zero");
   dout.to_host(out, size_t(R) * 4);
 }
 

@@ -463,16 +463,28 @@ def test_zero_sized_inputs(backend):
 
 # --------------------------------------------------------------------- argmax, RNG fills
 @cuda_test
-def test_argmax(backend):
+@pytest.mark.parametrize("split", [True, False])
+def test_argmax(backend, split):
+    """split: a row over many blocks (ties across slices still go to the lower index)."""
     rng = np.random.default_rng(2)
-    logits = rng.standard_normal((6, 201088)).astype(np.float32)
-    logits[1, 7] = logits[1, 100000] = 50.0   # tie: lower index
+    logits = rng.standard_normal((8, 201088)).astype(np.float32)
+    logits[1, 7] = logits[1, 100000] = 50.0   # tie: lower index, in different slices
     logits[2, :] = 1.0                        # all equal
     logits[3, 5] = np.nan
     logits[3, 6] = 60.0
     logits[4, -1] = 99.0
-    got = backend.kernels.argmax(logits)
-    assert list(got) == [int(np.argmax(logits[0])), 7, 0, 6, 201087, int(np.argmax(logits[5]))]
+    logits[6, :] = np.nan                     # nothing to pick: 0, as np.argmax
+    logits[7, :100000] = np.nan
+    logits[7, 150001] = logits[7, 150003] = 70.0
+    got = backend.kernels.argmax(logits, split)
+    assert list(got) == [int(np.argmax(logits[0])), 7, 0, 6, 201087, int(np.argmax(logits[5])), 0, 150001]
+    # The maximum next to every quarter of a row (where the split kernel's slices meet: 4 of
+    # them at this width) and at both ends.
+    V = 3 * 4096 + 1
+    pos = [0, V - 1] + [k * V // 4 + d for k in (1, 2, 3) for d in range(-3, 4)]
+    x = rng.standard_normal((len(pos), V)).astype(np.float32)
+    x[np.arange(len(pos)), pos] = 10.0
+    assert list(backend.kernels.argmax(x, split)) == pos
 
 
 @cuda_test
