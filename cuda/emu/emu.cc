@@ -463,14 +463,10 @@ void syncthreads() { arrive(g_run.block_bar); }
 void grid_dependency_wait() { g_cur->dep_waited = true; }  // blocks run after their predecessors here
 
 uint64_t warp_exchange(uint64_t bits, int src) {
-  Fiber* f = g_cur;
-  Barrier& b = g_run.warp_bar[size_t(f->warp)];
-  const size_t par = f->shfl_count++ & 1u;
-  uint64_t* slot = g_run.slots.data() + (par * g_run.warp_bar.size() + size_t(f->warp)) * 32;
-  slot[f->lane] = bits;
-  arrive(b);
-  const int lanes = std::min(32, g_run.n - 32 * f->warp);
-  return (src >= 0 && src < lanes) ? slot[src] : bits;
+  uint64_t all[32];
+  warp_gather(bits, all);
+  const int lanes = std::min(32, g_run.n - 32 * g_cur->warp);
+  return (src >= 0 && src < lanes) ? all[src] : bits;
 }
 
 void warp_gather(uint64_t bits, uint64_t* out) {
