@@ -4,7 +4,7 @@
 
 Measures: device copy bandwidth and (through PyTorch, when present) the bf16 matmul peak;
 prefill tok/s and model TFLOP/s for 1k and 8k prompts (also in 512-token chunks, on bf16
-activations, and with each tensor-core tile shape forced); batch-1 decode tok/s at 1k and 8k context (and at 1k with CUDA graphs off, to show the launch overhead); decode throughput at batch 8/32/64/128 (1k-token context shared by forks,
+activations, and with each tensor-core tile shape forced); batch-1 decode tok/s at 1k and 8k context (and at 1k with CUDA graphs off, to show the launch overhead, and with one-part activations in the decode GEMVs); decode throughput at batch 8/32/64/128 (1k-token context shared by forks,
 copy-on-write; at 32 and 64 also with the experts on the decode GEMV); peak device memory. Each decode figure comes with the bytes one step reads
 (weights of the experts actually used, attention, router, unembedding, KV cache) and the
 fraction of the measured copy bandwidth that this represents (roofline). Greedy decoding
@@ -303,6 +303,13 @@ def main() -> int:
         eng.set_fuse_qkv_rope(False)
         toks, dt = timed_greedy([s], list(greedy([s], [1])), steps)
         emit(what="decode_unfused", batch=1, context=c0 + 2 * steps, ms_per_step=round(dt * 1e3, 3),
+             tok_s=round(1 / dt, 1))
+    # One fp16 part of the activations in the experts' decode GEMV instead of hi + lo (half its
+    # MMAs and no split): if it is faster, that kernel is bound by instruction issue.
+    with side_by_side("decode_bf16", lambda: eng.set_tc_split(True)):
+        eng.set_tc_split(False)
+        toks, dt = timed_greedy([s], list(greedy([s], [1])), steps)
+        emit(what="decode_bf16", batch=1, context=c0 + 3 * steps, ms_per_step=round(dt * 1e3, 3),
              tok_s=round(1 / dt, 1))
     # Sampling on the device (temperature 0.8, top-p 0.95): the per-step cost over greedy.
     def sampled(tok: int) -> int:

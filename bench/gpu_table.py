@@ -39,6 +39,8 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
     if w == "decode_pdl":
         return [(f"decode b1 pdl={'on' if r['pdl'] else 'off'}", f"{r['tok_s']:.0f} tok/s",
                  f"{r['ms_per_step']:.3f} ms/step")]
+    if w == "decode_bf16":
+        return [("decode b1 one-part act", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.3f} ms/step")]
     if w == "decode_unfused":
         return [("decode b1 qkv+rope unfused", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.3f} ms/step")]
     if w == "decode_sampled":

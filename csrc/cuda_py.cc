@@ -147,7 +147,8 @@ void register_kernels(py::module_& k) {
   k.def(
       "moe",
       [](arr<float> x, arr<int32_t> idx, arr<float> rw, arr<uint8_t> b1, arr<uint8_t> s1, arr<float> bias1,
-         arr<uint8_t> b2, arr<uint8_t> s2, arr<float> bias2, float alpha, float limit, bool tensor_cores, int tiles) {
+         arr<uint8_t> b2, arr<uint8_t> s2, arr<float> bias2, float alpha, float limit, bool tensor_cores, int tiles,
+         bool split) {
         need(tiles >= 0 && tiles <= 4, "moe: tiles 0 (auto), 1 (64x64), 2 (64x128), 3 (128x128), 4 (32x128)");
         need(x.ndim() == 2 && idx.ndim() == 2 && rw.ndim() == 2 && idx.shape(0) == x.shape(0) &&
                  rw.shape(0) == x.shape(0) && rw.shape(1) == idx.shape(1),
@@ -162,15 +163,17 @@ void register_kernels(py::module_& k) {
         for (py::ssize_t i = 0; i < idx.size(); ++i) need(idx.data()[i] >= 0 && idx.data()[i] < E, "moe: expert id out of range");
         py::array_t<float> out({int64_t(T), int64_t(H)});
         test::moe(x.data(), T, H, idx.data(), rw.data(), k, E, I, b1.data(), s1.data(), bias1.data(), b2.data(),
-                  s2.data(), bias2.data(), alpha, limit, tensor_cores, out.mutable_data(), tiles);
+                  s2.data(), bias2.data(), alpha, limit, tensor_cores, out.mutable_data(), tiles, split);
         return out;
       },
       py::arg("x"), py::arg("idx"), py::arg("rw"), py::arg("mlp1_blocks"), py::arg("mlp1_scales"),
       py::arg("mlp1_bias"), py::arg("mlp2_blocks"), py::arg("mlp2_scales"), py::arg("mlp2_bias"),
-      py::arg("alpha") = 1.702f, py::arg("limit") = 7.0f, py::arg("tensor_cores") = false, py::arg("tiles") = 0);
+      py::arg("alpha") = 1.702f, py::arg("limit") = 7.0f, py::arg("tensor_cores") = false, py::arg("tiles") = 0,
+      py::arg("split") = true, "split: activations as hi + lo parts (fp32-level) or one (fp16 GEMV / bf16 GEMM)");
   k.def(
       "matmul_mxfp4",
-      [](arr<float> x, arr<uint8_t> blocks, arr<uint8_t> scales, py::object bias, bool tensor_cores, int tiles) {
+      [](arr<float> x, arr<uint8_t> blocks, arr<uint8_t> scales, py::object bias, bool tensor_cores, int tiles,
+         bool split) {
         need(tiles >= 0 && tiles <= 4, "matmul_mxfp4: tiles 0 (auto), 1 (64x64), 2 (64x128), 3 (128x128), 4 (32x128)");
         need(x.ndim() == 2 && x.shape(1) % 32 == 0, "matmul_mxfp4: x [T,K], K % 32 == 0");
         const int T = int(x.shape(0)), K = int(x.shape(1));
@@ -184,11 +187,11 @@ void register_kernels(py::module_& k) {
         }
         py::array_t<float> y({int64_t(T), int64_t(N)});
         test::mxfp4_matmul(x.data(), T, K, blocks.data(), scales.data(), N, bias.is_none() ? nullptr : b.data(),
-                           tensor_cores, y.mutable_data(), tiles);
+                           tensor_cores, y.mutable_data(), tiles, split);
         return y;
       },
       py::arg("x"), py::arg("blocks"), py::arg("scales"), py::arg("bias") = py::none(), py::arg("tensor_cores") = false,
-      py::arg("tiles") = 0);
+      py::arg("tiles") = 0, py::arg("split") = true);
   k.def("argmax", [](arr<float> logits, bool split) {
     need(logits.ndim() == 2, "argmax: logits [R, V]");
     py::array_t<int32_t> out(logits.shape(0));

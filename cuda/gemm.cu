@@ -158,24 +158,34 @@ struct GemvMmaArgs {
 // lane q's share), (u, v) = this lane's 8 activations of row g. k is numbered so that lane q's
 // 8 values are its own: in step s, B rows (2q, 2q+1) are k (8q+4s, 8q+4s+1) and rows
 // (2q+8, 2q+9) are k (8q+4s+2, 8q+4s+3), the order of the loaded bf16 pairs.
+// SPLIT false: the activations as one bf16 (round to nearest), one MMA per step instead of three.
+template <bool SPLIT>
 __device__ __forceinline__ void mma_step32(float (&c)[2][4], const uint4 (&w)[4], const float4& u, const float4& v) {
+  constexpr int P = SPLIT ? 3 : 1;
   uint32_t b[3][2][2];  // [part][step][register]
-  split3_bf16x2(u.x, u.y, b[0][0][0], b[1][0][0], b[2][0][0]);
-  split3_bf16x2(u.z, u.w, b[0][0][1], b[1][0][1], b[2][0][1]);
-  split3_bf16x2(v.x, v.y, b[0][1][0], b[1][1][0], b[2][1][0]);
-  split3_bf16x2(v.z, v.w, b[0][1][1], b[1][1][1], b[2][1][1]);
+  if (SPLIT) {
+    split3_bf16x2(u.x, u.y, b[0][0][0], b[1][0][0], b[2][0][0]);
+    split3_bf16x2(u.z, u.w, b[0][0][1], b[1][0][1], b[2][0][1]);
+    split3_bf16x2(v.x, v.y, b[0][1][0], b[1][1][0], b[2][1][0]);
+    split3_bf16x2(v.z, v.w, b[0][1][1], b[1][1][1], b[2][1][1]);
+  } else {
+    b[0][0][0] = pack_bf16x2(u.x, u.y);
+    b[0][0][1] = pack_bf16x2(u.z, u.w);
+    b[0][1][0] = pack_bf16x2(v.x, v.y);
+    b[0][1][1] = pack_bf16x2(v.z, v.w);
+  }
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
     const uint4 &r0 = w[2 * t], &r1 = w[2 * t + 1];
 #pragma unroll
-    for (int p = 0; p < 3; ++p) {
+    for (int p = 0; p < P; ++p) {
       mma_bf16_16816(c[t], {r0.x, r1.x, r0.y, r1.y}, b[p][0]);
       mma_bf16_16816(c[t], {r0.z, r1.z, r0.w, r1.w}, b[p][1]);
     }
   }
 }
 
-template <int EPI>
+template <int EPI, bool SPLIT>
 __global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(GemvMmaArgs a) {
   grid_dependency_wait();
   __shared__ float part[kMmaWarps][kMmaOut][kMmaRows];
@@ -201,7 +211,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(GemvMmaArgs a)
       u = *reinterpret_cast<const float4*>(xr + 32 * b);
       v = *reinterpret_cast<const float4*>(xr + 32 * b + 4);
     }
-    mma_step32(c, w, u, v);
+    mma_step32<SPLIT>(c, w, u, v);
   }
   if (a.K % 32 != 0 && warp == nb % kMmaWarps) {  // the last K % 32 (a multiple of 8)
     const bool has = 32 * nb + 8 * q < a.K;
@@ -213,7 +223,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(GemvMmaArgs a)
       u = *reinterpret_cast<const float4*>(xr + 32 * nb);
       v = *reinterpret_cast<const float4*>(xr + 32 * nb + 4);
     }
-    mma_step32(c, w, u, v);
+    mma_step32<SPLIT>(c, w, u, v);
   }
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
@@ -311,8 +321,12 @@ void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uin
   if (path == 3) {
     GemvMmaArgs a{X, ldx, rows, M, K, W, ldw, N, bias, Y, ldy};
     dim3 grid(unsigned(cdiv(N, kMmaOut)), unsigned(cdiv(M, kMmaRows)));
-    if (epi == EPI_ADD) launch_kernel(gemv_mma_kernel<EPI_ADD>, grid, kMmaWarps * 32, 0, st, a);
-    else launch_kernel(gemv_mma_kernel<EPI_STORE>, grid, kMmaWarps * 32, 0, st, a);
+    if (epi == EPI_ADD)
+      launch_kernel(split ? gemv_mma_kernel<EPI_ADD, true> : gemv_mma_kernel<EPI_ADD, false>, grid, kMmaWarps * 32, 0,
+                    st, a);
+    else
+      launch_kernel(split ? gemv_mma_kernel<EPI_STORE, true> : gemv_mma_kernel<EPI_STORE, false>, grid, kMmaWarps * 32,
+                    0, st, a);
     return;
   }
   if (path == 1) {

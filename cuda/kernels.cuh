@@ -102,7 +102,8 @@ enum Epi : int { EPI_STORE = 0, EPI_ADD = 1 };
 // not 16-byte aligned).
 // split (tensor cores): activations as bf16 hi + lo, two MMAs (fp32-level results); false: bf16
 // activations, one MMA (half the tensor work, ~3e-3 relative error). The same for the experts
-// (and AttnArgs::split for the prefill attention).
+// (and AttnArgs::split for the prefill attention), and for the GEMVs of 2-8 rows (three exact
+// bf16 parts or one) and the experts' decode GEMV (fp16 hi + lo or one fp16, a few 1e-4).
 // tiles: the tensor-core block tile (GemmTiles, rows x outputs); auto takes 32 x 128 for up to
 // 32 rows, else the biggest that still gives every SM two blocks.
 enum GemmTiles : int { TILES_AUTO = 0, TILES_64x64 = 1, TILES_64x128 = 2, TILES_128x128 = 3, TILES_32x128 = 4 };

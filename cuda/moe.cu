@@ -196,7 +196,8 @@ struct MoeGemvArgs {
 
 // NB > 0: K = 32 * NB and N a multiple of 64 (gpt-oss: NB = 90 for both projections), so a
 // lane's eight rows sit at fixed offsets from one pointer: one address per iteration, not 16.
-template <bool MLP1, int NB>
+// SPLIT false: the activations as one fp16 (round to nearest), one MMA per step instead of two.
+template <bool MLP1, int NB, bool SPLIT>
 __global__ void __launch_bounds__(kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a) {
   grid_dependency_wait();
   constexpr int MT = kGemvRows / 16;  // mma row tiles
@@ -243,10 +244,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a
     if (xr) {
       const float4 u = *reinterpret_cast<const float4*>(xr + 32 * b);
       const float4 v = *reinterpret_cast<const float4*>(xr + 32 * b + 4);
-      split_half2(u.x, v.x, hi[0][0], lo[0][0]);
-      split_half2(u.y, v.y, hi[0][1], lo[0][1]);
-      split_half2(u.z, v.z, hi[1][0], lo[1][0]);
-      split_half2(u.w, v.w, hi[1][1], lo[1][1]);
+      if (SPLIT) {
+        split_half2(u.x, v.x, hi[0][0], lo[0][0]);
+        split_half2(u.y, v.y, hi[0][1], lo[0][1]);
+        split_half2(u.z, v.z, hi[1][0], lo[1][0]);
+        split_half2(u.w, v.w, hi[1][1], lo[1][1]);
+      } else {
+        hi[0][0] = pack_half2(u.x, v.x);
+        hi[0][1] = pack_half2(u.y, v.y);
+        hi[1][0] = pack_half2(u.z, v.z);
+        hi[1][1] = pack_half2(u.w, v.w);
+      }
     }
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
@@ -255,9 +263,9 @@ __global__ void __launch_bounds__(kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a
       e2m1x8_to_half2(w[2 * m + 1], h1);
       float c[4] = {0.f, 0.f, 0.f, 0.f};
       mma_f16_16816(c, {h0[0], h1[0], h0[1], h1[1]}, hi[0]);
-      mma_f16_16816(c, {h0[0], h1[0], h0[1], h1[1]}, lo[0]);
+      if (SPLIT) mma_f16_16816(c, {h0[0], h1[0], h0[1], h1[1]}, lo[0]);
       mma_f16_16816(c, {h0[2], h1[2], h0[3], h1[3]}, hi[1]);
-      mma_f16_16816(c, {h0[2], h1[2], h0[3], h1[3]}, lo[1]);
+      if (SPLIT) mma_f16_16816(c, {h0[2], h1[2], h0[3], h1[3]}, lo[1]);
       acc[m][0] += c[0] * sc[2 * m];
       acc[m][2] += c[2] * sc[2 * m + 1];
       if (cnt > 1) {  // columns 2q + 1: only pairs 1, 3, 5, 7 (warp-uniform)
@@ -323,6 +331,12 @@ void check_rows16(const float* x, int ldx) {
 }
 
 bool gemv_nb90(const MxWeights& w) { return w.K == 32 * 90 && w.N % kGemvRows == 0; }
+
+template <bool MLP1>
+auto moe_gemv_instance(const MxWeights& w, bool split) {
+  if (gemv_nb90(w)) return split ? moe_gemv_kernel<MLP1, 90, true> : moe_gemv_kernel<MLP1, 90, false>;
+  return split ? moe_gemv_kernel<MLP1, 0, true> : moe_gemv_kernel<MLP1, 0, false>;
+}
 
 void check_tile(const MoeTiles& mt) {
   if (mt.gemm == TILES_AUTO || mt.tile != gemm_tile_rows(mt.gemm))
@@ -400,7 +414,7 @@ void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWei
     check_rows16(x, ldx);
     MoeGemvArgs a{x, ldx, topk, mt, w, nullptr, alpha, limit, act, w.N / 2, MoeCombine{}};
     dim3 grid(unsigned(cdiv(w.N, kGemvRows)), unsigned(mt.max_tiles));
-    launch_kernel(gemv_nb90(w) ? moe_gemv_kernel<true, 90> : moe_gemv_kernel<true, 0>, grid, kGemvWarps * 32, 0, st, a);
+    launch_kernel(moe_gemv_instance<true>(w, split), grid, kGemvWarps * 32, 0, st, a);
   }
 }
 
@@ -426,7 +440,7 @@ bool moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const fl
   const bool fuse = comb && comb->arrivals && mt.direct > 0 && mt.max_tiles == mt.direct;
   if (fuse) a.comb = *comb;
   dim3 grid(unsigned(cdiv(w.N, kGemvRows)), unsigned(mt.max_tiles));
-  launch_kernel(gemv_nb90(w) ? moe_gemv_kernel<false, 90> : moe_gemv_kernel<false, 0>, grid, kGemvWarps * 32, 0, st, a);
+  launch_kernel(moe_gemv_instance<false>(w, split), grid, kGemvWarps * 32, 0, st, a);
   return fuse;
 }
 

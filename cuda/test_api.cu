@@ -211,7 +211,7 @@ struct TileBufs {
 
 void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int k, int E, int I, const uint8_t* b1,
          const uint8_t* s1, const float* bias1, const uint8_t* b2, const uint8_t* s2, const float* bias2, float alpha,
-         float limit, bool tensor_cores, float* out, int tiles) {
+         float limit, bool tensor_cores, float* out, int tiles, bool split) {
   const int P = T * k;
   Buf dx(x, size_t(T) * H * 4), di(idx, size_t(P) * 4), dr(rw, size_t(P) * 4);
   Buf db1(b1, size_t(E) * 2 * I * (H / 32) * 16), ds1(s1, size_t(E) * 2 * I * (H / 32)),
@@ -228,8 +228,8 @@ void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int 
   }
   MxWeights w1{db1.as<uint8_t>(), ds1.as<uint8_t>(), dbias1.as<float>(), 2 * I, H};
   MxWeights w2{db2.as<uint8_t>(), ds2.as<uint8_t>(), dbias2.as<float>(), H, I};
-  cuda::moe_mlp1(dx.as<float>(), H, k, tb.mt, w1, alpha, limit, act.as<float>(), tensor_cores, 0);
-  cuda::moe_mlp2(act.as<float>(), tb.mt, w2, dr.as<float>(), y.as<float>(), tensor_cores, 0);
+  cuda::moe_mlp1(dx.as<float>(), H, k, tb.mt, w1, alpha, limit, act.as<float>(), tensor_cores, 0, split);
+  cuda::moe_mlp2(act.as<float>(), tb.mt, w2, dr.as<float>(), y.as<float>(), tensor_cores, 0, split);
   std::vector<float> yh(size_t(P) * H);
   y.to_host(yh.data(), yh.size() * 4);
   for (int t = 0; t < T; ++t)
@@ -241,7 +241,7 @@ void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int 
 }
 
 void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uint8_t* scales, int N, const float* bias,
-                  bool tensor_cores, float* y, int tiles) {
+                  bool tensor_cores, float* y, int tiles, bool split) {
   // One expert, every token routed to it with weight 1: the mlp2 path computes 1 * (W x + b).
   std::vector<int32_t> idx(size_t(T), 0);
   std::vector<float> ones(size_t(T), 1.f), zeros(size_t(N), 0.f);
@@ -258,7 +258,7 @@ void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uin
   for (int p = 0; p < T; ++p) std::copy(x + size_t(sorted[size_t(p)]) * K, x + size_t(sorted[size_t(p)] + 1) * K, xs.begin() + size_t(p) * K);
   Buf dxs(xs.data(), xs.size() * 4);
   MxWeights w{db.as<uint8_t>(), ds.as<uint8_t>(), dbias.as<float>(), N, K};
-  cuda::moe_mlp2(dxs.as<float>(), tb.mt, w, dr.as<float>(), dy.as<float>(), tensor_cores, 0);
+  cuda::moe_mlp2(dxs.as<float>(), tb.mt, w, dr.as<float>(), dy.as<float>(), tensor_cores, 0, split);
   dy.to_host(y, size_t(T) * N * 4);
 }
 

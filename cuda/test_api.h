@@ -30,10 +30,10 @@ void router(const float* t, int T, int H, const uint16_t* w, int E, const float*
 // experts idx[t, k].
 void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int k, int E, int I,
          const uint8_t* b1, const uint8_t* s1, const float* bias1, const uint8_t* b2, const uint8_t* s2,
-         const float* bias2, float alpha, float limit, bool tensor_cores, float* out, int tiles = 0);
+         const float* bias2, float alpha, float limit, bool tensor_cores, float* out, int tiles = 0, bool split = true);
 // Y = X W^T + bias for one MXFP4 matrix (blocks [N, K/32, 16], scales [N, K/32]).
 void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uint8_t* scales, int N,
-                  const float* bias, bool tensor_cores, float* y, int tiles = 0);
+                  const float* bias, bool tensor_cores, float* y, int tiles = 0, bool split = true);
 void argmax(const float* logits, int R, int64_t V, int32_t* out, bool split = true);
 // kind: 0 normal bf16 (out uint16), 1 normal f32, 2 bytes, 3 scales
 // Device-to-device copy bandwidth in GB/s (bytes read + bytes written per second), best of reps.
