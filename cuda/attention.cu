@@ -491,7 +491,10 @@ void attn_plan(AttnArgs& a, int max_span, int64_t part_cap, int sm_count) {
   max_span = max_span < 1 ? 1 : max_span;
   const int64_t blocks = std::max<int64_t>(1, int64_t(a.n_groups) * a.kv.n_kv);  // T = 0: no groups
   int64_t want = cdiv(int64_t(2) * sm_count, blocks);               // fill the GPU twice over
-  want = std::min<int64_t>(want, cdiv(max_span, 128));               // at least ~128 keys per split
+  // At least one 32-key tile per split: a block walks its tiles one after the other (load,
+  // barrier, compute), so at batch 1 a short context is latency, not bandwidth: 1k keys in 32
+  // splits of one tile, not 8 of four (until session 4: >= 128 keys per split).
+  want = std::min<int64_t>(want, cdiv(max_span, kTile));
   want = std::min<int64_t>(want, part_cap / std::max(a.T, 1));       // partial-buffer capacity
   int ns = 1;  // a power of two: few distinct launch shapes (CUDA graphs are keyed on it)
   while (2 * ns <= want) ns *= 2;
