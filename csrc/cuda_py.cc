@@ -202,8 +202,9 @@ void register_kernels(py::module_& k) {
   k.def(
       "sample",
       [](arr<float> logits, arr<float> temperature, arr<int32_t> top_k, arr<float> top_p, arr<float> min_p,
-         arr<float> u, int64_t vocab_limit) {
+         arr<float> u, int64_t vocab_limit, int splits) {
         need(logits.ndim() == 2, "sample: logits must be a 2-D array [R, V]");
+        need(splits <= 64, "sample: splits must be <= 64");
         const int64_t R = logits.shape(0), V = logits.shape(1);
         auto per_row = [&](const py::array& a, const char* name) {
           need(a.ndim() == 1 && a.shape(0) == R,
@@ -226,13 +227,14 @@ void register_kernels(py::module_& k) {
         need(vocab_limit >= 0 && vocab_limit <= INT32_MAX, "sample: vocab_limit must be >= 0 (0 = every id)");
         py::array_t<int32_t> out(R);
         test::sample(logits.data(), int(R), V, temperature.data(), top_k.data(), top_p.data(), min_p.data(), u.data(),
-                     int(vocab_limit), out.mutable_data());
+                     int(vocab_limit), out.mutable_data(), splits);
         return out;
       },
       py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("u"),
-      py::arg("vocab_limit") = 0,
+      py::arg("vocab_limit") = 0, py::arg("splits") = -1,
       "one token per row of logits [R, V] (sampling.py steps 4-8 with the uniform draw u); -1 where no id can be "
-      "sampled");
+      "sampled. splits: < 0 one block per row, 0 the engine's choice, > 0 the candidates gathered over that many "
+      "slices of each row first");
   k.def(
       "logprobs",
       [](arr<float> logits, arr<int32_t> token, int64_t n, int64_t vocab_limit) {

@@ -122,6 +122,7 @@ struct CudaEngine::Impl {
   int32_t* attn_arrivals = nullptr;  // [Tmax * n_kv]: split attention merges in its last block
   int32_t* moe_arrivals = nullptr;   // [1]: one token's mlp2 does the combine in its last block
   ArgmaxScratch argmax_scr;          // few-row greedy steps: each row's argmax over many blocks
+  SampleScratch sample_scr;          // few-row sampled steps: the candidates gathered first
   int32_t* meta = nullptr;   // per-chunk metadata (device)
   int64_t meta_cap = 0;      // int32 entries
   int32_t* staging = nullptr;  // pinned host copy of meta
@@ -328,6 +329,21 @@ struct CudaEngine::Impl {
     argmax_scr.idx = alloc<int32_t>(int64_t(argmax_scr.rows) * argmax_scr.splits, "argmax scratch", c);
     argmax_scr.arrivals = alloc<int32_t>(argmax_scr.rows, "argmax scratch", c);
     if (!dry) CUDA_CHECK(cudaMemset(argmax_scr.arrivals, 0, size_t(argmax_scr.rows) * 4));
+    SampleScratch& ss = sample_scr;
+    ss.rows = int(std::min<int64_t>(T, kSampleSplitRows));
+    ss.splits = 64;
+    const int64_t sv = int64_t(ss.rows) * cfg.vocab, sp = int64_t(ss.rows) * ss.splits;
+    ss.stage_val = alloc<float>(sv, "sampling scratch", c);
+    ss.stage_id = alloc<int32_t>(sv, "sampling scratch", c);
+    ss.cand_val = alloc<float>(sv, "sampling scratch", c);
+    ss.cand_id = alloc<int32_t>(sv, "sampling scratch", c);
+    ss.cand_n = alloc<int32_t>(ss.rows, "sampling scratch", c);
+    ss.part_max = alloc<float>(sp, "sampling scratch", c);
+    ss.part_n = alloc<uint32_t>(sp, "sampling scratch", c);
+    ss.row_max = alloc<float>(ss.rows, "sampling scratch", c);
+    ss.row_nv = alloc<uint32_t>(ss.rows, "sampling scratch", c);
+    ss.arrivals = alloc<int32_t>(ss.rows, "sampling scratch", c);
+    if (!dry) CUDA_CHECK(cudaMemset(ss.arrivals, 0, size_t(ss.rows) * 4));
     router_scr.rows = router_split_rows();
     router_scr.logits = alloc<float>(int64_t(router_scr.rows) * cfg.n_experts, "router scratch", c);
     router_scr.arrivals = alloc<int32_t>(router_scr.rows, "router scratch", c);
@@ -443,7 +459,8 @@ struct CudaEngine::Impl {
   std::map<Shape, cudaGraphExec_t> graphs;
   int64_t graphs_captured = 0, graph_launches = 0;
   static constexpr int kGraphMaxT = 256;
-  static constexpr int kLogitRows = 256;  // rows of the logits buffer (>= kGraphMaxT: a graph's head is one piece)
+  static constexpr int kLogitRows = 256;
+  static constexpr int kSampleSplitRows = 8;  // sampled steps of up to this many rows gather candidates first  // rows of the logits buffer (>= kGraphMaxT: a graph's head is one piece)
   static_assert(kLogitRows >= kGraphMaxT, "a captured decode step computes its head in one piece");
   static constexpr size_t kMaxGraphs = 64;
 
@@ -850,7 +867,8 @@ struct CudaEngine::Impl {
     const float* pen_val = reinterpret_cast<const float*>(meta + o_pen(p) + p.R + 1 + p.pe);
     if (p.pe > 0) apply_penalties(logits, n, c.vocab, pen_off, pen_id, pen_val, pen_saved, st);
     if (p.mode == SAMPLE)
-      sample_rows(logits, n, c.vocab, reinterpret_cast<const SP*>(meta + o_sp(p)) + r0, argmax_out + r0, st);
+      sample_rows(logits, n, c.vocab, reinterpret_cast<const SP*>(meta + o_sp(p)) + r0, argmax_out + r0, st,
+                  &sample_scr);
     if (p.pe > 0 && p.lpn >= 0) restore_penalties(logits, n, c.vocab, pen_off, pen_id, pen_saved, st);
     if (p.mode == SAMPLE && p.lpn >= 0)  // of the raw logits, for the sampled tokens
       logprobs_rows(logits, n, c.vocab, p.lpl, argmax_out + r0, p.lpn, lp_chosen + r0,

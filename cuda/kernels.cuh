@@ -206,7 +206,24 @@ struct SampleParams { float temperature; int top_k; float top_p; float min_p; fl
 // temperature 0 = greedy argmax (lowest id on ties); otherwise python/gptoss/sampling.py steps 4-8.
 // fp32 throughout (sampling.py scales in float64), so a boundary case can rarely differ. out[r] = -1
 // when no id of the row can be sampled (every logit non-finite; sampling.py raises ValueError).
-void sample_rows(const float* logits, int R, int64_t V, const SampleParams* params, int32_t* out, cudaStream_t st);
+// Few rows (R <= scratch->rows): the ids that can be drawn are first gathered by two kernels over
+// slices of each row (same tokens, far fewer passes over 201,088 logits by one SM each).
+struct SampleScratch {
+  float* stage_val = nullptr;    // [rows, V] per-slice candidates
+  int32_t* stage_id = nullptr;   // [rows, V]
+  float* cand_val = nullptr;     // [rows, V] a row's candidates, ascending ids
+  int32_t* cand_id = nullptr;    // [rows, V]
+  int32_t* cand_n = nullptr;     // [rows] their count (-1: greedy row, not gathered)
+  float* part_max = nullptr;     // [rows * splits]
+  uint32_t* part_n = nullptr;    // [rows * splits]
+  float* row_max = nullptr;      // [rows]
+  uint32_t* row_nv = nullptr;    // [rows] #valid
+  int32_t* arrivals = nullptr;   // [rows], zero (each launch leaves it so)
+  int rows = 0, splits = 0;
+  int force_splits = 0;          // tests: this many slices whatever the size
+};
+void sample_rows(const float* logits, int R, int64_t V, const SampleParams* params, int32_t* out, cudaStream_t st,
+                 const SampleScratch* scratch = nullptr);
 
 constexpr int kMaxTopLogprobs = 20;
 // Log-probabilities of row r's raw logits (log_softmax over ids < vocab_limit; vocab_limit <= 0: all V),

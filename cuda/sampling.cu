@@ -1,4 +1,6 @@
-// Sampling on the device: greedy, temperature, top-k, top-p, min-p, one block per row, no sort.
+// Sampling on the device: greedy, temperature, top-k, top-p, min-p, one block per row, no sort
+// (for up to 8 rows the ids that can be drawn are gathered first by two kernels over slices of
+// each row: "few rows: the candidates first" below).
 //
 // Semantics: python/gptoss/sampling.py, Sampler steps 4-8 on raw logits (no penalties, no logit
 // bias). The valid ids of a row are i < vocab_limit with a finite logit x (NaN and +-inf are never
@@ -47,6 +49,8 @@
 // So 1 pass for n = 0, 2 otherwise; n + 2 when the candidates overflow (V > ~210K), where n
 // passes of block argmax below the previous pick take over.
 #include <float.h>
+
+#include <algorithm>
 
 #include "common.cuh"
 #include "kernels.cuh"
@@ -119,7 +123,8 @@ __device__ __forceinline__ int warp_min_int(int v) {
 }
 
 // Exclusive prefix sum of v over the block in thread order; total = the sum of all.
-__device__ u64 block_scan(u64 v, u64& total, Shared& sm) {
+template <class S>  // S: Shared or SplitShared (red)
+__device__ u64 block_scan(u64 v, u64& total, S& sm) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const u64 incl = warp_inclusive_scan(v);
   if (lane == 31) sm.red[warp] = incl;
@@ -276,13 +281,35 @@ __device__ u64 nucleus(float top_p, u64 total) {
   return t >= double(total) ? total : u64(t);
 }
 
+__device__ __forceinline__ int row_limit(const SampleParams& p, int64_t V) {
+  return p.vocab_limit > 0 && p.vocab_limit < V ? p.vocab_limit : int(V);
+}
+
+// The sampling scale: e(x) * 2^s is the mass of x, s = 63 - floor(log2(#valid)).
+__device__ __forceinline__ float mass_scale(u64 nv) {
+  int s = 63;
+  for (u64 m = nv; m > 1; m >>= 1) --s;
+  return ldexpf(1.f, s);
+}
+__device__ __forceinline__ float inv_temperature_log2e(float t) { return fminf(1.44269504088896341f / t, FLT_MAX); }
+
+// scr.cand_n[row] >= 0 (few rows, see "the candidates first" below): the row is that many candidates
+// (scr.cand_val, ids scr.cand_id, ascending) and the row's #valid is scr.row_nv[row].
 __global__ void __launch_bounds__(kThreads, 1)
-    sample_kernel(const float* logits, int64_t V, const SampleParams* params, int32_t* out) {
+    sample_kernel(const float* logits, int64_t V, const SampleParams* params, int32_t* out, SampleScratch scr) {
   grid_dependency_wait();
   __shared__ Shared sm;
   const SampleParams p = params[blockIdx.x];
   const float* row = logits + int64_t(blockIdx.x) * V;
-  const int n = p.vocab_limit > 0 && p.vocab_limit < V ? p.vocab_limit : int(V);
+  int n = row_limit(p, V);
+  const int32_t* ids = nullptr;  // candidates: position -> id
+  int64_t nv_row = -1;
+  if (scr.cand_n && scr.cand_n[blockIdx.x] >= 0) {
+    row = scr.cand_val + int64_t(blockIdx.x) * V;
+    ids = scr.cand_id + int64_t(blockIdx.x) * V;
+    n = scr.cand_n[blockIdx.x];
+    nv_row = scr.row_nv[blockIdx.x];
+  }
   const bool greedy = !(p.temperature > 0.f);
   const bool maybe_topk = !greedy && p.top_k > 0 && p.top_k < n;
 
@@ -303,6 +330,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   });
   u64 nv;
   block_scan(nvalid, nv, sm);
+  if (nv_row >= 0) nv = u64(nv_row);
   if (greedy) bi = block_argmax(bv, bi, sm);
   if (nv == 0 || greedy) {
     if (threadIdx.x == 0) out[blockIdx.x] = nv == 0 ? -1 : bi;
@@ -310,11 +338,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   mx = block_max(mx, sm);
 
-  const float c = fminf(1.44269504088896341f / p.temperature, FLT_MAX);  // log2(e) / T, finite
+  const float c = inv_temperature_log2e(p.temperature);  // log2(e) / T, finite
   auto prob = [&](float x) { return exp2f((x - mx) * c); };
-  int s = 63;
-  for (u64 m = nv; m > 1; m >>= 1) --s;
-  const float scale = ldexpf(1.f, s);
+  const float scale = mass_scale(nv);
   auto mass = [&](float e) { return u64(e * scale); };
 
   // ---- passes 2-3: top-k; kept iff lkey > kkey, or lkey == kkey and id <= klast
@@ -407,15 +433,148 @@ __global__ void __launch_bounds__(kThreads, 1)
         return t < double(total) ? u64(t) : total - 1;
       },
       sm);
-  if (threadIdx.x == 0) out[blockIdx.x] = tok;
+  if (threadIdx.x == 0) out[blockIdx.x] = tok >= 0 && ids ? ids[tok] : tok;
+}
+
+// ---- few rows: the candidates first -------------------------------------------------------
+// One block per row streams a row's 201,088 logits through one SM up to 7 times. For few rows,
+// two kernels over slices of each row first keep only the ids that can be drawn: the finite
+// logits whose mass (above) is at least 1, computed exactly as sample_kernel does from the
+// row's max and #valid, in ascending id order. sample_kernel then works on those (typically a
+// few hundred) with the row's #valid and maps its pick back to an id. The draws are identical:
+// every id left out has zero mass, so no total, top-p boundary or draw moves, and top-k keeps
+// all candidates whenever k reaches past them (they are the highest logits). Greedy rows skip it.
+struct SplitShared {
+  u64 red[kWarps];
+  float redf[kWarps];
+  int redi[kWarps];
+  bool last;
+};
+
+__device__ __forceinline__ void slice_bounds(int n, int s, int S, int& lo, int& hi) {
+  const int len = (n + S - 1) / S;
+  lo = min(n, s * len);
+  hi = min(n, lo + len);
+}
+
+// Grid (R, S): the max and #valid of each slice; the last block of a row combines them.
+__global__ void __launch_bounds__(kThreads) sample_stats_kernel(const float* logits, int64_t V,
+                                                                const SampleParams* params, SampleScratch scr) {
+  grid_dependency_wait();
+  __shared__ SplitShared sm;
+  const int r = blockIdx.x, s = blockIdx.y, S = int(gridDim.y);
+  const SampleParams p = params[r];
+  if (!(p.temperature > 0.f)) return;
+  int lo, hi;
+  slice_bounds(row_limit(p, V), s, S, lo, hi);
+  const float* row = logits + int64_t(r) * V;
+  float mx = -INFINITY;
+  uint32_t nvalid = 0;
+  for (int i = lo + int(threadIdx.x); i < hi; i += kThreads) {
+    const float x = row[i];
+    if (finite(x)) ++nvalid, mx = fmaxf(mx, x);
+  }
+  u64 nv;
+  block_scan(nvalid, nv, sm);
+  mx = block_max(mx, sm);
+  if (threadIdx.x == 0) {
+    scr.part_max[r * S + s] = mx;
+    scr.part_n[r * S + s] = uint32_t(nv);
+    __threadfence();  // the partial is visible device-wide before the block counts itself in
+    sm.last = atomicAdd(&scr.arrivals[r], 1) == S - 1;
+  }
+  __syncthreads();
+  if (!sm.last || threadIdx.x != 0) return;
+  __threadfence();
+  const volatile float* pm = scr.part_max + r * S;
+  const volatile uint32_t* pn = scr.part_n + r * S;
+  float m = -INFINITY;
+  uint32_t total = 0;
+  for (int k = 0; k < S; ++k) m = fmaxf(m, pm[k]), total += pn[k];
+  scr.row_max[r] = m;
+  scr.row_nv[r] = total;
+  scr.arrivals[r] = 0;
+}
+
+// Grid (R, S): each slice's candidates, in order, into its own place of the row's staging
+// area; the last block of a row concatenates them (cand_val, cand_id, cand_n).
+__global__ void __launch_bounds__(kThreads) sample_compact_kernel(const float* logits, int64_t V,
+                                                                  const SampleParams* params, SampleScratch scr) {
+  grid_dependency_wait();
+  __shared__ SplitShared sm;
+  const int r = blockIdx.x, s = blockIdx.y, S = int(gridDim.y);
+  const SampleParams p = params[r];
+  if (!(p.temperature > 0.f)) {
+    if (s == 0 && threadIdx.x == 0) scr.cand_n[r] = -1;  // sample_kernel reads the row itself
+    return;
+  }
+  const int n = row_limit(p, V);
+  int lo, hi;
+  slice_bounds(n, s, S, lo, hi);
+  const float* row = logits + int64_t(r) * V;
+  const float mx = scr.row_max[r], c = inv_temperature_log2e(p.temperature), scale = mass_scale(scr.row_nv[r]);
+  float* sv = scr.stage_val + int64_t(r) * V + lo;
+  int32_t* si = scr.stage_id + int64_t(r) * V + lo;
+  u64 count = 0;
+  for (int i0 = lo; i0 < hi; i0 += kThreads) {  // the same trip count on every thread
+    const int i = i0 + int(threadIdx.x);
+    const float x = i < hi ? row[i] : __uint_as_float(0x7fc00000u);  // NaN: not kept
+    const bool keep = finite(x) && exp2f((x - mx) * c) * scale >= 1.f;
+    u64 total;
+    const u64 at = count + block_scan(keep ? 1u : 0u, total, sm);
+    if (keep) sv[at] = x, si[at] = i;
+    count += total;
+  }
+  if (threadIdx.x == 0) {
+    scr.part_n[r * S + s] = uint32_t(count);
+    __threadfence();
+    sm.last = atomicAdd(&scr.arrivals[r], 1) == S - 1;
+  }
+  __syncthreads();
+  if (!sm.last) return;
+  __threadfence();
+  const volatile uint32_t* pn = scr.part_n + r * S;
+  int off = 0;
+  for (int k = 0; k < S; ++k) {
+    int klo, khi;
+    slice_bounds(n, k, S, klo, khi);
+    const int cnt = int(pn[k]);
+    const volatile float* kv = scr.stage_val + int64_t(r) * V + klo;
+    const volatile int32_t* ki = scr.stage_id + int64_t(r) * V + klo;
+    for (int j = int(threadIdx.x); j < cnt; j += kThreads) {
+      scr.cand_val[int64_t(r) * V + off + j] = kv[j];
+      scr.cand_id[int64_t(r) * V + off + j] = ki[j];
+    }
+    off += cnt;
+  }
+  if (threadIdx.x == 0) {
+    scr.cand_n[r] = off;
+    scr.arrivals[r] = 0;
+  }
 }
 
 }  // namespace
 
-void sample_rows(const float* logits, int R, int64_t V, const SampleParams* params, int32_t* out, cudaStream_t st) {
+void sample_rows(const float* logits, int R, int64_t V, const SampleParams* params, int32_t* out, cudaStream_t st,
+                 const SampleScratch* scratch) {
   if (R <= 0) return;
   GPTOSS_CHECK_ARG(V >= 0 && V <= (int64_t(1) << 30), "sample_rows: vocabulary size out of range (at most 2^30)");
-  launch_kernel(sample_kernel, R, kThreads, 0, st, logits, V, params, out);
+  SampleScratch scr;  // cand_n null: sample_kernel reads the rows
+  if (scratch && R <= scratch->rows) {
+    // Slices of >= 4096 logits, up to the scratch's splits and about two blocks per SM overall.
+    const int S = scratch->force_splits > 0
+                      ? scratch->force_splits
+                      : int(std::min<int64_t>({int64_t(scratch->splits), (V + 4095) / 4096,
+                                               int64_t(cdiv(2 * device_sm_count(), R))}));
+    if (S > 1) {
+      GPTOSS_CHECK_ARG(S <= scratch->splits, "sample_rows: more splits than the scratch holds");
+      scr = *scratch;
+      const dim3 grid{unsigned(R), unsigned(S)};
+      launch_kernel(sample_stats_kernel, grid, kThreads, 0, st, logits, V, params, scr);
+      launch_kernel(sample_compact_kernel, grid, kThreads, 0, st, logits, V, params, scr);
+    }
+  }
+  launch_kernel(sample_kernel, R, kThreads, 0, st, logits, V, params, out, scr);
 }
 
 // ---- log-probabilities ------------------------------------------------------------------------

@@ -312,12 +312,26 @@ void fill(int kind, int64_t n, float mean, float std, int base, uint64_t seed, u
 }
 
 void sample(const float* logits, int R, int64_t V, const float* temperature, const int* top_k, const float* top_p,
-            const float* min_p, const float* u, int vocab_limit, int32_t* out) {
+            const float* min_p, const float* u, int vocab_limit, int32_t* out, int splits) {
   std::vector<SampleParams> p(size_t(std::max(R, 0)));
   for (int r = 0; r < R; ++r) p[r] = SampleParams{temperature[r], top_k[r], top_p[r], min_p[r], u[r], vocab_limit};
   Buf dl(logits, size_t(R) * size_t(V) * 4), dp(p.data(), p.size() * sizeof(SampleParams)), dout(size_t(R) * 4);
-  cuda::sample_rows(dl.as<float>(), R, V, dp.as<SampleParams>(), dout.as<int32_t>(), 0);
+  const size_t rows = size_t(std::max(R, 1)), S = 64, big = rows * size_t(std::max<int64_t>(V, 1)) * 4;
+  Buf sv(big), si(big), cv(big), ci(big), cn(rows * 4), pm(rows * S * 4), pn(rows * S * 4), rm(rows * 4), rn(rows * 4),
+      arr(rows * 4);
+  CUDA_CHECK(cudaMemset(arr.p, 0, rows * 4));
+  SampleScratch scr;
+  scr.stage_val = sv.as<float>(); scr.stage_id = si.as<int32_t>(); scr.cand_val = cv.as<float>();
+  scr.cand_id = ci.as<int32_t>(); scr.cand_n = cn.as<int32_t>(); scr.part_max = pm.as<float>();
+  scr.part_n = pn.as<uint32_t>(); scr.row_max = rm.as<float>(); scr.row_nv = rn.as<uint32_t>();
+  scr.arrivals = arr.as<int32_t>(); scr.rows = int(rows); scr.splits = int(S);
+  scr.force_splits = std::max(splits, 0);
+  cuda::sample_rows(dl.as<float>(), R, V, dp.as<SampleParams>(), dout.as<int32_t>(), 0, splits < 0 ? nullptr : &scr);
   dout.to_host(out, size_t(R) * 4);
+  std::vector<int32_t> left(rows);
+  arr.to_host(left.data(), rows * 4);
+  for (int32_t v : left)
+    if (v != 0) throw std::runtime_error("sample: an arrival count was left non-zero");
 }
 
 void logprobs(const float* logits, int R, int64_t V, int vocab_limit, const int32_t* token, int n, float* chosen_lp,

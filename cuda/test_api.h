@@ -40,8 +40,9 @@ void argmax(const float* logits, int R, int64_t V, int32_t* out, bool split = tr
 double copy_bandwidth(int64_t bytes, int reps);
 void fill(int kind, int64_t n, float mean, float std, int base, uint64_t seed, uint64_t stream, void* out);
 // out[r] = cuda::sample_rows on logits [R, V] with row r's parameters (arrays of R) and one vocab_limit.
+// splits: < 0 one block per row; 0 the engine's choice for few rows; > 0 that many slices per row.
 void sample(const float* logits, int R, int64_t V, const float* temperature, const int* top_k, const float* top_p,
-            const float* min_p, const float* u, int vocab_limit, int32_t* out);
+            const float* min_p, const float* u, int vocab_limit, int32_t* out, int splits = -1);
 // cuda::logprobs_rows on logits [R, V], token [R]: chosen_lp [R], top_ids and top_lp [R, n].
 void logprobs(const float* logits, int R, int64_t V, int vocab_limit, const int32_t* token, int n, float* chosen_lp,
               int32_t* top_ids, float* top_lp);

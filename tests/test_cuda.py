@@ -1106,10 +1106,16 @@ def _sampler(T, k, p, mp, limit=0) -> Sampler:
 
 
 def _dev_sample(backend, logits, T, k, p, mp, u, limit=0) -> np.ndarray:
+    """The device's draws, one block per row; the same draws when the candidates are first
+    gathered over 3 slices of each row (as the engine does for few rows) is checked too."""
     R = logits.shape[0]
     col = lambda v, dt: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dt), (R,)))  # noqa: E731
-    return backend.kernels.sample(logits, col(T, np.float32), col(k, np.int32), col(p, np.float32),
-                                  col(mp, np.float32), col(u, np.float32), limit)
+    args = (logits, col(T, np.float32), col(k, np.int32), col(p, np.float32), col(mp, np.float32),
+            col(u, np.float32), limit)
+    whole = backend.kernels.sample(*args)
+    gathered = backend.kernels.sample(*args, 3)
+    np.testing.assert_array_equal(gathered, whole)
+    return whole
 
 
 def _kept_bounds(x, T, k, p, mp, limit=0, eps=1e-5):
