@@ -122,8 +122,8 @@ class CudaEngine {
   // Programmatic dependent launch (each kernel launched while its predecessor finishes; sm_90+
   // only). Returns whether it is now in use.
   bool set_pdl(bool on);
-  // Decode steps (<= 8 rows): the QKV projection with RoPE and the KV store in one kernel (on by
-  // default), or the two kernels of longer steps (to compare).
+  // Decode steps of up to 2 rows: the QKV projection with RoPE and the KV store in one kernel
+  // (on by default), or the two kernels of longer steps (to compare).
   void set_fuse_qkv_rope(bool on);
   // Steps of up to n tokens run the experts on the decode GEMV (8 pairs of an expert per
   // weight read), longer ones on the tensor-core GEMM (32-128 pairs per read).

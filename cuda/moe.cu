@@ -175,9 +175,10 @@ __global__ void __launch_bounds__(1024) route_kernel(const int32_t* idx, int P, 
 // fragments, so each weight is decoded once per tile, whatever the number of pairs. The
 // activations go in as two fp16 parts (hi + lo, 22 significant bits, two MMAs), so the
 // products keep fp32-level accuracy; a lane splits its activations once per block for all four
-// row tiles. Per 16 weight bytes a warp issues ~3 instructions (bench/RESULTS.md), under the
-// ~3.4 an H200 SM can issue while its share of the memory bandwidth delivers them; the
-// previous kernel (a shared-memory lookup and an FMA per nibble and pair) needed ~7.
+// row tiles. Per 16 weight bytes a warp issues ~3.7 instructions (~3.0 with one fp16 part;
+// bench/RESULTS.md), about what an H200 SM can issue (~3.4) while its share of the memory
+// bandwidth delivers them; the previous kernel (a shared-memory lookup and an FMA per nibble
+// and pair) needed ~7 at one pair, ~27 at four.
 // Activations must stay within fp16 range (|x| < 65504).
 constexpr int kGemvWarps = 8, kGemvRows = 64, kGemvPairs = 8;
 constexpr int kMoeTT = kGemvPairs;  // pairs per tile on the GEMV path
