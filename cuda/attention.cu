@@ -14,10 +14,10 @@
 #include <vector>
 
 #include <cuda_bf16.h>
-#include <mma.h>
 
 #include "common.cuh"
 #include "kernels.cuh"
+#include "mma_sync.cuh"
 
 namespace gptoss::cuda {
 namespace {
@@ -236,76 +236,78 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(AttnArgs a) {
 
 // ---- prefill on tensor cores (head_dim 64, groups of several rows) -------------------------
 // The block's 64 (row, head) pairs are the M dimension of S = Q K^T (64 x 32 keys) and of
-// O += P V. Every operand is split as x = hi + lo in bf16 and each product takes three MMAs
-// (hi*hi + lo*hi + hi*lo), so the result keeps ~16 mantissa bits like the fp32 kernel above
-// (a.split = false: the hi parts only, one MMA, bf16-level results).
-// Warp w owns pairs 16w..16w+15: its S tile, their online softmax (a lane pair per pair) and its
-// rows of O, which live in shared memory (fp32) so the per-row rescaling needs no knowledge of
-// the accumulator fragments' layout.
+// O += P V, on register-level bf16 MMAs (mma_sync.cuh). Every operand is split as x = hi + lo
+// and each product takes three MMAs (hi*hi + lo*hi + hi*lo), so the result keeps ~16 mantissa
+// bits like the fp32 kernel above (a.split = false: the hi parts only, one MMA, bf16-level).
+// Warp w owns pairs 16w..16w+15 and keeps everything about them in registers: its Q fragments,
+// its S tile (4 n-tiles of 8 keys), the online softmax (row g's values sit in lanes 4g..4g+3),
+// and its 16 x 64 block of O. The accumulator layout of S is the A-operand layout of P, so P
+// goes from S to the second product without shared memory. K (row-major) and V (transposed)
+// are staged per 32-key tile as bf16 hi/lo, so each B operand is one 32-bit shared load.
 namespace tc {
-constexpr int D = 64, LQ = D + 8, LS = kTile + 4, LP = kTile + 8, LO = D + 4;
-// Byte offsets of the shared-memory regions (each 128-byte aligned, as wmma wants 32).
-constexpr size_t al(size_t x) { return (x + 127) / 128 * 128; }
-constexpr size_t kQh = 0, kQl = al(kQh + 2 * kMaxComb * LQ), kKh = al(kQl + 2 * kMaxComb * LQ),
-                 kKl = al(kKh + 2 * kTile * LQ), kVh = al(kKl + 2 * kTile * LQ), kVl = al(kVh + 2 * kTile * LQ),
-                 kS = al(kVl + 2 * kTile * LQ), kPh = al(kS + 4 * kMaxComb * LS), kPl = al(kPh + 2 * kMaxComb * LP),
-                 kO = al(kPl + 2 * kMaxComb * LP), kM = al(kO + 4 * kMaxComb * LO), kL = kM + 4 * kMaxComb,
-                 kBytes = kL + 4 * kMaxComb;
+constexpr int D = 64, LQ = D + 8, LV = kTile + 8;  // row strides in bf16 (+8: fewer bank conflicts)
+constexpr size_t kQh = 0, kQl = kQh + 2 * kMaxComb * LQ, kKh = kQl + 2 * kMaxComb * LQ, kKl = kKh + 2 * kTile * LQ,
+                 kVh = kKl + 2 * kTile * LQ, kVl = kVh + 2 * D * LV, kBytes = kVl + 2 * D * LV;
 
 __device__ __forceinline__ void split_bf16(float x, __nv_bfloat16* hi, __nv_bfloat16* lo) {
   const __nv_bfloat16 h = __float2bfloat16_rn(x);
   *hi = h;
   *lo = __float2bfloat16_rn(x - __bfloat162float(h));
 }
+// Two floats as bf16x2 hi and lo parts (round to nearest: hi + lo keeps ~16 significant bits).
+__device__ __forceinline__ void split_pair(float a, float b, uint32_t& hi, uint32_t& lo) {
+  hi = pack_bf16x2(a, b);
+  lo = pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+}
+__device__ __forceinline__ uint32_t ld32(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 }  // namespace tc
 
 template <typename KV>
 __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
   grid_dependency_wait();
-  using namespace nvcuda;
   using namespace tc;
-  // Its own name: extern shared arrays of one name share one declaration (and alignment) per file,
-  // and wmma wants 32-byte aligned tiles behind the static shared variables.
-  extern __shared__ __align__(128) float tc_smem[];
+  // Its own name: extern shared arrays of one name share one declaration (and alignment) per file.
+  extern __shared__ __align__(16) float tc_smem[];
   unsigned char* sm = reinterpret_cast<unsigned char*>(tc_smem);
   __nv_bfloat16* qh = reinterpret_cast<__nv_bfloat16*>(sm + kQh);
   __nv_bfloat16* ql = reinterpret_cast<__nv_bfloat16*>(sm + kQl);
   __nv_bfloat16* kh = reinterpret_cast<__nv_bfloat16*>(sm + kKh);
   __nv_bfloat16* kl = reinterpret_cast<__nv_bfloat16*>(sm + kKl);
-  __nv_bfloat16* vh = reinterpret_cast<__nv_bfloat16*>(sm + kVh);
+  __nv_bfloat16* vh = reinterpret_cast<__nv_bfloat16*>(sm + kVh);  // [D][LV]: V transposed
   __nv_bfloat16* vl = reinterpret_cast<__nv_bfloat16*>(sm + kVl);
-  float* S = reinterpret_cast<float*>(sm + kS);
-  __nv_bfloat16* ph = reinterpret_cast<__nv_bfloat16*>(sm + kPh);
-  __nv_bfloat16* pl = reinterpret_cast<__nv_bfloat16*>(sm + kPl);
-  float* O = reinterpret_cast<float*>(sm + kO);
-  float* Ms = reinterpret_cast<float*>(sm + kM);
-  float* Ls = reinterpret_cast<float*>(sm + kL);
 
   const BlockWork w(a);
   const AttnGroup& g = w.g;
   const int kvh = w.kvh, split = w.split, n_kv = w.n_kv, G = w.G, B = w.B, ncomb = w.ncomb, s_lo = w.s_lo,
             s_hi = w.s_hi;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, q = lane & 3;
   const int32_t* table = a.tables + g.table_off;
 
-  // q (pre-scaled) as hi/lo; pairs past ncomb are zero rows. O = 0, m = -inf, l = 0.
+  // q (pre-scaled) as hi/lo; pairs past ncomb are zero rows.
   for (int idx = threadIdx.x; idx < kMaxComb * D; idx += kThreads) {
     const int c = idx / D, d = idx % D;
     float v = 0.f;
     if (c < ncomb) v = a.q[int64_t(g.row0 + c / G) * a.ldq + (kvh * G + c % G) * D + d] * a.scale;
     split_bf16(v, qh + c * LQ + d, ql + c * LQ + d);
-    O[c * LO + d] = 0.f;
   }
-  for (int c = threadIdx.x; c < kMaxComb; c += kThreads) {
-    Ms[c] = -INFINITY;
-    Ls[c] = 0.f;
+  __syncthreads();
+  // This warp's Q as A fragments: k-step s (dims 16s..16s+15), hi and lo.
+  uint32_t qa[4][2][4];
+  const int r0 = warp * 16 + gq, r1 = r0 + 8;  // this lane's two pairs (rows of S and O)
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const int k0 = 16 * s + 2 * q;
+    qa[s][0][0] = ld32(qh + r0 * LQ + k0), qa[s][0][1] = ld32(qh + r1 * LQ + k0);
+    qa[s][0][2] = ld32(qh + r0 * LQ + k0 + 8), qa[s][0][3] = ld32(qh + r1 * LQ + k0 + 8);
+    qa[s][1][0] = ld32(ql + r0 * LQ + k0), qa[s][1][1] = ld32(ql + r1 * LQ + k0);
+    qa[s][1][2] = ld32(ql + r0 * LQ + k0 + 8), qa[s][1][3] = ld32(ql + r1 * LQ + k0 + 8);
   }
+  const int pos0 = g.pos0 + r0 / G, pos1 = g.pos0 + r1 / G;
+  float o[8][4] = {};                            // O: dims 8n + 2q (+1), rows r0 ([0], [1]) and r1 ([2], [3])
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows r0, r1
 
-  // This lane's pair of the softmax: row r (a (row, head) pair), columns 16h .. 16h+15.
-  const int r = warp * 16 + (lane >> 1), h = lane & 1;
-  const int posr = g.pos0 + r / G;
   for (int j0 = s_lo; j0 <= s_hi; j0 += kTile) {
-    __syncthreads();  // the previous tile's K/V are consumed (and q, O, m, l are set)
+    __syncthreads();  // the previous tile's K/V are consumed
     for (int idx = threadIdx.x; idx < kTile * (D / 4); idx += kThreads) {
       const int jj = idx / (D / 4), d4 = (idx % (D / 4)) * 4;
       const int key = j0 + jj;
@@ -320,108 +322,122 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         split_bf16(kk[i], kh + jj * LQ + d4 + i, kl + jj * LQ + d4 + i);
-        split_bf16(vv[i], vh + jj * LQ + d4 + i, vl + jj * LQ + d4 + i);
+        split_bf16(vv[i], vh + (d4 + i) * LV + jj, vl + (d4 + i) * LV + jj);
       }
     }
     __syncthreads();
 
-    // S[16 pairs of this warp][32 keys] = q k^T (k as a column-major D x 32 operand).
+    // S = Q K^T: n-tile t holds keys j0 + 8t + 2q (+1) of rows r0 ([0], [1]) and r1 ([2], [3]).
+    float sc[4][4];
 #pragma unroll
-    for (int jn = 0; jn < 2; ++jn) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.f);
+    for (int t = 0; t < 4; ++t) {
+      sc[t][0] = sc[t][1] = sc[t][2] = sc[t][3] = 0.f;
+      const int key = 8 * t + gq;  // this lane's B column: key j0 + 8t + g
 #pragma unroll
-      for (int kk = 0; kk < D; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bh, bl;
-        wmma::load_matrix_sync(ah, qh + warp * 16 * LQ + kk, LQ);
-        wmma::load_matrix_sync(bh, kh + jn * 16 * LQ + kk, LQ);
+      for (int s = 0; s < 4; ++s) {
+        const int k0 = 16 * s + 2 * q;
+        const uint32_t bh[2] = {ld32(kh + key * LQ + k0), ld32(kh + key * LQ + k0 + 8)};
+        mma_bf16_16816(sc[t], qa[s][0], bh);
         if (a.split) {
-          wmma::load_matrix_sync(al, ql + warp * 16 * LQ + kk, LQ);
-          wmma::load_matrix_sync(bl, kl + jn * 16 * LQ + kk, LQ);
-          wmma::mma_sync(acc, al, bh, acc);
-          wmma::mma_sync(acc, ah, bl, acc);
+          const uint32_t bl[2] = {ld32(kl + key * LQ + k0), ld32(kl + key * LQ + k0 + 8)};
+          mma_bf16_16816(sc[t], qa[s][1], bh);
+          mma_bf16_16816(sc[t], qa[s][0], bl);
         }
-        wmma::mma_sync(acc, ah, bh, acc);
-      }
-      wmma::store_matrix_sync(S + warp * 16 * LS + jn * 16, acc, LS, wmma::mem_row_major);
-    }
-    __syncwarp();
-
-    // Online softmax of row r over this tile; P = e^(s - m_new) as hi/lo, O's row rescaled.
-    {
-      const float* srow = S + r * LS + 16 * h;
-      float s[16];
-      float mx = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const int key = j0 + 16 * h + j;
-        const bool valid = r < ncomb && key <= s_hi && key <= posr && (a.window <= 0 || key > posr - a.window);
-        s[j] = valid ? srow[j] : -INFINITY;
-        mx = fmaxf(mx, s[j]);
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      const float mold = Ms[r];
-      const float mnew = fmaxf(mold, mx);
-      float sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        const float p = mnew == -INFINITY || s[j] == -INFINITY ? 0.f : expf(s[j] - mnew);
-        sum += p;
-        split_bf16(p, ph + r * LP + 16 * h + j, pl + r * LP + 16 * h + j);
-      }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      const float corr = mold == -INFINITY ? 0.f : expf(mold - mnew);
-#pragma unroll 8
-      for (int d = 32 * h; d < 32 * h + 32; ++d) O[r * LO + d] *= corr;
-      __syncwarp();  // both lanes of the pair have read m before it changes
-      if (h == 0) {
-        Ls[r] = Ls[r] * corr + sum;
-        Ms[r] = mnew;
       }
     }
-    __syncwarp();
 
-    // O[16 pairs][64] += P[16][32] V[32][64].
+    // Online softmax of rows r0 and r1 over this tile (the 4 lanes of a row hold 8 keys each).
+    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int dn = 0; dn < D; dn += 16) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::load_matrix_sync(acc, O + warp * 16 * LO + dn, LO, wmma::mem_row_major);
+    for (int t = 0; t < 4; ++t)
 #pragma unroll
-      for (int kk = 0; kk < kTile; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bh, bl;
-        wmma::load_matrix_sync(ah, ph + warp * 16 * LP + kk, LP);
-        wmma::load_matrix_sync(bh, vh + kk * LQ + dn, LQ);
+      for (int e = 0; e < 2; ++e) {
+        const int key = j0 + 8 * t + 2 * q + e;
+        const bool in = key <= s_hi;
+        const bool v0 = in && r0 < ncomb && key <= pos0 && (a.window <= 0 || key > pos0 - a.window);
+        const bool v1 = in && r1 < ncomb && key <= pos1 && (a.window <= 0 || key > pos1 - a.window);
+        sc[t][e] = v0 ? sc[t][e] : -INFINITY;
+        sc[t][2 + e] = v1 ? sc[t][2 + e] : -INFINITY;
+        mx0 = fmaxf(mx0, sc[t][e]);
+        mx1 = fmaxf(mx1, sc[t][2 + e]);
+      }
+#pragma unroll
+    for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o2));
+    }
+    const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+    float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        sc[t][e] = n0 == -INFINITY || sc[t][e] == -INFINITY ? 0.f : expf(sc[t][e] - n0);
+        sc[t][2 + e] = n1 == -INFINITY || sc[t][2 + e] == -INFINITY ? 0.f : expf(sc[t][2 + e] - n1);
+        sum0 += sc[t][e];
+        sum1 += sc[t][2 + e];
+      }
+#pragma unroll
+    for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+      sum0 += __shfl_xor_sync(0xffffffffu, sum0, o2);
+      sum1 += __shfl_xor_sync(0xffffffffu, sum1, o2);
+    }
+    const float c0 = m0 == -INFINITY ? 0.f : expf(m0 - n0), c1 = m1 == -INFINITY ? 0.f : expf(m1 - n1);
+    l0 = l0 * c0 + sum0, l1 = l1 * c1 + sum1;
+    m0 = n0, m1 = n1;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) o[n][0] *= c0, o[n][1] *= c0, o[n][2] *= c1, o[n][3] *= c1;
+
+    // O += P V: P's A fragment for key step u (keys 16u..16u+15) is S's n-tiles 2u and 2u + 1.
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      uint32_t ph[4], pl[4];
+      split_pair(sc[2 * u][0], sc[2 * u][1], ph[0], pl[0]);
+      split_pair(sc[2 * u][2], sc[2 * u][3], ph[1], pl[1]);
+      split_pair(sc[2 * u + 1][0], sc[2 * u + 1][1], ph[2], pl[2]);
+      split_pair(sc[2 * u + 1][2], sc[2 * u + 1][3], ph[3], pl[3]);
+      const int k0 = 16 * u + 2 * q;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const int dim = 8 * n + gq;  // this lane's B column
+        const uint32_t bh[2] = {ld32(vh + dim * LV + k0), ld32(vh + dim * LV + k0 + 8)};
+        mma_bf16_16816(o[n], ph, bh);
         if (a.split) {
-          wmma::load_matrix_sync(al, pl + warp * 16 * LP + kk, LP);
-          wmma::load_matrix_sync(bl, vl + kk * LQ + dn, LQ);
-          wmma::mma_sync(acc, al, bh, acc);
-          wmma::mma_sync(acc, ah, bl, acc);
+          const uint32_t bl[2] = {ld32(vl + dim * LV + k0), ld32(vl + dim * LV + k0 + 8)};
+          mma_bf16_16816(o[n], pl, bh);
+          mma_bf16_16816(o[n], ph, bl);
         }
-        wmma::mma_sync(acc, ah, bh, acc);
       }
-      wmma::store_matrix_sync(O + warp * 16 * LO + dn, acc, LO, wmma::mem_row_major);
     }
-    __syncwarp();
   }
-  __syncthreads();
 
   // Out: with one split add the sink and finish, else the partial (o, m, l) for the merge.
-  for (int idx = threadIdx.x; idx < ncomb * D; idx += kThreads) {
-    const int c = idx / D, d = idx % D;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int c = half ? r1 : r0;
+    if (c >= ncomb) continue;
+    const float m = half ? m1 : m0, l = half ? l1 : l0;
     const int hq = kvh * G + c % G;
-    const float m = Ms[c], l = Ls[c];
     if (a.n_splits == 1) {
       const float sink = a.sinks[hq];
       const float M = fmaxf(sink, m);
-      const float w = m == -INFINITY ? 0.f : expf(m - M);
-      a.out[int64_t(g.row0 + c / G) * a.ldo + hq * D + d] = O[c * LO + d] * w / (expf(sink - M) + w * l);
+      const float wt = m == -INFINITY ? 0.f : expf(m - M);
+      const float inv = wt / (expf(sink - M) + wt * l);
+      float* dst = a.out + int64_t(g.row0 + c / G) * a.ldo + hq * D;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        dst[8 * n + 2 * q] = o[n][2 * half] * inv;
+        dst[8 * n + 2 * q + 1] = o[n][2 * half + 1] * inv;
+      }
     } else {
       const int64_t slot = (int64_t(g.row0 + c / G) * a.n_heads + hq) * a.n_splits + split;
       float* dst = a.part + slot * (D + 2);
-      dst[d] = O[c * LO + d];
-      if (d == 0) {
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        dst[8 * n + 2 * q] = o[n][2 * half];
+        dst[8 * n + 2 * q + 1] = o[n][2 * half + 1];
+      }
+      if (q == 0) {
         dst[D] = m;
         dst[D + 1] = l;
       }
