@@ -459,8 +459,8 @@ struct CudaEngine::Impl {
   std::map<Shape, cudaGraphExec_t> graphs;
   int64_t graphs_captured = 0, graph_launches = 0;
   static constexpr int kGraphMaxT = 256;
-  static constexpr int kLogitRows = 256;
-  static constexpr int kSampleSplitRows = 8;  // sampled steps of up to this many rows gather candidates first  // rows of the logits buffer (>= kGraphMaxT: a graph's head is one piece)
+  static constexpr int kLogitRows = 256;  // rows of the logits buffer (>= kGraphMaxT: a graph's head is one piece)
+  static constexpr int kSampleSplitRows = 8;  // sampled steps of up to this many rows gather candidates first
   static_assert(kLogitRows >= kGraphMaxT, "a captured decode step computes its head in one piece");
   static constexpr size_t kMaxGraphs = 64;
 

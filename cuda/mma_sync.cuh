@@ -60,28 +60,27 @@ __device__ __forceinline__ void split3_bf16x2(float a, float b, uint32_t& hi, ui
   lo = pack_bf16x2(ra - __uint_as_float(va), rb - __uint_as_float(vb));
 }
 
-// d += A * B over one warp (every lane calls it, converged), fp16 operands.
-__device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+// d += A * B over one warp (every lane calls it, converged); BF16: bf16 operands, else fp16.
+template <bool BF16>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if !defined(__CUDACC__)
-  gptoss_emu::mma_m16n8k16<false>(d, a, b);
+  gptoss_emu::mma_m16n8k16<BF16>(d, a, b);
 #else
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#define GPTOSS_MMA_16816(T)                                                                                      \
+  asm("mma.sync.aligned.m16n8k16.row.col.f32." T "." T ".f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, " \
+      "{%0, %1, %2, %3};"                                                                                      \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                                          \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+  if constexpr (BF16) GPTOSS_MMA_16816("bf16");
+  else GPTOSS_MMA_16816("f16");
+#undef GPTOSS_MMA_16816
 #endif
 }
-
-// d += A * B over one warp, bf16 operands.
+__device__ __forceinline__ void mma_f16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  mma_16816<false>(d, a, b);
+}
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if !defined(__CUDACC__)
-  gptoss_emu::mma_m16n8k16<true>(d, a, b);
-#else
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
+  mma_16816<true>(d, a, b);
 }
 
 // MXFP4 word -> fp16 A operands: 32-bit word w of a block holds elements 8w .. 8w+7 (nibble i =
