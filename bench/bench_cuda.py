@@ -162,7 +162,8 @@ def main() -> int:
     eng.synchronize()
     info = eng.memory_info()
     emit(what="load", seconds=round(time.time() - t0, 2), weights_gib=round(info["weights"] / 2**30, 2),
-         kv_gib=round(info["kv_cache"] / 2**30, 2), workspace_gib=round(info["workspace"] / 2**30, 2))
+         kv_gib=round(info["kv_cache"] / 2**30, 2), workspace_gib=round(info["workspace"] / 2**30, 2),
+         moe_gemv=eng.moe_gemv_available())
     cfg = m.config
     kv_elem = int(info["kv_elem_bytes"])
     rng = np.random.default_rng(0)
@@ -291,13 +292,14 @@ def main() -> int:
         toks, dt = timed_greedy([s], list(greedy([s], [1])), steps)
         emit(what="decode_graphs", graphs=graphs, batch=1, context=c0 + steps, ms_per_step=round(dt * 1e3, 3),
              tok_s=round(1 / dt, 1))
-    # Programmatic dependent launch (sm_90+; off by default until measured): on, then off again.
+    # Programmatic dependent launch (sm_90+; off by default until measured): on with the weight
+    # kernels prefetching into L2 before they wait, on without, then off again.
     with side_by_side("decode_pdl", lambda: eng.set_pdl(False)):
-        for pdl in (True, False):
-            used = eng.set_pdl(pdl)
+        for pdl, prefetch in ((True, True), (True, False), (False, False)):
+            used = eng.set_pdl(pdl, prefetch)
             toks, dt = timed_greedy([s], list(greedy([s], [1])), steps)
-            emit(what="decode_pdl", pdl=used, batch=1, context=c0 + steps, ms_per_step=round(dt * 1e3, 3),
-                 tok_s=round(1 / dt, 1))
+            emit(what="decode_pdl", pdl=used, prefetch=used and prefetch, batch=1, context=c0 + steps,
+                 ms_per_step=round(dt * 1e3, 3), tok_s=round(1 / dt, 1))
     # QKV, RoPE and the KV store as two kernels instead of one (the fused kernel is the default).
     with side_by_side("decode_unfused", lambda: eng.set_fuse_qkv_rope(True)):
         eng.set_fuse_qkv_rope(False)

@@ -37,7 +37,8 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
         return [(f"decode b1 graphs={'on' if r['graphs'] else 'off'}", f"{r['tok_s']:.0f} tok/s",
                  f"{r['ms_per_step']:.3f} ms/step")]
     if w == "decode_pdl":
-        return [(f"decode b1 pdl={'on' if r['pdl'] else 'off'}", f"{r['tok_s']:.0f} tok/s",
+        pre = " +prefetch" if r.get("prefetch") else ""
+        return [(f"decode b1 pdl={'on' if r['pdl'] else 'off'}{pre}", f"{r['tok_s']:.0f} tok/s",
                  f"{r['ms_per_step']:.3f} ms/step")]
     if w == "decode_bf16":
         return [("decode b1 one-part act", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.3f} ms/step")]
@@ -56,6 +57,8 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
         return [(f"{r['step']} {r['kind']}"[:25], f"{r['us_per_step']:.1f} us/step", note)]
     if w == "error":
         return [(f"ERROR in {r.get('section')}", "-", r.get("error", "")[:200])]
+    if w == "load" and r.get("moe_gemv") is False:  # the probe found tensor cores that flush fp16 subnormals
+        return [("experts' decode GEMV", "unavailable", "fp16 subnormals flushed: experts on the GEMM")]
     if w == "copy_bandwidth":
         return [("copy bandwidth", f"{r['gbps']:.0f} GB/s", r.get("device", ""))]
     if w == "memory":
@@ -64,7 +67,7 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
     return []
 
 
-HEADLINE = ("copy_bandwidth", "matmul_peak", "prefill", "decode", "memory", "error")
+HEADLINE = ("copy_bandwidth", "matmul_peak", "load", "prefill", "decode", "memory", "error")
 
 
 def table(out: str) -> str:

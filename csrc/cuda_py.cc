@@ -286,8 +286,17 @@ void register_kernels(py::module_& k) {
 
 }  // namespace
 
+#ifdef GPTOSS_CUDA_EMU
+namespace gptoss_emu {
+uint64_t prefetch_count();  // cuda/emu/emu.cc
+}
+#endif
+
 void GPTOSS_CUDA_REGISTER(py::module_& m) {
   using cuda::CudaEngine;
+#ifdef GPTOSS_CUDA_EMU
+  m.def("emu_prefetch_count", &gptoss_emu::prefetch_count, "L2 prefetch ranges the emulator has checked so far");
+#endif
   m.def("cuda_device_count", &cuda::device_count, "Number of visible CUDA devices (0 without a driver or GPU)");
   m.def("cuda_device_description", &cuda::device_description, py::arg("device") = 0);
   m.def(
@@ -354,8 +363,11 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       .def("set_moe_gemv_tokens", &CudaEngine::set_moe_gemv_tokens, py::arg("n"),
            "steps of up to n tokens (default 8) run the experts on the GEMV path, longer ones on "
            "the tensor-core GEMM")
-      .def("set_pdl", &CudaEngine::set_pdl, py::arg("enabled"),
-           "programmatic dependent launch between kernels (sm_90+); returns whether it is in use")
+      .def("moe_gemv_available", &CudaEngine::moe_gemv_available,
+           "whether the experts' decode GEMV runs here (tensor cores that take fp16 subnormals)")
+      .def("set_pdl", &CudaEngine::set_pdl, py::arg("enabled"), py::arg("prefetch") = true,
+           "programmatic dependent launch between kernels (sm_90+); returns whether it is in use. "
+           "prefetch: the weight-streaming kernels first ask L2 for their weights, then wait")
       .def("set_gemm_tiles", &CudaEngine::set_gemm_tiles, py::arg("tiles"),
            "tensor-core block tile: 0 auto (default), 1 64x64, 2 64x128, 3 128x128, 4 32x128")
       .def("graph_stats", [](const CudaEngine& e) {

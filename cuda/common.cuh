@@ -60,10 +60,11 @@ void once_per_device(F&& f) {
 // ---- programmatic dependent launch (sm_90+) -------------------------------------------------
 // On a stream marked with stream_set_pdl, launch_kernel lets each kernel be launched while its
 // predecessor is still running, so launch latency hides under the predecessor's tail (decode
-// steps are ~200 short kernels). It is safe because every kernel starts with
-// grid_dependency_wait(), which returns once the predecessor has completed and its writes are
-// visible (and at once after an ordinary launch); it then lets the next kernel launch (its
-// blocks take free SM slots and wait in turn). The emulator checks that every thread of a
+// steps are ~200 short kernels). It is safe because every kernel calls grid_dependency_wait()
+// before it reads anything a predecessor writes (only prefetch_l2 of weights comes first); the
+// wait returns once the predecessor has completed and its writes are visible (at once after an
+// ordinary launch), then lets the next kernel launch (its blocks take free SM slots and wait in
+// turn). The emulator checks that every thread of a
 // kernel so launched calls it.
 __device__ __forceinline__ void grid_dependency_wait() {
 #if !defined(__CUDACC__)
@@ -74,31 +75,66 @@ __device__ __forceinline__ void grid_dependency_wait() {
 #endif
 }
 
-// The streams that launch with programmatic dependencies (the engine's, when enabled).
-inline std::vector<cudaStream_t>& pdl_streams(std::mutex** mu) {
+// Asks L2 for the bytes [p, p + bytes), one 128-byte line per thread t of nt in turn; nothing
+// waits for it and nothing faults. Kernels whose operand does not depend on the predecessor (the
+// weights) call it before grid_dependency_wait when launched with a programmatic dependency:
+// their blocks that start during the predecessor's tail then already stream from memory, where
+// otherwise DRAM would idle between the two kernels. (The emulator checks the range is one
+// device allocation.)
+__device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes, int t, int nt) {
+#if !defined(__CUDACC__)
+  if (t == 0) gptoss_emu::check_prefetch(p, size_t(bytes));  // cuda-emu
+#elif defined(__CUDA_ARCH__)
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = int64_t(t) * 128; o < bytes; o += int64_t(nt) * 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
+#endif
+}
+
+// The streams that launch with programmatic dependencies (the engine's, when enabled), and
+// whether their weight-streaming kernels prefetch before waiting.
+struct PdlStream {
+  cudaStream_t st;
+  bool prefetch;
+};
+inline std::vector<PdlStream>& pdl_streams(std::mutex** mu) {
   static std::mutex m;
-  static std::vector<cudaStream_t> v;
+  static std::vector<PdlStream> v;
   *mu = &m;
   return v;
 }
 
-inline void stream_set_pdl(cudaStream_t st, bool on) {
+inline void stream_set_pdl(cudaStream_t st, bool on, bool prefetch = true) {
   std::mutex* mu = nullptr;
   auto& v = pdl_streams(&mu);
   std::lock_guard<std::mutex> g(*mu);
   for (size_t i = 0; i < v.size(); ++i)
-    if (v[i] == st) v.erase(v.begin() + long(i));
-  if (on && st) v.push_back(st);
+    if (v[i].st == st) v.erase(v.begin() + long(i));
+  if (on && st) v.push_back(PdlStream{st, prefetch});
+}
+
+inline const PdlStream* find_pdl_stream(cudaStream_t st, std::mutex** mu) {
+  if (!st) return nullptr;
+  auto& v = pdl_streams(mu);
+  for (const PdlStream& s : v)
+    if (s.st == st) return &s;
+  return nullptr;
 }
 
 inline bool stream_pdl(cudaStream_t st) {
-  if (!st) return false;
   std::mutex* mu = nullptr;
-  auto& v = pdl_streams(&mu);
+  pdl_streams(&mu);
   std::lock_guard<std::mutex> g(*mu);
-  for (cudaStream_t s : v)
-    if (s == st) return true;
-  return false;
+  return find_pdl_stream(st, &mu) != nullptr;
+}
+
+// Whether kernels launched on st prefetch their weights before grid_dependency_wait.
+inline bool stream_prefetch(cudaStream_t st) {
+  std::mutex* mu = nullptr;
+  pdl_streams(&mu);
+  std::lock_guard<std::mutex> g(*mu);
+  const PdlStream* s = find_pdl_stream(st, &mu);
+  return s && s->prefetch;
 }
 
 // kernel<<<grid, block, smem, st>>>(args...), with a programmatic dependency on the previous

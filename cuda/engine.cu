@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <tuple>
@@ -91,6 +92,7 @@ struct CudaEngine::Impl {
   ModelConfig cfg;
   CudaEngineOptions opt;
   int sm_count = 0, cc_major = 0;
+  bool moe_gemv_ok = true;  // the tensor cores take fp16 subnormals (moe_gemv_exact)
   std::string dev_name;
   cudaStream_t stream = nullptr;
   std::vector<void*> allocs;
@@ -173,6 +175,12 @@ struct CudaEngine::Impl {
     check_kernel_image(opt.device);
     attention_prepare();
     gemm_prepare();
+    moe_gemv_ok = moe_gemv_exact();
+    if (!moe_gemv_ok) {  // keep every step on the tensor-core GEMM (bf16 dequantization, exact)
+      std::fprintf(stderr, "gptoss: %s flushes fp16 subnormal inputs of tensor-core MMAs; the MoE experts run on "
+                           "the tensor-core GEMM at every batch size (the decode GEMV needs them)\n", dev_name.c_str());
+      opt.moe_gemv_tokens = 0;
+    }
     sm_count = p.multiProcessorCount;
     cc_major = p.major;
     if (!attn_head_dim_supported(int(cfg.head_dim)))
@@ -182,7 +190,7 @@ struct CudaEngine::Impl {
     GPTOSS_CHECK_ARG(cfg.vocab < (int64_t(1) << 31) && cfg.max_context < (int64_t(1) << 30),
                      "CUDA backend: vocab and max_context must fit in int32");
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    stream_set_pdl(stream, opt.pdl && cc_major >= 9);
+    stream_set_pdl(stream, opt.pdl && cc_major >= 9, opt.pdl_prefetch);
   }
 
   // ---- weights -------------------------------------------------------------------------------
@@ -372,7 +380,8 @@ struct CudaEngine::Impl {
     if (blocks < 2)
       throw OutOfMemory("not enough device memory for the KV cache: 2 blocks need " + gib(2.0 * double(pair_bytes)) +
                         ", " + gib(double(avail)) + " usable (" + gib(double(fr)) + " free of " + gib(double(tot)) +
-                        ", kv_cache_bytes cap " + std::to_string(opt.kv_cache_bytes) + ")");
+                        (opt.kv_cache_bytes > 0 ? ", kv_cache_bytes cap " + gib(double(opt.kv_cache_bytes)) : std::string()) +
+                        "); free another model's memory or lower max_chunk_tokens");
     auto setup = [&](int64_t n_layers_kind, int64_t elems, const char* what) {
       const int64_t nb = n_layers_kind ? blocks : 0;
       char* base = nb ? alloc<char>(nb * elems * int64_t(eb), what, &kv_bytes) : nullptr;
@@ -835,8 +844,8 @@ struct CudaEngine::Impl {
       mark("norm + router");
       if (!mt.direct) moe_route(ridx, int(p.T * K), int(c.n_experts), mt, st);
       if (!mt.direct) mark("expert grouping");
-      MxWeights w1{L.mlp1_blocks, L.mlp1_scales, L.mlp1_b, int(2 * c.inter), Hi};
-      MxWeights w2{L.mlp2_blocks, L.mlp2_scales, L.mlp2_b, Hi, int(c.inter)};
+      MxWeights w1{L.mlp1_blocks, L.mlp1_scales, L.mlp1_b, int(2 * c.inter), Hi, int(c.n_experts)};
+      MxWeights w2{L.mlp2_blocks, L.mlp2_scales, L.mlp2_b, Hi, int(c.inter), int(c.n_experts)};
       moe_mlp1(t, Hi, int(K), mt, w1, c.swiglu_alpha, c.swiglu_limit, act, tc, st, sp);
       mark("experts mlp1");
       const float* next_norm = l + 1 < c.n_layers ? layers[size_t(l + 1)].attn_norm : final_norm;
@@ -1049,17 +1058,20 @@ void CudaEngine::set_gemm_tiles(int tiles) {
 
 void CudaEngine::set_moe_gemv_tokens(int n) {
   if (n < 0) throw InvalidArgument("set_moe_gemv_tokens: n must be >= 0");
-  reconfigure(*p_, [&](CudaEngineOptions& o) { o.moe_gemv_tokens = n; });
+  reconfigure(*p_, [&](CudaEngineOptions& o) { o.moe_gemv_tokens = p_->moe_gemv_ok ? n : 0; });
 }
 
 void CudaEngine::set_fuse_qkv_rope(bool on) {
   reconfigure(*p_, [&](CudaEngineOptions& o) { o.fuse_qkv_rope = on; });
 }
 
-bool CudaEngine::set_pdl(bool on) {
+bool CudaEngine::moe_gemv_available() const { return p_->moe_gemv_ok; }
+
+bool CudaEngine::set_pdl(bool on, bool prefetch) {
   reconfigure(*p_, [&](CudaEngineOptions& o) {
     o.pdl = on && p_->cc_major >= 9;
-    stream_set_pdl(p_->stream, o.pdl);
+    o.pdl_prefetch = prefetch;
+    stream_set_pdl(p_->stream, o.pdl, prefetch);
   });
   return p_->opt.pdl;
 }

@@ -37,6 +37,7 @@ struct CudaEngineOptions {
   bool tc_split = true;           // tensor-core GEMMs with hi/lo activations (fp32-level); false: bf16
   int gemm_tiles = 0;             // tensor-core block tile (GemmTiles): 0 = chosen per launch
   bool pdl = false;               // programmatic dependent launch between kernels (sm_90+)
+  bool pdl_prefetch = true;       // with pdl: weight-streaming kernels prefetch into L2 before waiting
   bool fuse_qkv_rope = true;      // decode steps: QKV projection, RoPE and KV store in one kernel
   int moe_gemv_tokens = 8;        // steps of up to this many tokens run the experts on the GEMV path
 };
@@ -121,13 +122,16 @@ class CudaEngine {
   void set_gemm_tiles(int tiles);
   // Programmatic dependent launch (each kernel launched while its predecessor finishes; sm_90+
   // only). Returns whether it is now in use.
-  bool set_pdl(bool on);
+  bool set_pdl(bool on, bool prefetch = true);
   // Decode steps of up to 2 rows: the QKV projection with RoPE and the KV store in one kernel
   // (on by default), or the two kernels of longer steps (to compare).
   void set_fuse_qkv_rope(bool on);
   // Steps of up to n tokens run the experts on the decode GEMV (8 pairs of an expert per
   // weight read), longer ones on the tensor-core GEMM (32-128 pairs per read).
   void set_moe_gemv_tokens(int n);
+  // Whether this GPU can run the experts' decode GEMV (its tensor cores take fp16 subnormal
+  // inputs); where not, set_moe_gemv_tokens keeps 0 and every step uses the tensor-core GEMM.
+  bool moe_gemv_available() const;
   // Profiling (benchmarks): an event after each kernel group of every step (steps of up to 256
   // rows as freshly captured graphs, longer ones eagerly); profile() gives (kernel kind, device
   // ms summed, intervals) over the steps since set_profile(true), and ("steps", 0, count).

@@ -52,10 +52,12 @@ __device__ __forceinline__ void gemv_dot(const float* const* xr, int mm, const u
 template <int TT, int EPI>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float* X, int ldx, const int32_t* rows, int M,
                                                                      int K, const uint16_t* W, int ldw, int N,
-                                                                     const float* bias, float* Y, int ldy, bool vec) {
-  grid_dependency_wait();
+                                                                     const float* bias, float* Y, int ldy, bool vec,
+                                                                     bool pre) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n = blockIdx.x * kGemvWarps + warp;
+  if (pre && blockIdx.y == 0 && n < N) prefetch_l2(W + int64_t(n) * ldw, int64_t(K) * 2, lane, 32);
+  grid_dependency_wait();
   if (n >= N) return;
   const int m0 = blockIdx.y * TT;
   const int mm = min(TT, M - m0);
@@ -85,13 +87,18 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_bf16_kernel(const float*
 // cache.
 template <int TT, typename KV>
 __global__ void __launch_bounds__(kGemvWarps * 32) qkv_rope_kernel(QkvRopeArgs a) {
-  grid_dependency_wait();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int unit = blockIdx.x * kGemvWarps + warp;
   const int half = a.half, D = 2 * half;
-  if (unit >= (a.nq + 2 * a.nk) * half) return;
+  const bool live = unit < (a.nq + 2 * a.nk) * half;
   const int h = unit / half, i = unit % half;
   const int n1 = h * D + i, n2 = n1 + half;
+  if (a.pre && live) {
+    prefetch_l2(a.W + int64_t(n1) * a.K, int64_t(a.K) * 2, lane, 32);
+    prefetch_l2(a.W + int64_t(n2) * a.K, int64_t(a.K) * 2, lane, 32);
+  }
+  grid_dependency_wait();
+  if (!live) return;
   const int m0 = blockIdx.y * TT;
   const int mm = min(TT, a.M - m0);
   const float* xr[TT];
@@ -152,6 +159,7 @@ struct GemvMmaArgs {
   const float* bias;
   float* Y;
   int ldy;
+  bool pre;  // prefetch this block's weights before waiting (programmatic dependent launch)
 };
 
 // c[t] += the products of 32 k-values: w[2t], w[2t+1] = rows g, g+8 of output tile t (8 k each,
@@ -187,10 +195,14 @@ __device__ __forceinline__ void mma_step32(float (&c)[2][4], const uint4 (&w)[4]
 
 template <int EPI, bool SPLIT>
 __global__ void __launch_bounds__(kMmaWarps * 32) gemv_mma_kernel(GemvMmaArgs a) {
-  grid_dependency_wait();
   __shared__ float part[kMmaWarps][kMmaOut][kMmaRows];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-  const int n0 = blockIdx.x * kMmaOut, m0 = blockIdx.y * kMmaRows, mm = min(kMmaRows, a.M - m0);
+  const int n0 = blockIdx.x * kMmaOut;
+  if (a.pre && blockIdx.y == 0)  // rows n0 .. n0 + 31 (the last one only up to K)
+    prefetch_l2(a.W + int64_t(n0) * a.ldw, (int64_t(min(kMmaOut, a.N - n0)) - 1) * a.ldw * 2 + int64_t(a.K) * 2,
+                threadIdx.x, kMmaWarps * 32);
+  grid_dependency_wait();
+  const int m0 = blockIdx.y * kMmaRows, mm = min(kMmaRows, a.M - m0);
   // This lane's outputs n0 + 8j + g (j = 0..3; tile t = j / 2 holds j = 2t and 2t + 1 as its g
   // and g + 8; outputs past N read row N - 1 and are not stored) and its row m0 + g.
   const uint16_t* wr[4];
@@ -254,10 +266,10 @@ void launch_gemv(const float* X, int ldx, const int32_t* rows, int M, int K, con
   dim3 grid(unsigned(cdiv(N, kGemvWarps)), unsigned(cdiv(M, TT)));
   if (epi == EPI_ADD)
     launch_kernel(gemv_bf16_kernel<TT, EPI_ADD>, grid, kGemvWarps * 32, 0, st, X, ldx, rows, M, K, W, ldw, N, bias,
-                  Y, ldy, vec);
+                  Y, ldy, vec, stream_prefetch(st));
   else
     launch_kernel(gemv_bf16_kernel<TT, EPI_STORE>, grid, kGemvWarps * 32, 0, st, X, ldx, rows, M, K, W, ldw, N, bias,
-                  Y, ldy, vec);
+                  Y, ldy, vec, stream_prefetch(st));
 }
 
 // Launches one tensor-core instance: grid (N / BN, row tiles).
@@ -319,7 +331,7 @@ void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uin
   if (path == 0) path = M == 1 ? 1 : M <= 8 ? 3 : 2;
   if (path == 3 && !vec) path = 1;
   if (path == 3) {
-    GemvMmaArgs a{X, ldx, rows, M, K, W, ldw, N, bias, Y, ldy};
+    GemvMmaArgs a{X, ldx, rows, M, K, W, ldw, N, bias, Y, ldy, stream_prefetch(st)};
     dim3 grid(unsigned(cdiv(N, kMmaOut)), unsigned(cdiv(M, kMmaRows)));
     if (epi == EPI_ADD)
       launch_kernel(split ? gemv_mma_kernel<EPI_ADD, true> : gemv_mma_kernel<EPI_ADD, false>, grid, kMmaWarps * 32, 0,
@@ -337,6 +349,7 @@ void dense(const float* X, int ldx, const int32_t* rows, int M, int K, const uin
   TcArgs a;
   a.X = X; a.ldx = ldx; a.rows = rows; a.M = M; a.K = K; a.N = N;
   a.W = W; a.ldw = ldw; a.bias = bias; a.Y = Y; a.ldy = ldy; a.vec = vec; a.split = split;
+  a.pre = stream_prefetch(st);
   tiles = dense_tiles(M, N, tiles);
   const unsigned row_tiles = unsigned(cdiv(M, gemm_tile_rows(tiles)));
   if (epi == EPI_ADD) launch_tiles<TCB_BF16, TCE_ADD>(tiles, a, row_tiles, st);
@@ -349,6 +362,7 @@ void qkv_rope(const QkvRopeArgs& a, cudaStream_t st) {
   if (!a.kv.pool) throw InvalidArgument("qkv_rope: needs the KV cache");
   QkvRopeArgs b = a;
   b.vec = a.K % 8 == 0 && a.ldx % 4 == 0 && aligned16(a.X) && aligned16(a.W);
+  b.pre = stream_prefetch(st);
   dim3 grid(unsigned(cdiv(int64_t(a.nq + 2 * a.nk) * a.half, kGemvWarps)), 1);
   if (a.kv.bf16) {
     if (a.M == 1) launch_kernel(qkv_rope_kernel<1, uint16_t>, grid, kGemvWarps * 32, 0, st, b);

@@ -55,6 +55,7 @@ struct QkvRopeArgs {
   float conc = 1.f;
   KVView kv;
   bool vec = false;  // set by qkv_rope
+  bool pre = false;  // set by qkv_rope: prefetch the weights before waiting (programmatic dependent launch)
 };
 void qkv_rope(const QkvRopeArgs& a, cudaStream_t st);
 void rope_kv_store(float* qkv, int ld, int T, const int32_t* pos, const int32_t* row_table, const int32_t* tables,
@@ -154,6 +155,9 @@ int moe_max_tiles(int P, int E, int tile);
 // max_tiles.
 void moe_plan(MoeTiles& mt, bool tensor_cores, int P, int E, int tiles = TILES_AUTO);
 int moe_gemv_tile();  // pairs per tile on the GEMV path (the smallest tile: bounds max_tiles)
+// Whether this device's tensor cores take fp16 subnormal inputs, which the experts' decode GEMV
+// relies on (probed once per device; not during a graph capture).
+bool moe_gemv_exact();
 void moe_route(const int32_t* idx, int P, int E, const MoeTiles& mt, cudaStream_t st);
 
 struct MxWeights {
@@ -161,6 +165,7 @@ struct MxWeights {
   const uint8_t* scales = nullptr;  // [E, N, K/32]
   const float* bias = nullptr;      // [E, N]
   int N = 0, K = 0;
+  int E = 0;  // experts (0: unknown; mlp2 then does not prefetch)
 };
 // mlp1 + SwiGLU: act[pos, i] = swiglu(W1[e] x[sorted[pos] / topk] + b1[e])  (act: [P, N/2])
 void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWeights& w, float alpha,

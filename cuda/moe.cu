@@ -67,7 +67,8 @@ __device__ __forceinline__ void router_pick(const float* lg, int E, int k, int* 
 __global__ void __launch_bounds__(kRouterThreads) router_kernel(const float* xin, const float* norm_w, float eps,
                                                                 float* tout, int H, const uint16_t* W,
                                                                 const float* b, int E, int k, int32_t* idx,
-                                                                float* w, bool vec) {
+                                                                float* w, bool vec, bool pre) {
+  if (pre && blockIdx.x == 0) prefetch_l2(W, int64_t(E) * H * 2, threadIdx.x, kRouterThreads);
   grid_dependency_wait();
   extern __shared__ float lg[];  // [E] logits, then [k] chosen ids
   __shared__ float red[32];
@@ -96,12 +97,14 @@ __global__ void __launch_bounds__(kSplitThreads) router_split_kernel(const float
                                                                      float* tout, int H, const uint16_t* W,
                                                                      const float* b, int E, int k, int32_t* idx,
                                                                      float* w, bool vec, float* logits,
-                                                                     int32_t* arrivals) {
+                                                                     int32_t* arrivals, bool pre) {
+  const int row = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int e = blockIdx.y * kSplitExperts + warp;
+  if (pre && row == 0 && e < E) prefetch_l2(W + int64_t(e) * H, int64_t(H) * 2, lane, 32);
   grid_dependency_wait();
   extern __shared__ __align__(16) float sx[];  // [H] the normalised row (norm_w), [E] logits, [k] ids
   __shared__ float red[32];
   __shared__ bool last;
-  const int row = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const float* x = xin + int64_t(row) * H;
   float* lg = sx;
   if (norm_w) {
@@ -112,7 +115,6 @@ __global__ void __launch_bounds__(kSplitThreads) router_split_kernel(const float
     x = sx;
     lg = sx + H;
   }
-  const int e = blockIdx.y * kSplitExperts + warp;
   if (e < E) {
     const float s = router_logit(x, W + int64_t(e) * H, H, vec, lane);
     if (lane == 0) logits[int64_t(row) * E + e] = s + b[e];
@@ -193,13 +195,30 @@ struct MoeGemvArgs {
   float* Y;
   int ldy;
   MoeCombine comb;  // mlp2 of one token: arrivals set -> the last block does add_rmsnorm
+  bool pre;         // mlp2: prefetch the tile's expert rows before waiting (programmatic dependent launch)
 };
+
+// mlp2 under a programmatic dependency: this block's rows of its tile's expert, before it waits
+// for mlp1. The expert ids were written two kernels back (the router, or the grouping), which
+// completed before mlp1 stopped waiting and so before this grid was launched; they are read past
+// L1 all the same, and clamped: a wrong id would only prefetch the wrong bytes.
+__device__ void moe_prefetch(const MoeGemvArgs& a) {
+  const int tile = blockIdx.y;
+  const bool direct = a.mt.direct > 0;
+  if (a.w.E <= 0 || tile >= (direct ? a.mt.direct : __ldcg(a.mt.n_tiles))) return;
+  const int e = min(max(__ldcg(direct ? a.mt.idx + tile : a.mt.tile_e + tile), 0), a.w.E - 1);
+  const int row0 = blockIdx.x * kGemvRows, rows = min(kGemvRows, a.w.N - row0), nb = a.w.K / 32;
+  const int64_t r = int64_t(e) * a.w.N + row0;
+  prefetch_l2(a.w.blocks + r * nb * 16, int64_t(rows) * nb * 16, threadIdx.x, kGemvWarps * 32);
+  prefetch_l2(a.w.scales + r * nb, int64_t(rows) * nb, threadIdx.x, kGemvWarps * 32);
+}
 
 // NB > 0: K = 32 * NB and N a multiple of 64 (gpt-oss: NB = 90 for both projections), so a
 // lane's eight rows sit at fixed offsets from one pointer: one address per iteration, not 16.
 // SPLIT false: the activations as one fp16 (round to nearest), one MMA per step instead of two.
 template <bool MLP1, int NB, bool SPLIT>
 __global__ void __launch_bounds__(kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a) {
+  if (!MLP1 && a.pre) moe_prefetch(a);
   grid_dependency_wait();
   constexpr int MT = kGemvRows / 16;  // mma row tiles
   __shared__ float part[kGemvWarps][kGemvRows][kGemvPairs];
@@ -321,6 +340,18 @@ __global__ void __launch_bounds__(kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a
   }
 }
 
+// The decode GEMV's E2M1 -> fp16 decode hands E2M1's +-0.5 to the tensor cores as the fp16
+// subnormal +-2^-15. One warp checks that they take it as it is: 16 products of 2^-15 and 1 sum
+// to 2^-11, or to 0 where subnormal inputs were flushed.
+__global__ void subnormal_probe_kernel(float* out) {
+  uint32_t h[4];
+  e2m1x8_to_half2(0x11111111u, h);  // every element 0.5
+  const uint32_t one = pack_half2(1.f, 1.f);
+  float c[4] = {0.f, 0.f, 0.f, 0.f};
+  mma_f16_16816(c, {h[0], h[1], h[2], h[3]}, {one, one});
+  if (threadIdx.x == 0) out[0] = c[0];
+}
+
 void check_mx(const MxWeights& w) {
   if (w.K % 32 != 0) throw InvalidArgument("MXFP4 product: K must be a multiple of 32");
 }
@@ -362,15 +393,38 @@ void norm_router(const float* x, int T, int H, const float* norm_w, float eps, f
     const bool vec = H % 8 == 0 && w16 && (norm_w || (reinterpret_cast<uintptr_t>(x) & 15u) == 0);
     const size_t smem = sizeof(float) * (size_t(norm_w ? H : 0) + size_t(E)) + sizeof(int) * size_t(k);
     launch_kernel(router_split_kernel, dim3(unsigned(T), unsigned(cdiv(E, kSplitExperts))), kSplitThreads, smem, st,
-                  x, norm_w, eps, t, H, W, b, E, k, idx, w, vec, scratch->logits, scratch->arrivals);
+                  x, norm_w, eps, t, H, W, b, E, k, idx, w, vec, scratch->logits, scratch->arrivals,
+                  stream_prefetch(st));
     return;
   }
   const bool vec = H % 8 == 0 && w16 && (reinterpret_cast<uintptr_t>(rows) & 15u) == 0;
   const size_t smem = sizeof(float) * size_t(E) + sizeof(int) * size_t(k);
-  launch_kernel(router_kernel, T, kRouterThreads, smem, st, x, norm_w, eps, t, H, W, b, E, k, idx, w, vec);
+  launch_kernel(router_kernel, T, kRouterThreads, smem, st, x, norm_w, eps, t, H, W, b, E, k, idx, w, vec,
+                stream_prefetch(st));
 }
 
 int moe_gemv_tile() { return kMoeTT; }
+
+bool moe_gemv_exact() {
+  static std::mutex mu;
+  static std::vector<int> known;  // per device: 0 unknown, 1 exact, 2 flushes
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> g(mu);
+  if (size_t(dev) >= known.size()) known.resize(size_t(dev) + 1, 0);
+  if (!known[size_t(dev)]) {
+    float* d = nullptr;
+    CUDA_CHECK(cudaMalloc(&d, sizeof(float)));
+    float v = 0.f;
+    subnormal_probe_kernel<<<1, 32, 0, 0>>>(d);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) e = cudaMemcpy(&v, d, sizeof(float), cudaMemcpyDeviceToHost);
+    cudaFree(d);
+    CUDA_CHECK(e);
+    known[size_t(dev)] = v == 1.f / 2048.f ? 1 : 2;
+  }
+  return known[size_t(dev)] == 1;
+}
 
 void moe_plan(MoeTiles& mt, bool tensor_cores, int P, int E, int tiles) {
   if (!tensor_cores) {
@@ -413,7 +467,7 @@ void moe_mlp1(const float* x, int ldx, int topk, const MoeTiles& mt, const MxWei
     return;
   } else {
     check_rows16(x, ldx);
-    MoeGemvArgs a{x, ldx, topk, mt, w, nullptr, alpha, limit, act, w.N / 2, MoeCombine{}};
+    MoeGemvArgs a{x, ldx, topk, mt, w, nullptr, alpha, limit, act, w.N / 2, MoeCombine{}, false};
     dim3 grid(unsigned(cdiv(w.N, kGemvRows)), unsigned(mt.max_tiles));
     launch_kernel(moe_gemv_instance<true>(w, split), grid, kGemvWarps * 32, 0, st, a);
   }
@@ -431,12 +485,14 @@ bool moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const fl
     a.tile_count = mt.tile_count; a.n_tiles = mt.n_tiles; a.topk = 1; a.rw = rw;
     a.vec = (reinterpret_cast<uintptr_t>(act) & 15u) == 0;
     a.split = split;
+    a.E = w.E;
+    a.pre = stream_prefetch(st);
     check_tile(mt);
     moe_gemm(false, mt.gemm, a, unsigned(mt.max_tiles), st);
     return false;
   }
   check_rows16(act, w.K);
-  MoeGemvArgs a{act, w.K, 1, mt, w, rw, 0.f, 0.f, y, w.N, MoeCombine{}};
+  MoeGemvArgs a{act, w.K, 1, mt, w, rw, 0.f, 0.f, y, w.N, MoeCombine{}, stream_prefetch(st)};
   // Every block must count itself in: only when each tile is one direct pair.
   const bool fuse = comb && comb->arrivals && mt.direct > 0 && mt.max_tiles == mt.direct;
   if (fuse) a.comb = *comb;

@@ -83,7 +83,28 @@ struct TcArgs {
   float alpha = 0.f, limit = 0.f;
   bool vec = false;  // 16-byte aligned rows: vector loads for X and W
   bool split = true;  // activations as bf16 hi + lo (two MMAs); false: bf16 only
+  int E = 0;          // experts (TCB_MXFP4; the prefetch's clamp)
+  bool pre = false;   // prefetch the block's weights before waiting (dense, and mlp2: TCE_MOE_OUT)
 };
+
+// Under a programmatic dependency, before waiting: the weights of this block's BN outputs (row
+// tile 0 only; the other row tiles read the same). mlp2's tile expert was written two kernels
+// back (see moe_prefetch in moe.cu): read past L1 and clamped.
+template <int BN, int BMODE>
+__device__ void tc_prefetch(const TcArgs& a, int nt) {
+  const int n0 = blockIdx.x * BN, rows = min(BN, a.N - n0);
+  if (BMODE == TCB_BF16) {
+    if (blockIdx.y == 0) prefetch_l2(a.W + int64_t(n0) * a.ldw, (int64_t(rows) - 1) * a.ldw * 2 + int64_t(a.K) * 2,
+                                     threadIdx.x, nt);
+    return;
+  }
+  const int tile = blockIdx.y;
+  if (a.E <= 0 || tile >= __ldcg(a.n_tiles)) return;
+  const int e = min(max(__ldcg(a.tile_e + tile), 0), a.E - 1), nb = a.K / 32;
+  const int64_t r = int64_t(e) * a.N + n0;
+  prefetch_l2(a.blocks + r * nb * 16, int64_t(rows) * nb * 16, threadIdx.x, nt);
+  prefetch_l2(a.scales + r * nb, int64_t(rows) * nb, threadIdx.x, nt);
+}
 
 __device__ __forceinline__ float swiglu1(float gate, float lin, float alpha, float limit) {
   const float g = fminf(gate, limit);
@@ -93,6 +114,7 @@ __device__ __forceinline__ float swiglu1(float gate, float lin, float alpha, flo
 
 template <class C, int BMODE, int EPI>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcArgs a) {
+  if (a.pre && EPI != TCE_SWIGLU) tc_prefetch<C::BN, BMODE>(a, C::kThreads);
   grid_dependency_wait();
   using namespace nvcuda;
   extern __shared__ __align__(128) uint8_t smem_raw[];

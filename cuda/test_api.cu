@@ -226,8 +226,8 @@ void moe(const float* x, int T, int H, const int32_t* idx, const float* rw, int 
   } else {
     cuda::moe_route(di.as<int32_t>(), P, E, tb.mt, 0);
   }
-  MxWeights w1{db1.as<uint8_t>(), ds1.as<uint8_t>(), dbias1.as<float>(), 2 * I, H};
-  MxWeights w2{db2.as<uint8_t>(), ds2.as<uint8_t>(), dbias2.as<float>(), H, I};
+  MxWeights w1{db1.as<uint8_t>(), ds1.as<uint8_t>(), dbias1.as<float>(), 2 * I, H, E};
+  MxWeights w2{db2.as<uint8_t>(), ds2.as<uint8_t>(), dbias2.as<float>(), H, I, E};
   cuda::moe_mlp1(dx.as<float>(), H, k, tb.mt, w1, alpha, limit, act.as<float>(), tensor_cores, 0, split);
   cuda::moe_mlp2(act.as<float>(), tb.mt, w2, dr.as<float>(), y.as<float>(), tensor_cores, 0, split);
   std::vector<float> yh(size_t(P) * H);
@@ -257,7 +257,7 @@ void mxfp4_matmul(const float* x, int T, int K, const uint8_t* blocks, const uin
   std::vector<float> xs(static_cast<size_t>(T) * K);
   for (int p = 0; p < T; ++p) std::copy(x + size_t(sorted[size_t(p)]) * K, x + size_t(sorted[size_t(p)] + 1) * K, xs.begin() + size_t(p) * K);
   Buf dxs(xs.data(), xs.size() * 4);
-  MxWeights w{db.as<uint8_t>(), ds.as<uint8_t>(), dbias.as<float>(), N, K};
+  MxWeights w{db.as<uint8_t>(), ds.as<uint8_t>(), dbias.as<float>(), N, K, 1};
   cuda::moe_mlp2(dxs.as<float>(), tb.mt, w, dr.as<float>(), dy.as<float>(), tensor_cores, 0, split);
   dy.to_host(y, size_t(T) * N * 4);
 }

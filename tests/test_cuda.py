@@ -732,14 +732,25 @@ def test_programmatic_dependent_launch(backend):
     logprobs, eager and through graphs. (The emulator also fails any kernel so launched in which a
     thread never waits.)"""
     cfg = gptoss.config.preset("tiny", **dict(SMALL, num_hidden_layers=2))
-    models = [_pair(backend, cfg, seed=16)[1] for _ in range(2)]
+    models = [_pair(backend, cfg, seed=16)[1] for _ in range(3)]
     assert models[1]._engine.set_pdl(True) is True  # the emulator is an sm_90 by default
+    # Without the L2 prefetch that the weight-streaming kernels issue before they wait (the
+    # emulator checks each prefetched range lies in one device allocation).
+    assert models[2]._engine.set_pdl(True, prefetch=False) is True
     toks = _toks(90, 17, cfg.vocab_size)  # tensor-core GEMMs and attention
     outs = []
     for m in models:
         s = m.new_sequence()
         r = [s.prefill(toks)]
         r += [s.decode(t) for t in (3, 5, 7)]  # graphs
+        # 3 rows: the tensor-core GEMV and the grouped experts' GEMV (one row: fused QKV, direct pairs)
+        others = [m.new_sequence() for _ in range(2)]
+        for i, o in enumerate(others):
+            o.prefill(toks[: 5 + i])
+        for t in (4, 6):
+            r += m.step([(s, [t]), (others[0], [t + 1]), (others[1], [t + 2])])
+        for o in others:
+            o.free()
         r.append(m._engine.step_argmax([s.id], [np.array([9], np.int64)]))
         r += list(m._engine.step_sample([s.id], [np.array([11], np.int64)], np.array([0.9], np.float32),
                                         np.array([40], np.int32), np.array([0.9], np.float32),
@@ -747,8 +758,15 @@ def test_programmatic_dependent_launch(backend):
                                         np.array([cfg.vocab_size], np.int32), 5))
         r.append(m.forward(toks[:20]))
         outs.append(r)
-    for a, b in zip(*outs):
-        np.testing.assert_array_equal(a, b)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            np.testing.assert_array_equal(a, b)
+    if backend.emu:  # the prefetching path ran, and only with prefetch on
+        before = backend.module.emu_prefetch_count()
+        models[2].forward(toks[:2])
+        assert backend.module.emu_prefetch_count() == before
+        models[1].forward(toks[:2])
+        assert backend.module.emu_prefetch_count() > before
     assert models[1]._engine.set_pdl(False) is False
     np.testing.assert_array_equal(models[1].forward(toks[:20]), outs[0][-1])
 
@@ -783,6 +801,9 @@ def test_moe_gemv_tokens_switches_expert_path(backend):
     a 9-row step on the GEMV) both give the CPU's logits."""
     cfg = tiny_config("tiny")
     cpu, gpu = _pair(backend, cfg, seed=23)
+    # The GEMV hands E2M1's 0.5 to the tensor cores as an fp16 subnormal; the engine probes at
+    # start that they take it (else it keeps every step on the GEMM, and this fails to say so).
+    assert gpu._engine.moe_gemv_available() is True
     toks = _toks(40, 24, cfg.vocab_size)
     nxt = _toks(9, 25, cfg.vocab_size)
     for n in (0, 64):
@@ -1013,7 +1034,7 @@ def test_gpu_benchmark_script_dry_run(tmp_path):
     assert t.returncode == 0, t.stderr
     assert "ERROR" not in t.stdout, t.stdout
     for figure in ("prefill 40", "prefill 72 chunk 512", "prefill 72 bf16 act", "prefill 40 tiles 128x128",
-                   "TFLOP/s", "decode b17 tiles 32x128", "decode b17 experts GEMV", "pdl=on", "qkv+rope unfused", "one-part act", "b1 experts mlp1", "b17 qkv", "p40 experts mlp1", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
+                   "TFLOP/s", "decode b17 tiles 32x128", "decode b17 experts GEMV", "pdl=on", "pdl=on +prefetch", "qkv+rope unfused", "one-part act", "b1 experts mlp1", "b17 qkv", "p40 experts mlp1", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
                    "device memory used", "copy bandwidth"):
         assert figure in t.stdout, (figure, t.stdout)
 

@@ -12,11 +12,13 @@
 // whose pointers are not device memory of the right extent, raw pointer kernel arguments that
 // are not device memory, guard pages around every allocation (an overrun faults), vector loads
 // and stores (float4, uint4, ...) at addresses not aligned to their size (they trap: the emulator
-// is built with -fsanitize=alignment), missing barriers that the thread order (flipped from
-// block to block) exposes, reliance on an order of blocks (they run shuffled), capture rules of CUDA graphs (no synchronisation or allocation while
-// a stream captures), cp.async copies read before their wait (cuda_pipeline.h: they land only
-// at __pipeline_wait_prior), kernels launched with a programmatic dependency (cudaLaunchKernelEx)
-// in which a thread never calls cudaGridDependencySynchronize. A fault names the launch and thread.
+// is built with -fsanitize=alignment), L2 prefetches of ranges outside one device allocation,
+// missing barriers that the thread order (flipped from block to block) exposes, reliance on an
+// order of blocks (they run shuffled), capture rules of CUDA graphs (no synchronisation or
+// allocation while a stream captures), cp.async copies read before their wait (cuda_pipeline.h:
+// they land only at __pipeline_wait_prior), kernels launched with a programmatic dependency
+// (cudaLaunchKernelEx) in which a thread never calls cudaGridDependencySynchronize. A fault
+// names the launch and thread.
 // What it cannot check: timing, register and occupancy limits, memory-model races between
 // blocks (blocks never overlap here), the hardware's own fragment layouts.
 //
@@ -220,6 +222,9 @@ struct Body {
 };
 void launch(const LaunchConfig& c, Body* body);  // takes ownership
 bool is_device_range(const void* p, size_t bytes);
+// prefetch_l2 (common.cuh): faults unless [p, p + bytes) lies in one device allocation.
+void check_prefetch(const void* p, size_t bytes);
+uint64_t prefetch_count();  // ranges checked so far (tests: the prefetching path ran)
 void bad_kernel_argument(const LaunchConfig& c, int index);
 
 template <typename T>
@@ -350,6 +355,10 @@ inline float __int_as_float(int u) { return gptoss_emu::bits_as<float>(u); }
 inline int __float_as_int(float f) { return gptoss_emu::bits_as<int>(f); }
 template <typename T>
 inline T __ldg(const T* p) {
+  return *p;
+}
+template <typename T>
+inline T __ldcg(const T* p) {
   return *p;
 }
 // Fibers switch only at barriers, so a read-modify-write is atomic.

@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -488,6 +489,16 @@ void wmma_misuse(const char* what) {
 }
 
 bool is_device_range(const void* p, size_t bytes) { return in_device(p, bytes); }
+
+std::atomic<uint64_t> g_prefetches{0};
+
+void check_prefetch(const void* p, size_t bytes) {
+  // The device would not fault, but a range outside the allocation prefetches the wrong bytes.
+  if (bytes == 0 || !in_device(p, bytes)) wmma_misuse("prefetch_l2: the range is not inside one device allocation");
+  g_prefetches.fetch_add(1, std::memory_order_relaxed);
+}
+
+uint64_t prefetch_count() { return g_prefetches.load(std::memory_order_relaxed); }
 
 // ---- cp.async (cuda_pipeline.h) ------------------------------------------------------------
 void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill) {

@@ -234,7 +234,7 @@ class Model:
                 kv_dtype=os.environ.get("GPTOSS_KV_DTYPE", "float32"), synthetic_seed=_synthetic_seed,
                 cuda_graphs=os.environ.get("GPTOSS_CUDA_GRAPHS", "1") != "0")
             if os.environ.get("GPTOSS_PDL", "0") == "1":  # programmatic dependent launch (sm_90+), measured option
-                self._engine.set_pdl(True)
+                self._engine.set_pdl(True)  # with the weight kernels' L2 prefetch before they wait
         else:
             self._engine = _core().Engine(
                 cdict, files, _arrays, self.layout, block_size=block_size,
