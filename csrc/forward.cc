@@ -91,11 +91,10 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
     cpu::rope_apply(q, T, Q, c.n_heads, half, cs);
     cpu::rope_apply(k, T, KV, c.n_kv, half, cs);
 
-    const HostBlockPool& pool = sliding ? *win_pool_ : *full_pool_;
     const int64_t li = sliding ? win_layers_[l] : full_layers_[l];
     for (int64_t r = 0; r < T; ++r) {
       SequenceState& s = *row_seq[r];
-      views[r] = {pool.block_ptrs(), sliding ? s.win_table.data() : s.full_table.data(),
+      views[r] = {kv_pool_->block_ptrs(), sliding ? s.win_table.data() : s.full_table.data(),
                   li * 2 * c.n_kv * Bs * D, Bs};
     }
     cpu::kv_store(k, KV, v, KV, T, pos.data(), views.data(), c.n_kv, D);

@@ -158,14 +158,21 @@ void SequenceTable::validate(const std::vector<StepItem>& items) const {
     need_full += nb;
     need_win += std::min(nb, ceil_div(window_ + opt_.window_retain + opt_.max_chunk_tokens, B) + 2);
   }
+  if (full_.max_blocks() == 0) need_full = 0;  // no layers of that kind
+  if (win_.max_blocks() == 0) need_win = 0;
   auto check = [](const BlockPool& p, int64_t need, const char* what) {
-    if (p.max_blocks() > 0 && p.used() + need > p.max_blocks())
-      throw OutOfMemory(std::string("KV cache too small for this step (") + what + " pool: " +
+    if (need > 0 && p.used() + need > p.max_blocks())
+      throw OutOfMemory(std::string("KV cache too small for this step (") + what + ": " +
                         std::to_string(p.used()) + " of " + std::to_string(p.max_blocks()) + " blocks in use, up to " +
                         std::to_string(need) + " more needed); free sequences or raise kv_cache_bytes");
   };
-  check(full_, need_full, "full-attention");
-  check(win_, need_win, "sliding-window");
+  const BlockPool &fc = full_.capacity(), &wc = win_.capacity();
+  if (&fc == &wc) {
+    check(fc, need_full + need_win, "full-attention and sliding-window layers");
+  } else {
+    check(fc, need_full, "full-attention pool");
+    check(wc, need_win, "sliding-window pool");
+  }
 }
 
 int64_t SequenceTable::logits_rows(const std::vector<StepItem>& items) {

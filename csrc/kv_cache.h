@@ -1,8 +1,10 @@
 // Paged KV cache bookkeeping, shared by the CPU and CUDA engines.
 //
-// Two pools of fixed-size blocks, one for the full-attention layers and one for the
-// sliding-window layers: a block holds the K and V of one group of layers for `block_size`
-// consecutive positions. Window layers release blocks once they fall out of the window (plus a
+// Fixed-size blocks for the full-attention layers and for the sliding-window layers: a block
+// holds the K and V of one group of layers for `block_size` consecutive positions. Both groups
+// draw their blocks from one shared pool (two PoolViews; for gpt-oss, whose layers alternate,
+// the blocks are the same size), so the window layers, which keep only the last few hundred
+// positions of a sequence, leave the rest of the budget to long contexts. Window layers release blocks once they fall out of the window (plus a
 // retention margin, so a sequence can be rewound a little, e.g. to reuse a chat prefix). Blocks
 // are reference counted: forking a sequence shares its prefix, and a shared block is copied
 // before it is written (copy-on-write).
@@ -32,14 +34,16 @@ class BlockPool {
   BlockPool(const BlockPool&) = delete;
   BlockPool& operator=(const BlockPool&) = delete;
 
-  int32_t allocate();  // refcount 1; throws OutOfMemory when the cap is reached
-  void retain(int32_t b) { ++refs_[size_t(b)]; }
-  void release(int32_t b);
-  int32_t refcount(int32_t b) const { return refs_[size_t(b)]; }
-  int64_t used() const { return used_; }
-  int64_t allocated() const { return int64_t(refs_.size()); }
+  virtual int32_t allocate();  // refcount 1; throws OutOfMemory when the cap is reached
+  virtual void retain(int32_t b) { ++refs_[size_t(b)]; }
+  virtual void release(int32_t b);
+  virtual int32_t refcount(int32_t b) const { return refs_[size_t(b)]; }
+  virtual int64_t used() const { return used_; }
+  virtual int64_t allocated() const { return int64_t(refs_.size()); }
   int64_t max_blocks() const { return max_blocks_; }
   int64_t block_bytes() const { return block_bytes_; }
+  // The pool whose capacity this one spends: itself, or the shared pool behind a PoolView.
+  virtual const BlockPool& capacity() const { return *this; }
   // Copy the contents of block src into block dst (copy-on-write).
   virtual void copy_block(int32_t src, int32_t dst) = 0;
 
@@ -68,6 +72,35 @@ class HostBlockPool final : public BlockPool {
  private:
   int64_t block_floats_;
   std::vector<float*> ptrs_;
+};
+
+// One group of layers' share of a shared pool: ids, reference counts, capacity and storage are
+// the shared pool's; used() counts the blocks this group holds. in_use false: the model has no
+// layers of this group (max_blocks() 0, as for an unused pool).
+class PoolView final : public BlockPool {
+ public:
+  PoolView(BlockPool& shared, bool in_use)
+      : BlockPool(in_use ? shared.max_blocks() : 0, shared.block_bytes()), shared_(shared) {}
+  int32_t allocate() override {
+    const int32_t b = shared_.allocate();
+    ++mine_;
+    return b;
+  }
+  void retain(int32_t b) override { shared_.retain(b); }
+  void release(int32_t b) override {
+    if (b < 0) return;
+    if (shared_.refcount(b) == 1) --mine_;
+    shared_.release(b);
+  }
+  int32_t refcount(int32_t b) const override { return shared_.refcount(b); }
+  int64_t used() const override { return mine_; }
+  int64_t allocated() const override { return shared_.allocated(); }
+  const BlockPool& capacity() const override { return shared_; }
+  void copy_block(int32_t src, int32_t dst) override { shared_.copy_block(src, dst); }
+
+ private:
+  BlockPool& shared_;
+  int64_t mine_ = 0;
 };
 
 struct SequenceState {
@@ -124,7 +157,8 @@ class SequenceTable {
   void reserve(SequenceState& s, int64_t new_len);
   // Appends a chunk's tokens after its forward pass and releases window blocks now out of reach.
   void commit(const Chunk& ch);
-  // [used, allocated, cap] of the full pool, then of the window pool.
+  // [used, allocated, cap] of the full-attention blocks, then of the window blocks (used: the
+  // group's own blocks; allocated and cap: those of the pool it draws on).
   std::vector<int64_t> stats() const;
   // Smaller chunks from now on (the engine's buffers were sized for the larger one).
   void set_max_chunk_tokens(int64_t n);

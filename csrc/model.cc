@@ -37,11 +37,14 @@ Engine::Engine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::st
     else full_layers_[size_t(l)] = nf++;
   }
   const int64_t per_layer = 2 * cfg_.n_kv * opt_.kv.block_size * cfg_.head_dim;  // floats: K and V
-  const int64_t fb = std::max<int64_t>(1, nf) * per_layer, wb = std::max<int64_t>(1, nw) * per_layer;
-  // The byte budget buys the same number of blocks in each pool (a position needs one of each).
-  const int64_t blocks = std::max<int64_t>(2, opt_.kv_cache_bytes / (4 * (fb + wb)));
-  full_pool_ = std::make_unique<HostBlockPool>(fb, nf ? blocks : 0);
-  win_pool_ = std::make_unique<HostBlockPool>(wb, nw ? blocks : 0);
+  // One pool for both groups, its blocks sized for the larger group (a window block of gpt-oss's
+  // alternating layers is exactly a full one): a long sequence's full-attention blocks can take
+  // nearly all of the budget, its window blocks being released as they fall out of reach.
+  const int64_t block = std::max<int64_t>(1, std::max(nf, nw)) * per_layer;
+  const int64_t blocks = std::max<int64_t>(2, opt_.kv_cache_bytes / (4 * block));
+  kv_pool_ = std::make_unique<HostBlockPool>(block, blocks);
+  full_pool_ = std::make_unique<PoolView>(*kv_pool_, nf > 0);
+  win_pool_ = std::make_unique<PoolView>(*kv_pool_, nw > 0);
   seqs_ = std::make_unique<SequenceTable>(cfg_, opt_.kv, *full_pool_, *win_pool_);
 }
 

@@ -120,7 +120,8 @@ class Engine {
   struct LayerQ8 { cpu::Q8Matrix q, k, v, o; };
   std::vector<LayerQ8> q8_layers_;                 // int8_decode only
   cpu::Q8Matrix q8_unembed_;
-  std::unique_ptr<HostBlockPool> full_pool_, win_pool_;
+  std::unique_ptr<HostBlockPool> kv_pool_;         // both groups of layers draw blocks from it
+  std::unique_ptr<PoolView> full_pool_, win_pool_;
   std::unique_ptr<SequenceTable> seqs_;            // declared after the pools: destroyed first
   std::vector<float> buf_;                         // activations of the current chunk, reused
   mutable std::mutex mu_;

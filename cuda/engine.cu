@@ -106,7 +106,8 @@ struct CudaEngine::Impl {
 
   // KV cache
   std::vector<int64_t> full_layers, win_layers;
-  std::unique_ptr<DevPool> full_pool, win_pool;
+  std::unique_ptr<DevPool> kv_pool;  // both groups of layers draw blocks from it
+  std::unique_ptr<PoolView> full_pool, win_pool;
   std::unique_ptr<SequenceTable> seqs;  // after the pools: destroyed first
   std::mutex mu;                        // serialises the public methods
 
@@ -368,27 +369,25 @@ struct CudaEngine::Impl {
     }
     const size_t eb = opt.kv_bf16 ? 2 : 4;
     const int64_t per_layer = 2 * cfg.n_kv * opt.block_size * cfg.head_dim;
-    const int64_t fb = std::max<int64_t>(1, nf) * per_layer, wb = std::max<int64_t>(1, nw) * per_layer;
+    // One pool for both groups of layers (csrc/kv_cache.h), its blocks sized for the larger one.
+    const int64_t block = std::max<int64_t>(1, std::max(nf, nw)) * per_layer;
     size_t fr = 0, tot = 0;
     CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
     const size_t margin = std::max<size_t>(size_t(512) << 20, tot / 50);  // CUDA context, cuBLAS-free slack
     const size_t avail = fr > margin ? fr - margin : 0;
     size_t budget = avail;
     if (opt.kv_cache_bytes > 0) budget = std::min(budget, size_t(opt.kv_cache_bytes));
-    const size_t pair_bytes = eb * size_t((nf ? fb : 0) + (nw ? wb : 0));
-    const int64_t blocks = std::min<int64_t>(int64_t(budget / pair_bytes), INT32_MAX);  // block ids are int32
+    const size_t block_bytes = eb * size_t(block);
+    const int64_t blocks = std::min<int64_t>(int64_t(budget / block_bytes), INT32_MAX);  // block ids are int32
     if (blocks < 2)
-      throw OutOfMemory("not enough device memory for the KV cache: 2 blocks need " + gib(2.0 * double(pair_bytes)) +
+      throw OutOfMemory("not enough device memory for the KV cache: 2 blocks need " + gib(2.0 * double(block_bytes)) +
                         ", " + gib(double(avail)) + " usable (" + gib(double(fr)) + " free of " + gib(double(tot)) +
                         (opt.kv_cache_bytes > 0 ? ", kv_cache_bytes cap " + gib(double(opt.kv_cache_bytes)) : std::string()) +
                         "); free another model's memory or lower max_chunk_tokens");
-    auto setup = [&](int64_t n_layers_kind, int64_t elems, const char* what) {
-      const int64_t nb = n_layers_kind ? blocks : 0;
-      char* base = nb ? alloc<char>(nb * elems * int64_t(eb), what, &kv_bytes) : nullptr;
-      return std::make_unique<DevPool>(nb, elems, eb, base, stream);
-    };
-    full_pool = setup(nf, fb, "the KV cache (full-attention layers)");
-    win_pool = setup(nw, wb, "the KV cache (sliding-window layers)");
+    char* base = alloc<char>(blocks * block * int64_t(eb), "the KV cache", &kv_bytes);
+    kv_pool = std::make_unique<DevPool>(blocks, block, eb, base, stream);
+    full_pool = std::make_unique<PoolView>(*kv_pool, nf > 0);
+    win_pool = std::make_unique<PoolView>(*kv_pool, nw > 0);
     KVOptions ko;
     ko.block_size = opt.block_size;
     ko.window_retain = opt.window_retain;
@@ -791,10 +790,9 @@ struct CudaEngine::Impl {
       const bool sliding = c.sliding[size_t(l)];
       const bool sp = opt.tc_split;
       const int gt = opt.gemm_tiles;
-      const DevPool& pool = sliding ? *win_pool : *full_pool;
       KVView kv;
-      kv.pool = pool.base;
-      kv.block_elems = pool.block_elems;
+      kv.pool = kv_pool->base;
+      kv.block_elems = kv_pool->block_elems;
       kv.layer_offset = (sliding ? win_layers[size_t(l)] : full_layers[size_t(l)]) * 2 * c.n_kv * B * D;
       kv.block_size = int(B);
       kv.n_kv = int(c.n_kv);
@@ -1024,15 +1022,17 @@ std::map<std::string, double> CudaEngine::memory_plan(ModelConfig cfg, CudaEngin
   const ModelConfig& c = im.cfg;
   int64_t nf = 0;
   for (int64_t l = 0; l < c.n_layers; ++l) nf += c.sliding[size_t(l)] ? 0 : 1;
+  const int64_t nw = c.n_layers - nf;
   const double eb = opt.kv_bf16 ? 2.0 : 4.0, per_layer_token = 2.0 * double(c.n_kv * c.head_dim) * eb;
-  // Window layers keep at most window + window_retain + one chunk of positions per sequence.
+  // Both groups take blocks of max(nf, nw) layers from one pool (alloc_kv): a token of context
+  // costs a full-attention block's share; a sequence's window layers hold at most window +
+  // window_retain + one chunk of positions besides.
+  const double group = double(std::max<int64_t>(1, std::max(nf, nw))) * per_layer_token;
   const double win_tokens = double(c.window + opt.window_retain + opt.max_chunk_tokens + 2 * opt.block_size);
-  // The pools grow in step (alloc_kv): every full-attention block comes with a window block, so a
-  // token of capacity costs every layer's K and V (the window pool can never run out first).
   return {{"weights", double(im.weight_bytes)},
           {"workspace", double(im.work_bytes)},
-          {"kv_bytes_per_token", double(c.n_layers) * per_layer_token},
-          {"kv_bytes_per_sequence_window", double(c.n_layers - nf) * per_layer_token * win_tokens}};
+          {"kv_bytes_per_token", nf ? group : 0.0},
+          {"kv_bytes_per_sequence_window", nw ? group * win_tokens : 0.0}};
 }
 
 // A launch option changes between steps: the stream drains, and the captured graphs (which keep

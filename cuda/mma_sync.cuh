@@ -95,4 +95,52 @@ __device__ __forceinline__ void e2m1x8_to_half2(uint32_t v, uint32_t (&h)[4]) {
   h[3] = ((v >> 3) & 0x0E000E00u) | (v & 0x80008000u);
 }
 
+// Four 8x8 matrices of 16-bit elements from shared memory, for mma operands: lanes 8j .. 8j+7
+// give the addresses of matrix j's 8 rows (16 bytes each, 16-byte aligned); lane l gets row l / 4,
+// elements 2 (l % 4) and 2 (l % 4) + 1 of matrix j in r[j]. Every lane calls it, converged.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+#if !defined(__CUDACC__)
+  gptoss_emu::ldmatrix_x4(r, row);
+#else
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+#endif
+}
+
+// bf16x2 a * b, rounded to nearest even (an fma with -0, so a zero product keeps its sign).
+__device__ __forceinline__ uint32_t mul_bf16x2(uint32_t a, uint32_t b) {
+#if !defined(__CUDACC__)
+  auto f = [](uint32_t v, int half) { return __uint_as_float(((v >> (16 * half)) & 0xffffu) << 16); };
+  return pack_bf16x2(f(a, 0) * f(b, 0), f(a, 1) * f(b, 1));  // bf16 products are exact in fp32
+#else
+  uint32_t r;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+  return r;
+#endif
+}
+
+// MXFP4 word -> bf16 pairs times 2^(s-127): out[j] = (element 8w+2j, 8w+2j+1), byte j of v (low
+// nibble first). For 2 <= s every product is a normal bf16, so this is exact. Two byte permutes
+// look each pair's magnitudes up in 8-entry tables (a bf16's low bytes, then its high bytes:
+// the magnitude code c selects a byte), one multiply moves the two signs to bits 15 and 31,
+// and one bf16x2 multiply applies the scale (scale2: the scale's bf16 in both halves).
+// ~10 instructions per pair where converting through float takes ~25.
+__device__ __forceinline__ void e2m1x8_to_bf16x2(uint32_t v, uint32_t scale2, uint32_t (&out)[4]) {
+  // bf16 of 0, .5, 1, 1.5, 2, 3, 4, 6: low bytes 00 00 80 c0 00 40 80 c0, high 00 3f 3f 3f 40 40 40 40
+  constexpr uint32_t kLo0 = 0xc0800000u, kLo1 = 0xc0804000u, kHi0 = 0x3f3f3f00u, kHi1 = 0x40404040u;
+  const uint32_t mag = v & 0x77777777u, sgn = v & 0x88888888u;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t b = __byte_perm(mag, 0u, 0x4440u | uint32_t(j));  // c0 | c1 << 4
+    // Selector nibbles 0 and 2 (low bytes) or 1 and 3 (high bytes) are c0 and c1; the others
+    // pick bytes the masks below drop.
+    const uint32_t lo = __byte_perm(kLo0, kLo1, b * 0x11u), hi = __byte_perm(kHi0, kHi1, b * 0x110u);
+    const uint32_t s = __byte_perm(sgn, 0u, 0x4440u | uint32_t(j)) * 0x01001000u;  // bits 3, 7 -> 15, 31
+    out[j] = mul_bf16x2((lo & 0x00ff00ffu) | (hi & 0xff00ff00u) | (s & 0x80008000u), scale2);
+  }
+}
+
 }  // namespace gptoss::cuda

@@ -2,24 +2,27 @@
 // weights dequantized to bf16 in shared memory): Y[m, n] = sum_k X[row(m), k] * W[n, k].
 //
 // Block tiles of BM (rows) x BN (outputs) x 32 (k), warps of (BM / WARPS_M) x (BN / WARPS_N)
-// (wmma 16x16x16 bf16, fp32 accumulation, sm_80+). The weights stream through a ring of k-steps
-// in shared memory filled by cp.async (RING - 1 steps in flight per thread: enough bytes in the
-// air for the memory-bound shapes, few rows per tile); each thread copies and later converts its
+// (bf16 mma.sync m16n8k16 on ldmatrix fragments, fp32 accumulation, sm_80+). The weights
+// stream through a ring of k-steps in shared memory filled by cp.async (RING - 1 steps in
+// flight per thread: enough bytes in the air for the memory-bound shapes, few rows per tile);
+// each thread copies and later converts its
 // own piece, so the ring needs no barrier. Activations (small, mostly in L2) are loaded into
 // registers one step ahead. Both are converted into one of two bf16 stages that the MMAs read
 // (one barrier per k-step).
 // Activations are fp32: with `split` each is x = hi + lo, hi = bf16(x), lo = bf16(x - hi), and
 // both halves are multiplied by the (exactly bf16) weights, so the product keeps ~16 mantissa
 // bits of x and matches the fp32 CPU engine to ~1e-5 relative (plain bf16 activations give
-// ~4e-3 and flip near-tied router decisions). The epilogue goes through shared memory (fused
+// ~4e-3 and flip near-tied router decisions). MXFP4 weights become bf16 through byte-permute
+// tables and a bf16x2 scale multiply (e2m1x8_to_bf16x2), exact for scales >= 2; smaller scales
+// (subnormal products) take the float path. The epilogue goes through shared memory (fused
 // bias, residual add, SwiGLU, routing-weight scaling).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_pipeline.h>
-#include <mma.h>
 
 #include "common.cuh"
+#include "mma_sync.cuh"
 
 namespace gptoss::cuda {
 
@@ -116,7 +119,6 @@ template <class C, int BMODE, int EPI>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcArgs a) {
   if (a.pre && EPI != TCE_SWIGLU) tc_prefetch<C::BN, BMODE>(a, C::kThreads);
   grid_dependency_wait();
-  using namespace nvcuda;
   extern __shared__ __align__(128) uint8_t smem_raw[];
   __shared__ int32_t s_row[C::BM];  // source row of X for each tile row (-1: none)
   constexpr int BM = C::BM, BN = C::BN;
@@ -145,11 +147,8 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcA
   }
   __syncthreads();
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[C::FM][C::FN];
-#pragma unroll
-  for (int i = 0; i < C::FM; ++i)
-#pragma unroll
-    for (int j = 0; j < C::FN; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+  // Accumulators: 16 x 16 tile (i, j) of the warp as two m16n8 halves (mma_sync.cuh's layout).
+  float acc[C::FM][C::FN][2][4] = {};
 
   const int wm = warp / (BN / C::WTN), wn = warp % (BN / C::WTN);
   // Loaders: A row ar, floats [ac, ac + A_PER) of the k-step; B row br, weights [bc, bc + B_PER).
@@ -162,7 +161,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcA
 
   constexpr int RING = C::ring(BMODE), RB = C::ring_bytes(BMODE);
   float ra[C::A_PER];  // activations of the next step
-  float rsc = 0.f;     // MXFP4 scale of the next step
+  uint32_t rs = 0;     // MXFP4 scale byte of the next step
   uint8_t* ring = smem_raw + 2 * C::kStage * 2 + size_t(tid) * RB;  // this thread's slot 0
   auto slot = [&](int step) { return ring + size_t(step % RING) * C::kThreads * RB; };
 
@@ -205,7 +204,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcA
 #pragma unroll
       for (int i = 0; i < C::A_PER; ++i) ra[i] = 0.f;
     }
-    if (BMODE == TCB_MXFP4 && wok) rsc = e8m0_to_float(a.scales[(int64_t(e) * a.N + wrow) * nb + k0 / 32]);
+    if (BMODE == TCB_MXFP4 && wok) rs = a.scales[(int64_t(e) * a.N + wrow) * nb + k0 / 32];
   };
 
   auto stage = [&](int s) {  // bf16 views of stage s
@@ -236,12 +235,24 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcA
       } else {
         q[0] = *reinterpret_cast<const uint32_t*>(raw);
       }
+      if (wok && rs >= 2) {  // every product a normal bf16: byte permutes and a bf16x2 multiply
 #pragma unroll
-      for (int j = 0; j < RB; ++j) {  // byte j: weights 2j (low nibble), 2j + 1
-        const uint32_t byte = (q[j / 4] >> (8 * (j % 4))) & 0xffu;
-        dst[j] = wok ? uint32_t(float_to_bf16_bits(e2m1_to_float(byte & 15u) * rsc)) |
-                           (uint32_t(float_to_bf16_bits(e2m1_to_float(byte >> 4) * rsc)) << 16)
-                     : 0u;
+        for (int w = 0; w < (RB + 3) / 4; ++w) {
+          uint32_t o[4];
+          e2m1x8_to_bf16x2(q[w], rs * 0x00800080u, o);  // 2^(s-127) in bf16 is s << 7
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (4 * w + j < RB) dst[4 * w + j] = o[j];
+        }
+      } else {  // s = 0 or 1 (bf16 subnormals), or a row past N
+        const float rsc = e8m0_to_float(rs);
+#pragma unroll
+        for (int j = 0; j < RB; ++j) {  // byte j: weights 2j (low nibble), 2j + 1
+          const uint32_t byte = (q[j / 4] >> (8 * (j % 4))) & 0xffu;
+          dst[j] = wok ? uint32_t(float_to_bf16_bits(e2m1_to_float(byte & 15u) * rsc)) |
+                             (uint32_t(float_to_bf16_bits(e2m1_to_float(byte >> 4) * rsc)) << 16)
+                       : 0u;
+        }
       }
     } else {
 #pragma unroll
@@ -253,23 +264,36 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcA
     const __nv_bfloat16* As_hi = stage(s);
     const __nv_bfloat16* As_lo = As_hi + BM * kLDS;
     const __nv_bfloat16* Bs = As_lo + BM * kLDS;
+    // ldmatrix rows of this lane. A 16 x 16 tile as (rows 0-7, k 0-7), (rows 8-15, k 0-7),
+    // (rows 0-7, k 8-15), (rows 8-15, k 8-15): the A fragment's a[0..3]. B (stored n-major, k
+    // contiguous) as (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15): the B
+    // fragments of the two n-halves.
+    const int lane = tid & 31;
+    const int arow = (lane & 7) + ((lane >> 3) & 1) * 8, acol = (lane >> 4) * 8;
+    const int brow = (lane & 7) + (lane >> 4) * 8, bcol = ((lane >> 3) & 1) * 8;
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b[C::FN];
+      uint32_t b[C::FN][4];
 #pragma unroll
-      for (int j = 0; j < C::FN; ++j)
-        wmma::load_matrix_sync(b[j], Bs + (wn * C::WTN + j * 16) * kLDS + kk, kLDS);
+      for (int j = 0; j < C::FN; ++j) ldmatrix_x4(b[j], Bs + (wn * C::WTN + j * 16 + brow) * kLDS + kk + bcol);
 #pragma unroll
       for (int i = 0; i < C::FM; ++i) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> ah, al;
-        wmma::load_matrix_sync(ah, As_hi + (wm * C::WTM + i * 16) * kLDS + kk, kLDS);
+        const int at = (wm * C::WTM + i * 16 + arow) * kLDS + kk + acol;
+        uint32_t ah[4], al[4];
+        ldmatrix_x4(ah, As_hi + at);
         if (a.split) {
-          wmma::load_matrix_sync(al, As_lo + (wm * C::WTM + i * 16) * kLDS + kk, kLDS);
+          ldmatrix_x4(al, As_lo + at);
 #pragma unroll
-          for (int j = 0; j < C::FN; ++j) wmma::mma_sync(acc[i][j], al, b[j], acc[i][j]);
+          for (int j = 0; j < C::FN; ++j) {
+            mma_bf16_16816(acc[i][j][0], al, {b[j][0], b[j][1]});
+            mma_bf16_16816(acc[i][j][1], al, {b[j][2], b[j][3]});
+          }
         }
 #pragma unroll
-        for (int j = 0; j < C::FN; ++j) wmma::mma_sync(acc[i][j], ah, b[j], acc[i][j]);
+        for (int j = 0; j < C::FN; ++j) {
+          mma_bf16_16816(acc[i][j][0], ah, {b[j][0], b[j][1]});
+          mma_bf16_16816(acc[i][j][1], ah, {b[j][2], b[j][3]});
+        }
       }
     }
   };
@@ -303,12 +327,19 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcA
 
   float* Cs = reinterpret_cast<float*>(smem_raw);  // the stages are free after the last barrier
   constexpr int LDC = C::kLDC;
+  {
+    const int g = (tid & 31) >> 2, q = tid & 3;
 #pragma unroll
-  for (int i = 0; i < C::FM; ++i)
+    for (int i = 0; i < C::FM; ++i)
 #pragma unroll
-    for (int j = 0; j < C::FN; ++j)
-      wmma::store_matrix_sync(Cs + (wm * C::WTM + i * 16) * LDC + wn * C::WTN + j * 16, acc[i][j], LDC,
-                              wmma::mem_row_major);
+      for (int j = 0; j < C::FN; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float* c = Cs + (wm * C::WTM + i * 16 + g) * LDC + wn * C::WTN + j * 16 + h * 8 + 2 * q;
+          *reinterpret_cast<float2*>(c) = make_float2(acc[i][j][h][0], acc[i][j][h][1]);
+          *reinterpret_cast<float2*>(c + 8 * LDC) = make_float2(acc[i][j][h][2], acc[i][j][h][3]);
+        }
+  }
   __syncthreads();
 
   if (EPI == TCE_SWIGLU) {

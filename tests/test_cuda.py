@@ -384,6 +384,26 @@ def test_matmul_mxfp4_extreme_scales(backend):
         assert_rel(backend.kernels.matmul_mxfp4(x, blocks, scales, None, tc), ck.matmul_mxfp4(x, blocks, scales), 5e-5)
 
 
+@cuda_test
+def test_matmul_mxfp4_dequantizes_exactly(backend):
+    """The tensor-core GEMM's MXFP4 -> bf16 decode (byte-permute tables and a bf16x2 scale
+    multiply for scales >= 2): times the identity, every byte value under a spread of scales
+    comes out exactly as the CPU dequantizes it."""
+    rng = np.random.default_rng(5)
+    blocks = np.concatenate([np.arange(256, dtype=np.uint8)] * 2)
+    rng.shuffle(blocks)
+    blocks = blocks.reshape(16, 2, 16)
+    scales = np.array([0, 1, 2, 3, 60, 100, 126, 127, 128, 129, 150, 200, 240, 250, 251, 252] * 2, np.uint8)
+    scales = scales[rng.permutation(32)].reshape(16, 2)
+    eye = np.eye(64, dtype=np.float32)  # 64 rows: the tensor-core path
+    got = backend.kernels.matmul_mxfp4(eye, blocks, scales, None, True)
+    want = ck.matmul_mxfp4(eye, blocks, scales)
+    normal = np.repeat(scales >= 2, 32, axis=1).T  # [k, n]: products that are normal bf16 numbers
+    np.testing.assert_array_equal(got[normal], want[normal])
+    np.testing.assert_allclose(got[~normal], want[~normal], rtol=0, atol=1e-37)  # subnormals may flush
+    assert np.isfinite(want).all() and np.abs(want).max() > 1e38
+
+
 # ------------------------------------------------------------------------ router + MoE
 @cuda_test
 @pytest.mark.parametrize("T,H,E,k", [(1, 2880, 32, 4), (7, 2880, 128, 4), (5, 64, 4, 2), (3, 96, 5, 3), (2, 40, 8, 8),
@@ -563,6 +583,26 @@ def _pair(backend, cfg, seed=0, **kw):
     arrays = dict(synthetic_tensors(cfg, seed=seed, layout="hf"))
     gpu = gptoss.Model("<synthetic>", device=backend.device, _config=cfg, _arrays=arrays, **kw)
     return cpu, gpu
+
+
+@cuda_test
+def test_window_layers_share_the_kv_budget(backend):
+    """The device KV cache is one pool for both groups of layers, as on the CPU: a sequence that
+    needs 32 full-attention blocks fits a 40-block budget, matches the CPU, and the cap holds."""
+    block = 2 * 2 * 4 * 64 * 4  # one layer's K and V for 4 positions (tiny: 2 KV heads, head_dim 64)
+    cfg = tiny_config("tiny")
+    cpu, gpu = _pair(backend, cfg, seed=6, block_size=4, window_retain=0, max_chunk_tokens=8,
+                     kv_cache_bytes=40 * block)
+    toks = _toks(128, 6, cfg.vocab_size)
+    sg, sc = gpu.new_sequence(), cpu.new_sequence()
+    for i in range(0, len(toks), 8):
+        sg.prefill(toks[i:i + 8])
+        sc.prefill(toks[i:i + 8])
+    assert gpu.kv_cache_stats() == cpu.kv_cache_stats()
+    assert gpu.kv_cache_stats()["full_blocks_max"] == 40
+    assert_rel(sg.decode(3), sc.decode(3), E2E_REL, "129 tokens in a 40-block budget")
+    with pytest.raises(MemoryError, match="KV cache"):
+        sg.prefill(_toks(24, 7, cfg.vocab_size))
 
 
 @cuda_test
@@ -964,8 +1004,12 @@ def test_models_fit_the_promised_gpus():
         free_for_kv = gpu_bytes - plan["weights"] - plan["workspace"] - context - margin
         tokens = free_for_kv / plan["kv_bytes_per_token"]
         assert tokens >= want_tokens, (name, plan, tokens)
-        kv_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
+        # A token of context costs the full-attention layers' K and V (half the layers: the window
+        # layers take their blocks from the same pool and keep only the last few hundred positions).
+        kv_token = cfg.num_hidden_layers // 2 * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
         assert plan["kv_bytes_per_token"] == kv_token
+        win = cfg.sliding_window + 256 + 2048 + 2 * 16  # window + retain + one chunk + 2 blocks
+        assert plan["kv_bytes_per_sequence_window"] == kv_token * win
         # bf16 KV halves the per-token cost.
         assert cuda_memory_plan(name, kv_dtype="bfloat16")["kv_bytes_per_token"] * 2 == plan["kv_bytes_per_token"]
 

@@ -123,6 +123,28 @@ def test_window_layers_release_blocks():
     assert st["full_blocks_used"] == 0 and st["window_blocks_used"] == 0
 
 
+def test_window_layers_share_the_kv_budget():
+    # Both groups of layers draw blocks from one budget: a long sequence's full-attention layer
+    # can use nearly all of it, its window layer keeping only the last few positions. (Two pools
+    # of 20 blocks each, as before, would stop this sequence at 80 tokens.)
+    block = 2 * 2 * 4 * 64 * 4  # K and V, 2 KV heads, 4 positions, head_dim 64, fp32: one layer
+    kw = dict(seed=6, block_size=4, window_retain=0, max_chunk_tokens=8)
+    toks = _toks(128, 6)
+    want = gptoss.Model.synthetic("tiny", **kw).forward(toks + [3])[-1]
+    m = gptoss.Model.synthetic("tiny", kv_cache_bytes=40 * block, **kw)
+    s = m.new_sequence()
+    for i in range(0, len(toks), 8):
+        s.prefill(toks[i:i + 8])
+    st = m.kv_cache_stats()
+    assert st["full_blocks_used"] == 32 and st["full_blocks_max"] == st["window_blocks_max"] == 40
+    assert st["window_blocks_used"] <= 3
+    np.testing.assert_allclose(s.decode(3), want, **TOL)
+    # The budget is still a cap, for both groups together.
+    with pytest.raises(MemoryError, match="KV cache"):
+        s.prefill(_toks(24, 7))
+    assert len(s) == 129
+
+
 def test_sequences_are_freed_when_collected():
     m = gptoss.Model.synthetic("tiny", seed=2)
     for _ in range(3):

@@ -361,6 +361,13 @@ template <typename T>
 inline T __ldcg(const T* p) {
   return *p;
 }
+// Byte j of the result is byte (s >> 4j) & 7 of y:x (x the low four bytes).
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const unsigned long long v = (unsigned long long)(x) | ((unsigned long long)(y) << 32);
+  unsigned r = 0;
+  for (int j = 0; j < 4; ++j) r |= unsigned((v >> (8 * ((s >> (4 * j)) & 7u))) & 0xffu) << (8 * j);
+  return r;
+}
 // Fibers switch only at barriers, so a read-modify-write is atomic.
 template <typename T>
 inline T atomicAdd(T* p, T v) {

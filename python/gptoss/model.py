@@ -409,9 +409,9 @@ def cuda_memory_plan(config: Union[str, ModelConfig], max_chunk_tokens: int = 20
                      window_retain: int = 256, kv_dtype: str = "float32") -> dict[str, float]:
     """Device memory in bytes that `Model(..., device="cuda")` takes for a preset name or config,
     computed without a GPU (the CUDA engine's own allocation code, counting only): ``weights``,
-    ``workspace`` (activations, logits, ...), ``kv_bytes_per_token`` (per token of KV capacity: the
-    full-attention and window pools grow in step) and ``kv_bytes_per_sequence_window`` (the most
-    a sequence's window layers hold)."""
+    ``workspace`` (activations, logits, ...), ``kv_bytes_per_token`` (per token of context: the
+    full-attention layers' K and V) and ``kv_bytes_per_sequence_window`` (the most a sequence's
+    window layers hold besides; both groups of layers draw from one KV budget)."""
     cfg = preset(config) if isinstance(config, str) else config
     core = _core()
     backend = core if hasattr(core, "cuda_memory_plan") else getattr(core, "cuda_emu", None)
