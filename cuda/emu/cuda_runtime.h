@@ -8,7 +8,7 @@
 // a function-local static.
 // What it checks beyond running the code: launch limits (block <= 1024 threads, grid y/z <=
 // 65535, dynamic shared memory <= 48 KiB unless raised by cudaFuncSetAttribute, 227 KiB at
-// most), barriers that not every live thread reaches (deadlock), wmma pointer alignment, copies
+// most), barriers that not every live thread reaches (deadlock), ldmatrix row alignment, copies
 // whose pointers are not device memory of the right extent, raw pointer kernel arguments that
 // are not device memory, guard pages around every allocation (an overrun faults), vector loads
 // and stores (float4, uint4, ...) at addresses not aligned to their size (they trap: the emulator
@@ -222,6 +222,9 @@ struct Body {
 };
 void launch(const LaunchConfig& c, Body* body);  // takes ownership
 bool is_device_range(const void* p, size_t bytes);
+// A device-side fault (a misaligned or misplaced access the hardware would trap): the launch
+// fails with `what`, the calling block is abandoned.
+[[noreturn]] void device_fault(const char* what);
 // prefetch_l2 (common.cuh): faults unless [p, p + bytes) lies in one device allocation.
 void check_prefetch(const void* p, size_t bytes);
 uint64_t prefetch_count();  // ranges checked so far (tests: the prefetching path ran)

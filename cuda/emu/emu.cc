@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "cuda_runtime.h"
-#include "mma.h"
 
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -481,7 +480,7 @@ void warp_gather(uint64_t bits, uint64_t* out) {
   for (int i = 0; i < 32; ++i) out[i] = i < lanes ? slot[i] : 0;
 }
 
-void wmma_misuse(const char* what) {
+void device_fault(const char* what) {
   // The device faults with a misaligned address: the launch fails, this block is abandoned.
   g_run.fault = what;
   to_scheduler();
@@ -494,7 +493,7 @@ std::atomic<uint64_t> g_prefetches{0};
 
 void check_prefetch(const void* p, size_t bytes) {
   // The device would not fault, but a range outside the allocation prefetches the wrong bytes.
-  if (bytes == 0 || !in_device(p, bytes)) wmma_misuse("prefetch_l2: the range is not inside one device allocation");
+  if (bytes == 0 || !in_device(p, bytes)) device_fault("prefetch_l2: the range is not inside one device allocation");
   g_prefetches.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -502,13 +501,13 @@ uint64_t prefetch_count() { return g_prefetches.load(std::memory_order_relaxed);
 
 // ---- cp.async (cuda_pipeline.h) ------------------------------------------------------------
 void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill) {
-  if (size != 4 && size != 8 && size != 16) wmma_misuse("__pipeline_memcpy_async: size must be 4, 8 or 16");
-  if (zfill > size) wmma_misuse("__pipeline_memcpy_async: zfill larger than the size");
+  if (size != 4 && size != 8 && size != 16) device_fault("__pipeline_memcpy_async: size must be 4, 8 or 16");
+  if (zfill > size) device_fault("__pipeline_memcpy_async: zfill larger than the size");
   if ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & (size - 1))
-    wmma_misuse("__pipeline_memcpy_async: source or destination not aligned to the copy size");
+    device_fault("__pipeline_memcpy_async: source or destination not aligned to the copy size");
   if (zfill < size && !in_device(src, size - zfill))
-    wmma_misuse("__pipeline_memcpy_async: the source is not device memory");
-  if (in_device(dst, size)) wmma_misuse("__pipeline_memcpy_async: the destination is not shared memory");
+    device_fault("__pipeline_memcpy_async: the source is not device memory");
+  if (in_device(dst, size)) device_fault("__pipeline_memcpy_async: the destination is not shared memory");
   g_cur->async_open.push_back(AsyncCopy{static_cast<char*>(dst), static_cast<const char*>(src), size, zfill});
 }
 

@@ -69,14 +69,12 @@ inline void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b) {
   }
 }
 
-void wmma_misuse(const char* what);  // emu.cc: faults the block
-
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16: lanes 8j .. 8j+7 give the row addresses of matrix j
 // (8 rows of 16 bytes in shared memory); lane l receives row l / 4, bytes 4 (l % 4) .. +3 of
 // each matrix j in r[j].
 inline void ldmatrix_x4(uint32_t* r, const void* row) {
-  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) wmma_misuse("ldmatrix: a row address is not 16-byte aligned");
-  if (is_device_range(row, 16)) wmma_misuse("ldmatrix: a row address is not shared memory");
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) device_fault("ldmatrix: a row address is not 16-byte aligned");
+  if (is_device_range(row, 16)) device_fault("ldmatrix: a row address is not shared memory");
   uint64_t all[32];
   warp_gather(uint64_t(reinterpret_cast<uintptr_t>(row)), all);
   const int lane = lane_id();
