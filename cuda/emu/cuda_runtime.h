@@ -204,6 +204,9 @@ void syncthreads();
 uint64_t warp_exchange(uint64_t bits, int src_lane);
 // Every live lane of the calling warp deposits `bits`; out[i] = lane i's (0 past the warp's end).
 void warp_gather(uint64_t bits, uint64_t* out);
+// The same for n <= kGatherWords words a lane: out[32 * n], lane i's words at out[i * n].
+constexpr int kGatherWords = 3;
+void warp_gather_n(const uint64_t* words, int n, uint64_t* out);
 int lane_id();
 
 struct LaunchConfig {

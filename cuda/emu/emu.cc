@@ -146,7 +146,7 @@ struct BlockRun {
   int n = 0;
   Barrier block_bar;
   std::vector<Barrier> warp_bar;
-  std::vector<uint64_t> slots;  // [2][warps][32]
+  std::vector<uint64_t> slots;  // [2][warps][32][kGatherWords]
   unsigned launch = 0;  // kernels executed so far
   const char* fault = nullptr;  // a thread's fatal error (the block is abandoned)
 };
@@ -318,7 +318,7 @@ bool run_block() {
   g_run.block_bar = Barrier{0, n, 0};
   g_run.warp_bar.assign(size_t(warps), Barrier{});
   for (int w = 0; w < warps; ++w) g_run.warp_bar[size_t(w)].live = std::min(32, n - 32 * w);
-  g_run.slots.assign(size_t(2 * warps * 32), 0);
+  g_run.slots.assign(size_t(2 * warps * 32 * kGatherWords), 0);
   const dim3 bd = g_run.bdim;
   for (int i = 0; i < n; ++i) {
     Fiber& f = g_fibers[i];
@@ -469,15 +469,19 @@ uint64_t warp_exchange(uint64_t bits, int src) {
   return (src >= 0 && src < lanes) ? all[src] : bits;
 }
 
-void warp_gather(uint64_t bits, uint64_t* out) {
+void warp_gather(uint64_t bits, uint64_t* out) { warp_gather_n(&bits, 1, out); }
+
+// One warp barrier for up to kGatherWords words a lane (the mma emulation gathers three).
+void warp_gather_n(const uint64_t* words, int n, uint64_t* out) {
   Fiber* f = g_cur;
   Barrier& b = g_run.warp_bar[size_t(f->warp)];
   const size_t par = f->shfl_count++ & 1u;
-  uint64_t* slot = g_run.slots.data() + (par * g_run.warp_bar.size() + size_t(f->warp)) * 32;
-  slot[f->lane] = bits;
+  uint64_t* slot = g_run.slots.data() + (par * g_run.warp_bar.size() + size_t(f->warp)) * 32 * kGatherWords;
+  for (int w = 0; w < n; ++w) slot[size_t(f->lane) * kGatherWords + size_t(w)] = words[w];
   arrive(b);
   const int lanes = std::min(32, g_run.n - 32 * f->warp);
-  for (int i = 0; i < 32; ++i) out[i] = i < lanes ? slot[i] : 0;
+  for (int i = 0; i < 32; ++i)
+    for (int w = 0; w < n; ++w) out[i * n + w] = i < lanes ? slot[size_t(i) * kGatherWords + size_t(w)] : 0;
 }
 
 void device_fault(const char* what) {

@@ -47,10 +47,15 @@ inline float bf16_bits_to_float_emu(uint32_t h) { return __uint_as_float(h << 16
 // (the lower index of each pair in bits 0-15).
 template <bool BF16>
 inline void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b) {
-  uint64_t a01[32], a23[32], bb[32];
-  warp_gather(uint64_t(a[0]) | (uint64_t(a[1]) << 32), a01);
-  warp_gather(uint64_t(a[2]) | (uint64_t(a[3]) << 32), a23);
-  warp_gather(uint64_t(b[0]) | (uint64_t(b[1]) << 32), bb);
+  const uint64_t mine[3] = {uint64_t(a[0]) | (uint64_t(a[1]) << 32), uint64_t(a[2]) | (uint64_t(a[3]) << 32),
+                            uint64_t(b[0]) | (uint64_t(b[1]) << 32)};
+  uint64_t all[96], a01[32], a23[32], bb[32];
+  warp_gather_n(mine, 3, all);  // one warp barrier, as the instruction is
+  for (int i = 0; i < 32; ++i) {
+    a01[i] = all[3 * i];
+    a23[i] = all[3 * i + 1];
+    bb[i] = all[3 * i + 2];
+  }
   auto half_of = [](uint64_t v, int reg, int k) {
     const uint32_t h = uint32_t(v >> (32 * reg + 16 * (k & 1))) & 0xffffu;
     return BF16 ? bf16_bits_to_float_emu(h) : half_bits_to_float(h);
