@@ -48,7 +48,7 @@ struct TcTile {
     return main > epi ? main : epi;
   }
   static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile: whole 16x16 fragments");
-  static_assert(kThreads % BM == 0 && A_PER % 4 == 0 && A_PER * A_TPR == kBK, "A loader: float4 pieces");
+  static_assert(kThreads % BM == 0 && A_PER % 8 == 0 && A_PER * A_TPR == kBK, "A loader: float4 loads, 16-byte bf16 stores");
   static_assert(kThreads % BN == 0 && B_PER % 8 == 0 && B_PER * B_TPR == kBK, "B loader: uint4 / 4-byte pieces");
 };
 
@@ -216,11 +216,18 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcA
     __nv_bfloat16* As_hi = stage(s);
     __nv_bfloat16* As_lo = As_hi + BM * kLDS;
     uint16_t* Bs = reinterpret_cast<uint16_t*>(As_lo + BM * kLDS);
+    // hi = bf16(x), lo = bf16(x - hi), packed in pairs and stored 8 at a time (16-byte stores).
 #pragma unroll
-    for (int i = 0; i < C::A_PER; ++i) {
-      const __nv_bfloat16 hi = __float2bfloat16_rn(ra[i]);
-      As_hi[ar * kLDS + ac + i] = hi;
-      if (a.split) As_lo[ar * kLDS + ac + i] = __float2bfloat16_rn(ra[i] - __bfloat162float(hi));
+    for (int i = 0; i < C::A_PER; i += 8) {
+      uint32_t h[4], l[4];
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        const float x0 = ra[i + 2 * p], x1 = ra[i + 2 * p + 1];
+        h[p] = pack_bf16x2(x0, x1);
+        l[p] = pack_bf16x2(x0 - __uint_as_float(h[p] << 16), x1 - __uint_as_float(h[p] & 0xffff0000u));
+      }
+      *reinterpret_cast<uint4*>(As_hi + ar * kLDS + ac + i) = make_uint4(h[0], h[1], h[2], h[3]);
+      if (a.split) *reinterpret_cast<uint4*>(As_lo + ar * kLDS + ac + i) = make_uint4(l[0], l[1], l[2], l[3]);
     }
     uint32_t* dst = reinterpret_cast<uint32_t*>(Bs + br * kLDS + bc);
     const uint8_t* raw = slot(step);
