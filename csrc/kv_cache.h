@@ -4,10 +4,11 @@
 // holds the K and V of one group of layers for `block_size` consecutive positions. Both groups
 // draw their blocks from one shared pool (two PoolViews; for gpt-oss, whose layers alternate,
 // the blocks are the same size), so the window layers, which keep only the last few hundred
-// positions of a sequence, leave the rest of the budget to long contexts. Window layers release blocks once they fall out of the window (plus a
-// retention margin, so a sequence can be rewound a little, e.g. to reuse a chat prefix). Blocks
-// are reference counted: forking a sequence shares its prefix, and a shared block is copied
-// before it is written (copy-on-write).
+// positions of a sequence, leave the rest of the budget to long contexts. Window layers release
+// blocks once they fall out of the window (plus a retention margin, so a sequence can be
+// rewound a little, e.g. to reuse a chat prefix). Blocks are reference counted: forking a
+// sequence shares its prefix, and a shared block is copied before it is written
+// (copy-on-write).
 //
 // BlockPool manages block ids and reference counts; where a block's bytes live (host memory,
 // device memory) is the backend's business (HostBlockPool here, the CUDA engine's own pool).

@@ -64,8 +64,7 @@ void once_per_device(F&& f) {
 // before it reads anything a predecessor writes (only prefetch_l2 of weights comes first); the
 // wait returns once the predecessor has completed and its writes are visible (at once after an
 // ordinary launch), then lets the next kernel launch (its blocks take free SM slots and wait in
-// turn). The emulator checks that every thread of a
-// kernel so launched calls it.
+// turn). The emulator checks that every thread of a kernel so launched calls it.
 __device__ __forceinline__ void grid_dependency_wait() {
 #if !defined(__CUDACC__)
   cudaGridDependencySynchronize();  // cuda-emu
@@ -113,29 +112,21 @@ inline void stream_set_pdl(cudaStream_t st, bool on, bool prefetch = true) {
   if (on && st) v.push_back(PdlStream{st, prefetch});
 }
 
-inline const PdlStream* find_pdl_stream(cudaStream_t st, std::mutex** mu) {
-  if (!st) return nullptr;
-  auto& v = pdl_streams(mu);
+// st's entry, if st launches with programmatic dependencies: (is one, prefetches).
+inline std::pair<bool, bool> stream_pdl_mode(cudaStream_t st) {
+  if (!st) return {false, false};
+  std::mutex* mu = nullptr;
+  auto& v = pdl_streams(&mu);
+  std::lock_guard<std::mutex> g(*mu);
   for (const PdlStream& s : v)
-    if (s.st == st) return &s;
-  return nullptr;
+    if (s.st == st) return {true, s.prefetch};
+  return {false, false};
 }
 
-inline bool stream_pdl(cudaStream_t st) {
-  std::mutex* mu = nullptr;
-  pdl_streams(&mu);
-  std::lock_guard<std::mutex> g(*mu);
-  return find_pdl_stream(st, &mu) != nullptr;
-}
+inline bool stream_pdl(cudaStream_t st) { return stream_pdl_mode(st).first; }
 
 // Whether kernels launched on st prefetch their weights before grid_dependency_wait.
-inline bool stream_prefetch(cudaStream_t st) {
-  std::mutex* mu = nullptr;
-  pdl_streams(&mu);
-  std::lock_guard<std::mutex> g(*mu);
-  const PdlStream* s = find_pdl_stream(st, &mu);
-  return s && s->prefetch;
-}
+inline bool stream_prefetch(cudaStream_t st) { return stream_pdl_mode(st).second; }
 
 // kernel<<<grid, block, smem, st>>>(args...), with a programmatic dependency on the previous
 // kernel of st when st launches so; checked.
