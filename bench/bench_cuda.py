@@ -356,15 +356,18 @@ def main() -> int:
                     toks, dt = timed_greedy(forks, toks, n)
                     emit(what="decode_tiles", batch=B, context=c0, tiles=name, ms_per_step=round(dt * 1e3, 3),
                          tok_s=round(B / dt, 1))
-        if 8 < B <= 64:
-            # The experts on the GEMV path (8 pairs of an expert per weight read) instead of the
-            # tensor-core GEMM: which one wins at this batch decides the default (8 tokens).
-            with side_by_side(f"decode_moe_gemv b{B}", lambda: eng.set_moe_gemv_tokens(8)):
-                eng.set_moe_gemv_tokens(B)
+        if 8 < B <= 128:
+            # The experts on the other path than the default's at this batch: the GEMV (8 pairs of
+            # an expert per weight read) or the tensor-core GEMM (32-128 pairs a tile). The
+            # default takes the GEMV while the pairs average at most 8 per expert.
+            default = eng.moe_gemv_tokens()
+            gemv = B > default
+            with side_by_side(f"decode_moe_path b{B}", lambda: eng.set_moe_gemv_tokens(default)):
+                eng.set_moe_gemv_tokens(B if gemv else 8)
                 greedy(forks, toks)
                 toks, dt = timed_greedy(forks, toks, n)
-                emit(what="decode_moe_gemv", batch=B, context=c0, ms_per_step=round(dt * 1e3, 3),
-                     tok_s=round(B / dt, 1))
+                emit(what="decode_moe_path", batch=B, context=c0, experts="GEMV" if gemv else "GEMM",
+                     ms_per_step=round(dt * 1e3, 3), tok_s=round(B / dt, 1))
         for f in forks:
             f.free()
     info = eng.memory_info()

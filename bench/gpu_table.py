@@ -31,8 +31,8 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
                  f"{r['ms_per_step']:.2f} ms/step, {r['roofline_frac'] * 100:.0f}% of copy BW")]
     if w == "decode_tiles":
         return [(f"decode b{r['batch']} tiles {r['tiles']}", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.2f} ms/step")]
-    if w == "decode_moe_gemv":
-        return [(f"decode b{r['batch']} experts GEMV", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.2f} ms/step")]
+    if w == "decode_moe_path":
+        return [(f"decode b{r['batch']} experts {r['experts']}", f"{r['tok_s']:.0f} tok/s", f"{r['ms_per_step']:.2f} ms/step")]
     if w == "decode_graphs":
         return [(f"decode b1 graphs={'on' if r['graphs'] else 'off'}", f"{r['tok_s']:.0f} tok/s",
                  f"{r['ms_per_step']:.3f} ms/step")]

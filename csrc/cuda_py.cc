@@ -361,8 +361,11 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       .def("set_fuse_qkv_rope", &CudaEngine::set_fuse_qkv_rope, py::arg("enabled"),
            "decode steps: QKV projection, RoPE and KV store in one kernel (default) or two")
       .def("set_moe_gemv_tokens", &CudaEngine::set_moe_gemv_tokens, py::arg("n"),
-           "steps of up to n tokens (default 8) run the experts on the GEMV path, longer ones on "
-           "the tensor-core GEMM")
+           "steps of up to n tokens run the experts on the GEMV path, longer ones on the tensor-core "
+           "GEMM (default: while the pairs average at most 8 per expert, 8 E / k tokens, at least 8)")
+      .def("moe_gemv_tokens", &CudaEngine::moe_gemv_tokens,
+           "steps of up to this many tokens run the experts on the GEMV path (default: while the pairs "
+           "average at most 8 per expert)")
       .def("moe_gemv_available", &CudaEngine::moe_gemv_available,
            "whether the experts' decode GEMV runs here (tensor cores that take fp16 subnormals)")
       .def("set_pdl", &CudaEngine::set_pdl, py::arg("enabled"), py::arg("prefetch") = true,

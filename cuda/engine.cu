@@ -176,6 +176,12 @@ struct CudaEngine::Impl {
     check_kernel_image(opt.device);
     attention_prepare();
     gemm_prepare();
+    // The experts' GEMV decodes each weight once per 8 pairs of an expert at ~3.7 warp
+    // instructions per 16 bytes; the tensor-core GEMM's smallest tile (32 pairs) needs ~15, more
+    // than an SM can issue while streaming at full bandwidth. So the GEMV serves while a step's
+    // pairs average at most 8 per expert (one GEMV tile), unless set otherwise.
+    if (opt.moe_gemv_tokens < 0)
+      opt.moe_gemv_tokens = int(std::max<int64_t>(8, 8 * cfg.n_experts / std::max<int64_t>(1, cfg.top_k)));
     moe_gemv_ok = moe_gemv_exact();
     if (!moe_gemv_ok) {  // keep every step on the tensor-core GEMM (bf16 dequantization, exact)
       std::fprintf(stderr, "gptoss: %s flushes fp16 subnormal inputs of tensor-core MMAs; the MoE experts run on "
@@ -1066,6 +1072,11 @@ void CudaEngine::set_fuse_qkv_rope(bool on) {
 }
 
 bool CudaEngine::moe_gemv_available() const { return p_->moe_gemv_ok; }
+
+int CudaEngine::moe_gemv_tokens() const {
+  std::lock_guard<std::mutex> g(p_->mu);
+  return p_->opt.moe_gemv_tokens;
+}
 
 bool CudaEngine::set_pdl(bool on, bool prefetch) {
   reconfigure(*p_, [&](CudaEngineOptions& o) {

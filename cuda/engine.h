@@ -39,7 +39,9 @@ struct CudaEngineOptions {
   bool pdl = false;               // programmatic dependent launch between kernels (sm_90+)
   bool pdl_prefetch = true;       // with pdl: weight-streaming kernels prefetch into L2 before waiting
   bool fuse_qkv_rope = true;      // decode steps: QKV projection, RoPE and KV store in one kernel
-  int moe_gemv_tokens = 8;        // steps of up to this many tokens run the experts on the GEMV path
+  // Steps of up to this many tokens run the experts on the GEMV path; -1: while the pairs average
+  // at most 8 per expert (8 E / k tokens, at least 8; gpt-oss-20b 64, 120b 256).
+  int moe_gemv_tokens = -1;
 };
 
 // Every public method is safe to call from several threads (one lock serialises them).
@@ -129,6 +131,7 @@ class CudaEngine {
   // Steps of up to n tokens run the experts on the decode GEMV (8 pairs of an expert per
   // weight read), longer ones on the tensor-core GEMM (32-128 pairs per read).
   void set_moe_gemv_tokens(int n);
+  int moe_gemv_tokens() const;
   // Whether this GPU can run the experts' decode GEMV (its tensor cores take fp16 subnormal
   // inputs); where not, set_moe_gemv_tokens keeps 0 and every step uses the tensor-core GEMM.
   bool moe_gemv_available() const;

@@ -844,6 +844,8 @@ def test_moe_gemv_tokens_switches_expert_path(backend):
     # The GEMV hands E2M1's 0.5 to the tensor cores as an fp16 subnormal; the engine probes at
     # start that they take it (else it keeps every step on the GEMM, and this fails to say so).
     assert gpu._engine.moe_gemv_available() is True
+    # Default: the GEMV while a step's pairs average at most 8 per expert (8 E / k tokens, >= 8).
+    assert gpu._engine.moe_gemv_tokens() == max(8, 8 * cfg.num_experts // cfg.experts_per_token)
     toks = _toks(40, 24, cfg.vocab_size)
     nxt = _toks(9, 25, cfg.vocab_size)
     for n in (0, 64):
@@ -856,6 +858,7 @@ def test_moe_gemv_tokens_switches_expert_path(backend):
         fg, fc = [sg.fork() for _ in nxt], [sc.fork() for _ in nxt]
         for a, b in zip(gpu.step([(s, [t]) for s, t in zip(fg, nxt)]), cpu.step([(s, [t]) for s, t in zip(fc, nxt)])):
             assert_rel(a, b, E2E_REL, f"gemv tokens {n}: 9 rows")
+    assert gpu._engine.moe_gemv_tokens() == 64
     with pytest.raises(ValueError):
         gpu._engine.set_moe_gemv_tokens(-1)
 
