@@ -221,13 +221,15 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) tc_gemm_kernel(TcA
     for (int i = 0; i < C::A_PER; i += 8) {
       uint32_t h[4], l[4];
 #pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        const float x0 = ra[i + 2 * p], x1 = ra[i + 2 * p + 1];
-        h[p] = pack_bf16x2(x0, x1);
-        l[p] = pack_bf16x2(x0 - __uint_as_float(h[p] << 16), x1 - __uint_as_float(h[p] & 0xffff0000u));
-      }
+      for (int p = 0; p < 4; ++p) h[p] = pack_bf16x2(ra[i + 2 * p], ra[i + 2 * p + 1]);
       *reinterpret_cast<uint4*>(As_hi + ar * kLDS + ac + i) = make_uint4(h[0], h[1], h[2], h[3]);
-      if (a.split) *reinterpret_cast<uint4*>(As_lo + ar * kLDS + ac + i) = make_uint4(l[0], l[1], l[2], l[3]);
+      if (a.split) {
+#pragma unroll
+        for (int p = 0; p < 4; ++p)
+          l[p] = pack_bf16x2(ra[i + 2 * p] - __uint_as_float(h[p] << 16),
+                             ra[i + 2 * p + 1] - __uint_as_float(h[p] & 0xffff0000u));
+        *reinterpret_cast<uint4*>(As_lo + ar * kLDS + ac + i) = make_uint4(l[0], l[1], l[2], l[3]);
+      }
     }
     uint32_t* dst = reinterpret_cast<uint32_t*>(Bs + br * kLDS + bc);
     const uint8_t* raw = slot(step);
