@@ -243,7 +243,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(AttnArgs a) {
 // its S tile (4 n-tiles of 8 keys), the online softmax (row g's values sit in lanes 4g..4g+3),
 // and its 16 x 64 block of O. The accumulator layout of S is the A-operand layout of P, so P
 // goes from S to the second product without shared memory. K (row-major) and V (transposed)
-// are staged per 32-key tile as bf16 hi/lo, so each B operand is one 32-bit shared load.
+// are staged per 32-key tile as bf16 hi/lo; one ldmatrix.x4 loads the B operands of two n-tiles.
 namespace tc {
 constexpr int D = 64, LQ = D + 8, LV = kTile + 8;  // row strides in bf16 (+8: fewer bank conflicts)
 constexpr size_t kQh = 0, kQl = kQh + 2 * kMaxComb * LQ, kKh = kQl + 2 * kMaxComb * LQ, kKl = kKh + 2 * kTile * LQ,
@@ -281,6 +281,9 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
   const int kvh = w.kvh, split = w.split, n_kv = w.n_kv, G = w.G, B = w.B, ncomb = w.ncomb, s_lo = w.s_lo,
             s_hi = w.s_hi;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, q = lane & 3;
+  // ldmatrix rows of this lane for B operands stored n-major (K: keys x dims; V^T: dims x keys):
+  // matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+  const int brow = (lane & 7) + (lane >> 4) * 8, bcol = ((lane >> 3) & 1) * 8;
   const int32_t* table = a.tables + g.table_off;
 
   // q (pre-scaled) as hi/lo; pairs past ncomb are zero rows.
@@ -328,20 +331,25 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
     __syncthreads();
 
     // S = Q K^T: n-tile t holds keys j0 + 8t + 2q (+1) of rows r0 ([0], [1]) and r1 ([2], [3]).
-    float sc[4][4];
+    // B operands by ldmatrix: one x4 gives n-tiles t and t + 1 (keys as rows, dims as columns).
+    float sc[4][4] = {};
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      sc[t][0] = sc[t][1] = sc[t][2] = sc[t][3] = 0.f;
-      const int key = 8 * t + gq;  // this lane's B column: key j0 + 8t + g
+    for (int t = 0; t < 4; t += 2) {
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
-        const int k0 = 16 * s + 2 * q;
-        const uint32_t bh[2] = {ld32(kh + key * LQ + k0), ld32(kh + key * LQ + k0 + 8)};
-        mma_bf16_16816(sc[t], qa[s][0], bh);
-        if (a.split) {
-          const uint32_t bl[2] = {ld32(kl + key * LQ + k0), ld32(kl + key * LQ + k0 + 8)};
-          mma_bf16_16816(sc[t], qa[s][1], bh);
-          mma_bf16_16816(sc[t], qa[s][0], bl);
+        const int at = (8 * t + brow) * LQ + 16 * s + bcol;
+        uint32_t bh[4], bl[4];
+        ldmatrix_x4(bh, kh + at);
+        if (a.split) ldmatrix_x4(bl, kl + at);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t b_h[2] = {bh[2 * h], bh[2 * h + 1]};
+          mma_bf16_16816(sc[t + h], qa[s][0], b_h);
+          if (a.split) {
+            const uint32_t b_l[2] = {bl[2 * h], bl[2 * h + 1]};
+            mma_bf16_16816(sc[t + h], qa[s][1], b_h);
+            mma_bf16_16816(sc[t + h], qa[s][0], b_l);
+          }
         }
       }
     }
@@ -396,16 +404,21 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
       split_pair(sc[2 * u][2], sc[2 * u][3], ph[1], pl[1]);
       split_pair(sc[2 * u + 1][0], sc[2 * u + 1][1], ph[2], pl[2]);
       split_pair(sc[2 * u + 1][2], sc[2 * u + 1][3], ph[3], pl[3]);
-      const int k0 = 16 * u + 2 * q;
 #pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const int dim = 8 * n + gq;  // this lane's B column
-        const uint32_t bh[2] = {ld32(vh + dim * LV + k0), ld32(vh + dim * LV + k0 + 8)};
-        mma_bf16_16816(o[n], ph, bh);
-        if (a.split) {
-          const uint32_t bl[2] = {ld32(vl + dim * LV + k0), ld32(vl + dim * LV + k0 + 8)};
-          mma_bf16_16816(o[n], pl, bh);
-          mma_bf16_16816(o[n], ph, bl);
+      for (int n = 0; n < 8; n += 2) {  // dims 8n .. 8n + 15 (V^T rows), keys 16u .. 16u + 15
+        const int at = (8 * n + brow) * LV + 16 * u + bcol;
+        uint32_t bh[4], bl[4];
+        ldmatrix_x4(bh, vh + at);
+        if (a.split) ldmatrix_x4(bl, vl + at);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t b_h[2] = {bh[2 * h], bh[2 * h + 1]};
+          mma_bf16_16816(o[n + h], ph, b_h);
+          if (a.split) {
+            const uint32_t b_l[2] = {bl[2 * h], bl[2 * h + 1]};
+            mma_bf16_16816(o[n + h], pl, b_h);
+            mma_bf16_16816(o[n + h], ph, b_l);
+          }
         }
       }
     }

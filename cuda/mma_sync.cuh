@@ -103,10 +103,10 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
   gptoss_emu::ldmatrix_x4(r, row);
 #else
   const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  // volatile, not a memory clobber (as CUTLASS does): the barriers order it against the stores.
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a)
-               : "memory");
+               : "r"(a));
 #endif
 }
 
