@@ -260,6 +260,27 @@ __device__ __forceinline__ void split_pair(float a, float b, uint32_t& hi, uint3
   lo = pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
 }
 __device__ __forceinline__ uint32_t ld32(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// d0, d1 += A B for the two n-tiles whose B operands one ldmatrix.x4 loads at bh (hi parts) and
+// bl (lo parts): hi*hi, and with split also lo(A)*hi(B) + hi(A)*lo(B).
+__device__ __forceinline__ void mma2_split(float (&d0)[4], float (&d1)[4], const uint32_t (&ah)[4],
+                                           const uint32_t (&al)[4], const __nv_bfloat16* bh,
+                                           const __nv_bfloat16* bl, bool split) {
+  uint32_t h[4], l[4];
+  ldmatrix_x4(h, bh);
+  if (split) ldmatrix_x4(l, bl);
+  auto two = [&](float (&d)[4], int i) {
+    const uint32_t b_h[2] = {h[2 * i], h[2 * i + 1]};
+    mma_bf16_16816(d, ah, b_h);
+    if (split) {
+      const uint32_t b_l[2] = {l[2 * i], l[2 * i + 1]};
+      mma_bf16_16816(d, al, b_h);
+      mma_bf16_16816(d, ah, b_l);
+    }
+  };
+  two(d0, 0);
+  two(d1, 1);
+}
 }  // namespace tc
 
 template <typename KV>
@@ -338,19 +359,7 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
         const int at = (8 * t + brow) * LQ + 16 * s + bcol;
-        uint32_t bh[4], bl[4];
-        ldmatrix_x4(bh, kh + at);
-        if (a.split) ldmatrix_x4(bl, kl + at);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t b_h[2] = {bh[2 * h], bh[2 * h + 1]};
-          mma_bf16_16816(sc[t + h], qa[s][0], b_h);
-          if (a.split) {
-            const uint32_t b_l[2] = {bl[2 * h], bl[2 * h + 1]};
-            mma_bf16_16816(sc[t + h], qa[s][1], b_h);
-            mma_bf16_16816(sc[t + h], qa[s][0], b_l);
-          }
-        }
+        mma2_split(sc[t], sc[t + 1], qa[s][0], qa[s][1], kh + at, kl + at, a.split);
       }
     }
 
@@ -407,19 +416,7 @@ __global__ void __launch_bounds__(kThreads) attn_tc_kernel(AttnArgs a) {
 #pragma unroll
       for (int n = 0; n < 8; n += 2) {  // dims 8n .. 8n + 15 (V^T rows), keys 16u .. 16u + 15
         const int at = (8 * n + brow) * LV + 16 * u + bcol;
-        uint32_t bh[4], bl[4];
-        ldmatrix_x4(bh, vh + at);
-        if (a.split) ldmatrix_x4(bl, vl + at);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t b_h[2] = {bh[2 * h], bh[2 * h + 1]};
-          mma_bf16_16816(o[n + h], ph, b_h);
-          if (a.split) {
-            const uint32_t b_l[2] = {bl[2 * h], bl[2 * h + 1]};
-            mma_bf16_16816(o[n + h], pl, b_h);
-            mma_bf16_16816(o[n + h], ph, b_l);
-          }
-        }
+        mma2_split(o[n], o[n + 1], ph, pl, vh + at, vl + at, a.split);
       }
     }
   }
