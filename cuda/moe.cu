@@ -199,18 +199,14 @@ struct MoeGemvArgs {
 };
 
 // mlp2 under a programmatic dependency: this block's rows of its tile's expert, before it waits
-// for mlp1. The expert ids were written two kernels back (the router, or the grouping), which
-// completed before mlp1 stopped waiting and so before this grid was launched; they are read past
-// L1 all the same, and clamped: a wrong id would only prefetch the wrong bytes.
+// for mlp1 (prefetch_expert_rows, tc_gemm.cuh).
 __device__ void moe_prefetch(const MoeGemvArgs& a) {
   const int tile = blockIdx.y;
   const bool direct = a.mt.direct > 0;
   if (a.w.E <= 0 || tile >= (direct ? a.mt.direct : __ldcg(a.mt.n_tiles))) return;
-  const int e = min(max(__ldcg(direct ? a.mt.idx + tile : a.mt.tile_e + tile), 0), a.w.E - 1);
-  const int row0 = blockIdx.x * kGemvRows, rows = min(kGemvRows, a.w.N - row0), nb = a.w.K / 32;
-  const int64_t r = int64_t(e) * a.w.N + row0;
-  prefetch_l2(a.w.blocks + r * nb * 16, int64_t(rows) * nb * 16, threadIdx.x, kGemvWarps * 32);
-  prefetch_l2(a.w.scales + r * nb, int64_t(rows) * nb, threadIdx.x, kGemvWarps * 32);
+  const int row0 = blockIdx.x * kGemvRows;
+  prefetch_expert_rows(direct ? a.mt.idx + tile : a.mt.tile_e + tile, a.w.E, a.w.blocks, a.w.scales, a.w.N, a.w.K,
+                       row0, min(kGemvRows, a.w.N - row0), threadIdx.x, kGemvWarps * 32);
 }
 
 // NB > 0: K = 32 * NB and N a multiple of 64 (gpt-oss: NB = 90 for both projections), so a

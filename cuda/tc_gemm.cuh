@@ -90,9 +90,22 @@ struct TcArgs {
   bool pre = false;   // prefetch the block's weights before waiting (dense, and mlp2: TCE_MOE_OUT)
 };
 
+// mlp2 under a programmatic dependency, before it waits for mlp1: MXFP4 rows [row0, row0 + rows)
+// of the expert at *id, toward L2 (t of nt threads). The expert ids were written two kernels back
+// (the router, or the grouping), which completed before mlp1 stopped waiting and so before this
+// grid was launched; they are read past L1 all the same, and clamped: a wrong id would only
+// prefetch the wrong bytes.
+__device__ __forceinline__ void prefetch_expert_rows(const int32_t* id, int E, const uint8_t* blocks,
+                                                     const uint8_t* scales, int N, int K, int row0, int rows,
+                                                     int t, int nt) {
+  const int e = min(max(__ldcg(id), 0), E - 1), nb = K / 32;
+  const int64_t r = int64_t(e) * N + row0;
+  prefetch_l2(blocks + r * nb * 16, int64_t(rows) * nb * 16, t, nt);
+  prefetch_l2(scales + r * nb, int64_t(rows) * nb, t, nt);
+}
+
 // Under a programmatic dependency, before waiting: the weights of this block's BN outputs (row
-// tile 0 only; the other row tiles read the same). mlp2's tile expert was written two kernels
-// back (see moe_prefetch in moe.cu): read past L1 and clamped.
+// tile 0 only; the other row tiles read the same), or of its tile's expert (mlp2).
 template <int BN, int BMODE>
 __device__ void tc_prefetch(const TcArgs& a, int nt) {
   const int n0 = blockIdx.x * BN, rows = min(BN, a.N - n0);
@@ -102,11 +115,8 @@ __device__ void tc_prefetch(const TcArgs& a, int nt) {
     return;
   }
   const int tile = blockIdx.y;
-  if (a.E <= 0 || tile >= __ldcg(a.n_tiles)) return;
-  const int e = min(max(__ldcg(a.tile_e + tile), 0), a.E - 1), nb = a.K / 32;
-  const int64_t r = int64_t(e) * a.N + n0;
-  prefetch_l2(a.blocks + r * nb * 16, int64_t(rows) * nb * 16, threadIdx.x, nt);
-  prefetch_l2(a.scales + r * nb, int64_t(rows) * nb, threadIdx.x, nt);
+  if (a.E > 0 && tile < __ldcg(a.n_tiles))
+    prefetch_expert_rows(a.tile_e + tile, a.E, a.blocks, a.scales, a.N, a.K, n0, rows, threadIdx.x, nt);
 }
 
 __device__ __forceinline__ float swiglu1(float gate, float lin, float alpha, float limit) {
