@@ -196,13 +196,16 @@ class Model:
         tokenizer: the o200k_harmony `Tokenizer` to use, or the path of an
             ``o200k_base.tiktoken`` / ``tokenizer.json`` file; default: the checkpoint folder's
             own (see `tokenizer`).
+        prefix_cache: keep the KV blocks of finished prefixes (whole blocks) while the cache has
+            room, so that `new_sequence(prefix=...)` finds them again (default: on).
     """
 
     def __init__(self, path: Union[str, os.PathLike], device: str = "cpu", max_context: Optional[int] = None,
                  threads: Optional[int] = None, kv_cache_bytes: Optional[int] = None, block_size: int = 16,
                  window_retain: int = 256, max_chunk_tokens: Optional[int] = None, preload: bool = True,
                  progress: Optional[bool] = None, int8_decode: bool = False,
-                 tokenizer: Union[None, str, os.PathLike, Any] = None, *, _config: Optional[ModelConfig] = None,
+                 tokenizer: Union[None, str, os.PathLike, Any] = None, prefix_cache: bool = True, *,
+                 _config: Optional[ModelConfig] = None,
                  _arrays: Optional[dict] = None, _synthetic_seed: Optional[int] = None) -> None:
         self._engine: Any = None
         self._tokenizer: Any = None
@@ -247,7 +250,7 @@ class Model:
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else 0,
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, device=cuda_index,
                 kv_dtype=os.environ.get("GPTOSS_KV_DTYPE", "float32"), synthetic_seed=_synthetic_seed,
-                cuda_graphs=os.environ.get("GPTOSS_CUDA_GRAPHS", "1") != "0")
+                cuda_graphs=os.environ.get("GPTOSS_CUDA_GRAPHS", "1") != "0", prefix_cache=bool(prefix_cache))
             if os.environ.get("GPTOSS_PDL", "0") == "1":  # programmatic dependent launch (sm_90+), measured option
                 self._engine.set_pdl(True)  # with the weight kernels' L2 prefetch before they wait
         else:
@@ -255,7 +258,7 @@ class Model:
                 cdict, files, _arrays, self.layout, block_size=block_size,
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else _default_kv_bytes(),
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0,
-                populate=populate, int8_decode=bool(int8_decode))
+                populate=populate, int8_decode=bool(int8_decode), prefix_cache=bool(prefix_cache))
 
     @property
     def tokenizer(self) -> Any:
@@ -301,8 +304,24 @@ class Model:
         return cls("<synthetic>", device=device, _config=cfg, _arrays=arrays, **kwargs)
 
     # ------------------------------------------------------------------ sequences
-    def new_sequence(self) -> Sequence:
-        return Sequence(self, self._engine.new_sequence())
+    def new_sequence(self, prefix: Optional[TokenList] = None) -> Sequence:
+        """A new, empty sequence; with `prefix`, one that already holds the longest start of it
+        the prefix cache has (``len(seq)`` tokens, never all of them: the last token is left to
+        compute, since its logits are wanted), so ``seq.prefill(prefix[len(seq):])`` finishes it."""
+        if prefix is None:
+            return Sequence(self, self._engine.new_sequence())
+        sid, _ = self._engine.new_sequence_cached(_as_tokens(prefix, "prefix"))
+        return Sequence(self, sid)
+
+    def prefix_cache_stats(self) -> dict[str, int]:
+        """``kept_blocks`` (cached blocks no sequence holds, given up when the KV cache needs
+        room), ``registered_blocks``, and the prefix tokens asked for (``query_tokens``) and
+        found (``hit_tokens``) by `new_sequence(prefix=...)`."""
+        return dict(self._engine.prefix_cache_stats())
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached block that no sequence holds (they return to the free pool)."""
+        self._engine.clear_prefix_cache()
 
     def step(self, batch: Iterable[tuple[Sequence, TokenList]], all_logits: bool = False) -> list[np.ndarray]:
         """Advance several sequences in one batched call: each (sequence, tokens) pair appends its
