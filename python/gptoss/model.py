@@ -240,6 +240,7 @@ class Model:
         if max_chunk_tokens is None:
             max_chunk_tokens = 512 if cuda is None else 2048
         self.device = device
+        self.block_size, self.window_retain, self.max_chunk_tokens = block_size, window_retain, max_chunk_tokens
         if cuda is not None:
             # KV cache: kv_cache_bytes caps it (default: most of the free device memory);
             # GPTOSS_KV_DTYPE=bfloat16 halves it (default float32, as the CPU engine).
