@@ -205,6 +205,10 @@ class LLMEngine:
                 continue
             t0 = time.perf_counter()
             items = sched.schedule()
+            if not items:  # nothing can run now (cannot happen with a positive budget); wait
+                self._wake.wait(0.01)
+                self._wake.clear()
+                continue
             t1 = time.perf_counter()
             try:
                 samples = self.runner.execute(items)

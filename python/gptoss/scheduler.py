@@ -130,6 +130,7 @@ class Scheduler:
         self.waiting: deque[RequestState] = deque()
         self.running: list[RequestState] = []
         self.num_preemptions = 0
+        self._hold_admissions = False  # after a preemption, until a step fits again
         stats = kv.kv_cache_stats()
         self._pool_blocks = int(stats["full_blocks_max"])
 
@@ -210,10 +211,10 @@ class Scheduler:
 
     def schedule(self) -> list[ScheduledItem]:
         """The next step: every running request's next tokens within the budget (oldest first),
-        then waiting requests admitted while the budget and the KV cache allow."""
+        then waiting requests admitted while the budget and the KV cache allow (not right after a
+        preemption: the step that did not fit has to run first)."""
         budget = self.cfg.max_step_tokens
         items: list[ScheduledItem] = []
-        free = None
         for st in self.running:
             if budget <= 0:
                 break
@@ -225,10 +226,11 @@ class Scheduler:
             n = left if left <= budget else budget
             items.append(ScheduledItem(st, st.tokens[st.computed:st.computed + n], n == left))
             budget -= n
+        if self._hold_admissions or not self.waiting:
+            return items
+        free = self._free_blocks() - sum(self._chunk_blocks(it.state, len(it.tokens)) for it in items)
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             st = self.waiting[0]
-            if free is None:
-                free = self._free_blocks() - 2 * len(items)  # room for the running ones first
             first = min(len(st.tokens) - st.computed, budget)
             if self._chunk_blocks(st, first) > free and self.running:
                 break  # wait for room (a request alone always gets its turn)
@@ -261,6 +263,7 @@ class Scheduler:
         st.preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(st)
+        self._hold_admissions = True
         return st
 
     # ------------------------------------------------------------------ results
@@ -271,6 +274,7 @@ class Scheduler:
         changed = []
         max_ctx = self.kv.max_context
         running = Status.RUNNING
+        self._hold_admissions = False
         for it, s in zip(items, samples):
             st = it.state
             if st.status is not running:
