@@ -2,13 +2,17 @@
 
     gptoss chat --model DIR [-r low|medium|high] [--developer-message TEXT] [--raw]
                 [--hide-reasoning] [--vocab-file F] [--max-tokens N] [--temperature T] [--seed S]
+                [-p] [-b] [--browser-index FOLDER]
     gptoss generate --model DIR [--max-tokens N] ... PROMPT
     gptoss synthetic --preset tiny --out DIR [...]      (same as python -m gptoss.synthetic)
 
 ``chat`` is an interactive conversation: one user message per line, streamed replies, the
 history kept (and its KV cache reused) across turns. On a terminal the reasoning is shown dim
 and labelled, on a pipe it is labelled ``[reasoning]`` / ``[assistant]``; ``--hide-reasoning``
-drops it; ``--raw`` prints the raw harmony tokens instead. Input may be piped: every line is
+drops it; ``--raw`` prints the raw harmony tokens instead. ``-p`` gives the model its python tool
+(a sandboxed Jupyter kernel, kept for the conversation), ``-b`` its browser (over the web search
+API whose key is in YDC_API_KEY or EXA_API_KEY, or over a local folder with ``--browser-index``);
+their calls and outputs are shown as they happen. Input may be piped: every line is
 one message and the program exits 0 at end of input. ``/reset`` clears the history, ``/exit``
 quits.
 
@@ -89,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--stats", action="store_true",
                    help="print token counts after each reply (stderr)")
     c.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    c.add_argument("-p", "--python", action="store_true",
+                   help="let the model run Python (a sandboxed, stateful Jupyter kernel)")
+    c.add_argument("-b", "--browser", action="store_true",
+                   help="let the model search and browse (web search API key in YDC_API_KEY "
+                        "or EXA_API_KEY, or --browser-index)")
+    c.add_argument("--browser-index", metavar="FOLDER", default=None,
+                   help="browse a local folder of markdown, text and HTML files (implies -b)")
     _add_sampling_args(c, None)
 
     g = sub.add_parser("generate", help="raw text completion",
@@ -189,10 +200,22 @@ class _Printer:
         self._enter("commentary" if channel == "commentary" else "assistant")
         self._write(text)
 
-    def tool_call(self, name: str, arguments: str) -> None:
+    def tool_call(self, name: str, arguments: str, executed: bool = False) -> None:
         self._enter("assistant")
+        if executed:  # a built-in tool: its code / JSON arguments as the model wrote them
+            label = "[tool call] " if not self.color else BOLD + "Tool call: " + RESET
+            self._write(f"{label}{name}\n{arguments.rstrip()}\n")
+            return
         self._write(f"{'[tool call] ' if not self.color else BOLD + 'Tool call: ' + RESET}"
                     f"{name}({arguments}) (no tools are available in this chat)\n")
+
+    def tool_output(self, name: str, output: str) -> None:
+        self._enter("assistant")
+        if name.startswith("browser."):  # a page view: its first line, not the whole page
+            n = output.count("\n") + 1
+            output = output.split("\n", 1)[0] + (f" ... ({n} lines to the model)" if n > 1 else "")
+        label = "[tool output] " if not self.color else BOLD + "Tool output: " + RESET
+        self._write(f"{label}{name}\n{output.rstrip()}\n")
 
     def end(self) -> None:
         if self.color:
@@ -215,11 +238,41 @@ def _read_line(interactive: bool) -> Optional[str]:
     return line.rstrip("\r\n")
 
 
+def _builtin_tools(args: argparse.Namespace, tokenizer: Any) -> Any:
+    """A function making the built-in tools of one conversation (-p, -b), or None."""
+    if not (args.python or args.browser or args.browser_index):
+        return None
+    from .tools import BrowserTool, LocalSearchBackend, SandboxError, web_backend_from_env
+
+    try:
+        if args.python:
+            from .tools.sandbox import Sandbox
+
+            Sandbox.mode()  # cannot sandbox here: say so before loading the model
+        backend = None
+        if args.browser_index:
+            backend = LocalSearchBackend(args.browser_index)
+        elif args.browser:
+            backend = web_backend_from_env()
+    except SandboxError as e:
+        raise CLIError(str(e)) from e
+
+    def make() -> list:
+        tools: list = ["python"] if args.python else []
+        if backend is not None:
+            tools.append(BrowserTool(backend, tokenizer=tokenizer))
+        return tools
+
+    return make
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import Conversation, ContentDelta, Done, ReasoningDelta, ToolCall
+    from .tools.runner import ToolOutput
 
     params = _sampling(args)
     model, tokenizer = _load(args)
+    builtin = _builtin_tools(args, tokenizer)
     interactive = sys.stdin.isatty()
     out = sys.stdout
     color = args.color == "always" or (args.color == "auto" and out.isatty()
@@ -232,7 +285,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     def new_conversation() -> Any:
         return Conversation(model, tokenizer=tokenizer, reasoning_effort=args.reasoning_effort,
-                            instructions=args.developer_message, sampling=params)
+                            instructions=args.developer_message, sampling=params,
+                            builtin_tools=builtin() if builtin else ())
 
     conv = new_conversation()
     try:
@@ -268,13 +322,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     if args.raw:
                         if isinstance(ev, Done):
                             _stats(args, ev)
+                        elif isinstance(ev, ToolOutput):  # fed to the model, not generated
+                            from .harmony import render_message
+
+                            out.write(tokenizer.decode(render_message(ev.message, tokenizer))
+                                      + "<|start|>assistant")
                         continue
                     if isinstance(ev, ReasoningDelta):
                         printer.reasoning(ev.text)
                     elif isinstance(ev, ContentDelta):
                         printer.content(ev.text, ev.channel)
                     elif isinstance(ev, ToolCall):
-                        printer.tool_call(ev.name, ev.arguments)
+                        printer.tool_call(ev.name, ev.arguments, executed=bool(
+                            conv.builtin_tools and conv.builtin_tools.handles(ev)))
+                    elif isinstance(ev, ToolOutput):
+                        printer.tool_output(ev.name, ev.output)
                     elif isinstance(ev, Done):
                         printer.end()
                         _stats(args, ev)

@@ -226,7 +226,11 @@ class PythonTool:
             msg_id = kc.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
             parts: list[str] = []
             deadline = time.monotonic() + self.timeout
-            state = self._collect(msg_id, parts, deadline)
+            try:
+                state = self._collect(msg_id, parts, deadline)
+            except BaseException:  # e.g. Ctrl-C in the caller: do not leave the cell running
+                self._interrupt()
+                raise
             status = state
             note = ""
             if state == "timeout":
