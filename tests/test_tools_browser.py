@@ -126,6 +126,8 @@ def test_open_find_and_scroll_views(browser):
         "L1: exceeds its quota of frobnicators is stopped at once.\n"
         "L2: \n"
         "L3: See the overview and the bubblewrap site.")
+    assert "【0†match at L6】" in browser.find("memory", cursor=1)  # any case: "Memory, CPU"
+    browser.page_stack.pop()
     # The find result's link opens the page at the match (the four lines before it first).
     assert browser.open(0).startswith("[3] Sandbox guide (file://kb/guide/sandbox.md)\n"
                                       "**viewing lines [3 - 9] of 9**\n\nL3: \nL4: ## Limits")

@@ -207,9 +207,26 @@ def test_writes_only_to_mnt_data_and_private_tmp(py):
         f"open('/tmp/{name}', 'w').write('private')\n"
         "print(os.getcwd())")
     assert "WROTE" not in out and out.count("refused") == 6
+    # Read-only mounts, not merely permissions.
+    flags = py.execute("import os\n"
+                       f"print([bool(os.statvfs(d).f_flag & os.ST_RDONLY) for d in "
+                       f"['/usr', '/etc/ld.so.cache', '/', {sys.prefix!r}, '/mnt/data', '/tmp']])")
+    assert flags == "[True, True, True, True, False, False]\n"
     assert out.endswith("/mnt/data\n")
     assert open(os.path.join(py.data_dir, name)).read() == "kept"  # the host sees /mnt/data
     assert not os.path.exists(f"/tmp/{name}")  # but not the sandbox's /tmp
+
+
+def test_no_nested_user_namespaces(py):
+    """A user namespace would give the code capabilities (in it) and more of the kernel to
+    attack: refused, by bwrap (unprivileged) or by the seccomp filter (as root)."""
+    out = py.execute("import subprocess\n"
+                     "r = subprocess.run(['unshare', '--user', '--map-root-user', 'id', '-u'],"
+                     " capture_output=True, text=True)\n"
+                     "print(r.returncode, r.stdout.strip())")
+    assert out.split()[0] != "0" and "0" not in out.split()[1:], out
+    assert py.execute("import threading\nt = threading.Thread(target=print, args=('ok',))\n"
+                      "t.start(); t.join()") == "ok\n"  # threads (clone3 -> clone) still work
 
 
 def test_close_leaves_no_process_and_no_files():
@@ -232,6 +249,16 @@ def test_close_leaves_no_process_and_no_files():
     tool.close()  # twice is fine
 
 
+def test_a_kernel_that_died_is_restarted_and_says_so():
+    with PythonTool(limits=LIMITS) as tool:
+        tool.execute("v = 1")
+        tool._sandbox.kill()  # as if killed from outside between two calls
+        res = tool.run("print('hello')")
+        assert res.status == "restarted" and res.output.startswith("[WARN] The Python kernel")
+        assert res.output.endswith("hello\n")
+        assert "NameError" in tool.execute("v")
+
+
 def test_many_tools_in_parallel():
     """Started from threads that then end (the kernels must outlive them), used in parallel,
     each with its own state and its own /mnt/data."""
@@ -240,6 +267,7 @@ def test_many_tools_in_parallel():
 
     def make(i):
         tools[i] = PythonTool(limits=LIMITS)
+        tools[i].execute(f"me = {i}")  # state made in a thread that then ends
 
     threads = [threading.Thread(target=make, args=(i,)) for i in range(n)]
     for t in threads:
@@ -250,7 +278,7 @@ def test_many_tools_in_parallel():
         outs: list = [None] * n
 
         def use(i):
-            tools[i].execute(f"me = {i}\nopen('/mnt/data/mine.txt', 'w').write(str(me))")
+            tools[i].execute("open('/mnt/data/mine.txt', 'w').write(str(me))")
             outs[i] = tools[i].execute("import os\nprint(me, os.listdir('/mnt/data'), "
                                        "open('/mnt/data/mine.txt').read())")
 

@@ -219,9 +219,12 @@ class PythonTool:
             raise TypeError(f"code must be a str, got {type(code).__name__}")
         with self._lock:
             self._check_open()
-            if self._sandbox is None or not self._sandbox.alive:
+            lost = ""
+            if self._sandbox is None or not self._sandbox.alive:  # died since the last call
                 self._stop_kernel()
                 self._start()
+                lost = ("[WARN] The Python kernel had stopped and was restarted: all variables "
+                        "and imports are lost (files in /mnt/data are kept).\n")
             kc = self._client
             msg_id = kc.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
             parts: list[str] = []
@@ -255,6 +258,9 @@ class PythonTool:
                 self._start()
             else:
                 self._drain_reply(msg_id)
+            if lost:
+                parts.insert(0, lost)
+                status = "restarted"
             return ExecutionResult(self._format(parts, note), status)
 
     def _collect(self, msg_id: str, parts: list[str], deadline: float) -> str:

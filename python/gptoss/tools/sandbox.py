@@ -3,7 +3,7 @@
 Why bubblewrap (``bwrap``, Debian package ``bubblewrap``): it builds the sandbox's file system
 from nothing (a fresh tmpfs root into which only the listed paths are bind-mounted, read-only),
 puts the process in new PID, network, IPC and UTS namespaces, sets no-new-privileges, drops
-capabilities and kills the whole sandbox when its parent dies. ``unshare`` alone gives the
+capabilities, installs a seccomp filter and kills the whole sandbox when its parent dies. ``unshare`` alone gives the
 namespaces but leaves the mount setup (pivot_root, binds, remounts) to a script of our own;
 containers (docker, podman) need a daemon or images, which a plain ``pip install`` cannot bring.
 
@@ -67,6 +67,44 @@ if uid is not None:
 os.chdir(cfg["cwd"])
 os.execv(cfg["argv"][0], cfg["argv"])
 """
+
+
+# A seccomp filter (classic BPF, as bwrap --seccomp takes it) that refuses new user namespaces:
+# in the user namespace bwrap makes that is --disable-userns's job already, but as root the
+# sandbox has none of its own, and a user namespace is where unprivileged code gains
+# capabilities (and reaches more of the kernel). clone3 answers ENOSYS, so glibc falls back to
+# clone, whose flags a filter can read. Foreign-architecture and x32 system calls are refused.
+_SECCOMP_ARCH = {"x86_64": (0xC000003E, 272, 56), "aarch64": (0xC00000B7, 97, 220)}
+_CLONE3, _CLONE_NEWUSER, _X32_BIT = 435, 0x10000000, 0x40000000
+
+
+def _seccomp_program() -> Optional[bytes]:
+    """The filter for this machine's architecture (None where it is not known)."""
+    import struct
+
+    arch = _SECCOMP_ARCH.get(os.uname().machine)
+    if arch is None:
+        return None
+    audit_arch, nr_unshare, nr_clone = arch
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    allow, deny, nosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38  # ALLOW, EPERM, ENOSYS
+    prog = [
+        (ld, 0, 0, 4),                    # 0: A = arch
+        (jeq, 1, 0, audit_arch),          # 1: ours -> 3
+        (ret, 0, 0, deny),                # 2
+        (ld, 0, 0, 0),                    # 3: A = syscall number
+        (jset, 0, 1, _X32_BIT),           # 4: x32 -> 5, else 6
+        (ret, 0, 0, deny),                # 5
+        (jeq, 0, 1, _CLONE3),             # 6: clone3 -> 7, else 8
+        (ret, 0, 0, nosys),               # 7
+        (jeq, 1, 0, nr_unshare),          # 8: unshare -> 10
+        (jeq, 0, 3, nr_clone),            # 9: clone -> 10, else 13
+        (ld, 0, 0, 16),                   # 10: A = low word of the flags (args[0])
+        (jset, 0, 1, _CLONE_NEWUSER),     # 11: new user namespace -> 12, else 13
+        (ret, 0, 0, deny),                # 12
+        (ret, 0, 0, allow),               # 13
+    ]
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
 
 
 class SandboxError(RuntimeError):
@@ -223,18 +261,27 @@ class Sandbox:
         cfg = {"rlimits": limits.rlimits(), "uid": uid, "cwd": cls.MNT_DATA,
                "argv": [python, *argv]}
         info_r, info_w = os.pipe()
+        fds = [info_w]
         args[1:1] = ["--info-fd", str(info_w)]
+        program = _seccomp_program()
+        if program is not None:
+            path = os.path.join(state_dir, "seccomp.bpf")
+            with open(path, "wb") as f:
+                f.write(program)
+            fds.append(os.open(path, os.O_RDONLY))
+            args[1:1] = ["--seccomp", str(fds[-1])]
         cmd = args + [python, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)]
         logf = open(log, "ab") if log else subprocess.DEVNULL
         try:
             proc = _spawner.submit(
                 subprocess.Popen, cmd, stdin=subprocess.DEVNULL, stdout=logf,
-                stderr=subprocess.STDOUT, pass_fds=(info_w,), close_fds=True).result()
+                stderr=subprocess.STDOUT, pass_fds=tuple(fds), close_fds=True).result()
         except BaseException:
             os.close(info_r)
             raise
         finally:
-            os.close(info_w)
+            for fd in fds:
+                os.close(fd)
             if log:
                 logf.close()  # type: ignore[union-attr]
         return cls(proc, cls._read_child_pid(info_r, proc), uid)
