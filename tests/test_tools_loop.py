@@ -110,7 +110,7 @@ def test_chat_runs_python_and_browser(py, kb, tokenizer, harmony_env):  # noqa: 
     events = list(chat(m, [{"role": "user", "content": "What is 6*7, and what limits "
                                                           "frobnicators?"}],
                        tokenizer=tokenizer, temperature=0, builtin_tools=[py, browser],
-                       current_date="2025-08-05"))
+                       current_date="2025-08-05", stream=True))
     kinds = [type(e).__name__ for e in events if not isinstance(e, (ReasoningDelta, ContentDelta))]
     assert kinds == ["ToolCall", "ToolOutput", "ToolCall", "ToolOutput", "ToolCall",
                      "ToolOutput", "Done"]
@@ -167,7 +167,7 @@ def test_model_chat_non_streaming_and_conversation_keeps_state(kb, tokenizer):  
         tool = conv.builtin_tools.python
         assert isinstance(tool, PythonTool)  # made at the first call, for the conversation
         ns = tool.pid_namespace()
-        events = list(conv.send("and plus one?"))
+        events = list(conv.send("and plus one?", stream=True))
         out = [e for e in events if isinstance(e, ToolOutput)]
         assert out[0].output == "43\n"  # x from the first turn is still defined
         assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == "Then 43."
@@ -186,8 +186,11 @@ def _in_ns(pid: str, ns: str) -> bool:
 def test_step_limit_and_function_calls_stop_the_loop(py, tokenizer):  # noqa: F811
     loop = ["<|channel|>analysis to=python code<|message|>1<|call|>"] * 5
     m = model_for(tokenizer, {"loop": loop})
-    res = chat(m, [{"role": "user", "content": "loop"}], tokenizer=tokenizer, temperature=0,
-               builtin_tools=[py], max_tool_steps=2, stream=False)
+    pytest.importorskip("gptoss._core")
+    from gptoss.model import Model
+
+    res = Model.chat(m, [{"role": "user", "content": "loop"}], tokenizer=tokenizer,
+                     temperature=0, builtin_tools=[py], max_tool_steps=2, stream=False)
     assert res.finish_reason == "max_tool_steps"
     assert sum(1 for x in res if x.role == "tool") == 2
     assert [c.recipient for c in res.tool_calls] == ["python"]  # the call not executed

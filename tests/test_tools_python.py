@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -192,8 +193,6 @@ def test_host_files_are_invisible(py, tmp_path):
 
 def test_writes_only_to_mnt_data_and_private_tmp(py):
     name = f"f-{uuid.uuid4().hex}"
-    import sys
-
     site_dir = os.path.dirname(os.__file__)
     out = py.execute(
         "import os\n"
@@ -247,6 +246,17 @@ def test_close_leaves_no_process_and_no_files():
     with pytest.raises(RuntimeError, match="closed"):
         tool.execute("1")
     tool.close()  # twice is fine
+
+
+def test_close_from_another_thread_ends_a_running_cell():
+    tool = PythonTool(limits=LIMITS)
+    ns = tool.pid_namespace()
+    threading.Timer(1.0, tool.close).start()
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="closed"):
+        tool.execute("import time\ntime.sleep(100)")
+    assert time.monotonic() - t0 < 20
+    assert procs_in_namespace(ns) == []
 
 
 def test_a_kernel_that_died_is_restarted_and_says_so():
@@ -312,6 +322,21 @@ def test_refuses_when_the_sandbox_cannot_start(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     with pytest.raises(SandboxError, match="No permissions to create new namespace"):
         PythonTool(startup_timeout=10)
+
+
+def test_another_interpreter(tmp_path):
+    """python=: that interpreter's own folders are mounted; one without ipykernel is refused
+    with the kernel's own complaint."""
+    other = "/usr/bin/python3"
+    if not os.path.exists(other) or os.path.realpath(other) == os.path.realpath(sys.executable):
+        pytest.skip("no second Python interpreter here")
+    try:
+        tool = PythonTool(python=other, startup_timeout=30)
+    except SandboxError as e:
+        assert "ipykernel" in str(e)
+    else:
+        with tool:
+            assert tool.execute("import sys; sys.executable") == f"{other!r}\n"
 
 
 def test_bad_arguments():

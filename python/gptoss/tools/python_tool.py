@@ -108,6 +108,8 @@ class PythonTool:
     def _start(self) -> None:
         from jupyter_client.blocking import BlockingKernelClient
 
+        self._check_open()  # (closed by another thread meanwhile: start nothing new)
+
         conn = os.path.join(self._dir, f"conn-{secrets.token_hex(4)}")
         os.makedirs(conn)
         key = secrets.token_hex(32)
@@ -249,6 +251,8 @@ class PythonTool:
                             "not stop when interrupted, so the Python kernel was restarted: all "
                             "variables and imports are lost (files in /mnt/data are kept).")
             elif state == "died":
+                if self._closed:
+                    raise RuntimeError("this PythonTool was closed while the cell ran")
                 status = "restarted"
                 code_ = self._sandbox.returncode if self._sandbox else None
                 note = (f"[ERROR] The Python kernel died (exit status {code_}) and was restarted:"
@@ -340,10 +344,13 @@ class PythonTool:
     def close(self) -> None:
         """Kill the kernel and every process it started; delete the temporary files (and the
         data folder unless it was given)."""
+        if self._closed:
+            return
+        self._closed = True
+        sb = self._sandbox
+        if sb is not None:
+            sb.kill()  # first, without the lock: this also ends a cell running in another thread
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
             self._stop_kernel()
             self._finalizer()
 

@@ -35,6 +35,7 @@ import signal
 import site
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -183,16 +184,34 @@ def _fresh_id() -> int:
     return lo + secrets.randbelow(hi - lo)
 
 
+_PATHS_PROBE = ("import json, os, site, sys\n"
+                "u = site.getusersitepackages() if site.ENABLE_USER_SITE else None\n"
+                "print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix,"
+                " sys.base_exec_prefix, *site.getsitepackages(), *([u] if u else [])]))")
+_paths_cache: dict[str, list[str]] = {}
+
+
 def _python_paths(python: str) -> list[str]:
-    """Folders the interpreter needs: its prefixes, site-packages and the executable's folder."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.abspath(python)),
-             os.path.dirname(os.path.realpath(python))}
-    paths.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
-    user_site = site.getusersitepackages() if site.ENABLE_USER_SITE else None
-    if user_site and os.path.isdir(user_site):
-        paths.add(user_site)
-    return sorted(p for p in (os.path.realpath(p) for p in paths) if os.path.isdir(p))
+    """Folders the interpreter needs: its prefixes, site-packages and the executable's folder
+    (asked of the interpreter itself when it is not this one)."""
+    key = os.path.abspath(python)
+    if key not in _paths_cache:
+        if os.path.realpath(python) == os.path.realpath(sys.executable):
+            found = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                     *site.getsitepackages()]
+            if site.ENABLE_USER_SITE:
+                found.append(site.getusersitepackages())
+        else:
+            try:
+                out = subprocess.run([python, "-c", _PATHS_PROBE], capture_output=True,
+                                     text=True, timeout=60, check=True).stdout
+                found = json.loads(out)
+            except (OSError, subprocess.SubprocessError, ValueError) as e:
+                raise SandboxError(f"cannot run the python tool's interpreter {python!r}: "
+                                   f"{e}") from e
+        found += [os.path.dirname(key), os.path.dirname(os.path.realpath(python))]
+        _paths_cache[key] = sorted({os.path.realpath(p) for p in found if os.path.isdir(p)})
+    return _paths_cache[key]
 
 
 def _under(path: str, roots: Sequence[str]) -> bool:
@@ -215,6 +234,8 @@ class Sandbox:
         self.proc = proc
         self.child_pid = child_pid  # host pid of the sandbox's init (PID 1 inside)
         self.uid = uid
+        self._owner = os.getpid()  # a forked copy of this object must not kill our sandbox
+        self._kill_lock = threading.Lock()
         self._pidfd: Optional[int] = None
         if child_pid is not None:
             try:
@@ -394,6 +415,12 @@ class Sandbox:
     def kill(self, timeout: float = 10.0) -> None:
         """SIGKILL the sandbox's init: the kernel then kills every process in its namespace, and
         the init exits (and bwrap with it) only once they are all gone; this waits for that."""
+        if os.getpid() != self._owner:
+            return
+        with self._kill_lock:
+            self._kill(timeout)
+
+    def _kill(self, timeout: float) -> None:
         signalled = False
         if self._pidfd is not None:
             try:
