@@ -253,3 +253,15 @@ def test_cli_browser_without_backend_is_a_clear_error(kb, tokenizer, monkeypatch
     rc = cli.main(["chat", "--model", str(kb), "-b"])
     _, err = capsys.readouterr()
     assert rc == 1 and "gptoss: error:" in err and "--browser-index" in err
+
+
+def test_cli_python_without_sandbox_is_a_clear_error(kb, monkeypatch, capsys):
+    import gptoss.cli as cli
+
+    loaded = []
+    monkeypatch.setattr(cli, "_load", lambda a: loaded.append(a))  # must not be reached
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "stdin", _Stdin("hi\n"))
+    rc = cli.main(["chat", "--model", str(kb), "-p"])
+    _, err = capsys.readouterr()
+    assert rc == 1 and "gptoss: error:" in err and "bubblewrap" in err and not loaded

@@ -238,7 +238,7 @@ def _read_line(interactive: bool) -> Optional[str]:
     return line.rstrip("\r\n")
 
 
-def _builtin_tools(args: argparse.Namespace, tokenizer: Any) -> Any:
+def _builtin_tools(args: argparse.Namespace) -> Any:
     """A function making the built-in tools of one conversation (-p, -b), or None."""
     if not (args.python or args.browser or args.browser_index):
         return None
@@ -246,9 +246,9 @@ def _builtin_tools(args: argparse.Namespace, tokenizer: Any) -> Any:
 
     try:
         if args.python:
-            from .tools.sandbox import Sandbox
+            from .tools import PythonTool
 
-            Sandbox.mode()  # cannot sandbox here: say so before loading the model
+            PythonTool.check_available()
         backend = None
         if args.browser_index:
             backend = LocalSearchBackend(args.browser_index)
@@ -257,7 +257,7 @@ def _builtin_tools(args: argparse.Namespace, tokenizer: Any) -> Any:
     except SandboxError as e:
         raise CLIError(str(e)) from e
 
-    def make() -> list:
+    def make(tokenizer: Any) -> list:
         tools: list = ["python"] if args.python else []
         if backend is not None:
             tools.append(BrowserTool(backend, tokenizer=tokenizer))
@@ -271,8 +271,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from .tools.runner import ToolOutput
 
     params = _sampling(args)
+    builtin = _builtin_tools(args)  # before loading: a machine that cannot run them says so
     model, tokenizer = _load(args)
-    builtin = _builtin_tools(args, tokenizer)
     interactive = sys.stdin.isatty()
     out = sys.stdout
     color = args.color == "always" or (args.color == "auto" and out.isatty()
@@ -286,7 +286,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     def new_conversation() -> Any:
         return Conversation(model, tokenizer=tokenizer, reasoning_effort=args.reasoning_effort,
                             instructions=args.developer_message, sampling=params,
-                            builtin_tools=builtin() if builtin else ())
+                            builtin_tools=builtin(tokenizer) if builtin else ())
 
     conv = new_conversation()
     try:

@@ -40,8 +40,13 @@ class LocalSearchBackend:
 
     def __init__(self, folder: str, *, source: Optional[str] = None,
                  extensions: Optional[Iterable[str]] = None):
-        import bm25s
-
+        try:
+            import bm25s
+            import html2text  # noqa: F401 - pages need them; say so now
+            import lxml  # noqa: F401
+        except ImportError as e:
+            raise ImportError(f"LocalSearchBackend needs bm25s, html2text and lxml "
+                              f"(pip install 'gptoss[tools]'): {e}") from e
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise ValueError(f"LocalSearchBackend: {folder!r} is not a folder")

@@ -68,12 +68,7 @@ class PythonTool:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if not (isinstance(max_output_chars, int) and max_output_chars >= 100):
             raise ValueError(f"max_output_chars must be an integer >= 100, got {max_output_chars!r}")
-        try:
-            from jupyter_client.blocking import BlockingKernelClient  # noqa: F401
-        except ImportError as e:
-            raise SandboxError("the python tool needs jupyter-client and ipykernel "
-                               "(pip install 'gptoss[tools]')") from e
-        Sandbox.mode()  # no bubblewrap / no namespaces: a clear error before anything else
+        self.check_available()
         self.timeout = float(timeout)
         self.limits = limits
         self.max_output_chars = max_output_chars
@@ -94,6 +89,18 @@ class PythonTool:
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def check_available() -> None:
+        """Raise `SandboxError` unless this machine can run the tool (packages, bubblewrap,
+        namespaces): a clear error before anything starts."""
+        import importlib.util
+
+        if importlib.util.find_spec("jupyter_client") is None or \
+                importlib.util.find_spec("ipykernel") is None:
+            raise SandboxError("the python tool needs jupyter-client and ipykernel "
+                               "(pip install 'gptoss[tools]')")
+        Sandbox.mode()
 
     # ------------------------------------------------------------------ description
     @property

@@ -65,9 +65,7 @@ class BuiltinTools:
         for t in tools:
             if isinstance(t, str):
                 if t == "python":
-                    from .sandbox import Sandbox
-
-                    Sandbox.mode()  # a machine that cannot sandbox fails now, not mid-chat
+                    PythonTool.check_available()  # fail now, not mid-chat
                     self._python_lazy = True
                 elif t == "browser":
                     from .backends import web_backend_from_env
