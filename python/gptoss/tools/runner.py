@@ -264,6 +264,9 @@ def _loop(model: Any, history: list[Any], tools: BuiltinTools, owned: bool, own_
             events = chat(model, history, tokenizer=tok, session=session, stream=True,
                           **chat_kwargs)
     finally:
+        close = getattr(events, "close", None)
+        if close is not None:  # a consumer that stopped early stops the generation too
+            close()
         if own_session:
             session.free()
         if owned:
