@@ -235,10 +235,10 @@ def test_cli_chat_with_python_and_browser(kb, tokenizer, monkeypatch, capsys):  
     rc = cli.main(["chat", "--model", str(kb), "-t", "0", "-p", "--browser-index", str(kb)])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert "[tool call] python\nx = 6 * 7\nprint(x)\n[tool output] python\n42\n" in out
-    assert '[tool call] browser.search\n{"query": "frobnicators quota"}\n' in out
-    assert "[tool output] browser.search\n[0] frobnicators quota ... (" in out
-    assert "[tool output] browser.open\n[1] Limits (file://kb/limits.md) ... (" in out
+    assert "Tool call: python\nx = 6 * 7\nprint(x)\nTool output: python\n42\n" in out
+    assert 'Tool call: browser.search\n{"query": "frobnicators quota"}\n' in out
+    assert "Tool output: browser.search\n[0] frobnicators quota ... (" in out
+    assert "Tool output: browser.open\n[1] Limits (file://kb/limits.md) ... (" in out
     assert out.rstrip().endswith("It is 42; the quota is enforced 【1†L6-L7】.")
     assert m.sequences_created == m.sequences_freed
 
