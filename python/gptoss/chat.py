@@ -24,7 +24,9 @@ is a harmony system message with `SystemContent`. A plain-string system or devel
 becomes the developer instructions; `instructions=` and `tools=` are added to them.
 
 Multi-turn with tools: append the returned messages and a tool result (`tool_result`) to the
-history and call again. A `Conversation` does this bookkeeping and keeps one `Session` so the KV
+history and call again. Built-in tools (``builtin_tools=["python", "browser"]`` or `gptoss.tools`
+objects) are run for you instead, in a loop that also streams `gptoss.tools.ToolOutput` events
+(see `gptoss.tools.runner`). A `Conversation` does this bookkeeping and keeps one `Session` so the KV
 cache of the unchanged token prefix is reused across turns (the whole previous prompt plus the
 reply, except where harmony drops the analysis of a finished turn).
 
@@ -100,7 +102,8 @@ class ToolCall:
 @dataclass
 class Done:
     """Last event. finish_reason: "stop" (<|return|>), "tool_calls" (<|call|>), "length"
-    (max_tokens), "context_length" (the context is full) or "cancelled"."""
+    (max_tokens), "context_length" (the context is full), "cancelled", or with built-in tools
+    "max_tool_steps" (the step limit stopped the loop)."""
 
     usage: Usage
     finish_reason: str
@@ -389,7 +392,8 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
          tools: Sequence[Any] = (), instructions: Optional[str] = None, stream: bool = False,
          tokenizer: Any = None, session: Optional[Session] = None,
          sampling: Optional[SamplingParams] = None, current_date: Optional[str] = None,
-         on_token: Optional[Callable[[int], None]] = None, **sampling_kwargs: Any):
+         on_token: Optional[Callable[[int], None]] = None, builtin_tools: Any = (),
+         max_tool_steps: Optional[int] = None, **sampling_kwargs: Any):
     """Generate the assistant's reply to `messages` (at least one message).
 
     stream=False (default): a `ChatResponse` (the reply's parsed messages, content, usage).
@@ -397,6 +401,8 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
     session: a `Session` whose KV cache is reused for the common token prefix (a `Conversation`
         passes its own); by default a fresh sequence is used and freed.
     on_token: called with every generated token id before it is parsed (``--raw`` display).
+    builtin_tools: "python", "browser", tool objects, or a `gptoss.tools.BuiltinTools`: declared
+        in the system message and executed in a loop of at most `max_tool_steps` calls.
     sampling / **sampling_kwargs: `SamplingParams` fields (temperature, max_tokens, seed, ...).
         The default stop tokens are <|return|> and <|call|>.
     All argument errors raise `ValueError` before any token is generated.
@@ -409,6 +415,15 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
     if not messages:
         raise ValueError("messages is empty: give at least one message, e.g. "
                          "[{'role': 'user', 'content': 'Hello'}]")
+    if builtin_tools:
+        from .tools.runner import DEFAULT_MAX_TOOL_STEPS, chat_with_tools
+
+        return chat_with_tools(
+            model, messages, builtin_tools=builtin_tools, stream=stream,
+            max_tool_steps=DEFAULT_MAX_TOOL_STEPS if max_tool_steps is None else max_tool_steps,
+            reasoning_effort=reasoning_effort, current_date=current_date, tokenizer=tokenizer,
+            session=session, tools=tools, instructions=instructions, sampling=params,
+            on_token=on_token)
     tok = tokenizer if tokenizer is not None else default_tokenizer(model)
     full = build_messages(messages, reasoning_effort=reasoning_effort, instructions=instructions,
                           tools=tools, current_date=current_date)
@@ -478,13 +493,16 @@ class Conversation:
         conv.close()
 
     Each reply's parsed messages are appended to `messages` once it is complete (streamed
-    replies: when the iterator is exhausted).
+    replies: when the iterator is exhausted). With `builtin_tools` the conversation keeps one
+    set of tools (one python sandbox, one browser page stack) for all its turns, closed by
+    `close`.
     """
 
     def __init__(self, model: Any, *, messages: Sequence[Any] = (), tokenizer: Any = None,
                  reasoning_effort: str = "low", instructions: Optional[str] = None,
                  tools: Sequence[Any] = (), current_date: Optional[str] = None,
-                 sampling: Optional[SamplingParams] = None, **sampling_kwargs: Any):
+                 sampling: Optional[SamplingParams] = None, builtin_tools: Sequence[Any] = (),
+                 max_tool_steps: Optional[int] = None, **sampling_kwargs: Any):
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
         self.messages: list[Any] = list(messages)
@@ -499,6 +517,12 @@ class Conversation:
         # Validate now rather than on the first send.
         build_messages([], reasoning_effort=reasoning_effort, instructions=instructions,
                        tools=self.tools, current_date=current_date)
+        self.builtin_tools = None
+        self.max_tool_steps = max_tool_steps
+        if builtin_tools:
+            from .tools.runner import BuiltinTools
+
+            self.builtin_tools = BuiltinTools(builtin_tools, tokenizer=self.tokenizer)
 
     def add_user(self, content: str) -> None:
         self.messages.append(_harmony().Message(role="user", content=content))
@@ -519,7 +543,8 @@ class Conversation:
         events = chat(self.model, self.messages, reasoning_effort=self.reasoning_effort,
                       tools=self.tools, instructions=self.instructions, stream=True,
                       tokenizer=self.tokenizer, session=self.session, sampling=params,
-                      current_date=self.current_date, on_token=on_token)
+                      current_date=self.current_date, on_token=on_token,
+                      builtin_tools=self.builtin_tools, max_tool_steps=self.max_tool_steps)
         it = self._record(events)
         if stream:
             return it
@@ -543,6 +568,8 @@ class Conversation:
 
     def close(self) -> None:
         self.session.free()
+        if self.builtin_tools is not None:
+            self.builtin_tools.close()
 
     def __enter__(self) -> "Conversation":
         return self

@@ -2,6 +2,7 @@
 
     gptoss chat --model PATH|REPO_ID [-r low|medium|high] [--developer-message TEXT] [--raw]
                 [--hide-reasoning] [--vocab-file F] [--max-tokens N] [--temperature T] [--seed S]
+                [-p] [-b] [--browser-index FOLDER]
     gptoss generate --model PATH|REPO_ID [--max-tokens N] ... PROMPT
     gptoss download REPO_ID [--revision REV] [--local-dir DIR]
     gptoss synthetic --preset tiny --out DIR [...]      (same as python -m gptoss.synthetic)
@@ -12,7 +13,10 @@ history kept (and its KV cache reused) across turns. Replies are labelled ``Reas
 ``Assistant:`` (on a terminal the reasoning is also dimmed); ``--hide-reasoning`` drops the
 reasoning; ``--raw`` prints the raw harmony tokens instead. Input may be piped: every line is
 one message and the program exits 0 at end of input. ``/help`` lists the commands, ``/reset``
-clears the history, ``/exit`` quits.
+clears the history, ``/exit`` quits. ``-p`` gives the model its python tool (a sandboxed
+Jupyter kernel, kept for the conversation), ``-b`` its browser (over the web search API whose
+key is in YDC_API_KEY or EXA_API_KEY, or over a local folder with ``--browser-index``); their
+calls and outputs are shown as they happen.
 
 Errors (bad arguments, missing or malformed checkpoint, no tokenizer, vocabulary mismatch,
 context overflow) print ``gptoss: error: ...`` and exit with status 1 (2 for usage errors);
@@ -116,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                    help="dim the reasoning and bold the labels (default: auto, on a terminal "
                         "unless NO_COLOR is set)")
+    c.add_argument("-p", "--python", action="store_true",
+                   help="let the model run Python in a sandboxed, stateful Jupyter kernel "
+                        "(default: off)")
+    c.add_argument("-b", "--browser", action="store_true",
+                   help="let the model search and browse: the web (API key in YDC_API_KEY or "
+                        "EXA_API_KEY) or --browser-index (default: off)")
+    c.add_argument("--browser-index", metavar="FOLDER", default=None,
+                   help="browse a local folder of markdown, text and HTML files (implies -b; "
+                        "default: none)")
     _add_sampling_args(c, None)
 
     g = sub.add_parser("generate", help="raw text completion",
@@ -228,10 +241,21 @@ class _Printer:
         self._enter("commentary" if channel == "commentary" else "assistant")
         self._write(text)
 
-    def tool_call(self, name: str, arguments: str) -> None:
+    def tool_call(self, name: str, arguments: str, executed: bool = False) -> None:
         self._enter("assistant")
         label = f"{BOLD}Tool call:{RESET}" if self.color else "Tool call:"
+        if executed:  # a built-in tool: its code / JSON arguments as the model wrote them
+            self._write(f"{label} {name}\n{arguments.rstrip()}\n")
+            return
         self._write(f"{label} {name}({arguments}) (no tools are available in this chat)\n")
+
+    def tool_output(self, name: str, output: str) -> None:
+        self._enter("assistant")
+        if name.startswith("browser."):  # a page view: its first line, not the whole page
+            n = output.count("\n") + 1
+            output = output.split("\n", 1)[0] + (f" ... ({n} lines to the model)" if n > 1 else "")
+        label = f"{BOLD}Tool output:{RESET}" if self.color else "Tool output:"
+        self._write(f"{label} {name}\n{output.rstrip()}\n")
 
     def end(self) -> None:
         if self.color:
@@ -254,10 +278,40 @@ def _read_line(interactive: bool) -> Optional[str]:
     return line.rstrip("\r\n")
 
 
+def _builtin_tools(args: argparse.Namespace) -> Any:
+    """A function making the built-in tools of one conversation (-p, -b), or None."""
+    if not (args.python or args.browser or args.browser_index):
+        return None
+    from .tools import BrowserTool, LocalSearchBackend, SandboxError, web_backend_from_env
+
+    try:
+        if args.python:
+            from .tools import PythonTool
+
+            PythonTool.check_available()
+        backend = None
+        if args.browser_index:
+            backend = LocalSearchBackend(args.browser_index)
+        elif args.browser:
+            backend = web_backend_from_env()
+    except SandboxError as e:
+        raise CLIError(str(e)) from e
+
+    def make(tokenizer: Any) -> list:
+        tools: list = ["python"] if args.python else []
+        if backend is not None:
+            tools.append(BrowserTool(backend, tokenizer=tokenizer))
+        return tools
+
+    return make
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import Conversation, ContentDelta, Done, ReasoningDelta, ToolCall
+    from .tools.runner import ToolOutput
 
     params = _sampling(args)
+    builtin = _builtin_tools(args)  # before loading: a machine that cannot run them says so
     model, tokenizer = _load(args)
     interactive = sys.stdin.isatty()
     out = sys.stdout
@@ -271,7 +325,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     def new_conversation() -> Any:
         return Conversation(model, tokenizer=tokenizer, reasoning_effort=args.reasoning_effort,
-                            instructions=args.developer_message, sampling=params)
+                            instructions=args.developer_message, sampling=params,
+                            builtin_tools=builtin(tokenizer) if builtin else ())
 
     conv = new_conversation()
     if interactive:
@@ -318,13 +373,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     if args.raw:
                         if isinstance(ev, Done):
                             _stats(args, ev)
+                        elif isinstance(ev, ToolOutput):  # fed to the model, not generated
+                            from .harmony import render_message
+
+                            out.write(tokenizer.decode(render_message(ev.message, tokenizer))
+                                      + "<|start|>assistant")
                         continue
                     if isinstance(ev, ReasoningDelta):
                         printer.reasoning(ev.text)
                     elif isinstance(ev, ContentDelta):
                         printer.content(ev.text, ev.channel)
                     elif isinstance(ev, ToolCall):
-                        printer.tool_call(ev.name, ev.arguments)
+                        printer.tool_call(ev.name, ev.arguments, executed=bool(
+                            conv.builtin_tools and conv.builtin_tools.handles(ev)))
+                    elif isinstance(ev, ToolOutput):
+                        printer.tool_output(ev.name, ev.output)
                     elif isinstance(ev, Done):
                         printer.end()
                         _stats(args, ev)
