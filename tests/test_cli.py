@@ -113,13 +113,13 @@ def test_every_option_has_help_with_its_default():
     ap = cli.build_parser()
     subs = next(a for a in ap._actions if isinstance(a, cli.argparse._SubParsersAction))
     checked = 0
-    for name in ("chat", "generate", "download"):
+    for name in ("chat", "generate", "serve", "download"):
         for a in subs.choices[name]._actions:
             if not a.option_strings or a.dest == "help" or a.required:
                 continue
             assert a.help and "default" in a.help, f"gptoss {name} {a.option_strings[0]}: {a.help!r}"
             checked += 1
-    assert checked >= 25
+    assert checked >= 35
 
 
 def test_version_and_python_m():

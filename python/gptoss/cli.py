@@ -4,6 +4,7 @@
                 [--hide-reasoning] [--vocab-file F] [--max-tokens N] [--temperature T] [--seed S]
                 [-p] [-b] [--browser-index FOLDER]
     gptoss generate --model PATH|REPO_ID [--max-tokens N] ... PROMPT
+    gptoss serve --model PATH|REPO_ID [--host H] [--port P] [--api-key KEY] ...
     gptoss download REPO_ID [--revision REV] [--local-dir DIR]
     gptoss synthetic --preset tiny --out DIR [...]      (same as python -m gptoss.synthetic)
     gptoss --version
@@ -142,6 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: plain text)")
     g.add_argument("--stats", action="store_true", help="print token counts on stderr (default: off)")
     _add_sampling_args(g, 100)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server",
+                        description="Serve the model over HTTP with the OpenAI API: /v1/chat/completions, "
+                                    "/v1/responses, /v1/completions, /v1/models; /health, /metrics, /version.")
+    _add_model_args(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=_positive_int, default=8000, help="port (default: 8000)")
+    sv.add_argument("--served-model-name", default=None, metavar="NAME",
+                    help="the model name clients use (default: the checkpoint folder's name)")
+    sv.add_argument("--api-key", default=None, metavar="KEY",
+                    help="require 'Authorization: Bearer KEY' on /v1 (default: $GPTOSS_API_KEY, else none)")
+    sv.add_argument("--kv-cache-bytes", type=_positive_int, default=None, metavar="N",
+                    help="cap on the KV cache in bytes (default: a quarter of the RAM; CUDA: most of the free "
+                         "device memory)")
+    sv.add_argument("--max-num-seqs", type=_positive_int, default=256, metavar="N",
+                    help="requests running at once; more wait in the queue (default: 256)")
+    sv.add_argument("--reasoning-effort", choices=["low", "medium", "high"], default="medium",
+                    help="when a request does not say (default: medium)")
 
     d = sub.add_parser("download", help="download a checkpoint from the Hugging Face hub",
                        description="Download what gptoss needs of a Hugging Face repo (all but its "
@@ -465,7 +484,22 @@ def cmd_synthetic(argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------------- main
-COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "download": cmd_download}
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .errors import CheckpointError
+    from .hub import resolve_checkpoint
+    from .server.serve import serve
+
+    given = args.model
+    try:
+        args.model = resolve_checkpoint(given)
+    except CheckpointError as e:
+        raise CLIError(f"model folder not found: {e}") from None
+    if args.served_model_name is None and not os.path.exists(given):
+        args.served_model_name = given.partition("@")[0]  # a repo id names the model, not its cache folder
+    return serve(args)
+
+
+COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "serve": cmd_serve, "download": cmd_download}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -165,6 +165,12 @@ class LLMEngine:
         with self._lock:
             return len(self._streams)
 
+    def num_waiting(self) -> int:
+        """Requests submitted and not yet running (read from any thread: a snapshot)."""
+        with self._lock:
+            queued = sum(1 for kind, _ in self._inbox if kind == "add")
+        return queued + len(self.scheduler.waiting)
+
     # ------------------------------------------------------------------ the loop
     def _start(self) -> None:
         if self._thread is None:

@@ -74,6 +74,7 @@ class RequestState:
     finish: Optional[FinishReason] = None
     stop_reason: Any = None
     error: Optional[BaseException] = None
+    admitted_time: Optional[float] = None   # first admission (queue time = this - arrival)
     first_token_time: Optional[float] = None
     pending_tokens: list[int] = field(default_factory=list)
     pending_text: str = ""
@@ -248,6 +249,7 @@ class Scheduler:
         st.seq, st.computed = seq, len(seq)
         if st.cached < 0:
             st.cached = min(st.computed, st.n_prompt)
+            st.admitted_time = time.monotonic()
         st.status = Status.RUNNING
         self.running.append(st)
 

@@ -1,0 +1,221 @@
+"""``POST /v1/chat/completions``: harmony chat for OpenAI clients, streamed (SSE) or not.
+
+The reply's analysis channel is both ``reasoning`` and ``reasoning_content`` (clients read
+either); calls to ``functions.*`` are ``tool_calls`` (streamed: id and name first, then argument
+fragments); anything else the model writes for the user is ``content``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Optional
+
+from ..reply import ContentDelta, ReasoningDelta, ToolCall, ToolCallBegin, ToolCallDelta
+from .conversation import chat_messages, function_tools, render_prompt
+from .errors import APIError, invalid
+from .generation import Generation
+from .params import REASONING_EFFORTS, Body, sampling_params
+
+__all__ = ["chat_completions"]
+
+IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
+           "prompt_cache_retention")
+UNSUPPORTED = {
+    "response_format": "structured outputs are not implemented yet",
+    "functions": "use 'tools'", "function_call": "use 'tool_choice'",
+    "audio": "text only", "modalities": "text only", "prediction": "no predicted outputs",
+    "web_search_options": "no built-in web search on this endpoint",
+}
+
+
+def _effort(body: Body, default: str) -> str:
+    e = body.take_str("reasoning_effort", choices=("minimal",) + REASONING_EFFORTS)
+    return "low" if e == "minimal" else (e or default)
+
+
+def _tool_choice(body: Body, tools: list) -> list:
+    """The tools the prompt declares for `tool_choice` (auto: all; none: none)."""
+    tc = body.raw("tool_choice")
+    if tc is None or tc == "auto":
+        return tools
+    if tc == "none":
+        return []
+    raise invalid("tool_choice", f"tool_choice {tc!r} is not supported yet (only 'auto' and 'none')",
+                  code="unsupported_parameter")
+
+
+def _token_logprob(tokenizer: Any, tok: int, lp: float) -> dict:
+    b = tokenizer.decode_bytes([tok])
+    return {"token": b.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(b)}
+
+
+def _logprobs(tokenizer: Any, pairs: list, top: int) -> list:
+    out = []
+    for tok, s in pairs:
+        d = _token_logprob(tokenizer, tok, s.logprob)
+        d["top_logprobs"] = [_token_logprob(tokenizer, t, v) for t, v in (s.top_logprobs or [])[:top]]
+        out.append(d)
+    return out
+
+
+class ChatRequest:
+    def __init__(self, ctx: Any, data: Any):
+        body = Body(data, ignored=IGNORED, unsupported=UNSUPPORTED)
+        ctx.check_model(body.take_str("model", required=True))
+        messages = chat_messages(body.take_list("messages", required=True))
+        tools = _tool_choice(body, function_tools(body.take_list("tools")))
+        body.take_bool("parallel_tool_calls", True)  # harmony emits one call per <|call|>: always true
+        effort = _effort(body, ctx.reasoning_effort)
+        max_tokens = body.take_int("max_completion_tokens", 1)
+        legacy = body.take_int("max_tokens", 1)
+        self.n = body.take_int("n", 1, 16) or 1
+        self.logprobs = body.take_bool("logprobs")
+        self.top_logprobs = body.take_int("top_logprobs", 0, 20)
+        if self.top_logprobs is not None and not self.logprobs:
+            raise invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+        self.stream = body.take_bool("stream")
+        opts = body.take_dict("stream_options")
+        if opts is not None and not self.stream:
+            raise invalid("stream_options", "'stream_options' is only allowed with 'stream': true")
+        self.include_usage = bool((opts or {}).get("include_usage", False))
+        self.params = sampling_params(body, max_tokens=max_tokens or legacy,
+                                      stop_token_ids=ctx.tokenizer.stop_tokens_for_assistant_actions,
+                                      logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+                                      tokenizer_vocab=ctx.vocab_limit)
+        body.done()
+        self.prompt = render_prompt(messages, ctx.tokenizer, reasoning_effort=effort, tools=tools)
+        ctx.check_prompt(self.prompt)
+        self.id = "chatcmpl-" + uuid.uuid4().hex
+        self.created = int(time.time())
+
+
+def _params_for(req: ChatRequest, i: int):
+    from ..sampling import SamplingParams
+
+    if req.params.seed is None or i == 0:
+        return req.params
+    return SamplingParams.from_kwargs(req.params, seed=req.params.seed + i)
+
+
+def _usage(gens: list[Generation]) -> dict:
+    outs = [g.last for g in gens if g.last is not None and g.last.usage is not None]
+    prompt = outs[0].usage.prompt_tokens if outs else 0
+    completion = sum(o.usage.completion_tokens for o in outs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": max((o.usage.cached_tokens for o in outs), default=0)},
+            "completion_tokens_details": {"reasoning_tokens": sum(g.reply.reasoning_tokens for g in gens)}}
+
+
+async def chat_completions(ctx: Any, data: Any, disconnected: Any) -> Any:
+    """The JSON response (a dict) or, for ``stream``, an async iterator of SSE chunks (dicts)."""
+    req = ChatRequest(ctx, data)
+    gens = [Generation(ctx, req.prompt, _params_for(req, i)) for i in range(req.n)]
+    if req.stream:
+        return _stream(ctx, req, gens)
+    try:
+        return await _whole(ctx, req, gens, disconnected)
+    finally:
+        for g in gens:
+            g.cancel()  # a no-op once finished; stops generation when the client went away
+
+
+async def _whole(ctx: Any, req: ChatRequest, gens: list[Generation], disconnected: Any) -> dict:
+    async def one(g: Generation) -> dict:
+        content: list[str] = []
+        reasoning: list[str] = []
+        lps: list = []
+        async for ch in g.chunks():
+            lps += ch.logprobs
+            for ev in ch.events:
+                if isinstance(ev, ContentDelta):
+                    content.append(ev.text)
+                elif isinstance(ev, ReasoningDelta):
+                    reasoning.append(ev.text)
+        _check_failed(g)
+        msg: dict[str, Any] = {"role": "assistant", "content": "".join(content) if content or not g.reply.tool_calls
+                               else None}
+        if reasoning:
+            msg["reasoning"] = msg["reasoning_content"] = "".join(reasoning)
+        if g.reply.tool_calls:
+            msg["tool_calls"] = [{"id": c.call_id, "type": "function",
+                                  "function": {"name": c.name, "arguments": c.arguments}} for c in g.reply.tool_calls]
+        return {"message": msg, "finish_reason": g.finish_reason,
+                "logprobs": {"content": _logprobs(ctx.tokenizer, lps, req.top_logprobs or 0)} if req.logprobs else None}
+
+    choices = await disconnected(asyncio.gather(*(one(g) for g in gens)))
+    return {"id": req.id, "object": "chat.completion", "created": req.created, "model": ctx.name,
+            "system_fingerprint": ctx.fingerprint,
+            "choices": [dict(index=i, **c) for i, c in enumerate(choices)], "usage": _usage(gens)}
+
+
+def _check_failed(g: Generation) -> None:
+    out = g.last
+    if out is not None and out.finish_reason is not None and str(out.finish_reason) == "error":
+        raise APIError(500, f"generation failed: {out.error}", type="server_error")
+    if out is not None and str(out.finish_reason) == "cancelled":
+        raise APIError(503, "the request was cancelled: the server is shutting down", type="server_error",
+                       code="server_shutdown")
+
+
+async def _stream(ctx: Any, req: ChatRequest, gens: list[Generation]) -> AsyncIterator[dict]:
+    def chunk(i: int, delta: dict, finish: Optional[str] = None, logprobs: Any = None) -> dict:
+        return {"id": req.id, "object": "chat.completion.chunk", "created": req.created, "model": ctx.name,
+                "system_fingerprint": ctx.fingerprint,
+                "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, g: Generation) -> None:
+        try:
+            async for ch in g.chunks():
+                await queue.put((i, ch))
+        finally:
+            await queue.put((i, None))
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        for i in range(len(gens)):
+            yield chunk(i, {"role": "assistant", "content": ""})
+        left = len(gens)
+        while left:
+            i, ch = await queue.get()
+            g = gens[i]
+            if ch is None:
+                left -= 1
+                _check_failed(g)
+                yield chunk(i, {}, g.finish_reason)
+                continue
+            lp = ({"content": _logprobs(ctx.tokenizer, ch.logprobs, req.top_logprobs or 0)}
+                  if req.logprobs and ch.logprobs else None)
+            deltas = []
+            for ev in ch.events:
+                if isinstance(ev, ReasoningDelta):
+                    deltas.append({"reasoning": ev.text, "reasoning_content": ev.text})
+                elif isinstance(ev, ContentDelta):
+                    deltas.append({"content": ev.text})
+                elif isinstance(ev, ToolCallBegin):
+                    deltas.append({"tool_calls": [{"index": ev.index, "id": ev.call_id, "type": "function",
+                                                   "function": {"name": ev.name, "arguments": ""}}]})
+                elif isinstance(ev, ToolCallDelta):
+                    deltas.append({"tool_calls": [{"index": ev.index, "function": {"arguments": ev.text}}]})
+                elif isinstance(ev, ToolCall):
+                    pass  # its pieces went out already
+            for j, d in enumerate(deltas):
+                yield chunk(i, d, logprobs=lp if j == 0 else None)
+            if not deltas and lp is not None:
+                yield chunk(i, {}, logprobs=lp)
+        if req.include_usage:
+            yield {"id": req.id, "object": "chat.completion.chunk", "created": req.created, "model": ctx.name,
+                   "system_fingerprint": ctx.fingerprint, "choices": [], "usage": _usage(gens)}
+    finally:
+        for t in tasks:
+            t.cancel()
+        for g in gens:
+            g.cancel()
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"

@@ -1,0 +1,121 @@
+"""OpenAI conversations (Chat Completions messages, Responses input items) as harmony prompts.
+
+Earlier assistant turns are rendered the way the model produced them: a tool call as a
+``commentary`` message to ``functions.NAME`` with ``<|constrain|>json``, the reasoning before a
+tool call kept, the analysis of a turn that ended in a final answer dropped (harmony's rule), so
+that the next turn's prompt repeats the previous one as far as the format allows and the prefix
+cache can reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Sequence
+
+from .. import harmony
+from ..chat import build_messages
+from .errors import APIError, invalid
+
+__all__ = ["chat_messages", "function_tools", "render_prompt"]
+
+
+def _text(content: Any, where: str) -> str:
+    """Message content: a string, or an array of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for j, part in enumerate(content):
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            if not isinstance(part, dict):
+                raise invalid(f"{where}[{j}]", "content parts must be objects")
+            kind = part.get("type")
+            if kind in ("text", "input_text", "output_text", "reasoning_text", "summary_text"):
+                if not isinstance(part.get("text"), str):
+                    raise invalid(f"{where}[{j}].text", "a text part needs 'text'")
+                out.append(part["text"])
+            elif kind == "refusal":
+                out.append(str(part.get("refusal", "")))
+            else:
+                raise invalid(f"{where}[{j}].type", f"content parts of type {kind!r} are not supported (text only)",
+                              code="unsupported_parameter")
+        return "".join(out)
+    raise invalid(where, f"message content must be a string or an array of parts, got {type(content).__name__}")
+
+
+def chat_messages(messages: list) -> list[dict]:
+    """Chat Completions `messages`, checked, as the dicts `gptoss.chat.build_messages` takes."""
+    if not messages:
+        raise invalid("messages", "'messages' must have at least one message")
+    out = []
+    known_calls: set[str] = set()
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise invalid(where, "each message must be an object")
+        role = m.get("role")
+        if role not in ("system", "developer", "user", "assistant", "tool"):
+            raise invalid(f"{where}.role", f"unknown role {role!r}")
+        d: dict[str, Any] = {"role": role, "content": _text(m.get("content"), f"{where}.content")}
+        if role == "assistant":
+            for key in ("reasoning", "reasoning_content"):
+                if m.get(key) is not None:
+                    d["reasoning"] = _text(m[key], f"{where}.{key}")
+            calls = m.get("tool_calls") or []
+            if not isinstance(calls, list):
+                raise invalid(f"{where}.tool_calls", "'tool_calls' must be an array")
+            d["tool_calls"] = []
+            for j, tc in enumerate(calls):
+                fn = tc.get("function") if isinstance(tc, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+                    raise invalid(f"{where}.tool_calls[{j}].function", "a tool call needs function.name")
+                args = fn.get("arguments", "{}")
+                if not isinstance(args, str):
+                    args = json.dumps(args)
+                call_id = tc.get("id") or f"call_{i}_{j}"
+                known_calls.add(call_id)
+                d["tool_calls"].append({"id": call_id, "function": {"name": fn["name"], "arguments": args}})
+        elif role == "tool":
+            tid = m.get("tool_call_id")
+            if m.get("name"):
+                d["name"] = str(m["name"])
+            elif not isinstance(tid, str) or tid not in known_calls:
+                raise invalid(f"{where}.tool_call_id", "a tool message needs the 'tool_call_id' of an earlier "
+                              "assistant tool call (or a 'name')")
+            d["tool_call_id"] = tid
+        out.append(d)
+    return out
+
+
+def function_tools(tools: Optional[list], param: str = "tools") -> list[dict]:
+    """Function tools (Chat Completions' nested or Responses' flat form) as harmony tool dicts."""
+    out = []
+    for i, t in enumerate(tools or []):
+        if not isinstance(t, dict):
+            raise invalid(f"{param}[{i}]", "each tool must be an object")
+        if t.get("type", "function") != "function":
+            continue  # the caller decides about other tool types
+        fn = t.get("function", t)
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise invalid(f"{param}[{i}]", "a function tool needs a name")
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise invalid(f"{param}[{i}].parameters", "'parameters' must be a JSON schema object")
+        out.append({"name": fn["name"], "description": fn.get("description") or "", "parameters": params})
+    names = [t["name"] for t in out]
+    if len(set(names)) != len(names):
+        raise invalid(param, "tool names must be unique")
+    return out
+
+
+def render_prompt(messages: Sequence[Any], tokenizer: Any, *, reasoning_effort: str, tools: Sequence[Any] = (),
+                  instructions: Optional[str] = None) -> list[int]:
+    try:
+        full = build_messages(messages, reasoning_effort=reasoning_effort, tools=tools, instructions=instructions)
+    except ValueError as e:
+        raise APIError(400, str(e), param="messages") from None
+    return list(harmony.render(full, for_completion=True, next_role="assistant", tokenizer=tokenizer))

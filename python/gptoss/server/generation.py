@@ -1,0 +1,89 @@
+"""One generated reply for the HTTP endpoints: the engine's output chunks, parsed as they come
+(reply.py), with timings for the metrics and the finish reason in OpenAI's terms."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Optional
+
+from ..request import FinishReason, Request, RequestOutput
+from ..reply import ReplyEvent, ReplyStream
+from ..sampling import Sample, SamplingParams
+from ..tokenizer import N_TEXT_TOKENS
+from .errors import APIError
+
+__all__ = ["Chunk", "Generation", "openai_finish_reason"]
+
+
+@dataclass
+class Chunk:
+    """What one engine output adds: reply events, and the logprobs of its visible-text tokens."""
+
+    events: list[ReplyEvent]
+    logprobs: list[tuple[int, Sample]] = field(default_factory=list)  # (token, sample) of content tokens
+    output: Optional[RequestOutput] = None
+
+
+class Generation:
+    """A request submitted to the engine, its reply parsed (`reply`) as it streams."""
+
+    def __init__(self, ctx: Any, prompt: list[int], params: SamplingParams, *, harmony: bool = True):
+        ctx.check_room()
+        self.ctx = ctx
+        self.prompt = prompt
+        self.reply = ReplyStream(ctx.tokenizer) if harmony else None
+        self.t_submit = time.monotonic()
+        self.first_token_at: Optional[float] = None
+        self._last_token_at: Optional[float] = None
+        self.last: Optional[RequestOutput] = None
+        try:
+            self.stream = ctx.engine.submit_async(Request(prompt, params, tokenizer=ctx.tokenizer,
+                                                          vocab_limit=ctx.vocab_limit))
+        except ValueError as e:  # bad ids, context overflow, capacity: the client's request
+            code = "context_length_exceeded" if "context" in str(e) else "invalid_value"
+            raise APIError(400, str(e), code=code) from None
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        reply, ctx = self.reply, self.ctx
+        async for out in self.stream:
+            now = time.monotonic()
+            if out.tokens:
+                ctx.metrics.token_times(self, now, len(out.tokens))
+            events: list[ReplyEvent] = []
+            lps: list[tuple[int, Sample]] = []
+            for j, tok in enumerate(out.tokens):
+                if reply is None:
+                    continue
+                p = reply.parser
+                visible = (p.state == "content" and p.current_channel != "analysis" and p.current_recipient in (None, "all")
+                           and tok < N_TEXT_TOKENS)
+                events += reply.feed(tok)
+                if visible and out.logprobs is not None:
+                    lps.append((tok, out.logprobs[j]))
+            if out.finished:
+                self.last = out
+                if reply is not None:
+                    events += reply.finish()  # closes what a length limit or stop string cut short
+                ctx.metrics.finished(self, out, now)
+            yield Chunk(events, lps, out)
+
+    def cancel(self) -> None:
+        self.stream.cancel()
+
+    @property
+    def finish_reason(self) -> str:
+        return openai_finish_reason(self.last, self.ctx.tokenizer, self.reply)
+
+
+def openai_finish_reason(out: Optional[RequestOutput], tokenizer: Any, reply: Optional[ReplyStream]) -> str:
+    if out is None or out.finish_reason is None:
+        return "stop"
+    r = out.finish_reason
+    if r is FinishReason.STOP:
+        if out.stop_reason == getattr(tokenizer, "call", 200012) and reply is not None and reply.tool_calls:
+            return "tool_calls"
+        return "stop"
+    if r in (FinishReason.LENGTH, FinishReason.CONTEXT_LENGTH):
+        return "length"
+    return str(r)
