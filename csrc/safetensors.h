@@ -30,10 +30,10 @@ class SafetensorsFile {
   // Maps `path` and validates it as strictly as the `safetensors` library does: header length,
   // UTF-8 JSON (a strict grammar), known dtypes, shapes and offsets that agree with them, and
   // tensor data that tiles the data section exactly (from byte 0, no gaps, no overlaps, nothing
-  // after the last tensor). Stricter in two ways, both of which the format's writers never
-  // produce: duplicate keys are refused (the format forbids them; the library keeps the last),
-  // and so is tensor data not aligned to its element size in the file (the engine reads it in
-  // place). Throws CheckpointError naming the file and the tensor.
+  // after the last tensor). Stricter in ways the format's writers never meet: duplicate keys are
+  // refused (the format forbids them; the library keeps the last), so is tensor data not aligned
+  // to its element size in the file (the engine reads it in place), and a header of more than
+  // 2^20 JSON values. Throws CheckpointError naming the file and the tensor.
   // populate: also build the page tables for the whole mapping up front (MAP_POPULATE), so the
   // first forward pass does not take millions of minor page faults; worth it when the file is
   // already in the page cache and fits in memory.
