@@ -32,8 +32,8 @@ _FLOAT_RANGES = {
     "rope_scaling_factor": (1.0, False, _FLOAT32_MAX),
     "rope_ntk_alpha": (0.0, True, _FLOAT32_MAX),
     "rope_ntk_beta": (0.0, True, _FLOAT32_MAX),
-    "rms_norm_eps": (1e-30, False, 1.0),
-    "swiglu_limit": (0.0, True, _FLOAT32_MAX),
+    "rms_norm_eps": (1e-30, False, 1.0),  # nonzero in float32
+    "swiglu_limit": (1e-30, False, _FLOAT32_MAX),  # nonzero in float32
 }
 
 # Where a field differs from its key in the HF config.json, messages name both.
