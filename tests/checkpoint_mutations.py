@@ -20,6 +20,13 @@ from typing import Any, Callable, Optional
 INDEX = "model.safetensors.index.json"
 DTYPES = ["BOOL", "F4", "U8", "I8", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64",
           "U64", "C64"]
+# Keys that gptoss reads (in either layout): most value mutations go there.
+READ_KEYS = {"num_hidden_layers", "num_local_experts", "num_experts", "num_experts_per_tok", "experts_per_token",
+             "vocab_size", "hidden_size", "intermediate_size", "head_dim", "num_attention_heads",
+             "num_key_value_heads", "sliding_window", "swiglu_limit", "initial_context_length", "rope_theta",
+             "rope_scaling_factor", "rope_ntk_alpha", "rope_ntk_beta", "rms_norm_eps", "max_position_embeddings",
+             "eos_token_id", "pad_token_id", "layer_types", "rope_scaling", "beta_fast", "beta_slow", "factor",
+             "original_max_position_embeddings", "truncate", "rope_type", "model_type"}
 # Keys of the HF config.json that gptoss does not read: any value there must not change anything.
 IGNORED_KEYS = {"architectures", "attention_bias", "attention_dropout", "hidden_act", "initializer_range",
                 "output_router_logits", "router_aux_loss_coef", "tie_word_embeddings", "torch_dtype",
@@ -118,7 +125,8 @@ def op_config_value(rng: random.Random, case: Case) -> None:
     paths = _paths(cfg) if cfg is not None else []
     if not paths:
         return op_config_text(rng, case)
-    path = rng.choice(paths)
+    read = [p for p in paths if p[-1] in READ_KEYS]
+    path = rng.choice(read if read and rng.random() < 0.8 else paths)
     parent = _get_parent(cfg, path)
     old = parent[path[-1]]
     action = rng.random()
