@@ -432,6 +432,8 @@ def op_files(rng: random.Random, case: Case) -> None:
     shards = _shards(case)
     kind = rng.choice(["delete-shard", "delete-config", "empty-shard", "dir", "fifo", "devzero", "extra-empty",
                        "extra-copy"])
+    if not shards and kind not in ("delete-config", "extra-empty"):
+        return op_config_text(rng, case)
     p = rng.choice(shards) if shards else "model.safetensors"
     neutral = False
     if kind == "delete-shard":
@@ -449,10 +451,11 @@ def op_files(rng: random.Random, case: Case) -> None:
         neutral = True
     else:  # a second file holding a tensor that is already in another one
         parsed = _header(case.files[shards[0]]) if shards else None
-        if parsed is None:
+        names = [k for k in parsed[0] if k != "__metadata__"] if parsed else []
+        if not names:
             return op_config_text(rng, case)
         h, data = parsed
-        name = next(k for k in h if k != "__metadata__")
+        name = names[0]
         b, e = h[name]["data_offsets"]
         p = "model-extra.safetensors"
         case.files[p] = _join({name: dict(h[name], data_offsets=[0, e - b])}, data[b:e])

@@ -268,6 +268,7 @@ def test_bad_rope_scaling_value_names_the_key(ckpt, key, value):
             c["initial_context_length"] = value
         if value is None:
             del c["rope_scaling"][key]
+            c.pop("initial_context_length" if key == "original_max_position_embeddings" else "-", None)
     _edit_config(ckpt, edit)
     if value is None and key != "original_max_position_embeddings":  # absent: the default applies
         gptoss.Model(ckpt, max_context=16)
@@ -301,6 +302,21 @@ def test_bad_values_in_original_layout_name_the_key(orig):
             with pytest.raises(CheckpointError, match=key):
                 gptoss.Model(orig)
         open(p, "w").write(good)
+
+
+@pytest.mark.parametrize("path", ["sliding_window", "rope_theta", "rms_norm_eps", "head_dim", "swiglu_limit",
+                                  "rope_scaling.factor", "rope_scaling.beta_fast", "rope_scaling.truncate"])
+def test_null_values_are_refused(ckpt, path):
+    # transformers reads some nulls in its own way (sliding_window: no window; factor: derived
+    # from the context lengths): refused rather than guessed.
+    def edit(c):
+        *parents, key = path.split(".")
+        for p in parents:
+            c = c[p]
+        c[key] = None
+    _edit_config(ckpt, edit)
+    with pytest.raises(CheckpointError, match=f"{path} is null"):
+        gptoss.Model(ckpt)
 
 
 def test_betas_must_be_ordered(ckpt):
@@ -351,7 +367,7 @@ def test_rope_frequencies_match_transformers(ckpt):
         c["rope_scaling"].update(v)
         c["rope_scaling"] = {k: x for k, x in c["rope_scaling"].items() if x is not None}
         c["initial_context_length"] = c["rope_scaling"]["original_max_position_embeddings"]
-        inv, conc = ROPE_INIT_FUNCTIONS["yarn"](transformers.GptOssConfig(**c), "cpu")
+        inv, conc = ROPE_INIT_FUNCTIONS["yarn"](transformers.GptOssConfig(**json.loads(json.dumps(c))), "cpu")
         ours, our_conc = ModelConfig.from_dict(c).yarn()
         np.testing.assert_allclose(np.array(ours, np.float32), inv.numpy(), rtol=2e-6, atol=0)
         assert our_conc == pytest.approx(conc, rel=1e-12)

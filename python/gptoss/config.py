@@ -256,7 +256,10 @@ class ModelConfig:
         rope = (rs_key + ".", rs)
 
         def pick(*where: tuple[tuple[str, dict], str], default: Any = None) -> Any:
-            found = [(prefix + k, src[k]) for (prefix, src), k in where if src.get(k) is not None]
+            for (prefix, src), k in where:  # transformers gives some nulls a meaning of its own
+                if k in src and src[k] is None:
+                    raise CheckpointError(f"invalid model config: {prefix}{k} is null")
+            found = [(prefix + k, src[k]) for (prefix, src), k in where if k in src]
             for label, v in found[1:]:
                 if not _same(v, found[0][1]):
                     raise CheckpointError(f"invalid model config: {found[0][0]} = {_show(found[0][1])} and "
@@ -300,7 +303,7 @@ class ModelConfig:
             kw[k] = number(v, _key(k))
         # As transformers: a rope_scaling without "truncate" truncates; no rope_scaling (the
         # original layout, or transformers' GptOssConfig defaults) does not.
-        kw["rope_truncate"] = rs.get("truncate", True) if rs else False
+        kw["rope_truncate"] = pick((rope, "truncate"), default=True) if rs else False
         layer_types = d.get("layer_types")
         if layer_types is not None and not isinstance(layer_types, list):
             raise CheckpointError(f"invalid model config: layer_types must be a list, got {_show(layer_types)}")
