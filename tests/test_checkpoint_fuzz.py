@@ -92,6 +92,7 @@ def _summary(results: list[dict]) -> str:
     return f"{len(results)} cases: {dict(c)}, {neutral} neutral mutations loaded and compared to the baseline"
 
 
+@pytest.mark.slow
 def test_fuzz_checkpoints(tmp_path, capsys):
     from conftest import tiny_config
     from gptoss.synthetic import write_checkpoint
