@@ -6,10 +6,12 @@ namespace py = pybind11;
 void register_engine_bindings(py::module_& m);   // csrc/engine_py.cc
 void register_ops_bindings(py::module_& m);      // csrc/cpu/ops_py.cc
 void register_matmul_bindings(py::module_& m);   // csrc/cpu/matmul_py.cc
+void register_checkpoint_bindings(py::module_& m);  // csrc/checkpoint_py.cc
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "gptoss C++ runtime";
   register_engine_bindings(m);
+  register_checkpoint_bindings(m);
   py::module_ k = m.def_submodule("kernels", "CPU kernels, exposed for tests against numpy references");
   register_ops_bindings(k);
   register_matmul_bindings(k);

@@ -26,7 +26,8 @@ struct ModelConfig {
 
   int64_t q_dim() const { return n_heads * head_dim; }
   int64_t kv_dim() const { return n_kv * head_dim; }
-  void validate() const;
+  void validate_dims() const;  // the sizes only
+  void validate() const;       // everything
 };
 
 struct LayerWeights {
@@ -52,7 +53,12 @@ struct TensorSource {
 
 // Builds the weight views for `layout` ("hf" or "original"), checking that every tensor is
 // present with the right shape and dtype; errors name the tensor and its file.
+// Every tensor of the source must be used: one the config has no place for is an error too.
 Weights bind_weights(const ModelConfig& cfg, const TensorSource& src, const std::string& layout);
+// The same checks without reading any tensor data (inv_freq and the float parameters of `cfg`
+// are not used), so that a config can be checked against the headers before anything is sized
+// from it.
+void check_weights(const ModelConfig& cfg, const TensorSource& src, const std::string& layout);
 
 struct EngineOptions {
   KVOptions kv;                                // block size, window retention, chunk size

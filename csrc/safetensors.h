@@ -21,13 +21,19 @@ struct TensorInfo {
   std::vector<int64_t> shape;
   const void* data = nullptr;   // points into the mapping (or into caller-owned memory)
   size_t nbytes = 0;
+  uint64_t begin = 0;           // data_offsets[0]: where the data starts in the data section
   std::string file;             // where it came from, for error messages
 };
 
 class SafetensorsFile {
  public:
-  // Maps `path` and validates its header: JSON well-formed, every tensor's offsets inside the
-  // file and consistent with its dtype and shape. Throws CheckpointError naming the file.
+  // Maps `path` and validates it as strictly as the `safetensors` library does: header length,
+  // UTF-8 JSON (a strict grammar), known dtypes, shapes and offsets that agree with them, and
+  // tensor data that tiles the data section exactly (from byte 0, no gaps, no overlaps, nothing
+  // after the last tensor). Stricter in ways the format's writers never meet: duplicate keys are
+  // refused (the format forbids them; the library keeps the last), so is tensor data not aligned
+  // to its element size in the file (the engine reads it in place), and a header of more than
+  // 2^20 JSON values. Throws CheckpointError naming the file and the tensor.
   // populate: also build the page tables for the whole mapping up front (MAP_POPULATE), so the
   // first forward pass does not take millions of minor page faults; worth it when the file is
   // already in the page cache and fits in memory.

@@ -1,37 +1,65 @@
 // Binding checkpoint tensors to the model: name mapping for both layouts and validation.
+#include <algorithm>
+#include <cmath>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "common.h"
+#include "json.h"
 #include "model.h"
 
 namespace gptoss {
 
-void ModelConfig::validate() const {
-  auto need = [](bool c, const std::string& m) {
-    if (!c) throw InvalidArgument("invalid model config: " + m);
-  };
+namespace {
+
+void need(bool c, const std::string& m) {
+  if (!c) throw InvalidArgument("invalid model config: " + m);
+}
+
+}  // namespace
+
+void ModelConfig::validate_dims() const {
   need(n_layers > 0 && n_experts > 0 && top_k > 0 && vocab > 0 && hidden > 0 && inter > 0 &&
            head_dim > 0 && n_heads > 0 && n_kv > 0 && window > 0 && max_context > 0,
        "all sizes must be positive");
+  // Sizes index int32 tables and kernels; products of two of them stay far from int64 limits.
+  const int64_t kMax = (int64_t(1) << 31) - 1;
+  need(n_layers <= kMax && n_experts <= kMax && vocab <= kMax && hidden <= kMax && inter <= kMax &&
+           head_dim <= kMax && n_heads <= kMax && n_kv <= kMax && window <= kMax && max_context <= kMax,
+       "sizes (and max_context) must be below 2^31");
   need(top_k <= n_experts, "experts_per_token > num_experts");
   need(n_heads % n_kv == 0, "num_attention_heads must be a multiple of num_key_value_heads");
   need(head_dim % 2 == 0, "head_dim must be even");
   need(hidden % 32 == 0 && inter % 32 == 0, "hidden_size and intermediate_size must be multiples of 32");
+  need(q_dim() <= kMax && kv_dim() <= kMax, "num_attention_heads * head_dim must be below 2^31");
+}
+
+void ModelConfig::validate() const {
+  validate_dims();
   need(int64_t(sliding.size()) == n_layers, "layer types do not match num_hidden_layers");
   need(int64_t(inv_freq.size()) == head_dim / 2, "inv_freq must have head_dim/2 entries");
+  auto positive = [](float v) { return std::isfinite(v) && v > 0.0f; };
+  need(positive(swiglu_limit), "swiglu_limit must be finite and positive");
+  need(std::isfinite(swiglu_alpha), "swiglu_alpha must be finite");
+  need(positive(rms_eps), "rms_norm_eps must be finite and positive");
+  need(positive(attn_scale), "attn_scale must be finite and positive");
+  need(positive(rope_conc), "rope_concentration must be finite and positive");
+  for (float f : inv_freq) need(std::isfinite(f) && f >= 0.0f, "inv_freq entries must be finite and >= 0");
 }
 
 namespace {
 
 struct Finder {
   const TensorSource& src;
+  const bool read;  // false: check names, shapes and dtypes only (vec() copies nothing)
   std::unordered_map<std::string, const TensorInfo*> by_name;
+  mutable std::unordered_set<std::string> used;
 
-  explicit Finder(const TensorSource& s) : src(s) {
+  Finder(const TensorSource& s, bool read_data) : src(s), read(read_data) {
     auto add = [&](const TensorInfo& t) {
       auto it = by_name.find(t.name);
       if (it != by_name.end())
-        throw CheckpointError("tensor '" + t.name + "' appears twice: in " + it->second->file + " and " + t.file);
+        throw CheckpointError("tensor " + json::quote(t.name) + " appears twice: in " + it->second->file + " and " + t.file);
       by_name[t.name] = &t;
     };
     for (const auto& f : src.files)
@@ -50,6 +78,7 @@ struct Finder {
     auto it = by_name.find(name);
     if (it == by_name.end()) throw CheckpointError("missing tensor '" + name + "' (not in any checkpoint file)");
     const TensorInfo& t = *it->second;
+    used.insert(name);
     if (t.shape != shape)
       throw CheckpointError("tensor '" + name + "' in " + t.file + " has shape " + shape_str(t.shape) +
                             ", expected " + shape_str(shape));
@@ -72,6 +101,7 @@ struct Finder {
   // Small vectors (norms, biases, sinks) are kept as fp32 copies; bf16 or f32 on disk.
   std::vector<float> vec(const std::string& name, const std::vector<int64_t>& shape) const {
     const TensorInfo& t = get(name, shape, {DType::BF16, DType::F32});
+    if (!read) return {};
     size_t n = 1;
     for (int64_t d : shape) n *= size_t(d);
     std::vector<float> out(n);
@@ -83,14 +113,44 @@ struct Finder {
     }
     return out;
   }
+
+  // A tensor the config does not use means the two disagree (e.g. num_hidden_layers too small):
+  // loading would silently drop part of the model.
+  void check_all_used(const std::string& layout) const {
+    if (used.size() == by_name.size()) return;
+    std::vector<std::string> extra;
+    for (const auto& kv : by_name)
+      if (!used.count(kv.first)) extra.push_back(kv.first);
+    std::sort(extra.begin(), extra.end());
+    std::string list;
+    for (size_t i = 0; i < extra.size() && i < 3; ++i) list += (i ? ", " : "") + json::quote(extra[i]);
+    if (extra.size() > 3) list += ", ...";
+    const TensorInfo& t = *by_name.at(extra[0]);
+    throw CheckpointError(std::to_string(extra.size()) + " tensor(s) that a gpt-oss model of this config (" +
+                          layout + " layout) does not have: " + list + " (in " + t.file +
+                          "); does config.json match the checkpoint?");
+  }
 };
+
+Weights bind(const ModelConfig& c, const TensorSource& src, const std::string& layout, bool read);
 
 }  // namespace
 
 Weights bind_weights(const ModelConfig& c, const TensorSource& src, const std::string& layout) {
+  return bind(c, src, layout, /*read=*/true);
+}
+
+void check_weights(const ModelConfig& c, const TensorSource& src, const std::string& layout) {
+  c.validate_dims();
+  bind(c, src, layout, /*read=*/false);
+}
+
+namespace {
+
+Weights bind(const ModelConfig& c, const TensorSource& src, const std::string& layout, bool read) {
   if (layout != "hf" && layout != "original")
     throw InvalidArgument("layout must be 'hf' or 'original', got '" + layout + "'");
-  Finder f(src);
+  Finder f(src, read);
   const bool hf = layout == "hf";
   const int64_t H = c.hidden, I = c.inter, E = c.n_experts, Q = c.q_dim(), KV = c.kv_dim();
   Weights w;
@@ -127,9 +187,11 @@ Weights bind_weights(const ModelConfig& c, const TensorSource& src, const std::s
       L.k_w = qkv + Q * H;
       L.v_w = qkv + (Q + KV) * H;
       std::vector<float> b = f.vec(p + "attn.qkv.bias", {Q + 2 * KV});
-      L.q_b.assign(b.begin(), b.begin() + Q);
-      L.k_b.assign(b.begin() + Q, b.begin() + Q + KV);
-      L.v_b.assign(b.begin() + Q + KV, b.end());
+      if (read) {
+        L.q_b.assign(b.begin(), b.begin() + Q);
+        L.k_b.assign(b.begin() + Q, b.begin() + Q + KV);
+        L.v_b.assign(b.begin() + Q + KV, b.end());
+      }
       L.sinks = f.vec(p + "attn.sinks", {c.n_heads});
       L.o_w = f.bf16(p + "attn.out.weight", {H, Q});
       L.o_b = f.vec(p + "attn.out.bias", {H});
@@ -145,7 +207,10 @@ Weights bind_weights(const ModelConfig& c, const TensorSource& src, const std::s
     }
     w.layers.push_back(std::move(L));
   }
+  f.check_all_used(layout);
   return w;
 }
+
+}  // namespace
 
 }  // namespace gptoss

@@ -9,13 +9,96 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import CheckpointError
 
-__all__ = ["ModelConfig", "PRESETS", "preset", "find_checkpoint", "CheckpointError"]
+__all__ = ["ModelConfig", "PRESETS", "preset", "load_json", "CheckpointError"]
+
+
+_MAX_SIZE = 2 ** 31 - 1  # sizes index int32 tables in the engines
+_MAX_LAYERS = 1 << 16    # gpt-oss-120b has 36; a per-layer list is built before the tensors are seen
+_FLOAT32_MAX = 3.4028234663852886e38
+
+_SIZE_FIELDS = ("num_hidden_layers", "num_experts", "experts_per_token", "vocab_size", "hidden_size",
+                "intermediate_size", "head_dim", "num_attention_heads", "num_key_value_heads",
+                "sliding_window", "initial_context_length", "max_position_embeddings")
+
+# Sane ranges of the float settings: (low, low excluded, high). The RoPE/YaRN formulas divide by
+# log(rope_theta) and take logs of the betas; the engines compute in float32.
+_FLOAT_RANGES = {
+    "rope_theta": (1.0, True, _FLOAT32_MAX),
+    "rope_scaling_factor": (1.0, False, _FLOAT32_MAX),
+    "rope_ntk_alpha": (0.0, True, _FLOAT32_MAX),
+    "rope_ntk_beta": (0.0, True, _FLOAT32_MAX),
+    "rms_norm_eps": (1e-30, False, 1.0),  # nonzero in float32
+    "swiglu_limit": (1e-30, False, _FLOAT32_MAX),  # nonzero in float32
+}
+
+# Where a field differs from its key in the HF config.json, messages name both.
+_HF_KEYS = {
+    "num_experts": "num_local_experts",
+    "experts_per_token": "num_experts_per_tok",
+    "initial_context_length": "rope_scaling.original_max_position_embeddings",
+    "rope_scaling_factor": "rope_scaling.factor",
+    "rope_ntk_alpha": "rope_scaling.beta_slow",
+    "rope_ntk_beta": "rope_scaling.beta_fast",
+    "rope_truncate": "rope_scaling.truncate",
+}
+
+
+def _finite(v: float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _show(v: Any) -> str:
+    """repr(v) clipped for an error message."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _key(field: str) -> str:
+    return f"{field} (HF: {_HF_KEYS[field]})" if field in _HF_KEYS else field
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two settings of one key agree (4096 and 4096.0 do; a bool is not a number)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError(f"duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+def load_json(path: str, what: str) -> Any:
+    """A JSON file of a checkpoint; anything wrong with it (missing, unreadable, not UTF-8, not
+    JSON, nested absurdly deep, a key given twice) raises CheckpointError naming it."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: {what} is not UTF-8 ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: {what} is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, a duplicate key, an integer of over 4300 digits
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({e})") from None
 
 
 @dataclass
@@ -45,7 +128,8 @@ class ModelConfig:
     layer_types: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not self.layer_types:
+        n = self.num_hidden_layers
+        if not self.layer_types and isinstance(n, int) and 0 < n <= _MAX_LAYERS:
             self.layer_types = [
                 "sliding_attention" if i % 2 == 0 else "full_attention"
                 for i in range(self.num_hidden_layers)
@@ -54,34 +138,50 @@ class ModelConfig:
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
+        """Types and sane ranges of every field; errors name the config.json key."""
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise CheckpointError(f"invalid model config: {msg}")
 
-        for name in ("num_hidden_layers", "num_experts", "experts_per_token", "vocab_size",
-                     "hidden_size", "intermediate_size", "head_dim", "num_attention_heads",
-                     "num_key_value_heads", "sliding_window", "max_position_embeddings"):
+        for name in _SIZE_FIELDS:
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                 f"{name} must be a positive integer, got {v!r}")
+                 f"{_key(name)} must be a positive integer, got {_show(v)}")
+            need(v <= _MAX_SIZE, f"{_key(name)} = {_show(v)} is absurdly large (at most 2**31 - 1)")
+        need(self.num_hidden_layers <= _MAX_LAYERS,
+             f"num_hidden_layers = {self.num_hidden_layers} is absurdly large (at most {_MAX_LAYERS})")
         need(self.experts_per_token <= self.num_experts,
              f"experts_per_token ({self.experts_per_token}) > num_experts ({self.num_experts})")
         need(self.num_attention_heads % self.num_key_value_heads == 0,
              "num_attention_heads must be a multiple of num_key_value_heads")
         need(self.head_dim % 2 == 0, "head_dim must be even (half-split RoPE)")
+        need(self.num_attention_heads * self.head_dim <= _MAX_SIZE,
+             f"num_attention_heads * head_dim = {self.num_attention_heads} * {self.head_dim} is absurdly large "
+             "(at most 2**31 - 1)")
         need(self.hidden_size % 32 == 0, "hidden_size must be a multiple of 32 (MXFP4 blocks)")
         need(self.intermediate_size % 32 == 0,
              "intermediate_size must be a multiple of 32 (MXFP4 blocks)")
+        need(isinstance(self.layer_types, list), f"layer_types must be a list, got {_show(self.layer_types)}")
         need(len(self.layer_types) == self.num_hidden_layers,
              f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
         for t in self.layer_types:
-            need(t in ("sliding_attention", "full_attention"), f"unknown layer type {t!r}")
-        need(self.rope_theta > 0 and self.rope_scaling_factor >= 1.0, "bad RoPE parameters")
-        need(self.rms_norm_eps > 0, "rms_norm_eps must be positive")
+            need(t in ("sliding_attention", "full_attention"), f"unknown layer type {_show(t)}")
+        for name, (lo, lo_open, hi) in _FLOAT_RANGES.items():
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool), f"{_key(name)} must be a number, got {_show(v)}")
+            ok = _finite(v) and (v > lo if lo_open else v >= lo) and v <= hi
+            upper = "finite (in float32)" if hi == _FLOAT32_MAX else f"<= {hi:g}"
+            need(ok, f"{_key(name)} = {_show(v)} is out of range: it must be {'>' if lo_open else '>='} {lo:g}"
+                     f" and {upper}")
+        need(self.rope_ntk_beta >= self.rope_ntk_alpha,
+             f"{_key('rope_ntk_beta')} ({self.rope_ntk_beta!r}) must not be below "
+             f"{_key('rope_ntk_alpha')} ({self.rope_ntk_alpha!r})")
+        need(isinstance(self.rope_truncate, bool), f"{_key('rope_truncate')} must be true or false, "
+                                                   f"got {_show(self.rope_truncate)}")
         for name in ("eos_token_id", "pad_token_id"):
             v = getattr(self, name)
-            need(v is None or (isinstance(v, int) and 0 <= v < self.vocab_size),
-                 f"{name} must be null or an id below vocab_size, got {v!r}")
+            need(v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < self.vocab_size),
+                 f"{name} must be null or an id below vocab_size, got {_show(v)}")
 
     # ---------------------------------------------------------------- derived
     @property
@@ -123,67 +223,106 @@ class ModelConfig:
             high += 0.001
         ramp = np.clip((np.arange(d // 2, dtype=np.float32) - np.float32(low)) / np.float32(high - low), 0, 1)
         extrap = (1 - ramp).astype(np.float32)
-        inv_freq = (1.0 / (factor * freq)) * (1 - extrap) + (1.0 / freq) * extrap
-        return inv_freq.astype(np.float32).tolist(), conc
+        inv_freq = ((1.0 / (factor * freq)) * (1 - extrap) + (1.0 / freq) * extrap).astype(np.float32)
+        if not (np.isfinite(inv_freq).all() and math.isfinite(conc)):
+            raise CheckpointError("invalid model config: the RoPE/YaRN parameters (rope_theta, rope_scaling) "
+                                  "give non-finite frequencies")
+        return inv_freq.tolist(), conc
 
     # ---------------------------------------------------------------- (de)serialisation
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Accept either the HF `config.json` or the `original/config.json` (gpt-oss ModelConfig)."""
-        def get(*keys: str, default: Any = None) -> Any:
-            for k in keys:
-                if k in d and d[k] is not None:
-                    return d[k]
-            return default
+        """Accept either the HF `config.json` or the `original/config.json` (gpt-oss ModelConfig).
 
-        try:
-            # transformers 5 may write the RoPE settings (rope_theta included) as rope_parameters.
-            rs = d.get("rope_scaling") or d.get("rope_parameters") or {}
-            kw: dict[str, Any] = dict(
-                num_hidden_layers=get("num_hidden_layers"),
-                num_experts=get("num_local_experts", "num_experts"),
-                experts_per_token=get("num_experts_per_tok", "experts_per_token"),
-                vocab_size=get("vocab_size"),
-                hidden_size=get("hidden_size"),
-                intermediate_size=get("intermediate_size"),
-                head_dim=get("head_dim"),
-                num_attention_heads=get("num_attention_heads"),
-                num_key_value_heads=get("num_key_value_heads"),
-                sliding_window=get("sliding_window", default=128),
-                swiglu_limit=float(get("swiglu_limit", default=7.0)),
-                initial_context_length=int(get("initial_context_length", default=rs.get("original_max_position_embeddings", 4096))),
-                rope_theta=float(get("rope_theta", default=rs.get("rope_theta", 150000.0))),
-                rope_scaling_factor=float(rs.get("factor", get("rope_scaling_factor", default=32.0))),
-                rope_ntk_alpha=float(rs.get("beta_slow", get("rope_ntk_alpha", default=1.0))),
-                rope_ntk_beta=float(rs.get("beta_fast", get("rope_ntk_beta", default=32.0))),
-                rope_truncate=bool(rs.get("truncate", False)) if rs else False,
-                rms_norm_eps=float(get("rms_norm_eps", default=1e-5)),
-                eos_token_id=d.get("eos_token_id"),
-                pad_token_id=d.get("pad_token_id"),
-                layer_types=list(d.get("layer_types") or []),
-            )
-            if isinstance(kw["eos_token_id"], list):
-                kw["eos_token_id"] = kw["eos_token_id"][0] if kw["eos_token_id"] else None
-            mpe = get("max_position_embeddings")
-            if mpe is None:
-                mpe = int(kw["initial_context_length"] * max(1.0, kw["rope_scaling_factor"]))
-            kw["max_position_embeddings"] = int(mpe)
-        except (TypeError, ValueError, AttributeError) as e:
-            raise CheckpointError(f"invalid model config: {e}") from None
-        missing = [k for k, v in kw.items() if v is None and k not in ("eos_token_id", "pad_token_id")]
+        A setting the file gives twice (e.g. `initial_context_length` and
+        `rope_scaling.original_max_position_embeddings`) must agree; errors name the key."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"invalid model config: expected a JSON object, got {type(d).__name__}")
+        mt = d.get("model_type")
+        if mt is not None and mt != "gpt_oss":
+            raise CheckpointError(f"invalid model config: model_type is {_show(mt)}, not 'gpt_oss'")
+        # transformers 5 may write the RoPE settings (rope_theta included) as rope_parameters.
+        rs_key = "rope_scaling" if d.get("rope_scaling") is not None else "rope_parameters"
+        rs = d.get(rs_key)
+        if rs is None:
+            rs = {}
+        if not isinstance(rs, dict):
+            raise CheckpointError(f"invalid model config: {rs_key} must be an object, got {_show(rs)}")
+        rope_type = rs.get("rope_type", rs.get("type"))
+        if rs and rope_type not in (None, "yarn"):
+            raise CheckpointError(f"invalid model config: {rs_key}.rope_type {_show(rope_type)} is not supported "
+                                  "(gpt-oss uses 'yarn')")
+        top = ("", d)
+        rope = (rs_key + ".", rs)
+
+        def pick(*where: tuple[tuple[str, dict], str], default: Any = None) -> Any:
+            for (prefix, src), k in where:  # transformers gives some nulls a meaning of its own
+                if k in src and src[k] is None:
+                    raise CheckpointError(f"invalid model config: {prefix}{k} is null")
+            found = [(prefix + k, src[k]) for (prefix, src), k in where if k in src]
+            for label, v in found[1:]:
+                if not _same(v, found[0][1]):
+                    raise CheckpointError(f"invalid model config: {found[0][0]} = {_show(found[0][1])} and "
+                                          f"{label} = {_show(v)} disagree")
+            return found[0][1] if found else default
+
+        def number(v: Any, key: str) -> Any:  # floats stay floats; ints (even huge) convert or fail clearly
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise CheckpointError(f"invalid model config: {key} must be a number, got {_show(v)}")
+            try:
+                return float(v)
+            except OverflowError:
+                raise CheckpointError(f"invalid model config: {key} = {_show(v)} is out of range") from None
+
+        kw: dict[str, Any] = dict(
+            num_hidden_layers=pick((top, "num_hidden_layers")),
+            num_experts=pick((top, "num_local_experts"), (top, "num_experts")),
+            experts_per_token=pick((top, "num_experts_per_tok"), (top, "experts_per_token")),
+            vocab_size=pick((top, "vocab_size")),
+            hidden_size=pick((top, "hidden_size")),
+            intermediate_size=pick((top, "intermediate_size")),
+            head_dim=pick((top, "head_dim")),
+            num_attention_heads=pick((top, "num_attention_heads")),
+            num_key_value_heads=pick((top, "num_key_value_heads")),
+            sliding_window=pick((top, "sliding_window"), default=128),
+            initial_context_length=pick((top, "initial_context_length"),
+                                        (rope, "original_max_position_embeddings"), default=4096),
+        )
+        missing = [_key(k) for k, v in kw.items() if v is None]
         if missing:
             raise CheckpointError(f"config.json lacks required keys: {', '.join(missing)}")
+        floats = dict(
+            swiglu_limit=pick((top, "swiglu_limit"), default=7.0),
+            rope_theta=pick((top, "rope_theta"), (rope, "rope_theta"), default=150000.0),
+            rope_scaling_factor=pick((rope, "factor"), (top, "rope_scaling_factor"), default=32.0),
+            rope_ntk_alpha=pick((rope, "beta_slow"), (top, "rope_ntk_alpha"), default=1.0),
+            rope_ntk_beta=pick((rope, "beta_fast"), (top, "rope_ntk_beta"), default=32.0),
+            rms_norm_eps=pick((top, "rms_norm_eps"), default=1e-5),
+        )
+        for k, v in floats.items():
+            kw[k] = number(v, _key(k))
+        # As transformers: a rope_scaling without "truncate" truncates; no rope_scaling (the
+        # original layout, or transformers' GptOssConfig defaults) does not.
+        kw["rope_truncate"] = pick((rope, "truncate"), default=True) if rs else False
+        layer_types = d.get("layer_types")
+        if layer_types is not None and not isinstance(layer_types, list):
+            raise CheckpointError(f"invalid model config: layer_types must be a list, got {_show(layer_types)}")
+        kw["layer_types"] = list(layer_types or [])
+        eos = d.get("eos_token_id")
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        kw["eos_token_id"], kw["pad_token_id"] = eos, d.get("pad_token_id")
+        mpe = pick((top, "max_position_embeddings"))
+        if mpe is None:  # what the YaRN factor stretches the original context to
+            ctx, factor = kw["initial_context_length"], kw["rope_scaling_factor"]
+            ok = isinstance(ctx, int) and math.isfinite(factor) and 0 < ctx * max(1.0, factor) < 2 ** 62
+            mpe = int(ctx * max(1.0, factor)) if ok else ctx
+        kw["max_position_embeddings"] = mpe
         return cls(**kw)
 
     @classmethod
     def from_file(cls, path: str) -> "ModelConfig":
-        try:
-            with open(path, "r", encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: config.json not found") from None
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        d = load_json(path, "config.json")
         if not isinstance(d, dict):
             raise CheckpointError(f"{path}: config.json must hold a JSON object")
         try:
@@ -298,54 +437,3 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
         if k not in overrides and kw.get(k) is not None and kw[k] >= kw["vocab_size"]:
             kw[k] = None
     return ModelConfig(**kw)
-
-
-def find_checkpoint(path: str) -> tuple[str, str, list[str]]:
-    """Locate the checkpoint in `path`: returns (layout, directory, safetensors files).
-
-    layout is "hf" (config.json + model.safetensors.index.json or model*.safetensors at the root)
-    or "original" (the `original/` folder, or a folder holding the gpt-oss ModelConfig).
-    """
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: not a directory")
-
-    def st_files(d: str) -> list[str]:
-        return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".safetensors"))
-
-    cfg_path = os.path.join(path, "config.json")
-    index_path = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(cfg_path):
-        try:
-            with open(cfg_path, "r", encoding="utf-8") as f:
-                d = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{cfg_path}: cannot read config.json ({e})") from None
-        is_hf = isinstance(d, dict) and ("model_type" in d or "num_local_experts" in d)
-        if is_hf:
-            if os.path.isfile(index_path):
-                try:
-                    with open(index_path, "r", encoding="utf-8") as f:
-                        idx = json.load(f)
-                    files = sorted({os.path.join(path, v) for v in idx["weight_map"].values()})
-                except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                    raise CheckpointError(f"{index_path}: malformed index ({e!r})") from None
-                for f in files:
-                    if not os.path.isfile(f):
-                        raise CheckpointError(f"{index_path}: shard {os.path.basename(f)} is missing")
-                return "hf", path, files
-            files = st_files(path)
-            if files:
-                return "hf", path, files
-            sub = os.path.join(path, "original")
-            if os.path.isdir(sub):
-                return find_checkpoint(sub)
-            raise CheckpointError(f"{path}: no *.safetensors files next to config.json")
-        files = st_files(path)
-        if not files:
-            raise CheckpointError(f"{path}: no *.safetensors files next to config.json")
-        return "original", path, files
-    sub = os.path.join(path, "original")
-    if os.path.isdir(sub):
-        return find_checkpoint(sub)
-    raise CheckpointError(f"{path}: no config.json (expected a gpt-oss checkpoint directory)")

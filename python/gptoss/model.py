@@ -14,7 +14,8 @@ from typing import Any, Iterable, Optional, Sequence as Seq, Union
 
 import numpy as np
 
-from .config import ModelConfig, find_checkpoint, preset
+from .checkpoint import open_checkpoint
+from .config import ModelConfig, preset
 from .errors import CheckpointError, ContextOverflowError
 from .hub import resolve_checkpoint
 from .sampling import Sample
@@ -223,8 +224,7 @@ class Model:
             self.layout = "hf"
             files: list[str] = []
         else:
-            layout, directory, files = find_checkpoint(resolve_checkpoint(os.fspath(path)))
-            self.config = ModelConfig.from_file(os.path.join(directory, "config.json"))
+            layout, directory, files, self.config = open_checkpoint(resolve_checkpoint(os.fspath(path)))
             self.checkpoint_dir = directory
             self.layout = layout
         populate = bool(files) and preload and _preload(files, progress)
