@@ -11,7 +11,7 @@ import pytest
 from fake_model import FakeModel
 from fixtures_vocab import o200k_vocab_dir, o200k_vocab_file, tokenizer  # noqa: F401
 from gptoss import harmony
-from gptoss.chat import Conversation, chat
+from gptoss.chat import ContentDelta, Conversation, ToolCall, chat
 from gptoss.generate import generate
 from gptoss.structured import prepare_reply
 
@@ -127,6 +127,9 @@ def test_final_with_constrain_json_is_the_answer(tokenizer):  # noqa: F811
         assert res.content == '{"a": 3}' and res.tool_calls == []
         assert res[-1].channel == "final" and res[-1].recipient is None
         assert res[-1].content_type == "<|constrain|>json"
+        events = list(chat(model, USER, tokenizer=tokenizer, temperature=0, max_tokens=50, **kw))
+        assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == '{"a": 3}'
+        assert not any(isinstance(e, ToolCall) for e in events)
     model = reply_model(tokenizer, [("<|channel|>final <|constrain|>json<|message|>", '{"a": 33}')])
     res = chat(model, USER, tokenizer=tokenizer, stream=False, temperature=0, max_tokens=50,
                response_format=RF)
@@ -225,9 +228,13 @@ def test_forced_tokens_keep_the_models_logprobs(tokenizer):  # noqa: F811
     full, c = prepare_reply(build_messages(USER), tokenizer, thinking_token_budget=0)
     prompt = harmony.render(full, for_completion=True, tokenizer=tokenizer)
     model = reply_model(tokenizer, [("<|channel|>analysis<|message|>", "no")])
+    forced = c.forced_tokens()
+    assert tokenizer.decode(forced) == "<|channel|>final<|message|>"
     res = generate(model, prompt, temperature=1.0, seed=0, max_tokens=12, logprobs=0, constraint=c)
-    text = tokenizer.decode(res.tokens)
-    assert text.startswith("<|channel|>final<|message|>")  # forced: the model wanted analysis
+    assert res.tokens[:len(forced)] == forced  # llguidance's canonical tokens ("f" + "inal" is valid too)
+    for seed in range(1, 4):
+        c2 = prepare_reply(build_messages(USER), tokenizer, thinking_token_budget=0)[1]
+        assert generate(model, prompt, seed=seed, max_tokens=3, constraint=c2).tokens == forced
     first = res.logprobs[1]  # "final", forced against the model's "analysis" (logit 30 vs 0)
     logits = model.logits_for(list(prompt) + res.tokens[:1]).astype(np.float64)
     lse = logits.max() + np.log(np.exp(logits - logits.max()).sum())
