@@ -63,6 +63,9 @@ class Guide:
     def sample(self, sampler: Any, logits: np.ndarray, generated: Sequence[int],
                prompt: Sequence[int]) -> Any:
         """The next token: the first forced one, else a draw among the allowed ids."""
+        if self.constraint.finished:
+            raise ValueError("the constrained reply is complete (after <|return|> or <|call|>) but "
+                             "generation goes on: keep those among stop_token_ids")
         forced = self._forced if self._forced is not None else self._prepare()
         self._forced = None
         allowed = onehot_bitmask(forced[0], self.constraint.vocab_size) if forced else self.mask

@@ -43,6 +43,15 @@ def _llguidance() -> Any:
 
 
 # ---------------------------------------------------------------------------- tokenizer
+# llguidance's "slices": token sets precomputed for lexemes that often allow all of them, so a
+# mask can take a slice whole instead of walking the token trie. Its default has JSON string
+# runs of 1-10, 1-30 and any length; strings bounded by maxLength leave fewer characters than
+# that, so shorter runs are added (the masks are the same; measured on o200k with a schema of
+# bounded strings: p90 of the mask 2.2 -> 0.9 ms; building the tokenizer 1.4 -> 2.7 s, once).
+_STRING_CHAR = '[^"\\\\\\x00-\\x1F\\x7F]'
+_SLICES = (['[\\x20\\x0A\\x0D\\x09]+']
+           + [_STRING_CHAR + "{1,%d}" % n for n in (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 30)]
+           + [_STRING_CHAR + "+"])
 _tok_lock = threading.Lock()
 _tok_cache: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
@@ -58,7 +67,8 @@ def ll_tokenizer(tokenizer: Any) -> Any:
 
             _llguidance()
             # eos is never reached: every grammar here ends in an explicit harmony end token.
-            lt = lltokenizer_from_encoding(enc, n_vocab=enc.n_vocab, eos_token=200002)
+            lt = lltokenizer_from_encoding(enc, n_vocab=enc.n_vocab, eos_token=200002,
+                                           slices=_SLICES)
             _tok_cache[enc] = lt
     return lt
 
