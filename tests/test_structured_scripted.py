@@ -239,3 +239,21 @@ def test_forced_tokens_keep_the_models_logprobs(tokenizer):  # noqa: F811
     logits = model.logits_for(list(prompt) + res.tokens[:1]).astype(np.float64)
     lse = logits.max() + np.log(np.exp(logits - logits.max()).sum())
     assert abs(first.logprob - (logits[res.tokens[1]] - lse)) < 1e-4 and first.logprob < -20
+
+
+def test_mask_on_a_worker_gives_the_same_reply(tokenizer, monkeypatch):  # noqa: F811
+    """The GPU path computes each mask on a worker thread during the step; same tokens."""
+    from gptoss.structured import driver
+
+    model = reply_model(tokenizer, [("<|channel|>analysis<|message|>", "Think."),
+                                    ("<|channel|>final<|message|>", '{"a": 12, "tag": "z"}')])
+    runs = {}
+    for overlap in (False, True):
+        monkeypatch.setattr(driver.Guide, "for_model",
+                            classmethod(lambda cls, c, m, o=overlap: cls(c, overlap=o)))
+        runs[overlap] = [chat(model, USER, tokenizer=tokenizer, stream=False, seed=s, temperature=1.0,
+                              max_tokens=60, response_format=RF, logprobs=None).content
+                         for s in range(3)]
+    assert runs[False] == runs[True]
+    for c in runs[True]:
+        jsonschema.validate(json.loads(c), SCHEMA)

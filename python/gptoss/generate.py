@@ -350,11 +350,11 @@ class GenerationStream:
         stops = set(p.stop_token_ids)
         # Draw on the device when it can (up to 20 logprobs): same random stream, only token ids
         # (and requested logprobs) cross to the host; penalties and bias go as sparse edits.
-        # A constraint's masks are applied by the host sampler (computed during each step).
+        # A constraint's masks are applied by the host sampler.
         guide = None
         if self.constraint is not None:
             from .structured.driver import Guide
-            guide = Guide(self.constraint)
+            guide = Guide.for_model(self.constraint, self.model)
         on_device = getattr(self.model, "samples_on_device", False) and self.sampler.device_params_ok \
             and guide is None
         try:

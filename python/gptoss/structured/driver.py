@@ -1,9 +1,9 @@
 """`Guide`: a `TokenConstraint` inside a one-token-at-a-time decode loop (`GenerationStream`).
 
-Each engine step runs with the next position's mask (and forced tokens) computed alongside on a
-worker thread: the engine and llguidance both drop the GIL, so the mask costs nothing when it
-takes less time than the step. Forced tokens are taken as they are (the sampler sees a one-hot
-mask, so log-probabilities, when asked for, are still the model's).
+With ``overlap`` each engine step runs with the next position's mask (and forced tokens)
+computed alongside on a worker thread: the engine and llguidance both drop the GIL, so the mask
+costs nothing when it takes less time than the step. Forced tokens are taken as they are, without a draw (with
+``logprobs`` asked for, through the sampler on a one-hot mask: the model's own log-probabilities).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from ..sampling import Sample
 from .constraint import TokenConstraint, bitmask_words, onehot_bitmask
 
 __all__ = ["Guide", "mask_executor"]
@@ -32,16 +33,31 @@ def mask_executor() -> ThreadPoolExecutor:
 
 
 class Guide:
-    def __init__(self, constraint: TokenConstraint):
+    """overlap: compute the next mask on a worker thread during the engine step. Right when the
+    step leaves the host idle (a GPU step); on a CPU engine the step's threads already use every
+    core, and one more thread slows the step more than the mask costs, so there the mask is
+    computed after the step. Masks that are fixed (free text) are always just copied."""
+
+    def __init__(self, constraint: TokenConstraint, overlap: bool = False):
         self.constraint = constraint
+        self.overlap = overlap
         self.mask = np.empty(bitmask_words(constraint.vocab_size), np.int32)
         self._forced: Optional[list[int]] = None
+
+    @classmethod
+    def for_model(cls, constraint: TokenConstraint, model: Any) -> "Guide":
+        dev = str(getattr(model, "device", "cpu"))
+        return cls(constraint, overlap=dev.startswith("cuda") and not dev.startswith("cuda-emu"))
 
     def _prepare(self) -> list[int]:
         self.constraint.fill_bitmask(self.mask)
         return self.constraint.forced_tokens()
 
     def _alongside(self, step: Callable[..., Any], *args: Any) -> Any:
+        if not self.overlap or getattr(self.constraint, "mask_is_fixed", False):
+            out = step(*args)
+            self._forced = self._prepare()
+            return out
         fut: Future = mask_executor().submit(self._prepare)
         try:
             out = step(*args)
@@ -68,5 +84,10 @@ class Guide:
                              "generation goes on: keep those among stop_token_ids")
         forced = self._forced if self._forced is not None else self._prepare()
         self._forced = None
-        allowed = onehot_bitmask(forced[0], self.constraint.vocab_size) if forced else self.mask
-        return sampler.sample(logits, generated, prompt, allowed=allowed)
+        if not forced:
+            return sampler.sample(logits, generated, prompt, allowed=self.mask)
+        if sampler.params.logprobs is None:
+            return Sample(forced[0])  # no draw
+        # the sampler on a one-hot mask: the model's own log-probabilities, as for any token
+        return sampler.sample(logits, generated, prompt,
+                              allowed=onehot_bitmask(forced[0], self.constraint.vocab_size))

@@ -91,6 +91,11 @@ class ReplyConstraint:
         return self._seg is _Seg.DONE
 
     @property
+    def mask_is_fixed(self) -> bool:
+        """The next mask is a copy of a fixed one (free text, between messages): microseconds."""
+        return self._seg is not _Seg.HEADER and self._seg is not _Seg.GRAMMAR
+
+    @property
     def budget_spent(self) -> bool:
         b = self.plan.budget
         return b is not None and self.thinking_tokens >= b
