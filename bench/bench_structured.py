@@ -211,10 +211,11 @@ def overlap(model, tok, n: int) -> dict[str, float]:
     return {k: statistics.median(v) * 1e3 for k, v in rows.items()}
 
 
-def gil_check(tok, n: int = 200) -> tuple[float, float, float]:
+def gil_check(tok, n: int = 300) -> dict[str, float]:
     """Whether llguidance drops the GIL while it computes a mask: the main thread counts in pure
-    Python while a worker computes `n` JSON masks. Returns (mask us on the worker, the main
-    thread's counting rate during the masks relative to alone, worker share of the wall time)."""
+    Python while a worker runs (a) `n` JSON masks, (b) a pure-Python loop of the same length
+    (holds the GIL), (c) a sleep of the same length (drops it). Returns the main thread's
+    counting rate during each, relative to its rate alone, and the mask time."""
     import threading
 
     msgs = build_messages([{"role": "user", "content": "x"}])
@@ -222,36 +223,43 @@ def gil_check(tok, n: int = 200) -> tuple[float, float, float]:
     _, c = prepare_reply(msgs, tok, response_format=rf, thinking_token_budget=0)
     for t in tok.encode('<|channel|>final<|message|>{"name": "Ada", "age": 36, "email": "ada',
                         allowed_special="all"):
-        c.advance(t)  # inside a pattern-bounded string: a costly mask (~ms)
+        c.advance(t)  # inside a pattern-bounded string: one of the costlier masks
     mask = np.empty(bitmask_words(tok.n_vocab), np.int32)
+    # a matcher caches the mask of a state it has seen: each mask from a fresh copy
+    copies = [c._copy() for _ in range(n)]
 
-    def count(seconds: float) -> float:
-        k, end = 0, time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            k += 1
-        return k / seconds
+    def masks() -> None:
+        for x in copies:
+            x.fill_bitmask(mask)
 
-    done = threading.Event()
-    spent: list[float] = []
-
-    def worker() -> None:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            c.fill_bitmask(mask)
-        spent.append(time.perf_counter() - t0)
-        done.set()
-
-    alone = count(0.3)
-    th = threading.Thread(target=worker)
     t0 = time.perf_counter()
-    th.start()
-    k = 0
-    while not done.is_set():
-        k += 1
-        time.perf_counter()
-    wall = time.perf_counter() - t0
-    th.join()
-    return spent[0] / n * 1e6, (k / wall) / alone, spent[0] / wall
+    masks()
+    seconds = time.perf_counter() - t0
+    copies = [c._copy() for _ in range(n)]
+
+    def python_loop() -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    def main_rate(work) -> float:
+        done = threading.Event()
+        th = threading.Thread(target=lambda: (work(), done.set()))
+        k, t0 = 0, time.perf_counter()
+        if work is not None:
+            th.start()
+            while not done.is_set():
+                k += 1
+            th.join()
+        else:
+            while time.perf_counter() - t0 < seconds:
+                k += 1
+        return k / (time.perf_counter() - t0)
+
+    alone = main_rate(None)
+    return {"mask_us": seconds / n * 1e6, "masks": main_rate(masks) / alone,
+            "python": main_rate(python_loop) / alone,
+            "sleep": main_rate(lambda: time.sleep(seconds)) / alone}
 
 
 def main() -> int:
@@ -277,9 +285,10 @@ def main() -> int:
         cells = " | ".join(f"{pct(rows[k], 50):.1f} / {pct(rows[k], 99):.1f}"
                            for k in ("fill_bitmask", "forced_tokens", "advance", "total"))
         print(f"| {name} | {n} | {cells} |")
-    us, rate, share = gil_check(tok)
-    print(f"\nGIL: {us:.0f} us per mask on a worker thread; meanwhile the main thread ran pure Python "
-          f"at {100 * rate:.0f}% of its rate alone (the GIL is dropped while the mask is computed)")
+    g = gil_check(tok)
+    print(f"\nGIL: main-thread Python speed while a worker computes masks ({g['mask_us']:.0f} us "
+          f"each): {100 * g['masks']:.0f}% of alone; while it runs Python (holds the GIL): "
+          f"{100 * g['python']:.0f}%; while it sleeps (drops it): {100 * g['sleep']:.0f}%")
     plain, masked = sampler_costs(tok.n_vocab)
     print(f"\nSampler.sample on {tok.n_vocab} logits: {plain:.2f} ms, with a mask {masked:.2f} ms")
     if args.skip_decode:
