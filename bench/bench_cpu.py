@@ -2,8 +2,9 @@
 
     python bench/bench_cpu.py [--checkpoint DIR] [--preset gpt-oss-20b] [--decode 32] [--prompt 512]
 
-Without --checkpoint it writes a random checkpoint in the real layout (13.8 GB for 20b) to
-/tmp/gptoss-bench-<preset> once and reuses it. Random weights cost exactly the bytes and FLOPs
+Without --checkpoint it writes a random checkpoint in the real layout (13.8 GB for 20b, 65 GB for
+120b) to /tmp/gptoss-bench-<preset> once and reuses it (it checks the free disk space first;
+--workdir puts it elsewhere; delete the folder to reclaim the space). Random weights cost exactly the bytes and FLOPs
 of real ones. Reports, in one run:
   - memory read bandwidth (all threads, 1 GiB streaming sum) and fp32 FMA peak;
   - batch-1 decode tokens/s, the bytes one decode step must read, and the fraction of the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -80,6 +82,8 @@ def proc_status() -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="checkpoint directory (default: a synthetic one, written once)")
+    ap.add_argument("--workdir", default="/tmp",
+                    help="where the synthetic checkpoint is written without --checkpoint (default: /tmp)")
     ap.add_argument("--preset", default="gpt-oss-20b")
     ap.add_argument("--decode", type=int, default=32, help="decode steps to time")
     ap.add_argument("--prompt", type=int, default=512, help="prefill length to time")
@@ -93,11 +97,20 @@ def main() -> int:
 
     ckpt = args.checkpoint
     if ckpt is None:
-        ckpt = f"/tmp/gptoss-bench-{args.preset}"
+        ckpt = os.path.join(args.workdir, f"gptoss-bench-{args.preset}")
         if not os.path.exists(os.path.join(ckpt, "config.json")):
-            from gptoss.synthetic import write_checkpoint
+            from gptoss.synthetic import checkpoint_bytes, write_checkpoint
 
-            print(f"writing synthetic {args.preset} to {ckpt} ...", file=sys.stderr)
+            need = checkpoint_bytes(preset(args.preset), "hf")
+            os.makedirs(ckpt, exist_ok=True)
+            free = shutil.disk_usage(ckpt).free
+            if free < need * 1.02:
+                os.rmdir(ckpt)
+                print(f"error: the synthetic {args.preset} checkpoint needs {need / 1e9:.1f} GB but "
+                      f"{args.workdir} has {free / 1e9:.1f} GB free: free some space, pass "
+                      "--workdir DIR on a larger disk, or --checkpoint DIR", file=sys.stderr)
+                return 1
+            print(f"writing synthetic {args.preset} ({need / 1e9:.1f} GB) to {ckpt} ...", file=sys.stderr)
             write_checkpoint(preset(args.preset), ckpt, seed=0, layout="hf", progress=True)
 
     info = gptoss.build_info()

@@ -310,13 +310,16 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       py::arg("max_chunk_tokens") = 512, py::arg("kv_dtype") = "float32",
       "Device bytes of a model (weights, workspace, KV per token / per sequence) without a device");
 
-  py::class_<CudaEngine>(m, "CudaEngine")
+  py::class_<CudaEngine> engine(m, "CudaEngine");
+  bind_prefix_cache(engine);
+  engine
       .def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,
                        const std::string& layout, int64_t block_size, int64_t kv_cache_bytes, int64_t window_retain,
                        int64_t max_chunk_tokens, int threads, int device, const std::string& kv_dtype,
-                       py::object synthetic_seed, bool cuda_graphs) {
-             const auto opt =
+                       py::object synthetic_seed, bool cuda_graphs, bool prefix_cache) {
+             auto opt =
                  make_opts(block_size, kv_cache_bytes, window_retain, max_chunk_tokens, device, kv_dtype, cuda_graphs);
+             opt.prefix_cache = prefix_cache;
              ModelConfig cfg = config_from_dict(config);
              if (!synthetic_seed.is_none()) {
                const uint64_t seed = synthetic_seed.cast<uint64_t>();
@@ -330,7 +333,8 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
            py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
            py::arg("block_size") = 16, py::arg("kv_cache_bytes") = 0, py::arg("window_retain") = 256,
            py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0, py::arg("device") = 0,
-           py::arg("kv_dtype") = "float32", py::arg("synthetic_seed") = py::none(), py::arg("cuda_graphs") = true)
+           py::arg("kv_dtype") = "float32", py::arg("synthetic_seed") = py::none(), py::arg("cuda_graphs") = true,
+           py::arg("prefix_cache") = true)
       .def("new_sequence", &CudaEngine::new_sequence)
       .def("fork", &CudaEngine::fork)
       .def("free", &CudaEngine::free_sequence)

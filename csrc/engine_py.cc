@@ -43,11 +43,12 @@ void register_engine_bindings(py::module_& m) {
     }
   });
 
-  py::class_<Engine>(m, "Engine")
+  py::class_<Engine> engine(m, "Engine");
+  engine
       .def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,
                        const std::string& layout, int64_t block_size, int64_t kv_cache_bytes,
                        int64_t window_retain, int64_t max_chunk_tokens, int threads, bool populate,
-                       bool int8_decode) {
+                       bool int8_decode, bool prefix_cache) {
              auto src = std::make_unique<TensorSource>();
              {
                py::gil_scoped_release nogil;  // mapping (and populating) large files takes a moment
@@ -62,6 +63,7 @@ void register_engine_bindings(py::module_& m) {
              opt.kv.block_size = block_size;
              opt.kv.window_retain = window_retain;
              opt.kv.max_chunk_tokens = max_chunk_tokens;
+             opt.kv.prefix_cache = prefix_cache;
              opt.kv_cache_bytes = kv_cache_bytes;
              opt.threads = threads;
              opt.int8_decode = int8_decode;
@@ -72,7 +74,7 @@ void register_engine_bindings(py::module_& m) {
            py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
            py::arg("block_size") = 16, py::arg("kv_cache_bytes") = int64_t(4) << 30,
            py::arg("window_retain") = 256, py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0,
-           py::arg("populate") = false, py::arg("int8_decode") = false)
+           py::arg("populate") = false, py::arg("int8_decode") = false, py::arg("prefix_cache") = true)
       .def("new_sequence", &Engine::new_sequence)
       .def("fork", &Engine::fork)
       .def("free", &Engine::free_sequence)
@@ -105,6 +107,7 @@ void register_engine_bindings(py::module_& m) {
             return out;
           },
           py::arg("seqs"), py::arg("tokens"), py::arg("all_logits"));
+  bind_prefix_cache(engine);
 
   m.def("measure_read_bandwidth", [](int64_t bytes, int reps) {
     py::gil_scoped_release nogil;

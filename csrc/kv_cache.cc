@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "model.h"
+#include "prefix_cache.h"
 
 namespace gptoss {
 
@@ -21,25 +22,41 @@ int32_t BlockPool::allocate() {
   if (!free_.empty()) {
     b = free_.back();
     free_.pop_back();
-  } else {
-    if (int64_t(refs_.size()) >= max_blocks_)
-      throw OutOfMemory("KV cache is full: " + std::to_string(max_blocks_) + " blocks of " +
-                        std::to_string(block_bytes_ / 1024) + " KiB in use; free sequences or raise kv_cache_bytes");
+  } else if (int64_t(refs_.size()) < max_blocks_) {
     b = int32_t(refs_.size());
     on_new_block(b);
     refs_.push_back(0);
+  } else if (keeper_ != nullptr && (b = keeper_->evict()) >= 0) {
+    --kept_;  // a cached block given up for this one
+  } else {
+    throw OutOfMemory("KV cache is full: " + std::to_string(max_blocks_) + " blocks of " +
+                      std::to_string(block_bytes_ / 1024) + " KiB in use; free sequences or raise kv_cache_bytes");
   }
   refs_[size_t(b)] = 1;
   ++used_;
   return b;
 }
 
+void BlockPool::retain(int32_t b) {
+  if (refs_[size_t(b)]++ == 0) {  // a kept block comes back into use
+    --kept_;
+    ++used_;
+    if (keeper_ != nullptr) keeper_->revived(b);
+  }
+}
+
 void BlockPool::release(int32_t b) {
   if (b < 0) return;
   if (--refs_[size_t(b)] == 0) {
-    free_.push_back(b);
     --used_;
+    if (keeper_ != nullptr && keeper_->keep(b)) ++kept_;
+    else free_.push_back(b);
   }
+}
+
+void BlockPool::discard(int32_t b) {
+  --kept_;
+  free_.push_back(b);
 }
 
 HostBlockPool::HostBlockPool(int64_t block_floats, int64_t max_blocks)
@@ -69,9 +86,11 @@ SequenceTable::SequenceTable(const ModelConfig& cfg, KVOptions opt, BlockPool& f
   GPTOSS_CHECK_ARG(opt_.max_chunk_tokens > 0, "max_chunk_tokens must be positive");
   chunk_cap_ = opt_.max_chunk_tokens;
   GPTOSS_CHECK_ARG(opt_.window_retain >= 0, "window_retain must be >= 0");
+  if (opt_.prefix_cache && full_.max_blocks() > 0) cache_ = std::make_unique<PrefixCache>(full_.shared(), opt_.block_size);
 }
 
 SequenceTable::~SequenceTable() {
+  cache_.reset();  // kept blocks go back to the pool, which outlives this table
   for (auto& kv : seqs_) {
     for (int32_t b : kv.second.full_table) full_.release(b);
     for (int32_t b : kv.second.win_table) win_.release(b);
@@ -82,6 +101,69 @@ int64_t SequenceTable::create() {
   const int64_t id = next_++;
   seqs_.emplace(id, SequenceState{});
   return id;
+}
+
+int64_t SequenceTable::create_from_cache(const int32_t* tokens, int64_t n, int64_t* reused) {
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= vocab_)
+      throw InvalidArgument("token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                            " is out of range [0, " + std::to_string(vocab_) + ")");
+  *reused = 0;
+  query_tokens_ += n;
+  if (!cache_ || n <= 1) return create();
+  const int64_t B = opt_.block_size;
+  PrefixCache::Match m = cache_->match(tokens, n);
+  SequenceState s;
+  s.win_table = m.win;  // to test what the window layers would hold; replaced below
+  // Continue where the last token still has to be computed, and the window layers hold the
+  // keys the next query needs (a finished sequence has released most of its window blocks).
+  int64_t len = std::min(m.len, n - 1);
+  while (len > 0 && !window_holds(s, len)) len = (len - 1) / B * B;
+  if (len == 0) return create();
+  const int64_t nb = ceil_div(len, B);
+  s.win_table.assign(size_t(nb), -1);
+  for (int64_t bi = 0; bi < nb; ++bi) {
+    full_.retain(m.full[size_t(bi)]);
+    s.full_table.push_back(m.full[size_t(bi)]);
+  }
+  if (win_.max_blocks() > 0)
+    for (int64_t p = std::max<int64_t>(0, len - window_ + 1) / B * B; p < len; p += B) {
+      const int64_t bi = p / B;
+      win_.retain(m.win[size_t(bi)]);
+      s.win_table[size_t(bi)] = m.win[size_t(bi)];
+    }
+  s.chain.assign(m.chain.begin(), m.chain.begin() + std::min<int64_t>(int64_t(m.chain.size()), len / B));
+  s.len = len;
+  s.tokens.assign(tokens, tokens + len);
+  *reused = len;
+  hit_tokens_ += len;
+  const int64_t id = next_++;
+  seqs_.emplace(id, std::move(s));
+  return id;
+}
+
+bool SequenceTable::window_holds(const SequenceState& s, int64_t n) const {
+  // The next query (position n) needs keys n-window+1 .. n-1 in the window layers.
+  if (win_.max_blocks() == 0) return true;
+  const int64_t B = opt_.block_size;
+  for (int64_t p = std::max<int64_t>(0, n - window_ + 1); p < n; p = (p / B + 1) * B) {
+    const int64_t bi = p / B;
+    if (bi >= int64_t(s.win_table.size()) || s.win_table[size_t(bi)] < 0) return false;
+  }
+  return true;
+}
+
+PrefixCacheStats SequenceTable::prefix_cache_stats() const {
+  PrefixCacheStats st;
+  st.kept_blocks = full_.capacity().kept();
+  st.registered_blocks = cache_ ? cache_->entries() : 0;
+  st.query_tokens = query_tokens_;
+  st.hit_tokens = hit_tokens_;
+  return st;
+}
+
+void SequenceTable::clear_prefix_cache() {
+  if (cache_) cache_->clear();
 }
 
 SequenceState& SequenceTable::at(int64_t seq) {
@@ -105,8 +187,9 @@ int64_t SequenceTable::fork(int64_t seq) {
 
 void SequenceTable::free(int64_t seq) {
   SequenceState& s = at(seq);
-  for (int32_t b : s.full_table) full_.release(b);
-  for (int32_t b : s.win_table) win_.release(b);
+  // Last blocks first: the prefix cache then gives up a prefix's tail before its head.
+  for (auto b = s.full_table.rbegin(); b != s.full_table.rend(); ++b) full_.release(*b);
+  for (auto b = s.win_table.rbegin(); b != s.win_table.rend(); ++b) win_.release(*b);
   seqs_.erase(seq);
 }
 
@@ -114,12 +197,7 @@ bool SequenceTable::truncate(int64_t seq, int64_t n) {
   SequenceState& s = at(seq);
   GPTOSS_CHECK_ARG(n >= 0 && n <= s.len, "truncate: n must be in [0, length]");
   const int64_t B = opt_.block_size;
-  // The next query (position n) needs keys n-window+1 .. n-1 in the window layers.
-  if (win_.max_blocks() > 0)
-    for (int64_t p = std::max<int64_t>(0, n - window_ + 1); p < n; ++p) {
-      const int64_t bi = p / B;
-      if (bi >= int64_t(s.win_table.size()) || s.win_table[size_t(bi)] < 0) return false;
-    }
+  if (!window_holds(s, n)) return false;
   const int64_t keep = ceil_div(n, B);
   while (int64_t(s.full_table.size()) > keep) {
     full_.release(s.full_table.back());
@@ -131,6 +209,7 @@ bool SequenceTable::truncate(int64_t seq, int64_t n) {
   }
   s.len = n;
   s.tokens.resize(size_t(n));
+  if (int64_t(s.chain.size()) > n / B) s.chain.resize(size_t(n / B));
   return true;
 }
 
@@ -209,7 +288,8 @@ void SequenceTable::for_each_chunk(const std::vector<StepItem>& items,
 void SequenceTable::make_writable(BlockPool& pool, std::vector<int32_t>& table, int64_t first, int64_t last) {
   for (int64_t bi = first; bi <= last && bi < int64_t(table.size()); ++bi) {
     const int32_t b = table[size_t(bi)];
-    if (b >= 0 && pool.refcount(b) > 1) {
+    // Shared blocks, and blocks the prefix cache holds (their contents must stay as they are).
+    if (b >= 0 && (pool.refcount(b) > 1 || (cache_ && cache_->registered(b)))) {
       const int32_t nb = pool.allocate();
       pool.copy_block(b, nb);
       pool.release(b);
@@ -233,8 +313,10 @@ void SequenceTable::reserve(SequenceState& s, int64_t new_len) {
 
 void SequenceTable::commit(const Chunk& ch) {
   SequenceState& s = at(ch.seq);
+  const int64_t before = s.len;
   s.tokens.insert(s.tokens.end(), ch.tokens, ch.tokens + ch.n);
   s.len += ch.n;
+  if (cache_) cache_->register_full_blocks(s, before / opt_.block_size);  // before window blocks go
   release_window(s);
 }
 

@@ -83,6 +83,14 @@ class Engine {
   // Every public method is safe to call from several threads: one lock serialises them (a step
   // holds it for its whole duration).
   int64_t new_sequence() { std::lock_guard<std::mutex> g(mu_); return seqs_->create(); }
+  // A new sequence holding the longest cached prefix of `tokens` (at most all but the last);
+  // *reused: how many tokens it holds already (see SequenceTable::create_from_cache).
+  int64_t new_sequence_from_cache(const std::vector<int32_t>& tokens, int64_t* reused) {
+    std::lock_guard<std::mutex> g(mu_);
+    return seqs_->create_from_cache(tokens.data(), int64_t(tokens.size()), reused);
+  }
+  PrefixCacheStats prefix_cache_stats() const { std::lock_guard<std::mutex> g(mu_); return seqs_->prefix_cache_stats(); }
+  void clear_prefix_cache() { std::lock_guard<std::mutex> g(mu_); seqs_->clear_prefix_cache(); }
   int64_t fork(int64_t seq) { std::lock_guard<std::mutex> g(mu_); return seqs_->fork(seq); }
   void free_sequence(int64_t seq) { std::lock_guard<std::mutex> g(mu_); seqs_->free(seq); }
   // Rewinds `seq` to its first n tokens; false (nothing changed) when the window layers no

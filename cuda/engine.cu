@@ -398,6 +398,7 @@ struct CudaEngine::Impl {
     ko.block_size = opt.block_size;
     ko.window_retain = opt.window_retain;
     ko.max_chunk_tokens = opt.max_chunk_tokens;
+    ko.prefix_cache = opt.prefix_cache;
     seqs = std::make_unique<SequenceTable>(cfg, ko, *full_pool, *win_pool);
   }
 
@@ -920,6 +921,15 @@ CudaEngine::~CudaEngine() {
 const ModelConfig& CudaEngine::config() const { return p_->cfg; }
 
 int64_t CudaEngine::new_sequence() { std::lock_guard<std::mutex> g(p_->mu); return p_->seqs->create(); }
+int64_t CudaEngine::new_sequence_from_cache(const std::vector<int32_t>& tokens, int64_t* reused) {
+  std::lock_guard<std::mutex> g(p_->mu);
+  return p_->seqs->create_from_cache(tokens.data(), int64_t(tokens.size()), reused);
+}
+PrefixCacheStats CudaEngine::prefix_cache_stats() const {
+  std::lock_guard<std::mutex> g(p_->mu);
+  return p_->seqs->prefix_cache_stats();
+}
+void CudaEngine::clear_prefix_cache() { std::lock_guard<std::mutex> g(p_->mu); p_->seqs->clear_prefix_cache(); }
 int64_t CudaEngine::fork(int64_t seq) { std::lock_guard<std::mutex> g(p_->mu); return p_->seqs->fork(seq); }
 void CudaEngine::free_sequence(int64_t seq) { std::lock_guard<std::mutex> g(p_->mu); p_->seqs->free(seq); }
 bool CudaEngine::truncate(int64_t seq, int64_t n) {

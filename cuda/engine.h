@@ -31,6 +31,7 @@ struct CudaEngineOptions {
   int64_t kv_cache_bytes = 0;     // cap on the KV cache; 0 = most of the free device memory
   int64_t window_retain = 256;
   int64_t max_chunk_tokens = 512;
+  bool prefix_cache = true;       // keep full KV blocks for later sequences (csrc/prefix_cache.h)
   int device = 0;
   bool kv_bf16 = false;           // KV cache in bf16 (half the memory) instead of fp32
   bool graphs = true;             // replay decode steps from captured CUDA graphs
@@ -58,6 +59,9 @@ class CudaEngine {
 
   const ModelConfig& config() const;
   int64_t new_sequence();
+  int64_t new_sequence_from_cache(const std::vector<int32_t>& tokens, int64_t* reused);
+  PrefixCacheStats prefix_cache_stats() const;
+  void clear_prefix_cache();
   int64_t fork(int64_t seq);
   void free_sequence(int64_t seq);
   bool truncate(int64_t seq, int64_t n);

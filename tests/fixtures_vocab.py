@@ -168,8 +168,10 @@ def write_hf_tokenizer_json(ranks: dict[bytes, int], path: Path, with_merges: bo
 
 @pytest.fixture(scope="session")
 def hf_checkpoint_dir(o200k_vocab_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fake HF checkpoint layout: ``<root>/tokenizer.json`` and ``<root>/original/``."""
+    """A fake HF checkpoint layout: ``<root>/config.json``, ``<root>/tokenizer.json`` and
+    ``<root>/original/``."""
     root = tmp_path_factory.mktemp("gpt-oss-20b")
+    (root / "config.json").write_text('{"model_type": "gpt_oss"}')
     (root / "original").mkdir()
     (root / "original" / "config.json").write_text("{}")
     write_hf_tokenizer_json(parse_tiktoken(o200k_vocab_file.read_bytes()), root / "tokenizer.json")

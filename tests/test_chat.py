@@ -67,7 +67,7 @@ def model(tokenizer):  # noqa: F811
 
 def test_stream_events(model, tokenizer):  # noqa: F811
     events = list(chat(model, [{"role": "user", "content": "hi"}], tokenizer=tokenizer,
-                       temperature=0))
+                       temperature=0, stream=True))
     reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
     content = "".join(e.text for e in events if isinstance(e, ContentDelta))
     assert reasoning == "User says hi. Respond."
@@ -127,7 +127,8 @@ def test_model_chat_wiring(model, tokenizer):  # noqa: F811
 
 def test_tool_call_round_trip(model, tokenizer):  # noqa: F811
     msgs = [{"role": "user", "content": "weather in Paris?"}]
-    events = list(chat(model, msgs, tools=[WEATHER], tokenizer=tokenizer, temperature=0))
+    events = list(chat(model, msgs, tools=[WEATHER], tokenizer=tokenizer, temperature=0,
+                       stream=True))
     calls = [e for e in events if isinstance(e, ToolCall)]
     assert len(calls) == 1
     call = calls[0]
@@ -185,7 +186,7 @@ def test_conversation_reuses_kv_cache(model, tokenizer):  # noqa: F811
     assert r2.usage.cached_tokens > r1.usage.prompt_tokens + 5
     assert model.prefilled_tokens - before == len(prompt2) - r2.usage.cached_tokens
     # After a final answer the analysis is dropped from the history: the cache is rewound.
-    events = list(conv.send("and now?"))
+    events = list(conv.send("and now?", stream=True))
     done = events[-1]
     assert isinstance(done, Done) and done.finish_reason == "stop"
     assert 0 < done.usage.cached_tokens < done.usage.prompt_tokens
@@ -203,7 +204,7 @@ def test_conversation_reuses_kv_cache(model, tokenizer):  # noqa: F811
 
 def test_length_limit_and_truncated_message(model, tokenizer):  # noqa: F811
     events = list(chat(model, [{"role": "user", "content": "hi"}], tokenizer=tokenizer,
-                       temperature=0, max_tokens=12))
+                       temperature=0, max_tokens=12, stream=True))
     done = events[-1]
     assert done.finish_reason == "length" and done.usage.completion_tokens == 12
     assert done.messages and done.messages[0].channel == "analysis"
@@ -212,7 +213,7 @@ def test_length_limit_and_truncated_message(model, tokenizer):  # noqa: F811
 def test_garbage_reply_never_raises(tokenizer):  # noqa: F811
     m = FakeModel(VOCAB, seed=1)  # random logits: text tokens, never harmony structure
     events = list(chat(m, [{"role": "user", "content": "x"}], tokenizer=tokenizer,
-                       max_tokens=8, seed=0))
+                       max_tokens=8, seed=0, stream=True))
     done = events[-1]
     assert isinstance(done, Done) and done.finish_reason == "length"
     text = "".join(e.text for e in events if isinstance(e, ContentDelta))
@@ -248,7 +249,7 @@ def test_errors(model, tokenizer):  # noqa: F811
         chat(small, [{"role": "user", "content": "hi"}], tokenizer=tokenizer)
     tiny_ctx = FakeModel(VOCAB, max_context=20)
     with pytest.raises(ValueError, match="max_context"):
-        list(chat(tiny_ctx, [{"role": "user", "content": "hi"}], tokenizer=tokenizer))
+        chat(tiny_ctx, [{"role": "user", "content": "hi"}], tokenizer=tokenizer)
 
 
 def test_harmony_messages_and_system_content_pass_through(model, tokenizer):  # noqa: F811
@@ -269,7 +270,7 @@ def test_preamble_is_commentary_content(tokenizer):  # noqa: F811
              "<|channel|>final<|message|>Done.<|return|>")
     m = FakeModel(VOCAB, script=harmony_script(tokenizer, {"go": reply}))
     events = list(chat(m, [{"role": "user", "content": "go"}], tokenizer=tokenizer,
-                       temperature=0))
+                       temperature=0, stream=True))
     text = {}
     for e in events:
         if isinstance(e, ContentDelta):

@@ -23,17 +23,24 @@ class _Stdin(io.StringIO):
         return False
 
 
+class _TtyStdin(io.StringIO):
+    """Stdin that says it is a terminal (input() then reads it with readline)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 @pytest.fixture
 def run(monkeypatch, capsys, tokenizer, tmp_path):  # noqa: F811
     """Run `gptoss ARGS` in-process with `stdin`, a fake model and the real tokenizer."""
     holder = {}
 
-    def go(args, stdin="", model=None):
+    def go(args, stdin="", model=None, tty=False):
         m = model or FakeModel(VOCAB, max_context=4096, script=harmony_script(tokenizer, {
             "hi": REPLY, "again": REPLY, "weather in Paris?": CALL_REPLY}))
         holder["model"] = m
         monkeypatch.setattr(cli, "_load", lambda a: (m, tokenizer))
-        monkeypatch.setattr(sys, "stdin", _Stdin(stdin))
+        monkeypatch.setattr(sys, "stdin", (_TtyStdin if tty else _Stdin)(stdin))
         if "--model" not in args and args and args[0] in ("chat", "generate"):
             args = [args[0], "--model", str(tmp_path)] + list(args[1:])
         rc = cli.main(args)
@@ -48,7 +55,7 @@ def run(monkeypatch, capsys, tokenizer, tmp_path):  # noqa: F811
 def test_piped_chat_labels_reasoning_and_keeps_history(run):
     rc, out, err = run(["chat", "--temperature", "0", "--stats"], "hi\n\nagain\n")
     assert rc == 0
-    assert out.count("[reasoning]\nUser says hi. Respond.\n[assistant]\nHello there! ☃\n") == 2
+    assert out.count("Reasoning:\nUser says hi. Respond.\nAssistant:\nHello there! ☃\n") == 2
     assert "\x1b[" not in out  # no colour on a pipe
     stats = [line for line in err.splitlines() if "prompt tokens" in line]
     assert len(stats) == 2
@@ -71,7 +78,7 @@ def test_raw_shows_harmony_tokens(run):
 
 def test_color_marks_reasoning_dim(run):
     rc, out, _ = run(["chat", "--color", "always", "-t", "0"], "hi\n")
-    assert rc == 0 and cli.DIM in out and "Thinking:" in out and "Hello there! ☃" in out
+    assert rc == 0 and cli.DIM in out and "Reasoning:" in out and "Hello there! ☃" in out
 
 
 def test_eof_at_once_and_exit_command(run):
@@ -84,6 +91,45 @@ def test_reset_clears_history(run):
     rc, _, err = run(["chat", "-t", "0", "--stats"], "hi\n/reset\nhi\n")
     stats = [line for line in err.splitlines() if "prompt tokens" in line]
     assert rc == 0 and len(stats) == 2 and stats[0] == stats[1]
+    assert "[conversation cleared]" in err
+
+
+def test_interactive_banner_and_help(run, tmp_path):
+    rc, out, err = run(["chat", "--model", str(tmp_path / "my-model"), "-r", "medium", "--color", "never",
+                        "-t", "0"], "/help\nhi\n", tty=True)
+    assert rc == 0
+    banner = err.splitlines()[0]
+    assert "my-model" in banner and "reasoning effort medium" in banner
+    assert all(c in banner for c in ("/help", "/reset", "/exit"))
+    assert "/reset" in err.split(banner, 1)[1] and "forget the conversation" in err  # /help's list
+    assert "Assistant:\nHello there! ☃" in out
+    # Piped input: no banner, the same labels.
+    rc, out2, err2 = run(["chat", "-t", "0", "--color", "never"], "hi\n")
+    assert rc == 0 and "reasoning effort" not in err2
+    assert out2.strip() in out
+
+
+def test_every_option_has_help_with_its_default():
+    ap = cli.build_parser()
+    subs = next(a for a in ap._actions if isinstance(a, cli.argparse._SubParsersAction))
+    checked = 0
+    for name in ("chat", "generate", "download"):
+        for a in subs.choices[name]._actions:
+            if not a.option_strings or a.dest == "help" or a.required:
+                continue
+            assert a.help and "default" in a.help, f"gptoss {name} {a.option_strings[0]}: {a.help!r}"
+            checked += 1
+    assert checked >= 25
+
+
+def test_version_and_python_m():
+    from gptoss import __version__
+
+    for cmd in ([sys.executable, "-m", "gptoss", "--version"], [sys.executable, "-m", "gptoss.cli", "--version"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.strip() == f"gptoss {__version__}", r
+    r = subprocess.run([sys.executable, "-m", "gptoss", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and all(c in r.stdout for c in ("chat", "generate", "download", "synthetic"))
 
 
 def test_developer_message_and_effort_reach_the_prompt(run, tokenizer):  # noqa: F811
@@ -106,8 +152,8 @@ def test_developer_message_and_effort_reach_the_prompt(run, tokenizer):  # noqa:
 
 def test_tool_call_is_printed(run):
     rc, out, _ = run(["chat", "-t", "0"], "weather in Paris?\n")
-    assert rc == 0 and '[tool call] functions.get_weather' not in out
-    assert '[tool call] get_weather({"city": "Paris"})' in out
+    assert rc == 0 and 'Tool call: functions.get_weather' not in out
+    assert 'Tool call: get_weather({"city": "Paris"})' in out
 
 
 def test_max_tokens_limits_reply(run, tokenizer):  # noqa: F811
@@ -136,10 +182,15 @@ def _no_traceback(err: str) -> None:
     assert "Traceback" not in err
 
 
-def test_missing_model_folder(capsys, tmp_path):
+def test_missing_model_folder(capsys, tmp_path, monkeypatch):
     rc = cli.main(["chat", "--model", str(tmp_path / "nope")])
     err = capsys.readouterr().err
     assert rc == 1 and "gptoss: error: model folder not found" in err
+    _no_traceback(err)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    rc = cli.main(["chat", "--model", "openai/gpt-oss-20b"])
+    err = capsys.readouterr().err
+    assert rc == 1 and 'hf download openai/gpt-oss-20b --exclude "original/*"' in err
     _no_traceback(err)
 
 
@@ -177,9 +228,17 @@ def test_vocab_mismatch_is_a_clear_error(run):
     assert rc == 1 and "vocab" in err
 
 
-def test_context_overflow_is_a_clear_error(run):
+def test_context_overflow_is_a_clear_error(run, tokenizer):  # noqa: F811
     rc, _, err = run(["chat"], "hi\n", model=FakeModel(VOCAB, max_context=16))
-    assert rc == 1 and "max_context" in err
+    assert rc == 1 and "--context" in err
+    from gptoss import harmony
+    from gptoss.chat import build_messages
+
+    full = build_messages([{"role": "user", "content": "hi"}])
+    n_prompt = len(harmony.render(full, for_completion=True, tokenizer=tokenizer))
+    n_system = len(harmony.render(full[:1], tokenizer=tokenizer))
+    assert f"the prompt is {n_prompt} tokens but the context holds 16" in err
+    assert f"the system and developer messages alone (reasoning effort, instructions, tools) are {n_system} tokens" in err
     _no_traceback(err)
 
 
@@ -225,8 +284,9 @@ def test_synthetic_forwarding_writes_a_checkpoint(tmp_path):
 
 @needs_core
 @pytest.mark.slow
-def test_cli_chat_on_tiny_checkpoint(tiny_full_vocab, o200k_vocab_file):  # noqa: F811
-    r = _gptoss(["chat", "--model", str(tiny_full_vocab), "--vocab-file", str(o200k_vocab_file),
+def test_cli_chat_on_tiny_checkpoint(tiny_full_vocab):
+    # The synthetic checkpoint carries its tokenizer files, as a real one does: no --vocab-file.
+    r = _gptoss(["chat", "--model", str(tiny_full_vocab),
                  "--max-tokens", "6", "--seed", "1", "--stats", "--context", "512"],
                 stdin="Hello!\nSecond turn\n")
     assert r.returncode == 0, r.stderr
@@ -239,8 +299,8 @@ def test_cli_chat_on_tiny_checkpoint(tiny_full_vocab, o200k_vocab_file):  # noqa
 
 @needs_core
 @pytest.mark.slow
-def test_cli_generate_on_tiny_checkpoint_is_deterministic(tiny_full_vocab, o200k_vocab_file):  # noqa: F811
-    args = ["generate", "--model", str(tiny_full_vocab), "--vocab-file", str(o200k_vocab_file),
+def test_cli_generate_on_tiny_checkpoint_is_deterministic(tiny_full_vocab):
+    args = ["generate", "--model", str(tiny_full_vocab),
             "--max-tokens", "5", "--temperature", "0", "The sky is"]
     a, b = _gptoss(args), _gptoss(args)
     assert a.returncode == 0, a.stderr

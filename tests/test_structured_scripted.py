@@ -127,7 +127,8 @@ def test_final_with_constrain_json_is_the_answer(tokenizer):  # noqa: F811
         assert res.content == '{"a": 3}' and res.tool_calls == []
         assert res[-1].channel == "final" and res[-1].recipient is None
         assert res[-1].content_type == "<|constrain|>json"
-        events = list(chat(model, USER, tokenizer=tokenizer, temperature=0, max_tokens=50, **kw))
+        events = list(chat(model, USER, tokenizer=tokenizer, stream=True, temperature=0,
+                           max_tokens=50, **kw))
         assert "".join(e.text for e in events if isinstance(e, ContentDelta)) == '{"a": 3}'
         assert not any(isinstance(e, ToolCall) for e in events)
     model = reply_model(tokenizer, [("<|channel|>final <|constrain|>json<|message|>", '{"a": 33}')])

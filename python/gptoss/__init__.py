@@ -25,6 +25,11 @@ def build_info() -> dict[str, Any]:
     return dict(_core.build_info())
 
 
+def __dir__() -> list[str]:
+    # The public names (some imported lazily, below), not the helpers this module imports.
+    return sorted(set(__all__) | {k for k in globals() if k.startswith("__")})
+
+
 def __getattr__(name: str) -> Any:
     # Import lazily so that pure-Python parts (config, synthetic, harmony) work without the
     # compiled extension, e.g. while it is being built.

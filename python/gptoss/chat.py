@@ -1,14 +1,18 @@
 """Chat: render a conversation with harmony, generate, parse the reply as it streams.
 
-    for ev in chat(model, [{"role": "user", "content": "Hi"}], reasoning_effort="low"):
+    reply = chat(model, [{"role": "user", "content": "Hi"}], reasoning_effort="low")
+    print(reply.content)                         # the final answer; reply.reasoning, .tool_calls
+
+As in the ``openai`` SDK, the default (``stream=False``) returns the whole reply, a
+`ChatResponse`: the list of parsed assistant messages (harmony `Message`s, ready to append to
+the history) with ``.content``, ``.reasoning``, ``.tool_calls``, ``.usage`` and
+``.finish_reason``. ``stream=True`` returns an iterator of events instead:
+
+    for ev in chat(model, messages, stream=True):
         if isinstance(ev, ReasoningDelta): ...   # analysis channel text
         elif isinstance(ev, ContentDelta): ...   # final (or commentary preamble) text
         elif isinstance(ev, ToolCall): ...       # a complete function call, JSON arguments
         elif isinstance(ev, Done): ...           # usage and finish reason; ev.messages
-
-With ``stream=False`` it returns a `ChatResponse`: the list of parsed assistant messages (harmony
-`Message`s, ready to append to the history) with ``.usage``, ``.finish_reason`` and
-``.tool_calls``.
 
 Messages may be harmony `Message`s or OpenAI-style dicts:
 ``{"role": "system"|"developer"|"user"|"assistant"|"tool", "content": str}``; an assistant dict
@@ -20,7 +24,9 @@ is a harmony system message with `SystemContent`. A plain-string system or devel
 becomes the developer instructions; `instructions=` and `tools=` are added to them.
 
 Multi-turn with tools: append the returned messages and a tool result (`tool_result`) to the
-history and call again. A `Conversation` does this bookkeeping and keeps one `Session` so the KV
+history and call again. Built-in tools (``builtin_tools=["python", "browser"]`` or `gptoss.tools`
+objects) are run for you instead, in a loop that also streams `gptoss.tools.ToolOutput` events
+(see `gptoss.tools.runner`). A `Conversation` does this bookkeeping and keeps one `Session` so the KV
 cache of the unchanged token prefix is reused across turns (the whole previous prompt plus the
 reply, except where harmony drops the analysis of a finished turn).
 
@@ -41,7 +47,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
-from .generate import GenerationStream, Session, Usage, check_vocab
+from .errors import ContextOverflowError
+from .generate import GenerationStream, Session, Usage, check_vocab, model_max_context
 from .sampling import SamplingParams
 from .structured import prepare_reply
 from .structured.headers import normalized_message, real_recipient
@@ -97,7 +104,8 @@ class ToolCall:
 @dataclass
 class Done:
     """Last event. finish_reason: "stop" (<|return|>), "tool_calls" (<|call|>), "length"
-    (max_tokens), "context_length" (the context is full) or "cancelled"."""
+    (max_tokens), "context_length" (the context is full), "cancelled", or with built-in tools
+    "max_tool_steps" (the step limit stopped the loop)."""
 
     usage: Usage
     finish_reason: str
@@ -109,7 +117,9 @@ ChatEvent = Union[ReasoningDelta, ContentDelta, ToolCall, Done]
 
 
 class ChatResponse(list):
-    """The parsed assistant messages of one reply, plus `usage`, `finish_reason`, `tool_calls`."""
+    """One whole reply: the list of its parsed assistant messages (harmony `Message`s, ready to
+    append to the history), with `content` (the final answer), `reasoning` (the analysis
+    channel), `tool_calls` (`ToolCall`s), `usage` and `finish_reason` (as `Done`)."""
 
     def __init__(self, messages: Iterable[Any], usage: Usage, finish_reason: str,
                  tool_calls: Sequence[ToolCall]):
@@ -117,6 +127,14 @@ class ChatResponse(list):
         self.usage = usage
         self.finish_reason = finish_reason
         self.tool_calls = list(tool_calls)
+
+    def __str__(self) -> str:
+        return self.content
+
+    def __repr__(self) -> str:
+        calls = ", ".join(f"{c.name}({c.arguments})" for c in self.tool_calls)
+        return (f"ChatResponse(content={_short(self.content)!r}, reasoning={_short(self.reasoning)!r}, "
+                f"tool_calls=[{calls}], finish_reason={self.finish_reason!r}, usage={self.usage})")
 
     @property
     def content(self) -> str:
@@ -128,6 +146,10 @@ class ChatResponse(list):
     @property
     def reasoning(self) -> str:
         return "".join(_text_of(m) for m in self if getattr(m, "channel", None) == "analysis")
+
+
+def _short(text: str, n: int = 200) -> str:
+    return text if len(text) <= n else text[:n] + "..."
 
 
 # ---------------------------------------------------------------------------- harmony glue
@@ -281,14 +303,22 @@ def tool_result(call: Union[ToolCall, str], output: Any, *, channel: Optional[st
 
 
 def default_tokenizer(model: Any) -> Any:
-    """The tokenizer of `model` (attribute ``tokenizer``) or loaded from its checkpoint folder."""
+    """The tokenizer of `model` (`Model.tokenizer`: the checkpoint folder's); FileNotFoundError
+    saying what to do when it has none."""
     tok = getattr(model, "tokenizer", None)
     if tok is not None:
         return tok
     from .tokenizer import load_tokenizer
 
     path = getattr(model, "path", None) or getattr(model, "checkpoint_dir", None)
-    return load_tokenizer(checkpoint_dir=path)
+    try:
+        return load_tokenizer(checkpoint_dir=path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"chat needs the o200k_harmony tokenizer and this model has none ({e}). Pass "
+            "tokenizer=gptoss.load_tokenizer(vocab_file=...) or Model(..., tokenizer=...); a "
+            "synthetic checkpoint written with the full vocabulary (--vocab 201088) carries its own."
+        ) from None
 
 
 # ---------------------------------------------------------------------------- the reply parser
@@ -361,19 +391,22 @@ def _render(messages: Sequence[Any], tokenizer: Any) -> list[int]:
 
 
 def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
-         tools: Sequence[Any] = (), instructions: Optional[str] = None, stream: bool = True,
+         tools: Sequence[Any] = (), instructions: Optional[str] = None, stream: bool = False,
          tokenizer: Any = None, session: Optional[Session] = None,
          sampling: Optional[SamplingParams] = None, current_date: Optional[str] = None,
-         on_token: Optional[Callable[[int], None]] = None, response_format: Any = None,
+         on_token: Optional[Callable[[int], None]] = None, builtin_tools: Any = (),
+         max_tool_steps: Optional[int] = None, response_format: Any = None,
          tool_choice: Any = None, thinking_token_budget: Optional[int] = None,
          harmony_constraint: bool = False, **sampling_kwargs: Any):
-    """Generate the assistant's reply to `messages`.
+    """Generate the assistant's reply to `messages` (at least one message).
 
+    stream=False (default): a `ChatResponse` (the reply's parsed messages, content, usage).
     stream=True: an iterator of `ReasoningDelta`, `ContentDelta`, `ToolCall` and a final `Done`.
-    stream=False: a `ChatResponse` (list of parsed assistant messages with usage).
     session: a `Session` whose KV cache is reused for the common token prefix (a `Conversation`
         passes its own); by default a fresh sequence is used and freed.
     on_token: called with every generated token id before it is parsed (``--raw`` display).
+    builtin_tools: "python", "browser", tool objects, or a `gptoss.tools.BuiltinTools`: declared
+        in the system message and executed in a loop of at most `max_tool_steps` calls.
     sampling / **sampling_kwargs: `SamplingParams` fields (temperature, max_tokens, seed, ...).
         The default stop tokens are <|return|> and <|call|>.
     response_format / tool_choice / thinking_token_budget / harmony_constraint: structured outputs
@@ -384,6 +417,25 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
     """
     params = SamplingParams.from_kwargs(sampling, **sampling_kwargs) \
         if (sampling_kwargs or sampling is None) else sampling
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise ValueError("messages must be a list of messages (dicts like {'role': 'user', "
+                         "'content': ...} or harmony Messages), got " + type(messages).__name__)
+    if not messages:
+        raise ValueError("messages is empty: give at least one message, e.g. "
+                         "[{'role': 'user', 'content': 'Hello'}]")
+    if builtin_tools:
+        if response_format is not None or tool_choice is not None or harmony_constraint \
+                or thinking_token_budget is not None:
+            raise ValueError("response_format, tool_choice, thinking_token_budget and "
+                             "harmony_constraint do not work with builtin_tools yet")
+        from .tools.runner import DEFAULT_MAX_TOOL_STEPS, chat_with_tools
+
+        return chat_with_tools(
+            model, messages, builtin_tools=builtin_tools, stream=stream,
+            max_tool_steps=DEFAULT_MAX_TOOL_STEPS if max_tool_steps is None else max_tool_steps,
+            reasoning_effort=reasoning_effort, current_date=current_date, tokenizer=tokenizer,
+            session=session, tools=tools, instructions=instructions, sampling=params,
+            on_token=on_token)
     tok = tokenizer if tokenizer is not None else default_tokenizer(model)
     full = build_messages(messages, reasoning_effort=reasoning_effort, instructions=instructions,
                           tools=tools, current_date=current_date)
@@ -392,6 +444,7 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
                                      thinking_token_budget=thinking_token_budget)
     prompt = _render(full, tok)
     check_vocab(model, prompt, tok)
+    _check_room(model, full, prompt, tok)
     gen = GenerationStream(model, prompt, params, session=session,
                            vocab_limit=getattr(tok, "n_vocab", None), constraint=constraint)
     events = _events(gen, tok, on_token)
@@ -403,6 +456,20 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
             done = ev
     assert done is not None
     return ChatResponse(done.messages, done.usage, done.finish_reason, done.tool_calls)
+
+
+def _check_room(model: Any, full: Sequence[Any], prompt: Sequence[int], tokenizer: Any) -> None:
+    """ContextOverflowError, before anything runs, when the prompt leaves no room for a reply."""
+    max_ctx = model_max_context(model)
+    if max_ctx is None or len(prompt) < max_ctx:
+        return
+    head = [m for m in full if _role(m) in ("system", "developer")]
+    n_head = len(_harmony().render(head, tokenizer=tokenizer)) if head else 0
+    raise ContextOverflowError(
+        f"the prompt is {len(prompt)} tokens but the context holds {max_ctx}, which leaves no room "
+        f"for a reply; the system and developer messages alone (reasoning effort, instructions, "
+        f"tools) are {n_head} tokens. Use a longer context (Model(max_context=N), `gptoss chat "
+        f"--context N` with N well above {len(prompt)}) or shorter messages.")
 
 
 def _events(gen: GenerationStream, tokenizer: Any,
@@ -434,19 +501,23 @@ class Conversation:
     """A multi-turn chat that keeps its history and its KV cache.
 
         conv = Conversation(model, reasoning_effort="low", tools=[...], temperature=0.7)
-        for ev in conv.send("What's the weather in Paris?"): ...
-        conv.add_tool_result(call, {"temp": 20})
-        for ev in conv.send(): ...          # continue after the tool result
+        reply = conv.send("What's the weather in Paris?")     # a ChatResponse
+        for call in reply.tool_calls:
+            conv.add_tool_result(call, {"temp": 20})
+        for ev in conv.send(stream=True): ...   # continue after the tool result, streamed
         conv.close()
 
     Each reply's parsed messages are appended to `messages` once it is complete (streamed
-    replies: when the iterator is exhausted).
+    replies: when the iterator is exhausted). With `builtin_tools` the conversation keeps one
+    set of tools (one python sandbox, one browser page stack) for all its turns, closed by
+    `close`.
     """
 
     def __init__(self, model: Any, *, messages: Sequence[Any] = (), tokenizer: Any = None,
                  reasoning_effort: str = "low", instructions: Optional[str] = None,
                  tools: Sequence[Any] = (), current_date: Optional[str] = None,
-                 sampling: Optional[SamplingParams] = None, **sampling_kwargs: Any):
+                 sampling: Optional[SamplingParams] = None, builtin_tools: Sequence[Any] = (),
+                 max_tool_steps: Optional[int] = None, **sampling_kwargs: Any):
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(model)
         self.messages: list[Any] = list(messages)
@@ -461,6 +532,12 @@ class Conversation:
         # Validate now rather than on the first send.
         build_messages([], reasoning_effort=reasoning_effort, instructions=instructions,
                        tools=self.tools, current_date=current_date)
+        self.builtin_tools = None
+        self.max_tool_steps = max_tool_steps
+        if builtin_tools:
+            from .tools.runner import BuiltinTools
+
+            self.builtin_tools = BuiltinTools(builtin_tools, tokenizer=self.tokenizer)
 
     def add_user(self, content: str) -> None:
         self.messages.append(_harmony().Message(role="user", content=content))
@@ -468,19 +545,23 @@ class Conversation:
     def add_tool_result(self, call: Union[ToolCall, str], output: Any) -> None:
         self.messages.append(tool_result(call, output))
 
-    def send(self, content: Optional[str] = None, *, stream: bool = True,
+    def send(self, content: Optional[str] = None, *, stream: bool = False,
              on_token: Optional[Callable[[int], None]] = None, response_format: Any = None,
              tool_choice: Any = None, thinking_token_budget: Optional[int] = None,
              harmony_constraint: bool = False, **overrides: Any):
-        """Add a user message (if given) and generate the reply; like `chat` otherwise."""
+        """Add a user message (if given) and generate the reply; like `chat` otherwise
+        (``stream=False``: a `ChatResponse`; ``stream=True``: an iterator of events)."""
         if content is not None:
             self.add_user(content)
+        if not self.messages:
+            raise ValueError("nothing to reply to: send a message first, e.g. conv.send('Hello')")
         params = SamplingParams.from_kwargs(self.sampling, **overrides) if overrides \
             else self.sampling
         events = chat(self.model, self.messages, reasoning_effort=self.reasoning_effort,
                       tools=self.tools, instructions=self.instructions, stream=True,
                       tokenizer=self.tokenizer, session=self.session, sampling=params,
                       current_date=self.current_date, on_token=on_token,
+                      builtin_tools=self.builtin_tools, max_tool_steps=self.max_tool_steps,
                       response_format=response_format, tool_choice=tool_choice,
                       thinking_token_budget=thinking_token_budget,
                       harmony_constraint=harmony_constraint)
@@ -507,6 +588,8 @@ class Conversation:
 
     def close(self) -> None:
         self.session.free()
+        if self.builtin_tools is not None:
+            self.builtin_tools.close()
 
     def __enter__(self) -> "Conversation":
         return self

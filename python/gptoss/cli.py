@@ -1,16 +1,22 @@
-"""The ``gptoss`` command.
+"""The ``gptoss`` command (also ``python -m gptoss``).
 
-    gptoss chat --model DIR [-r low|medium|high] [--developer-message TEXT] [--raw]
+    gptoss chat --model PATH|REPO_ID [-r low|medium|high] [--developer-message TEXT] [--raw]
                 [--hide-reasoning] [--vocab-file F] [--max-tokens N] [--temperature T] [--seed S]
-    gptoss generate --model DIR [--max-tokens N] ... PROMPT
+                [-p] [-b] [--browser-index FOLDER]
+    gptoss generate --model PATH|REPO_ID [--max-tokens N] ... PROMPT
+    gptoss download REPO_ID [--revision REV] [--local-dir DIR]
     gptoss synthetic --preset tiny --out DIR [...]      (same as python -m gptoss.synthetic)
+    gptoss --version
 
 ``chat`` is an interactive conversation: one user message per line, streamed replies, the
-history kept (and its KV cache reused) across turns. On a terminal the reasoning is shown dim
-and labelled, on a pipe it is labelled ``[reasoning]`` / ``[assistant]``; ``--hide-reasoning``
-drops it; ``--raw`` prints the raw harmony tokens instead. Input may be piped: every line is
-one message and the program exits 0 at end of input. ``/reset`` clears the history, ``/exit``
-quits.
+history kept (and its KV cache reused) across turns. Replies are labelled ``Reasoning:`` and
+``Assistant:`` (on a terminal the reasoning is also dimmed); ``--hide-reasoning`` drops the
+reasoning; ``--raw`` prints the raw harmony tokens instead. Input may be piped: every line is
+one message and the program exits 0 at end of input. ``/help`` lists the commands, ``/reset``
+clears the history, ``/exit`` quits. ``-p`` gives the model its python tool (a sandboxed
+Jupyter kernel, kept for the conversation), ``-b`` its browser (over the web search API whose
+key is in YDC_API_KEY or EXA_API_KEY, or over a local folder with ``--browser-index``); their
+calls and outputs are shown as they happen.
 
 Errors (bad arguments, missing or malformed checkpoint, no tokenizer, vocabulary mismatch,
 context overflow) print ``gptoss: error: ...`` and exit with status 1 (2 for usage errors);
@@ -30,6 +36,9 @@ __all__ = ["main"]
 DIM, BOLD, RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
 # Raw completion stops on <|endoftext|> as well as the harmony end-of-turn tokens.
 GENERATE_STOP_TOKENS = (199999, 200002, 200012)
+CHAT_COMMANDS = (("/help", "this list"), ("/reset", "forget the conversation"), ("/exit", "quit"))
+# One set of labels, on a terminal or not; colour only adds emphasis.
+LABELS = {"reasoning": "Reasoning:", "assistant": "Assistant:", "commentary": "Assistant (commentary):"}
 
 
 class CLIError(Exception):
@@ -48,17 +57,24 @@ def _positive_int(s: str) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True, metavar="DIR",
-                   help="checkpoint folder (HF layout or its original/ folder)")
+    p.add_argument("--model", "-m", required=True, metavar="PATH",
+                   help="checkpoint folder (HF layout or its original/ folder), or a Hugging Face "
+                        "repo id such as openai/gpt-oss-20b, looked up in the local Hugging Face "
+                        "cache (see `gptoss download`)")
     p.add_argument("--vocab-file", metavar="F", default=None,
-                   help="o200k_base.tiktoken (or tokenizer.json) when the checkpoint has no "
-                        "tokenizer, e.g. for synthetic checkpoints")
-    p.add_argument("--device", default="cpu", help="cpu, cuda[:N], or cuda-emu (the CUDA code on a CPU emulator, for testing; default: cpu)")
+                   help="o200k_base.tiktoken (or tokenizer.json) to use when the checkpoint folder "
+                        "has no tokenizer files (default: the checkpoint's own, else "
+                        "$GPTOSS_TIKTOKEN_VOCAB or $TIKTOKEN_ENCODINGS_BASE/o200k_base.tiktoken)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda[:N], or cuda-emu (the CUDA code on a CPU emulator, for testing; "
+                        "default: cpu)")
     p.add_argument("--context", "-c", type=_positive_int, default=None, metavar="N",
-                   help="maximum context length in tokens (default: the model's)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads")
+                   help="maximum context length in tokens (default: the model's, 131072 for gpt-oss)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads (default: all cores)")
     p.add_argument("--int8-decode", action="store_true",
-                   help="faster CPU decode with int8 copies of the dense matrices (approximate; prefill stays exact)")
+                   help="faster CPU decode with int8 copies of the dense matrices (approximate; "
+                        "prefill stays exact; default: off)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: Optional[int]) -> None:
@@ -66,29 +82,53 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: Optional[int]) ->
     g.add_argument("--max-tokens", "-l", type=_positive_int, default=max_tokens, metavar="N",
                    help=f"maximum tokens per reply (default: {max_tokens or 'until done'})")
     g.add_argument("--temperature", "-t", type=float, default=1.0, metavar="T",
-                   help="0 = greedy (default: 1.0)")
-    g.add_argument("--top-p", type=float, default=1.0, metavar="P")
-    g.add_argument("--top-k", type=int, default=None, metavar="K")
-    g.add_argument("--min-p", type=float, default=0.0, metavar="P")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R")
-    g.add_argument("--seed", type=int, default=None, metavar="S")
+                   help="0 = greedy (default: 1.0, the model's recommendation)")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="nucleus sampling: keep the most likely tokens up to this probability "
+                        "mass (default: 1.0 = off)")
+    g.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="keep only the K most likely tokens (default: off)")
+    g.add_argument("--min-p", type=float, default=0.0, metavar="P",
+                   help="drop tokens less likely than P times the most likely one (default: 0 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="> 1 discourages repeating tokens of the prompt and reply (default: 1.0 = off)")
+    g.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="random seed: the same seed gives the same reply (default: random)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     ap = argparse.ArgumentParser(prog="gptoss", description="Run gpt-oss models.")
+    ap.add_argument("--version", action="version", version=f"gptoss {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser("chat", help="interactive chat (harmony format)",
-                       description="Interactive chat. One message per input line; EOF ends.")
+                       description="Interactive chat. One message per input line; EOF ends. "
+                                   "Commands: " + ", ".join(f"{k} ({v})" for k, v in CHAT_COMMANDS))
     _add_model_args(c)
-    c.add_argument("-r", "--reasoning-effort", choices=["low", "medium", "high"], default="low")
+    c.add_argument("-r", "--reasoning-effort", choices=["low", "medium", "high"], default="low",
+                   help="how much the model reasons before answering (default: low)")
     c.add_argument("--developer-message", default=None, metavar="TEXT",
-                   help="developer instructions (the system prompt)")
-    c.add_argument("--raw", action="store_true", help="print the raw harmony tokens")
-    c.add_argument("--hide-reasoning", action="store_true", help="do not print the reasoning")
+                   help="developer instructions (the system prompt; default: none)")
+    c.add_argument("--raw", action="store_true",
+                   help="print the raw harmony tokens instead of the parsed reply (default: off)")
+    c.add_argument("--hide-reasoning", action="store_true",
+                   help="do not print the reasoning (default: shown)")
     c.add_argument("--stats", action="store_true",
-                   help="print token counts after each reply (stderr)")
-    c.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+                   help="print token counts after each reply, on stderr (default: off)")
+    c.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="dim the reasoning and bold the labels (default: auto, on a terminal "
+                        "unless NO_COLOR is set)")
+    c.add_argument("-p", "--python", action="store_true",
+                   help="let the model run Python in a sandboxed, stateful Jupyter kernel "
+                        "(default: off)")
+    c.add_argument("-b", "--browser", action="store_true",
+                   help="let the model search and browse: the web (API key in YDC_API_KEY or "
+                        "EXA_API_KEY) or --browser-index (default: off)")
+    c.add_argument("--browser-index", metavar="FOLDER", default=None,
+                   help="browse a local folder of markdown, text and HTML files (implies -b; "
+                        "default: none)")
     _add_sampling_args(c, None)
 
     g = sub.add_parser("generate", help="raw text completion",
@@ -96,11 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(g)
     g.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads stdin)")
     g.add_argument("--stop", action="append", default=None, metavar="STR",
-                   help="stop string (repeatable)")
+                   help="stop string (repeatable; default: none)")
     g.add_argument("--allow-special", action="store_true",
-                   help="encode special-token text like <|start|> as the special ids")
-    g.add_argument("--stats", action="store_true", help="print token counts (stderr)")
+                   help="encode special-token text like <|start|> as the special ids "
+                        "(default: plain text)")
+    g.add_argument("--stats", action="store_true", help="print token counts on stderr (default: off)")
     _add_sampling_args(g, 100)
+
+    d = sub.add_parser("download", help="download a checkpoint from the Hugging Face hub",
+                       description="Download what gptoss needs of a Hugging Face repo (all but its "
+                                   "original/ and metal/ folders) into the Hugging Face cache, "
+                                   "through huggingface_hub. Then pass the repo id as --model.")
+    d.add_argument("repo_id", metavar="REPO_ID", help="e.g. openai/gpt-oss-20b")
+    d.add_argument("--revision", default=None, metavar="REV",
+                   help="branch, tag or commit (default: main)")
+    d.add_argument("--local-dir", default=None, metavar="DIR",
+                   help="put the files in DIR instead of the cache (default: the cache)")
 
     sub.add_parser("synthetic", help="write a random checkpoint (see gptoss synthetic -h)",
                    add_help=False)
@@ -122,10 +173,14 @@ def _sampling(args: argparse.Namespace, stop_token_ids: Optional[Sequence[int]] 
 
 # ---------------------------------------------------------------------------- loading
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .errors import CheckpointError
+    from .hub import resolve_checkpoint
     from .tokenizer import load_tokenizer
 
-    if not os.path.exists(args.model):
-        raise CLIError(f"model folder not found: {args.model}")
+    try:
+        args.model = resolve_checkpoint(args.model)
+    except CheckpointError as e:
+        raise CLIError(f"model folder not found: {e}") from None
     try:
         tokenizer = load_tokenizer(checkpoint_dir=args.model, vocab_file=args.vocab_file)
     except FileNotFoundError as e:
@@ -170,14 +225,11 @@ class _Printer:
             return
         if not self.at_line_start:
             self._write("\n")
+        label = LABELS[section]
         if self.color:
             self._write(RESET)
-            label = {"reasoning": f"{DIM}Thinking:{RESET}{DIM}\n",
-                     "assistant": f"{BOLD}Assistant:{RESET}\n",
-                     "commentary": f"{BOLD}Assistant (commentary):{RESET}\n"}[section]
-        else:
-            label = f"[{section}]\n"
-        self._write(label)
+            label = f"{DIM}{label}{RESET}{DIM}" if section == "reasoning" else f"{BOLD}{label}{RESET}"
+        self._write(label + "\n")
         self.section = section
 
     def reasoning(self, text: str) -> None:
@@ -189,10 +241,21 @@ class _Printer:
         self._enter("commentary" if channel == "commentary" else "assistant")
         self._write(text)
 
-    def tool_call(self, name: str, arguments: str) -> None:
+    def tool_call(self, name: str, arguments: str, executed: bool = False) -> None:
         self._enter("assistant")
-        self._write(f"{'[tool call] ' if not self.color else BOLD + 'Tool call: ' + RESET}"
-                    f"{name}({arguments}) (no tools are available in this chat)\n")
+        label = f"{BOLD}Tool call:{RESET}" if self.color else "Tool call:"
+        if executed:  # a built-in tool: its code / JSON arguments as the model wrote them
+            self._write(f"{label} {name}\n{arguments.rstrip()}\n")
+            return
+        self._write(f"{label} {name}({arguments}) (no tools are available in this chat)\n")
+
+    def tool_output(self, name: str, output: str) -> None:
+        self._enter("assistant")
+        if name.startswith("browser."):  # a page view: its first line, not the whole page
+            n = output.count("\n") + 1
+            output = output.split("\n", 1)[0] + (f" ... ({n} lines to the model)" if n > 1 else "")
+        label = f"{BOLD}Tool output:{RESET}" if self.color else "Tool output:"
+        self._write(f"{label} {name}\n{output.rstrip()}\n")
 
     def end(self) -> None:
         if self.color:
@@ -215,10 +278,40 @@ def _read_line(interactive: bool) -> Optional[str]:
     return line.rstrip("\r\n")
 
 
+def _builtin_tools(args: argparse.Namespace) -> Any:
+    """A function making the built-in tools of one conversation (-p, -b), or None."""
+    if not (args.python or args.browser or args.browser_index):
+        return None
+    from .tools import BrowserTool, LocalSearchBackend, SandboxError, web_backend_from_env
+
+    try:
+        if args.python:
+            from .tools import PythonTool
+
+            PythonTool.check_available()
+        backend = None
+        if args.browser_index:
+            backend = LocalSearchBackend(args.browser_index)
+        elif args.browser:
+            backend = web_backend_from_env()
+    except SandboxError as e:
+        raise CLIError(str(e)) from e
+
+    def make(tokenizer: Any) -> list:
+        tools: list = ["python"] if args.python else []
+        if backend is not None:
+            tools.append(BrowserTool(backend, tokenizer=tokenizer))
+        return tools
+
+    return make
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     from .chat import Conversation, ContentDelta, Done, ReasoningDelta, ToolCall
+    from .tools.runner import ToolOutput
 
     params = _sampling(args)
+    builtin = _builtin_tools(args)  # before loading: a machine that cannot run them says so
     model, tokenizer = _load(args)
     interactive = sys.stdin.isatty()
     out = sys.stdout
@@ -232,9 +325,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     def new_conversation() -> Any:
         return Conversation(model, tokenizer=tokenizer, reasoning_effort=args.reasoning_effort,
-                            instructions=args.developer_message, sampling=params)
+                            instructions=args.developer_message, sampling=params,
+                            builtin_tools=builtin(tokenizer) if builtin else ())
 
     conv = new_conversation()
+    if interactive:
+        name = os.path.basename(os.path.normpath(args.model))
+        print(f"gptoss chat: {name} ({args.device}), reasoning effort {args.reasoning_effort}; "
+              + ", ".join(k for k, _ in CHAT_COMMANDS) + " (/help)", file=sys.stderr)
     try:
         while True:
             try:
@@ -254,6 +352,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if text == "/reset":
                 conv.close()
                 conv = new_conversation()
+                print("[conversation cleared]", file=sys.stderr)
+                continue
+            if text in ("/help", "/?"):
+                for k, v in CHAT_COMMANDS:
+                    print(f"  {k:8s} {v}", file=sys.stderr)
+                print("  Anything else is sent as a message. Ctrl-C stops a reply; Ctrl-D quits.",
+                      file=sys.stderr)
                 continue
             printer = _Printer(out, color, args.hide_reasoning)
             on_token = None
@@ -262,19 +367,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     out.write(tokenizer.decode([t]))
                     out.flush()
             n_before = len(conv.messages)
-            events = conv.send(line, on_token=on_token)
+            events = conv.send(line, stream=True, on_token=on_token)
             try:
                 for ev in events:
                     if args.raw:
                         if isinstance(ev, Done):
                             _stats(args, ev)
+                        elif isinstance(ev, ToolOutput):  # fed to the model, not generated
+                            from .harmony import render_message
+
+                            out.write(tokenizer.decode(render_message(ev.message, tokenizer))
+                                      + "<|start|>assistant")
                         continue
                     if isinstance(ev, ReasoningDelta):
                         printer.reasoning(ev.text)
                     elif isinstance(ev, ContentDelta):
                         printer.content(ev.text, ev.channel)
                     elif isinstance(ev, ToolCall):
-                        printer.tool_call(ev.name, ev.arguments)
+                        printer.tool_call(ev.name, ev.arguments, executed=bool(
+                            conv.builtin_tools and conv.builtin_tools.handles(ev)))
+                    elif isinstance(ev, ToolOutput):
+                        printer.tool_output(ev.name, ev.output)
                     elif isinstance(ev, Done):
                         printer.end()
                         _stats(args, ev)
@@ -336,22 +449,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- download
+def cmd_download(args: argparse.Namespace) -> int:
+    from .hub import download
+
+    path = download(args.repo_id, revision=args.revision, local_dir=args.local_dir)
+    print(path)
+    return 0
+
+
+def cmd_synthetic(argv: list[str]) -> int:
+    from .synthetic import main as synthetic_main
+
+    return int(synthetic_main(argv) or 0)
+
+
 # ---------------------------------------------------------------------------- main
+COMMANDS = {"chat": cmd_chat, "generate": cmd_generate, "download": cmd_download}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "synthetic":
-        from .synthetic import main as synthetic_main
-
-        return int(synthetic_main(argv[1:]) or 0)
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    if args.command is None:
-        ap.print_help(sys.stderr)
-        return 2
+    command: Any
+    if argv and argv[0] == "synthetic":  # its own argument parser
+        command, args = cmd_synthetic, argv[1:]
+    else:
+        ap = build_parser()
+        args = ap.parse_args(argv)
+        if args.command is None:
+            ap.print_help(sys.stderr)
+            return 2
+        command = COMMANDS[args.command]
     try:
-        if args.command == "chat":
-            return cmd_chat(args)
-        return cmd_generate(args)
+        return command(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -3,7 +3,7 @@ bad input can catch that."""
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ContextOverflowError"]
+__all__ = ["CheckpointError", "ContextOverflowError", "CapacityError"]
 
 
 class CheckpointError(ValueError):
@@ -13,3 +13,7 @@ class CheckpointError(ValueError):
 
 class ContextOverflowError(ValueError):
     """A sequence would grow past the model's context limit (`max_context`)."""
+
+
+class CapacityError(ValueError):
+    """A request can never fit in this engine's KV cache, even alone (raise kv_cache_bytes)."""

