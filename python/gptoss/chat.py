@@ -50,6 +50,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 from .errors import ContextOverflowError
 from .generate import GenerationStream, Session, Usage, check_vocab, model_max_context
 from .sampling import SamplingParams
+from .structured import prepare_reply
+from .structured.headers import normalized_message, real_recipient
 
 __all__ = [
     "ReasoningDelta",
@@ -357,7 +359,7 @@ class _ReplyParser:
         for ev in events:
             if isinstance(ev, h.MessageStart):
                 self._channel = ev.channel
-                self._recipient = ev.recipient if ev.recipient != "all" else None
+                self._recipient = real_recipient(ev.recipient)  # "final <|constrain|>json": none
             elif isinstance(ev, h.ContentDelta):
                 if self._recipient:
                     continue  # tool-call arguments arrive whole in the ToolCall event
@@ -367,8 +369,8 @@ class _ReplyParser:
                     out.append(ContentDelta(ev.text, self._channel))
             elif isinstance(ev, h.MessageEnd):
                 m = ev.message
-                if m.recipient and m.recipient != "all" and m.role == "assistant":
-                    r = m.recipient
+                r = real_recipient(m.recipient)
+                if r and m.role == "assistant":
                     call = ToolCall(name=r[len("functions."):] if r.startswith("functions.") else r,
                                     arguments=m.text, call_id="call_" + uuid.uuid4().hex[:24],
                                     recipient=r, channel=m.channel)
@@ -378,7 +380,7 @@ class _ReplyParser:
         return out
 
     def messages(self) -> list[Any]:
-        return list(self.parser.messages) + self.extra
+        return [normalized_message(m) for m in self.parser.messages] + self.extra
 
 
 # ---------------------------------------------------------------------------- chat
@@ -393,7 +395,9 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
          tokenizer: Any = None, session: Optional[Session] = None,
          sampling: Optional[SamplingParams] = None, current_date: Optional[str] = None,
          on_token: Optional[Callable[[int], None]] = None, builtin_tools: Any = (),
-         max_tool_steps: Optional[int] = None, **sampling_kwargs: Any):
+         max_tool_steps: Optional[int] = None, response_format: Any = None,
+         tool_choice: Any = None, thinking_token_budget: Optional[int] = None,
+         harmony_constraint: bool = False, **sampling_kwargs: Any):
     """Generate the assistant's reply to `messages` (at least one message).
 
     stream=False (default): a `ChatResponse` (the reply's parsed messages, content, usage).
@@ -405,6 +409,10 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
         in the system message and executed in a loop of at most `max_tool_steps` calls.
     sampling / **sampling_kwargs: `SamplingParams` fields (temperature, max_tokens, seed, ...).
         The default stop tokens are <|return|> and <|call|>.
+    response_format / tool_choice / thinking_token_budget / harmony_constraint: structured outputs
+        (OpenAI's shapes; see `gptoss.structured.plan`): the final answer held to a JSON schema,
+        forced or forbidden tool calls (``strict`` tools get valid arguments), at most N reasoning
+        tokens, well-formed harmony headers. The analysis channel is never constrained.
     All argument errors raise `ValueError` before any token is generated.
     """
     params = SamplingParams.from_kwargs(sampling, **sampling_kwargs) \
@@ -416,6 +424,10 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
         raise ValueError("messages is empty: give at least one message, e.g. "
                          "[{'role': 'user', 'content': 'Hello'}]")
     if builtin_tools:
+        if response_format is not None or tool_choice is not None or harmony_constraint \
+                or thinking_token_budget is not None:
+            raise ValueError("response_format, tool_choice, thinking_token_budget and "
+                             "harmony_constraint do not work with builtin_tools yet")
         from .tools.runner import DEFAULT_MAX_TOOL_STEPS, chat_with_tools
 
         return chat_with_tools(
@@ -427,11 +439,14 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
     tok = tokenizer if tokenizer is not None else default_tokenizer(model)
     full = build_messages(messages, reasoning_effort=reasoning_effort, instructions=instructions,
                           tools=tools, current_date=current_date)
+    full, constraint = prepare_reply(full, tok, tools=tools, response_format=response_format,
+                                     tool_choice=tool_choice, harmony_constraint=harmony_constraint,
+                                     thinking_token_budget=thinking_token_budget)
     prompt = _render(full, tok)
     check_vocab(model, prompt, tok)
     _check_room(model, full, prompt, tok)
     gen = GenerationStream(model, prompt, params, session=session,
-                           vocab_limit=getattr(tok, "n_vocab", None))
+                           vocab_limit=getattr(tok, "n_vocab", None), constraint=constraint)
     events = _events(gen, tok, on_token)
     if stream:
         return events
@@ -531,7 +546,9 @@ class Conversation:
         self.messages.append(tool_result(call, output))
 
     def send(self, content: Optional[str] = None, *, stream: bool = False,
-             on_token: Optional[Callable[[int], None]] = None, **overrides: Any):
+             on_token: Optional[Callable[[int], None]] = None, response_format: Any = None,
+             tool_choice: Any = None, thinking_token_budget: Optional[int] = None,
+             harmony_constraint: bool = False, **overrides: Any):
         """Add a user message (if given) and generate the reply; like `chat` otherwise
         (``stream=False``: a `ChatResponse`; ``stream=True``: an iterator of events)."""
         if content is not None:
@@ -544,7 +561,10 @@ class Conversation:
                       tools=self.tools, instructions=self.instructions, stream=True,
                       tokenizer=self.tokenizer, session=self.session, sampling=params,
                       current_date=self.current_date, on_token=on_token,
-                      builtin_tools=self.builtin_tools, max_tool_steps=self.max_tool_steps)
+                      builtin_tools=self.builtin_tools, max_tool_steps=self.max_tool_steps,
+                      response_format=response_format, tool_choice=tool_choice,
+                      thinking_token_budget=thinking_token_budget,
+                      harmony_constraint=harmony_constraint)
         it = self._record(events)
         if stream:
             return it

@@ -313,7 +313,7 @@ class GenerationStream:
 
     def __init__(self, model: Any, prompt: Sequence[int], params: SamplingParams, *,
                  tokenizer: Any = None, session: Optional[Session] = None,
-                 vocab_limit: Optional[int] = None):
+                 vocab_limit: Optional[int] = None, constraint: Any = None):
         prompt = [int(t) for t in prompt]
         if not prompt:
             raise ValueError("empty prompt: at least one token is needed")
@@ -326,6 +326,7 @@ class GenerationStream:
         self.decoder = TextDecoder(tokenizer, tuple(params.stop or ())) if tokenizer is not None else None
         self._own_session = session is None
         self.session = session if session is not None else Session(model)
+        self.constraint = constraint  # a gptoss.structured.TokenConstraint, or None
         self.result: Optional[GenerationResult] = None
         self._it = self._run()
 
@@ -349,15 +350,26 @@ class GenerationStream:
         stops = set(p.stop_token_ids)
         # Draw on the device when it can (up to 20 logprobs): same random stream, only token ids
         # (and requested logprobs) cross to the host; penalties and bias go as sparse edits.
-        on_device = getattr(self.model, "samples_on_device", False) and self.sampler.device_params_ok
+        # A constraint's masks are applied by the host sampler.
+        guide = None
+        if self.constraint is not None:
+            from .structured.driver import Guide
+            guide = Guide.for_model(self.constraint, self.model)
+        on_device = getattr(self.model, "samples_on_device", False) and self.sampler.device_params_ok \
+            and guide is None
         try:
             if on_device:
                 tok, usage.cached_tokens = self.session.prefill_sample(
                     self.prompt, self.sampler.device_params(tokens, self.prompt))
+            elif guide is not None:
+                logits, usage.cached_tokens = guide.prefill(self.session, self.prompt)
             else:
                 logits, usage.cached_tokens = self.session.prefill(self.prompt)
             while True:
-                s = tok if on_device else self.sampler.sample(logits, tokens, self.prompt)
+                if guide is not None:
+                    s = guide.sample(self.sampler, logits, tokens, self.prompt)
+                else:
+                    s = tok if on_device else self.sampler.sample(logits, tokens, self.prompt)
                 tokens.append(s.token)
                 usage.completion_tokens = len(tokens)
                 if logprobs is not None:
@@ -384,6 +396,8 @@ class GenerationStream:
                 yield TokenChunk(s.token, text, s.logprob, s.top_logprobs)
                 if on_device:
                     tok = self.session.decode_sample(s.token, self.sampler.device_params(tokens, self.prompt))
+                elif guide is not None:
+                    logits = guide.decode(self.session, s.token)
                 else:
                     logits = self.session.decode(s.token)
         finally:
@@ -401,7 +415,7 @@ class GenerationStream:
 
 def generate(model: Any, prompt_tokens: Sequence[int], sampling: Optional[SamplingParams] = None,
              *, stream: bool = False, tokenizer: Any = None, session: Optional[Session] = None,
-             vocab_limit: Optional[int] = None, **kwargs: Any):
+             vocab_limit: Optional[int] = None, constraint: Any = None, **kwargs: Any):
     """Complete `prompt_tokens`.
 
     sampling: a `SamplingParams`; keyword arguments (``temperature=0.7, max_tokens=64, ...``)
@@ -412,11 +426,13 @@ def generate(model: Any, prompt_tokens: Sequence[int], sampling: Optional[Sampli
     session: reuse this `Session`'s sequence (and its KV cache prefix); by default a fresh
         sequence is made and freed at the end.
     vocab_limit: never sample ids >= this (default: the model's vocabulary).
+    constraint: a `gptoss.structured.TokenConstraint` that every token must satisfy (its masks are
+        applied by the host sampler; the tokens it forces are taken as they are).
     """
     params = SamplingParams.from_kwargs(sampling, **kwargs) if (kwargs or sampling is None) \
         else sampling
     gen = GenerationStream(model, prompt_tokens, params, tokenizer=tokenizer, session=session,
-                           vocab_limit=vocab_limit)
+                           vocab_limit=vocab_limit, constraint=constraint)
     if stream:
         return gen
     for _ in gen:

@@ -450,7 +450,9 @@ class Model:
 
     # ------------------------------------------------------------------ chat (harmony)
     def chat(self, messages: Any, **kwargs: Any) -> Any:
-        """Harmony chat on this model; see `gptoss.chat.chat`."""
+        """Harmony chat on this model; see `gptoss.chat.chat` (sampling keywords, tools, and the
+        structured-output keywords response_format, tool_choice, thinking_token_budget,
+        harmony_constraint)."""
         from .chat import chat
 
         return chat(self, messages, **kwargs)

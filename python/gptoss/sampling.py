@@ -27,6 +27,13 @@ Log-probabilities (``logprobs=n``) describe the model's own distribution: ``log_
 raw logits, before penalties, bias, temperature and filters (as vLLM and the OpenAI API report
 them). The chosen token's log-probability and the ``n`` most likely ids are returned.
 
+An optional **allowed-token mask** (``allowed=``, from a structured-output constraint: a bool array
+over the ids, or a packed bitmask of ``ceil(vocab / 32)`` 32-bit words, bit ``i % 32`` of word
+``i // 32`` set when id ``i`` may be drawn, llguidance's layout) makes every other logit ``-inf``
+before step 1, so penalties, temperature and the filters see only allowed ids; ids past the
+mask's end are disallowed. A mask that allows no id raises `ValueError`. Log-probabilities are
+still the model's own (unmasked) distribution.
+
 Penalties, bias and temperature are applied in float64; the softmax exponentials are taken in
 float32 and normalised in float64 (probabilities exact to ~1e-7 relative). Ids at or beyond ``vocab_limit`` (a
 tokenizer smaller than the model's vocabulary, see `Sampler`) are never sampled.
@@ -229,15 +236,18 @@ class Sampler:
         return x.astype(np.float64, copy=True)
 
     def process(self, logits: np.ndarray, generated: Sequence[int] = (),
-                prompt: Sequence[int] = ()) -> np.ndarray:
-        """Steps 1-4 (penalties, bias, temperature). Returns float64 logits, ``-inf`` where an id
-        cannot be sampled. With temperature 0 the logits are returned unscaled."""
+                prompt: Sequence[int] = (), allowed: Optional[np.ndarray] = None) -> np.ndarray:
+        """Steps 1-4 (penalties, bias, temperature) after the `allowed` mask. Returns float64
+        logits, ``-inf`` where an id cannot be sampled. With temperature 0 the logits are returned
+        unscaled."""
         p = self.params
         x = self._check_logits(logits)
         vocab = x.size
         if self.vocab_limit is not None and self.vocab_limit < vocab:
             x[self.vocab_limit:] = -np.inf
         x[np.isnan(x)] = -np.inf
+        if allowed is not None:
+            x[~_allowed_ids(allowed, vocab)] = -np.inf
 
         if p.repetition_penalty != 1.0:
             seen, _ = _counts(list(prompt) + list(generated))
@@ -260,10 +270,10 @@ class Sampler:
         return x
 
     def probs(self, logits: np.ndarray, generated: Sequence[int] = (),
-              prompt: Sequence[int] = ()) -> np.ndarray:
+              prompt: Sequence[int] = (), allowed: Optional[np.ndarray] = None) -> np.ndarray:
         """The exact distribution the next draw comes from (float64 ``[vocab]``, sums to 1).
         Greedy gives a one-hot vector."""
-        x = self.process(logits, generated, prompt)
+        x = self.process(logits, generated, prompt, allowed)
         out = np.zeros_like(x)
         if self.params.greedy:
             out[_argmax(x)] = 1.0
@@ -301,20 +311,20 @@ class Sampler:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, logits: np.ndarray, generated: Sequence[int] = (),
-               prompt: Sequence[int] = ()) -> Sample:
+               prompt: Sequence[int] = (), allowed: Optional[np.ndarray] = None) -> Sample:
         """Pick the next token after `generated` (the tokens produced so far in this generation;
-        `prompt` matters only for the repetition penalty)."""
-        token = self._pick(self.process(logits, generated, prompt), None)
+        `prompt` matters only for the repetition penalty), among the `allowed` ids if given."""
+        token = self._pick(self.process(logits, generated, prompt, allowed), None)
         return self._with_logprobs(token, logits)
 
     def token_for(self, logits: np.ndarray, u: float, generated: Sequence[int] = (),
-                  prompt: Sequence[int] = ()) -> int:
+                  prompt: Sequence[int] = (), allowed: Optional[np.ndarray] = None) -> int:
         """The token `sample` returns when its uniform draw is `u` (in [0, 1)); the generator is
         not used. For samplers that draw `u` on the host and pick the token elsewhere (the CUDA
         backend's ``sample_rows``), and for testing them. Greedy ignores `u`."""
         if not 0.0 <= u < 1.0:
             raise ValueError(f"u must be in [0, 1), got {u!r}")
-        return self._pick(self.process(logits, generated, prompt), float(u))
+        return self._pick(self.process(logits, generated, prompt, allowed), float(u))
 
     @property
     def device_params_ok(self) -> bool:
@@ -398,6 +408,26 @@ class Sampler:
             part = part[np.lexsort((part, -x[part]))]
             top = [(int(i), float(x[i] - lse)) for i in part]
         return Sample(token, float(x[token] - lse) if token < x.size else -math.inf, top)
+
+
+def _allowed_ids(allowed: np.ndarray, vocab: int) -> np.ndarray:
+    """The ``allowed=`` mask as a bool ``[vocab]`` array (see the module docstring)."""
+    a = np.asarray(allowed)
+    if a.ndim != 1:
+        raise ValueError(f"the allowed-token mask must be 1-D, got shape {a.shape}")
+    if a.dtype == np.bool_:
+        bits = a[:vocab]
+    elif a.dtype in (np.int32, np.uint32):
+        bits = np.unpackbits(np.ascontiguousarray(a).view(np.uint8), bitorder="little")[:vocab]
+        bits = bits.view(np.bool_)
+    else:
+        raise ValueError("the allowed-token mask must be a bool array or an int32/uint32 bitmask, "
+                         f"got dtype {a.dtype}")
+    if bits.size < vocab:
+        bits = np.concatenate([bits, np.zeros(vocab - bits.size, np.bool_)])
+    if not bits.any():
+        raise ValueError("the allowed-token mask allows no token")
+    return bits
 
 
 def _softmax(v: np.ndarray) -> np.ndarray:
