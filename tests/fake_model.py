@@ -78,6 +78,8 @@ class FakeSequence:
         return True
 
     def free(self) -> None:
+        if not self.freed:
+            self.model._cache.append(list(self._tokens))
         self.freed = True
         self.model.sequences_freed += 1
 
@@ -97,6 +99,9 @@ class FakeModel:
         self.sequences_created = 0
         self.sequences_freed = 0
         self.step_calls = 0
+        self.prefix_cache = True
+        self._cache: list[list[int]] = []
+        self._live: list[FakeSequence] = []
 
     def logits_for(self, tokens: list[int]) -> np.ndarray:
         v = self.config.vocab_size
@@ -109,8 +114,28 @@ class FakeModel:
         rng = np.random.default_rng([self.seed, tokens[-1]])
         return (rng.standard_normal(v) * 2).astype(np.float32)
 
-    def new_sequence(self) -> FakeSequence:
-        return FakeSequence(self)
+    def new_sequence(self, prefix: Optional[Sequence[int]] = None) -> FakeSequence:
+        """Like `Model.new_sequence`: with `prefix`, the sequence already holds the longest start
+        of it that an earlier sequence held (a prefix cache without a size limit), at most all
+        but its last token."""
+        s = FakeSequence(self)
+        if prefix is not None and self.prefix_cache:
+            p = [int(t) for t in prefix]
+            best = 0
+            for toks in self._cache + [q._tokens for q in self._live if not q.freed]:
+                n = 0
+                while n < min(len(toks), len(p) - 1) and toks[n] == p[n]:
+                    n += 1
+                best = max(best, n)
+            s._tokens = p[:best]
+        self._live.append(s)
+        return s
+
+    # What the engine loop reads of a model.
+    block_size, window_retain, max_chunk_tokens = 16, 256, 512
+
+    def kv_cache_stats(self) -> dict:
+        return dict(full_blocks_max=1 << 30, full_blocks_used=0, window_blocks_used=0)
 
     def step(self, batch):
         self.step_calls += 1

@@ -86,15 +86,14 @@ def test_stream_events(model, tokenizer):  # noqa: F811
 
 def test_prompt_matches_harmony_render(model, tokenizer):  # noqa: F811
     seen = []
-    orig = model.new_sequence
+    orig = model.step
 
-    def spy():
-        s = orig()
-        p = s.prefill
-        s.prefill = lambda toks: (seen.append(list(toks)), p(toks))[1]
-        return s
+    def spy(batch):  # the engine's first step feeds the whole prompt (nothing cached yet)
+        batch = list(batch)
+        seen.append(list(batch[0][1]))
+        return orig(batch)
 
-    model.new_sequence = spy
+    model.step = spy
     chat(model, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
          tokenizer=tokenizer, reasoning_effort="high", stream=False, temperature=0)
     want = harmony.render([

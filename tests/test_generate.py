@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fake_model import ContextOverflowError, FakeModel, reply_script
-from gptoss.generate import (GenerationStream, Session, TextDecoder, TokenChunk, generate,
+from gptoss.generate import (GenerationStream, TextDecoder, TokenChunk, generate,
                              generate_batch)
 from gptoss.sampling import Sampler, SamplingParams
 
@@ -182,61 +182,42 @@ def test_stream_close_early_reports_cancelled_and_frees():
     m = FakeModel(64, seed=3)
     gen = generate(m, [1], SamplingParams(stop_token_ids=(), seed=0), stream=True)
     assert isinstance(gen, GenerationStream)
-    next(gen), next(gen)
-    gen.close()
-    assert gen.result.finish_reason == "cancelled" and len(gen.result.tokens) == 2
+    a, b = next(gen), next(gen)
+    gen.close()  # returns once the engine has ended the request (it may have run a little ahead)
+    assert gen.result.finish_reason == "cancelled" and gen.result.tokens[:2] == [a.token, b.token]
     assert m.sequences_created == m.sequences_freed == 1
 
 
-# ---------------------------------------------------------------- session / KV reuse
-def test_session_reuses_common_prefix():
+# ---------------------------------------------------------------- KV reuse (the prefix cache)
+def test_requests_reuse_the_common_prefix():
     m = FakeModel(64, seed=4)
-    sess = Session(m)
     p = SamplingParams(temperature=0, max_tokens=5, stop_token_ids=())
-    r1 = generate(m, [1, 2, 3, 4], p, session=sess)
+    r1 = generate(m, [1, 2, 3, 4], p)
     assert r1.usage.cached_tokens == 0
-    # Next prompt extends the cache: prompt + generated (last token not yet decoded) + more.
+    # The next prompt extends the first: prompt + generated (the last token never fed) + more.
     prompt2 = [1, 2, 3, 4] + r1.tokens + [9, 9]
     before = m.prefilled_tokens
-    r2 = generate(m, prompt2, p, session=sess)
-    assert r2.usage.cached_tokens == 4 + 4  # the prompt and the 4 decoded tokens
+    r2 = generate(m, prompt2, p)
+    assert r2.usage.cached_tokens == 4 + 4  # the prompt and the 4 tokens fed back
     assert m.prefilled_tokens - before == len(prompt2) - 8
-    # The result is the same as a fresh run.
-    assert r2.tokens == generate(m, prompt2, p).tokens
-    # A diverging prompt rewinds.
-    r3 = generate(m, [1, 2, 7, 7], p, session=sess)
+    m.prefix_cache = False
+    assert r2.tokens == generate(m, prompt2, p).tokens  # the same as a cold run
+    m.prefix_cache = True
+    r3 = generate(m, [1, 2, 7, 7], p)  # a diverging prompt reuses up to the difference
     assert r3.usage.cached_tokens == 2
-    assert r3.tokens == generate(m, [1, 2, 7, 7], p).tokens
-    # The identical prompt recomputes exactly one token.
-    before = m.prefilled_tokens
-    sess.prefill([1, 2, 7])
-    assert m.prefilled_tokens - before == 1
-    sess.free()
+    before = m.prefilled_tokens + m.decoded_tokens
+    r4 = generate(m, [1, 2, 7, 7], p)  # the identical prompt recomputes exactly one token
+    assert r4.usage.cached_tokens == 3
+    assert m.prefilled_tokens + m.decoded_tokens - before == 1 + 4  # and decodes 4
     assert m.sequences_created == m.sequences_freed
 
 
-def test_session_falls_back_when_truncate_fails():
-    m = FakeModel(64, seed=4, can_truncate=False)
-    sess = Session(m)
-    _, reused = sess.prefill([1, 2, 3, 4])
-    _, reused = sess.prefill([1, 2, 3, 4, 5])  # extension: no rewind needed
-    assert reused == 4
-    created = m.sequences_created
-    logits, reused = sess.prefill([1, 2, 9])  # needs a rewind, which fails
-    assert reused == 0 and m.sequences_created == created + 1
-    np.testing.assert_array_equal(logits, m.new_sequence().prefill([1, 2, 9]))
-    sess.free()
-
-
-def test_session_error_leaves_it_usable():
+def test_refused_request_leaves_the_engine_usable():
     m = FakeModel(64, max_context=6)
-    sess = Session(m)
-    sess.prefill([1, 2, 3])
     with pytest.raises(ContextOverflowError):
-        sess.prefill([1, 2, 3, 4, 5, 6, 7])
-    assert sess.tokens == []
-    _, reused = sess.prefill([1, 2])
-    assert reused == 0
+        generate(m, [1, 2, 3, 4, 5, 6, 7])
+    res = generate(m, [1, 2], max_tokens=2, stop_token_ids=())
+    assert len(res.tokens) == 2 and m.sequences_created == m.sequences_freed
 
 
 # ---------------------------------------------------------------- text decoder
@@ -289,18 +270,20 @@ def test_engine_greedy_generate_matches_forward(tiny):
 
 
 @needs_core
-def test_engine_session_reuse_matches_fresh_runs(tiny):
+def test_engine_prefix_reuse_matches_cold_runs():
+    from gptoss import Model
+
+    m = Model.synthetic("tiny", seed=3, max_context=96, block_size=4)
+    cold = Model.synthetic("tiny", seed=3, max_context=96, block_size=4, prefix_cache=False)
     p = SamplingParams(temperature=0, max_tokens=5, stop_token_ids=())
-    sess = Session(tiny)
-    r1 = generate(tiny, [1, 2, 3, 4, 5, 6], p, session=sess)
+    r1 = generate(m, [1, 2, 3, 4, 5, 6], p)
     prompt2 = [1, 2, 3, 4, 5, 6] + r1.tokens + [11, 12]
-    r2 = generate(tiny, prompt2, p, session=sess)
-    assert r2.usage.cached_tokens == 6 + 4
-    assert r2.tokens == generate(tiny, prompt2, p).tokens
-    r3 = generate(tiny, [1, 2, 3, 9], p, session=sess)  # rewind with truncate
-    assert r3.usage.cached_tokens == 3
-    assert r3.tokens == generate(tiny, [1, 2, 3, 9], p).tokens
-    sess.free()
+    r2 = generate(m, prompt2, p)
+    assert r2.usage.cached_tokens == 8  # the whole blocks of the 10 tokens computed before
+    assert r2.tokens == generate(cold, prompt2, p).tokens
+    r3 = generate(m, [1, 2, 3, 9], p)
+    assert r3.usage.cached_tokens == 3  # up to the first differing token
+    assert r3.tokens == generate(cold, [1, 2, 3, 9], p).tokens
 
 
 @needs_core

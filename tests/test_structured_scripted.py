@@ -244,14 +244,13 @@ def test_forced_tokens_keep_the_models_logprobs(tokenizer):  # noqa: F811
 
 def test_mask_on_a_worker_gives_the_same_reply(tokenizer, monkeypatch):  # noqa: F811
     """The GPU path computes each mask on a worker thread during the step; same tokens."""
-    from gptoss.structured import driver
+    from gptoss.generate import engine_of
 
     model = reply_model(tokenizer, [("<|channel|>analysis<|message|>", "Think."),
                                     ("<|channel|>final<|message|>", '{"a": 12, "tag": "z"}')])
     runs = {}
     for overlap in (False, True):
-        monkeypatch.setattr(driver.Guide, "for_model",
-                            classmethod(lambda cls, c, m, o=overlap: cls(c, overlap=o)))
+        engine_of(model).runner.overlap_masks = overlap
         runs[overlap] = [chat(model, USER, tokenizer=tokenizer, stream=False, seed=s, temperature=1.0,
                               max_tokens=60, response_format=RF, logprobs=None).content
                          for s in range(3)]

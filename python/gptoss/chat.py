@@ -26,9 +26,9 @@ becomes the developer instructions; `instructions=` and `tools=` are added to th
 Multi-turn with tools: append the returned messages and a tool result (`tool_result`) to the
 history and call again. Built-in tools (``builtin_tools=["python", "browser"]`` or `gptoss.tools`
 objects) are run for you instead, in a loop that also streams `gptoss.tools.ToolOutput` events
-(see `gptoss.tools.runner`). A `Conversation` does this bookkeeping and keeps one `Session` so the KV
-cache of the unchanged token prefix is reused across turns (the whole previous prompt plus the
-reply, except where harmony drops the analysis of a finished turn).
+(see `gptoss.tools.runner`). A `Conversation` does this bookkeeping. Each turn's prompt finds the
+KV cache of what it shares with the previous one in the model's prefix cache (the whole
+previous prompt plus the reply, except where harmony drops the analysis of a finished turn).
 
 Vocabulary: rendering uses the o200k_harmony tokenizer (201088 ids). The model must have at least
 as many logits as the prompt's largest id, otherwise a `ValueError` explains the mismatch (a
@@ -43,15 +43,14 @@ lenient parser recovers what it can (text outside any header streams as `Content
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from .errors import ContextOverflowError
-from .generate import GenerationStream, Session, Usage, check_vocab, model_max_context
+from .generate import GenerationStream, Usage, check_vocab, model_max_context
+from .reply import ContentDelta, ReasoningDelta, ReplyStream, ToolCall
 from .sampling import SamplingParams
 from .structured import prepare_reply
-from .structured.headers import normalized_message, real_recipient
 
 __all__ = [
     "ReasoningDelta",
@@ -69,38 +68,6 @@ REASONING_EFFORTS = ("low", "medium", "high")
 
 
 # ---------------------------------------------------------------------------- events
-@dataclass
-class ReasoningDelta:
-    """Text on the analysis channel (chain of thought: not for end users)."""
-
-    text: str
-
-
-@dataclass
-class ContentDelta:
-    """User-visible text: channel "final", "commentary" (a preamble before tool calls), or None
-    (raw text from a reply that is not valid harmony)."""
-
-    text: str
-    channel: Optional[str] = "final"
-
-
-@dataclass
-class ToolCall:
-    """A complete tool call. `name` is the function name for ``functions.*`` recipients and the
-    full recipient otherwise (``browser.search``, ``python``)."""
-
-    name: str
-    arguments: str  # JSON text, as the model wrote it
-    call_id: str
-    recipient: str = ""
-    channel: Optional[str] = "commentary"
-
-    def json(self) -> Any:
-        """The arguments parsed as JSON (raises `ValueError` when the model wrote invalid JSON)."""
-        return json.loads(self.arguments)
-
-
 @dataclass
 class Done:
     """Last event. finish_reason: "stop" (<|return|>), "tool_calls" (<|call|>), "length"
@@ -321,68 +288,6 @@ def default_tokenizer(model: Any) -> Any:
         ) from None
 
 
-# ---------------------------------------------------------------------------- the reply parser
-class _ReplyParser:
-    """Feeds generated tokens to harmony's (lenient) `StreamParser` and turns its events into
-    chat events."""
-
-    def __init__(self, tokenizer: Any):
-        h = _harmony()
-        self.h = h
-        self.tokenizer = tokenizer
-        self.parser = h.StreamParser(role="assistant", strict=False, tokenizer=tokenizer)
-        self.tool_calls: list[ToolCall] = []
-        self.extra: list[Any] = []  # messages recovered from a reply that is not harmony
-        self._channel: Optional[str] = None
-        self._recipient: Optional[str] = None
-
-    def feed(self, token: int) -> list[ChatEvent]:
-        return self._convert(self.parser.process(token))
-
-    def finish(self) -> list[ChatEvent]:
-        """End of generation without a stop token (length limit, full context, cancel)."""
-        out: list[ChatEvent] = []
-        p = self.parser
-        if p.state == "header" and p.tokens and not p.messages and p.current_channel is None:
-            # Nothing parsable yet (a random model never wrote <|message|>): show the raw text
-            # rather than nothing.
-            text = self.tokenizer.decode(p.tokens)
-            if text:
-                out.append(ContentDelta(text, None))
-                self.extra.append(self.h.Message(role="assistant", content=text))
-        out.extend(self._convert(p.process_eos()))
-        return out
-
-    def _convert(self, events: Sequence[Any]) -> list[ChatEvent]:
-        h = self.h
-        out: list[ChatEvent] = []
-        for ev in events:
-            if isinstance(ev, h.MessageStart):
-                self._channel = ev.channel
-                self._recipient = real_recipient(ev.recipient)  # "final <|constrain|>json": none
-            elif isinstance(ev, h.ContentDelta):
-                if self._recipient:
-                    continue  # tool-call arguments arrive whole in the ToolCall event
-                if self._channel == "analysis":
-                    out.append(ReasoningDelta(ev.text))
-                else:
-                    out.append(ContentDelta(ev.text, self._channel))
-            elif isinstance(ev, h.MessageEnd):
-                m = ev.message
-                r = real_recipient(m.recipient)
-                if r and m.role == "assistant":
-                    call = ToolCall(name=r[len("functions."):] if r.startswith("functions.") else r,
-                                    arguments=m.text, call_id="call_" + uuid.uuid4().hex[:24],
-                                    recipient=r, channel=m.channel)
-                    self.tool_calls.append(call)
-                    out.append(call)
-                self._channel = self._recipient = None
-        return out
-
-    def messages(self) -> list[Any]:
-        return [normalized_message(m) for m in self.parser.messages] + self.extra
-
-
 # ---------------------------------------------------------------------------- chat
 def _render(messages: Sequence[Any], tokenizer: Any) -> list[int]:
     h = _harmony()
@@ -392,7 +297,7 @@ def _render(messages: Sequence[Any], tokenizer: Any) -> list[int]:
 
 def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
          tools: Sequence[Any] = (), instructions: Optional[str] = None, stream: bool = False,
-         tokenizer: Any = None, session: Optional[Session] = None,
+         tokenizer: Any = None,
          sampling: Optional[SamplingParams] = None, current_date: Optional[str] = None,
          on_token: Optional[Callable[[int], None]] = None, builtin_tools: Any = (),
          max_tool_steps: Optional[int] = None, response_format: Any = None,
@@ -402,8 +307,8 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
 
     stream=False (default): a `ChatResponse` (the reply's parsed messages, content, usage).
     stream=True: an iterator of `ReasoningDelta`, `ContentDelta`, `ToolCall` and a final `Done`.
-    session: a `Session` whose KV cache is reused for the common token prefix (a `Conversation`
-        passes its own); by default a fresh sequence is used and freed.
+    The KV cache of what the prompt shares with earlier requests (a conversation's earlier
+    turns, a system prompt) is found in the model's prefix cache: only the rest is computed.
     on_token: called with every generated token id before it is parsed (``--raw`` display).
     builtin_tools: "python", "browser", tool objects, or a `gptoss.tools.BuiltinTools`: declared
         in the system message and executed in a loop of at most `max_tool_steps` calls.
@@ -434,8 +339,7 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
             model, messages, builtin_tools=builtin_tools, stream=stream,
             max_tool_steps=DEFAULT_MAX_TOOL_STEPS if max_tool_steps is None else max_tool_steps,
             reasoning_effort=reasoning_effort, current_date=current_date, tokenizer=tokenizer,
-            session=session, tools=tools, instructions=instructions, sampling=params,
-            on_token=on_token)
+            tools=tools, instructions=instructions, sampling=params, on_token=on_token)
     tok = tokenizer if tokenizer is not None else default_tokenizer(model)
     full = build_messages(messages, reasoning_effort=reasoning_effort, instructions=instructions,
                           tools=tools, current_date=current_date)
@@ -445,8 +349,8 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
     prompt = _render(full, tok)
     check_vocab(model, prompt, tok)
     _check_room(model, full, prompt, tok)
-    gen = GenerationStream(model, prompt, params, session=session,
-                           vocab_limit=getattr(tok, "n_vocab", None), constraint=constraint)
+    gen = GenerationStream(model, prompt, params, vocab_limit=getattr(tok, "n_vocab", None),
+                           constraint=constraint)
     events = _events(gen, tok, on_token)
     if stream:
         return events
@@ -475,21 +379,23 @@ def _check_room(model: Any, full: Sequence[Any], prompt: Sequence[int], tokenize
 def _events(gen: GenerationStream, tokenizer: Any,
             on_token: Optional[Callable[[int], None]] = None) -> Iterator[ChatEvent]:
     call_id = getattr(tokenizer, "call", 200012)
-    rp = _ReplyParser(tokenizer)
+    rp = ReplyStream(tokenizer)
     last: Optional[int] = None
     try:
         for chunk in gen:
             last = chunk.token
             if on_token is not None:
                 on_token(chunk.token)
-            yield from rp.feed(chunk.token)
+            for ev in rp.feed(chunk.token):
+                if isinstance(ev, (ReasoningDelta, ContentDelta, ToolCall)):  # not the call's pieces
+                    yield ev
     finally:
         gen.close()
     res = gen.result
     assert res is not None
     finish = res.finish_reason
     if finish != "stop":
-        yield from rp.finish()
+        yield from (ev for ev in rp.finish() if isinstance(ev, (ReasoningDelta, ContentDelta, ToolCall)))
     elif last == call_id or (rp.tool_calls and res.stop_reason == call_id):
         finish = "tool_calls"
     yield Done(usage=res.usage, finish_reason=finish, messages=rp.messages(),
@@ -527,8 +433,8 @@ class Conversation:
         self.current_date = current_date
         self.sampling = SamplingParams.from_kwargs(sampling, **sampling_kwargs) \
             if (sampling_kwargs or sampling is None) else sampling
-        self.session = Session(model)
         self.usage = Usage()
+        self.last_usage = Usage()
         # Validate now rather than on the first send.
         build_messages([], reasoning_effort=reasoning_effort, instructions=instructions,
                        tools=self.tools, current_date=current_date)
@@ -559,7 +465,7 @@ class Conversation:
             else self.sampling
         events = chat(self.model, self.messages, reasoning_effort=self.reasoning_effort,
                       tools=self.tools, instructions=self.instructions, stream=True,
-                      tokenizer=self.tokenizer, session=self.session, sampling=params,
+                      tokenizer=self.tokenizer, sampling=params,
                       current_date=self.current_date, on_token=on_token,
                       builtin_tools=self.builtin_tools, max_tool_steps=self.max_tool_steps,
                       response_format=response_format, tool_choice=tool_choice,
@@ -580,14 +486,15 @@ class Conversation:
             if isinstance(ev, Done):
                 self.messages.extend(ev.messages)
                 self.usage = self.usage + ev.usage
+                self.last_usage = ev.usage
             yield ev
 
     @property
     def cached_tokens(self) -> int:
-        return len(self.session)
+        """Prompt tokens of the last turn found in the prefix cache (not computed again)."""
+        return self.last_usage.cached_tokens
 
     def close(self) -> None:
-        self.session.free()
         if self.builtin_tools is not None:
             self.builtin_tools.close()
 

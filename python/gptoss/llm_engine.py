@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import queue
 import threading
 import time
@@ -31,6 +32,9 @@ from .runner import EngineRunner, ModelRunner
 from .scheduler import RequestState, Scheduler, SchedulerConfig, window_blocks
 
 __all__ = ["LLMEngine", "RequestStream", "EngineStats"]
+
+IDLE_EXIT_SECONDS = 2.0
+log = logging.getLogger("gptoss.engine")
 
 
 @dataclass
@@ -109,7 +113,7 @@ class LLMEngine:
         block = int(getattr(model, "block_size", 16))
         chunk = int(max_step_tokens or getattr(model, "max_chunk_tokens", 512))
         win = 0
-        if cfg is not None and any(cfg.is_sliding(i) for i in range(cfg.num_hidden_layers)):
+        if hasattr(cfg, "is_sliding") and any(cfg.is_sliding(i) for i in range(cfg.num_hidden_layers)):
             win = window_blocks(cfg.sliding_window, int(getattr(model, "window_retain", 256)), chunk, block)
         self.scheduler = Scheduler(model, SchedulerConfig(max_num_seqs=max_num_seqs, max_step_tokens=chunk,
                                                           block_size=block, window_blocks=win))
@@ -126,6 +130,23 @@ class LLMEngine:
     def submit(self, request: Request) -> RequestStream:
         """Queue `request`; returns its (synchronous) stream of outputs."""
         return self._submit(request, None)
+
+    def submit_many(self, requests: list[Request]) -> list[RequestStream]:
+        """Queue several requests at once (they start in the same step); all are checked first."""
+        states = [self.scheduler.make_state(r) for r in requests]
+        streams = [RequestStream(self, st, None) for st in states]
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            ids = [st.id for st in states]
+            if len(set(ids)) != len(ids) or any(i in self._streams for i in ids):
+                raise ValueError("request ids must be unique")
+            for st, stream in zip(states, streams):
+                self._streams[st.id] = stream
+                self._inbox.append(("add", st))
+            self._start()
+        self._wake.set()
+        return streams
 
     def submit_async(self, request: Request) -> RequestStream:
         """Queue `request` from asyncio code; returns a stream to ``async for`` over."""
@@ -206,11 +227,22 @@ class LLMEngine:
             if self._inbox and not self._drain_inbox():
                 return
             if not sched.has_work():
-                self._wake.wait()
+                if not self._wake.wait(IDLE_EXIT_SECONDS):
+                    with self._lock:  # idle: end the thread (a submit starts a new one), so that
+                        if not self._inbox:  # the engine and its model can be collected
+                            self._thread = None
+                            return
                 self._wake.clear()
                 continue
             t0 = time.perf_counter()
-            items = sched.schedule()
+            try:
+                items = sched.schedule()
+            except BaseException as e:  # noqa: BLE001 - a model that fails to make sequences
+                log.exception("scheduling failed")
+                for st in list(sched.running) + list(sched.waiting):
+                    sched.finish(st, FinishReason.ERROR, e)
+                    self._emit([st])
+                continue
             if not items:  # nothing can run now (cannot happen with a positive budget); wait
                 self._wake.wait(0.01)
                 self._wake.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Any, Iterable, Optional, Sequence as Seq, Union
 
@@ -23,6 +24,7 @@ from .sampling import Sample
 __all__ = ["Model", "Sequence"]
 
 TokenList = Union[Seq[int], np.ndarray]
+_engine_lock = threading.Lock()
 
 
 def _core():
@@ -209,6 +211,7 @@ class Model:
                  _config: Optional[ModelConfig] = None,
                  _arrays: Optional[dict] = None, _synthetic_seed: Optional[int] = None) -> None:
         self._engine: Any = None
+        self._llm: Any = None
         self._tokenizer: Any = None
         self._tokenizer_searched = False
         cuda = _check_device(device)
@@ -260,6 +263,18 @@ class Model:
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else _default_kv_bytes(),
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0,
                 populate=populate, int8_decode=bool(int8_decode), prefix_cache=bool(prefix_cache))
+
+    @property
+    def engine(self) -> Any:
+        """This model's continuous-batching engine (`gptoss.llm_engine.LLMEngine`): submit
+        requests from any thread or event loop; `generate` and `chat` use it too."""
+        if self._llm is None:
+            from .llm_engine import LLMEngine
+
+            with _engine_lock:
+                if self._llm is None:
+                    self._llm = LLMEngine(self)
+        return self._llm
 
     @property
     def tokenizer(self) -> Any:

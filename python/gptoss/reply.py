@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from . import harmony
+from .structured.headers import normalized_message, real_recipient
 
 __all__ = ["ReasoningDelta", "ContentDelta", "ToolCallBegin", "ToolCallDelta", "ToolCall", "ReplyEvent",
            "ReplyStream", "new_call_id"]
@@ -122,14 +123,14 @@ class ReplyStream:
 
     def messages(self) -> list:
         """The reply's parsed messages (harmony `Message`s), ready to go back into a history."""
-        return list(self.parser.messages) + self._extra
+        return [normalized_message(m) for m in self.parser.messages] + self._extra
 
     def _convert(self, events: list) -> list[ReplyEvent]:
         out: list[ReplyEvent] = []
         for ev in events:
             if isinstance(ev, harmony.MessageStart):
                 self._channel = ev.channel
-                self._recipient = ev.recipient if ev.recipient not in (None, "all") else None
+                self._recipient = real_recipient(ev.recipient)  # "final <|constrain|>json": none
                 if self._recipient is not None and ev.role == "assistant":
                     self._call = ToolCallBegin(len(self.tool_calls), new_call_id(),
                                                _function_name(self._recipient), self._recipient)

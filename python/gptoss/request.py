@@ -57,6 +57,8 @@ class Request:
 
     tokenizer: decodes the output into text (needed for stop strings).
     vocab_limit: never sample ids >= this (a tokenizer smaller than the model's vocabulary).
+    constraint: a `gptoss.structured.TokenConstraint` the generated tokens must follow (sampled
+        on the host, with its mask; tokens it forces are appended without a step each).
     """
 
     prompt: Sequence[int]
@@ -64,6 +66,7 @@ class Request:
     request_id: str = field(default_factory=new_request_id)
     tokenizer: Any = None
     vocab_limit: Optional[int] = None
+    constraint: Any = None
 
 
 @dataclass(slots=True)

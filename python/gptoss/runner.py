@@ -38,18 +38,65 @@ def _history(st: Any) -> tuple[Sequence[int], Sequence[int]]:
     return (), ()
 
 
+def _masks(items: Sequence[ScheduledItem]) -> list[list[int]]:
+    """Each constrained item's mask (into its state) and forced tokens for the next position."""
+    out = []
+    for it in items:
+        c = it.state.constraint
+        c.fill_bitmask(it.state.mask)
+        out.append(c.forced_tokens())
+    return out
+
+
+def _constrained_sample(st: Any, row: Any, forced: list[int]) -> Sample:
+    if not forced:
+        return st.sampler.sample(row, *_history(st), allowed=st.mask)
+    if st.sampler.params.logprobs is None:
+        return Sample(forced[0])  # no choice: no draw
+    from .structured.constraint import onehot_bitmask
+
+    return st.sampler.sample(row, *_history(st), allowed=onehot_bitmask(forced[0], st.constraint.vocab_size))
+
+
 class EngineRunner:
+    """overlap_masks: compute constrained requests' masks on a worker thread while the step runs
+    (a GPU step leaves the host idle; on the CPU the step's threads use every core already, and
+    one more thread slows the step more than the mask costs)."""
+
     def __init__(self, model: Any):
         self.model = model
         self.on_device = bool(getattr(model, "samples_on_device", False))
+        dev = str(getattr(model, "device", "cpu"))
+        self.overlap_masks = dev.startswith("cuda") and dev != "cuda-emu"
 
     def execute(self, items: Sequence[ScheduledItem]) -> list[Optional[Sample]]:
         pairs = [(it.state.seq, it.tokens) for it in items]
-        if self.on_device and all(it.state.sampler.device_params_ok for it in items if it.sample):
+        constrained = [it for it in items if it.sample and it.state.constraint is not None]
+        if (self.on_device and not constrained
+                and all(it.state.sampler.device_params_ok for it in items if it.sample)):
             params = [it.state.sampler.device_params(*_history(it.state)) if it.sample else _NO_SAMPLE
                       for it in items]
             out = self.model.step_sample(pairs, params)
             return [s if it.sample else None for it, s in zip(items, out)]
-        logits = self.model.step(pairs)
-        return [it.state.sampler.sample(row, *_history(it.state)) if it.sample else None
-                for it, row in zip(items, logits)]
+        fut = None
+        if constrained and self.overlap_masks:
+            from .structured.driver import mask_executor
+
+            fut = mask_executor().submit(_masks, constrained)
+        try:
+            logits = self.model.step(pairs)
+        finally:
+            forced = fut.result() if fut is not None else None  # the worker is done with them
+        if constrained and forced is None:
+            forced = _masks(constrained)
+        by_state = {id(it.state): f for it, f in zip(constrained, forced or [])}
+        out: list[Optional[Sample]] = []
+        for it, row in zip(items, logits):
+            st = it.state
+            if not it.sample:
+                out.append(None)
+            elif st.constraint is not None:
+                out.append(_constrained_sample(st, row, by_state[id(st)]))
+            else:
+                out.append(st.sampler.sample(row, *_history(st)))
+        return out

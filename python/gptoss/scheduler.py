@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence
 
 from .errors import CapacityError, ContextOverflowError
-from .generate import TextDecoder
+from .detokenizer import TextDecoder
+import numpy as np
+
 from .request import FinishReason, Request, RequestOutput, Usage
 from .sampling import Sample, Sampler
 
@@ -81,6 +83,8 @@ class RequestState:
     pending_logprobs: Optional[list[Sample]] = None
     stops: frozenset = frozenset()
     max_tokens: Optional[int] = None
+    constraint: Any = None         # a gptoss.structured.TokenConstraint, or None
+    mask: Any = None               # its bitmask of the next position (int32 words)
 
     @property
     def id(self) -> str:
@@ -161,6 +165,11 @@ class Scheduler:
                           TextDecoder(req.tokenizer, tuple(p.stop or ())) if req.tokenizer is not None else None,
                           prompt, len(prompt), pending_logprobs=[] if p.logprobs is not None else None,
                           stops=frozenset(p.stop_token_ids), max_tokens=p.max_tokens)
+        if req.constraint is not None:
+            from .structured.constraint import bitmask_words
+
+            st.constraint = req.constraint
+            st.mask = np.empty(bitmask_words(req.constraint.vocab_size), np.int32)
         return st
 
     def add(self, st: RequestState) -> None:
@@ -293,6 +302,9 @@ class Scheduler:
                 now = now or time.monotonic()
                 st.first_token_time = now
             changed.append(st)
+            if st.constraint is not None:
+                self._constrained(st, tok, max_ctx)
+                continue
             mt = st.max_tokens
             if (tok in st.stops or st.decoder is not None or len(st.tokens) > max_ctx
                     or (mt is not None and len(st.tokens) - st.n_prompt >= mt)):
@@ -300,6 +312,23 @@ class Scheduler:
                 if reason is not None:
                     self._finished(st, reason)
         return changed
+
+    def _constrained(self, st: RequestState, tok: int, max_ctx: int) -> None:
+        """A constrained request's token: the constraint accepts it, and the tokens it then
+        forces are appended at once (one step feeds them together) unless logprobs are wanted."""
+        c = st.constraint
+        while True:
+            c.advance(tok)
+            reason = self._stop_reason(st, tok, max_ctx)
+            if reason is not None:
+                self._finished(st, reason)
+                return
+            forced = c.forced_tokens() if st.pending_logprobs is None else []
+            if not forced:
+                return
+            tok = forced[0]
+            st.tokens.append(tok)
+            st.pending_tokens.append(tok)
 
     def _stop_reason(self, st: RequestState, tok: int, max_ctx: int) -> Optional[FinishReason]:
         """The stop rules, checked after every sampled token, in this order: a stop token (never

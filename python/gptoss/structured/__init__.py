@@ -10,7 +10,7 @@ interface a decode loop drives, `prepare_reply` for the one call a chat front en
 """
 
 from .constraint import ConstraintViolation, TokenConstraint, allowed_ids, bitmask_words, onehot_bitmask
-from .driver import Guide
+from .driver import mask_executor
 from .formats import (FunctionSpec, OutputFormat, ToolChoice, parse_response_format, parse_tool_choice,
                       parse_tools)
 from .grammars import ll_tokenizer
@@ -33,7 +33,7 @@ __all__ = [
     "parse_tool_choice",
     "parse_tools",
     "ll_tokenizer",
-    "Guide",
+    "mask_executor",
     "bitmask_words",
     "allowed_ids",
     "onehot_bitmask",

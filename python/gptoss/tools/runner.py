@@ -185,34 +185,27 @@ def _system_message(messages: Sequence[Any], namespaces: list[Any], reasoning_ef
 def chat_with_tools(model: Any, messages: Sequence[Any], *, builtin_tools: Any,
                     max_tool_steps: int = DEFAULT_MAX_TOOL_STEPS, stream: bool = True,
                     reasoning_effort: str = "low", current_date: Optional[str] = None,
-                    tokenizer: Any = None, session: Any = None, **chat_kwargs: Any):
+                    tokenizer: Any = None, **chat_kwargs: Any):
     """`chat` with the built-in tools run in a loop; see the module docstring. `chat_kwargs`
     are `chat`'s (tools, instructions, sampling, on_token, sampling fields)."""
     from ..chat import ChatResponse, Done, chat, default_tokenizer
-    from ..generate import Session
 
     if not isinstance(max_tool_steps, int) or max_tool_steps < 0:
         raise ValueError(f"max_tool_steps must be a non-negative integer, got {max_tool_steps!r}")
     tok = tokenizer if tokenizer is not None else default_tokenizer(model)
     owned = not isinstance(builtin_tools, BuiltinTools)
     tools = BuiltinTools(builtin_tools, tokenizer=tok) if owned else builtin_tools
-    own_session = session is None
-    if own_session:  # the steps of one turn share their prompt prefix: keep the KV cache
-        session = Session(model)
     try:
         system, rest = _system_message(messages, tools.namespaces(), reasoning_effort,
                                        current_date)
         # Validate everything (messages, tools, sampling) before the first token.
-        first = chat(model, [system, *rest], tokenizer=tok, session=session, stream=True,
-                     **chat_kwargs)
+        first = chat(model, [system, *rest], tokenizer=tok, stream=True, **chat_kwargs)
     except BaseException:
         if owned:
             tools.close()
-        if own_session:
-            session.free()
         raise
-    events = _loop(model, [system, *rest], tools, owned, own_session, max_tool_steps, tok,
-                   session, first, chat_kwargs)
+    # The steps of one turn share their prompt prefix: the prefix cache keeps it.
+    events = _loop(model, [system, *rest], tools, owned, max_tool_steps, tok, first, chat_kwargs)
     if stream:
         return events
     done = None
@@ -223,9 +216,8 @@ def chat_with_tools(model: Any, messages: Sequence[Any], *, builtin_tools: Any,
     return ChatResponse(done.messages, done.usage, done.finish_reason, done.tool_calls)
 
 
-def _loop(model: Any, history: list[Any], tools: BuiltinTools, owned: bool, own_session: bool,
-          max_steps: int, tok: Any, session: Any, first: Iterator[Any],
-          chat_kwargs: dict[str, Any]) -> Iterator[Any]:
+def _loop(model: Any, history: list[Any], tools: BuiltinTools, owned: bool, max_steps: int, tok: Any,
+          first: Iterator[Any], chat_kwargs: dict[str, Any]) -> Iterator[Any]:
     from ..chat import Done, chat
     from ..generate import Usage
 
@@ -261,14 +253,11 @@ def _loop(model: Any, history: list[Any], tools: BuiltinTools, owned: bool, own_
                 yield out
                 history.append(out.message)
                 new.append(out.message)
-            events = chat(model, history, tokenizer=tok, session=session, stream=True,
-                          **chat_kwargs)
+            events = chat(model, history, tokenizer=tok, stream=True, **chat_kwargs)
     finally:
         close = getattr(events, "close", None)
         if close is not None:  # a consumer that stopped early stops the generation too
             close()
-        if own_session:
-            session.free()
         if owned:
             tools.close()
 
