@@ -102,6 +102,7 @@ class FakeModel:
         self.prefix_cache = True
         self._cache: list[list[int]] = []
         self._live: list[FakeSequence] = []
+        self._queries = self._hits = 0
 
     def logits_for(self, tokens: list[int]) -> np.ndarray:
         v = self.config.vocab_size
@@ -128,8 +129,13 @@ class FakeModel:
                     n += 1
                 best = max(best, n)
             s._tokens = p[:best]
+            self._queries += len(p)
+            self._hits += best
         self._live.append(s)
         return s
+
+    def prefix_cache_stats(self) -> dict:
+        return dict(kept_blocks=0, registered_blocks=0, query_tokens=self._queries, hit_tokens=self._hits)
 
     # What the engine loop reads of a model.
     block_size, window_retain, max_chunk_tokens = 16, 256, 512

@@ -320,8 +320,7 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
         tokens, well-formed harmony headers. The analysis channel is never constrained.
     All argument errors raise `ValueError` before any token is generated.
     """
-    params = SamplingParams.from_kwargs(sampling, **sampling_kwargs) \
-        if (sampling_kwargs or sampling is None) else sampling
+    params = SamplingParams.merged(sampling, **sampling_kwargs)
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise ValueError("messages must be a list of messages (dicts like {'role': 'user', "
                          "'content': ...} or harmony Messages), got " + type(messages).__name__)
@@ -349,9 +348,10 @@ def chat(model: Any, messages: Sequence[Any], *, reasoning_effort: str = "low",
     prompt = _render(full, tok)
     check_vocab(model, prompt, tok)
     _check_room(model, full, prompt, tok)
-    gen = GenerationStream(model, prompt, params, vocab_limit=getattr(tok, "n_vocab", None),
-                           constraint=constraint)
-    events = _events(gen, tok, on_token)
+    stops = tuple(params.stop or ())  # matched in the text for the user only (reply.py)
+    gen = GenerationStream(model, prompt, SamplingParams.merged(params, stop=()) if stops else params,
+                           vocab_limit=getattr(tok, "n_vocab", None), constraint=constraint)
+    events = _events(gen, tok, on_token, stops)
     if stream:
         return events
     done: Optional[Done] = None
@@ -376,10 +376,10 @@ def _check_room(model: Any, full: Sequence[Any], prompt: Sequence[int], tokenize
         f"--context N` with N well above {len(prompt)}) or shorter messages.")
 
 
-def _events(gen: GenerationStream, tokenizer: Any,
-            on_token: Optional[Callable[[int], None]] = None) -> Iterator[ChatEvent]:
+def _events(gen: GenerationStream, tokenizer: Any, on_token: Optional[Callable[[int], None]] = None,
+            stops: tuple = ()) -> Iterator[ChatEvent]:
     call_id = getattr(tokenizer, "call", 200012)
-    rp = ReplyStream(tokenizer)
+    rp = ReplyStream(tokenizer, stop=stops)
     last: Optional[int] = None
     try:
         for chunk in gen:
@@ -389,12 +389,16 @@ def _events(gen: GenerationStream, tokenizer: Any,
             for ev in rp.feed(chunk.token):
                 if isinstance(ev, (ReasoningDelta, ContentDelta, ToolCall)):  # not the call's pieces
                     yield ev
+            if rp.stopped is not None:
+                break
     finally:
         gen.close()
     res = gen.result
     assert res is not None
-    finish = res.finish_reason
-    if finish != "stop":
+    finish = "stop" if rp.stopped is not None else res.finish_reason
+    if rp.stopped is not None:
+        pass
+    elif finish != "stop":
         yield from (ev for ev in rp.finish() if isinstance(ev, (ReasoningDelta, ContentDelta, ToolCall)))
     elif last == call_id or (rp.tool_calls and res.stop_reason == call_id):
         finish = "tool_calls"
@@ -431,8 +435,7 @@ class Conversation:
         self.instructions = instructions
         self.tools = list(tools)
         self.current_date = current_date
-        self.sampling = SamplingParams.from_kwargs(sampling, **sampling_kwargs) \
-            if (sampling_kwargs or sampling is None) else sampling
+        self.sampling = SamplingParams.merged(sampling, **sampling_kwargs)
         self.usage = Usage()
         self.last_usage = Usage()
         # Validate now rather than on the first send.
@@ -461,8 +464,7 @@ class Conversation:
             self.add_user(content)
         if not self.messages:
             raise ValueError("nothing to reply to: send a message first, e.g. conv.send('Hello')")
-        params = SamplingParams.from_kwargs(self.sampling, **overrides) if overrides \
-            else self.sampling
+        params = SamplingParams.merged(self.sampling, **overrides)
         events = chat(self.model, self.messages, reasoning_effort=self.reasoning_effort,
                       tools=self.tools, instructions=self.instructions, stream=True,
                       tokenizer=self.tokenizer, sampling=params,

@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="requests running at once; more wait in the queue (default: 256)")
     sv.add_argument("--reasoning-effort", choices=["low", "medium", "high"], default="medium",
                     help="when a request does not say (default: medium)")
+    sv.add_argument("--harmony-constraint", choices=["auto", "on", "off"], default="auto",
+                    help="constrain the harmony headers the model writes (valid channels and recipients; "
+                         "contents stay free), so that malformed headers cannot happen (default: auto, on "
+                         "where tokens are sampled on the host, i.e. not with CUDA device sampling)")
 
     d = sub.add_parser("download", help="download a checkpoint from the Hugging Face hub",
                        description="Download what gptoss needs of a Hugging Face repo (all but its "

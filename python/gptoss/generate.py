@@ -118,11 +118,6 @@ def check_vocab(model: Any, tokens: Sequence[int], tokenizer: Any = None) -> Non
 
 
 # ---------------------------------------------------------------------------- generation
-def _params(sampling: Optional[SamplingParams], kwargs: dict) -> SamplingParams:
-    """`sampling` with `kwargs` replaced (unknown names raise `ValueError`)."""
-    return SamplingParams.from_kwargs(sampling, **kwargs) if (kwargs or sampling is None) else sampling
-
-
 class GenerationStream:
     """Iterator of `TokenChunk`s; `result` holds the `GenerationResult` once it is exhausted.
 
@@ -204,7 +199,7 @@ def generate(model: Any, prompt_tokens: Sequence[int], sampling: Optional[Sampli
     vocab_limit: never sample ids >= this (default: the model's vocabulary).
     constraint: a `gptoss.structured.TokenConstraint` the reply must follow.
     """
-    gen = GenerationStream(model, prompt_tokens, _params(sampling, kwargs), tokenizer=tokenizer,
+    gen = GenerationStream(model, prompt_tokens, SamplingParams.merged(sampling, **kwargs), tokenizer=tokenizer,
                            vocab_limit=vocab_limit, constraint=constraint)
     if stream:
         return gen
@@ -220,14 +215,14 @@ def generate_batch(model: Any, prompts: Sequence[Sequence[int]],
     """Complete several prompts together (the engine batches them step by step). Prompt ``i`` is
     sampled with seed ``seed + i`` (when a seed is set), so the results do not depend on batching
     order. Every argument is checked before any prompt runs."""
-    base = _params(sampling, kwargs)
+    base = SamplingParams.merged(sampling, **kwargs)
     if not prompts:
         return []
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"empty prompt at index {i}: at least one token is needed")
     eng = engine_of(model)
-    reqs = [Request([int(t) for t in p], base if base.seed is None else SamplingParams.from_kwargs(base, seed=base.seed + i),
+    reqs = [Request([int(t) for t in p], base.for_index(i),
                     tokenizer=tokenizer, vocab_limit=vocab_limit) for i, p in enumerate(prompts)]
     streams = eng.submit_many(reqs)  # every request checked before any runs; they start together
     gens = [GenerationStream(model, r.prompt, r.sampling, _stream=st) for r, st in zip(reqs, streams)]

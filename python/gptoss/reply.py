@@ -9,6 +9,7 @@ all (a model that answers, or refuses, without any header) comes out as visible 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -85,9 +86,16 @@ def _function_name(recipient: str) -> str:
 
 @dataclass
 class ReplyStream:
-    """Feed a reply's tokens (`feed`), then `finish` once generation ends."""
+    """Feed a reply's tokens (`feed`), then `finish` once generation ends.
+
+    stop: stop strings, matched in the text for the user only (never in the reasoning or a tool
+    call's arguments): the text ends right before the first one, `stopped` names it, and the
+    caller ends generation. Text that may be the start of one is held back until it is not.
+    """
 
     tokenizer: Any
+    stop: tuple = ()
+    stopped: Optional[str] = field(default=None, init=False)
     parser: harmony.StreamParser = field(init=False)
     tool_calls: list[ToolCall] = field(default_factory=list, init=False)
     reasoning_tokens: int = field(default=0, init=False)  # tokens spent on the analysis channel
@@ -95,11 +103,14 @@ class ReplyStream:
     _channel: Optional[str] = field(default=None, init=False)
     _recipient: Optional[str] = field(default=None, init=False)
     _call: Optional[ToolCallBegin] = field(default=None, init=False)
+    _held: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         self.parser = harmony.StreamParser(role="assistant", strict=False, tokenizer=self.tokenizer)
 
     def feed(self, token: int) -> list[ReplyEvent]:
+        if self.stopped is not None:
+            return []
         p = self.parser
         before = p.state == "content" and p.current_channel == "analysis"
         events = self._convert(p.process(token))
@@ -116,14 +127,46 @@ class ReplyStream:
             # nothing; this is also how a refusal without channels looks.
             text = self.tokenizer.decode(p.tokens)
             if text:
-                out.append(ContentDelta(text, None))
+                out.extend(self._release(text, flush=True))
                 self._extra.append(harmony.Message(role="assistant", content=text))
         out.extend(self._convert(p.process_eos()))
+        out.extend(self._release(flush=True))
         return out
 
+    def _release(self, text: str = "", flush: bool = False) -> list[ReplyEvent]:
+        """Visible text through the stop strings."""
+        if not self.stop:
+            return [ContentDelta(text, self._channel)] if text else []
+        if self.stopped is not None:
+            return []
+        t = self._held + text
+        hits = [(t.find(s), s) for s in self.stop if s in t]
+        if hits:
+            i, s = min(hits)
+            self._held, self.stopped = "", s
+            return [ContentDelta(t[:i], self._channel)] if i else []
+        keep = 0
+        if not flush:
+            for s in self.stop:
+                for k in range(min(len(s) - 1, len(t)), keep, -1):
+                    if t.endswith(s[:k]):
+                        keep = k
+                        break
+        self._held = t[len(t) - keep:] if keep else ""
+        out = t[:len(t) - keep]
+        return [ContentDelta(out, self._channel)] if out else []
+
     def messages(self) -> list:
-        """The reply's parsed messages (harmony `Message`s), ready to go back into a history."""
-        return [normalized_message(m) for m in self.parser.messages] + self._extra
+        """The reply's parsed messages (harmony `Message`s), ready to go back into a history (the
+        text a stop string ended without it)."""
+        msgs = [normalized_message(m) for m in self.parser.messages] + self._extra
+        if self.stopped is not None:
+            for i in range(len(msgs) - 1, -1, -1):
+                text = msgs[i].text if isinstance(msgs[i].content, str) or hasattr(msgs[i], "text") else ""
+                if self.stopped in text:
+                    msgs[i] = dataclasses.replace(msgs[i], content=text[:text.index(self.stopped)])
+                    break
+        return msgs
 
     def _convert(self, events: list) -> list[ReplyEvent]:
         out: list[ReplyEvent] = []
@@ -143,8 +186,9 @@ class ReplyStream:
                 elif self._channel == "analysis":
                     out.append(ReasoningDelta(ev.text))
                 else:
-                    out.append(ContentDelta(ev.text, self._channel))
+                    out.extend(self._release(ev.text))
             elif isinstance(ev, harmony.MessageEnd):
+                out.extend(self._release(flush=True))
                 m = ev.message
                 if self._call is not None:
                     call = ToolCall(name=self._call.name, arguments=m.text, call_id=self._call.call_id,

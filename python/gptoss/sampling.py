@@ -181,6 +181,16 @@ class SamplingParams:
         return self.temperature == 0.0
 
     @classmethod
+    def merged(cls, base: Optional["SamplingParams"] = None, **kwargs: object) -> "SamplingParams":
+        """`base` (default: the defaults) with `kwargs` replaced; `base` itself when there are none."""
+        return base if base is not None and not kwargs else cls.from_kwargs(base, **kwargs)
+
+    def for_index(self, i: int) -> "SamplingParams":
+        """The parameters of the i-th of several samples of one prompt (n > 1, batches): seed + i,
+        so each sample's tokens depend on its own seed only."""
+        return self if self.seed is None or i == 0 else SamplingParams.from_kwargs(self, seed=self.seed + i)
+
+    @classmethod
     def from_kwargs(cls, base: Optional["SamplingParams"] = None, **kwargs: object) -> "SamplingParams":
         """`base` with `kwargs` replaced; unknown names raise `ValueError` (they are user input)."""
         names = {f.name for f in fields(cls)}

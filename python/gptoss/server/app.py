@@ -37,7 +37,8 @@ class ServerContext:
 
     def __init__(self, model: Any, tokenizer: Any, name: str, *, api_key: Optional[str] = None,
                  reasoning_effort: str = "medium", max_num_seqs: int = 256,
-                 max_waiting: int = DEFAULT_MAX_WAITING, engine: Any = None):
+                 max_waiting: int = DEFAULT_MAX_WAITING, engine: Any = None,
+                 harmony_constraint: Optional[bool] = None):
         from ..llm_engine import LLMEngine
         from .metrics import Metrics
         from .store import ResponseStore
@@ -54,6 +55,10 @@ class ServerContext:
         self.metrics = Metrics(self)
         self.store = ResponseStore()
         self.shutting_down = False
+        # Well-formed harmony headers by construction: on where sampling is on the host anyway;
+        # the CUDA device sampler does not take masks yet (a mask would pull every row's logits).
+        self.harmony_constraint = (not getattr(model, "samples_on_device", False)) if harmony_constraint is None \
+            else bool(harmony_constraint)
 
     def check_model(self, name: Optional[str]) -> None:
         if name != self.name:

@@ -24,7 +24,6 @@ __all__ = ["chat_completions"]
 IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
            "prompt_cache_retention")
 UNSUPPORTED = {
-    "response_format": "structured outputs are not implemented yet",
     "functions": "use 'tools'", "function_call": "use 'tool_choice'",
     "audio": "text only", "modalities": "text only", "prediction": "no predicted outputs",
     "web_search_options": "no built-in web search on this endpoint",
@@ -34,17 +33,6 @@ UNSUPPORTED = {
 def _effort(body: Body, default: str) -> str:
     e = body.take_str("reasoning_effort", choices=("minimal",) + REASONING_EFFORTS)
     return "low" if e == "minimal" else (e or default)
-
-
-def _tool_choice(body: Body, tools: list) -> list:
-    """The tools the prompt declares for `tool_choice` (auto: all; none: none)."""
-    tc = body.raw("tool_choice")
-    if tc is None or tc == "auto":
-        return tools
-    if tc == "none":
-        return []
-    raise invalid("tool_choice", f"tool_choice {tc!r} is not supported yet (only 'auto' and 'none')",
-                  code="unsupported_parameter")
 
 
 def _token_logprob(tokenizer: Any, tok: int, lp: float) -> dict:
@@ -66,7 +54,11 @@ class ChatRequest:
         body = Body(data, ignored=IGNORED, unsupported=UNSUPPORTED)
         ctx.check_model(body.take_str("model", required=True))
         messages = chat_messages(body.take_list("messages", required=True))
-        tools = _tool_choice(body, function_tools(body.take_list("tools")))
+        raw_tools = [t for t in body.take_list("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
+        tools = function_tools(body.raw("tools"))
+        tool_choice = body.raw("tool_choice")
+        response_format = body.take_dict("response_format")
+        budget = body.take_int("thinking_token_budget", 0)
         body.take_bool("parallel_tool_calls", True)  # harmony emits one call per <|call|>: always true
         effort = _effort(body, ctx.reasoning_effort)
         max_tokens = body.take_int("max_completion_tokens", 1)
@@ -86,18 +78,13 @@ class ChatRequest:
                                       logprobs=(self.top_logprobs or 0) if self.logprobs else None,
                                       tokenizer_vocab=ctx.vocab_limit)
         body.done()
-        self.prompt = render_prompt(messages, ctx.tokenizer, reasoning_effort=effort, tools=tools)
+        self.prompt, self.constraint = render_prompt(
+            messages, ctx.tokenizer, reasoning_effort=effort, tools=tools, raw_tools=raw_tools,
+            response_format=response_format, tool_choice=tool_choice, thinking_token_budget=budget,
+            harmony_constraint=ctx.harmony_constraint)
         ctx.check_prompt(self.prompt)
         self.id = "chatcmpl-" + uuid.uuid4().hex
         self.created = int(time.time())
-
-
-def _params_for(req: ChatRequest, i: int):
-    from ..sampling import SamplingParams
-
-    if req.params.seed is None or i == 0:
-        return req.params
-    return SamplingParams.from_kwargs(req.params, seed=req.params.seed + i)
 
 
 def _usage(gens: list[Generation]) -> dict:
@@ -112,7 +99,7 @@ def _usage(gens: list[Generation]) -> dict:
 async def chat_completions(ctx: Any, data: Any, disconnected: Any) -> Any:
     """The JSON response (a dict) or, for ``stream``, an async iterator of SSE chunks (dicts)."""
     req = ChatRequest(ctx, data)
-    gens = [Generation(ctx, req.prompt, _params_for(req, i)) for i in range(req.n)]
+    gens = [Generation(ctx, req.prompt, req.params.for_index(i), constraint=req.constraint()) for i in range(req.n)]
     if req.stream:
         return _stream(ctx, req, gens)
     try:
@@ -152,10 +139,9 @@ async def _whole(ctx: Any, req: ChatRequest, gens: list[Generation], disconnecte
 
 
 def _check_failed(g: Generation) -> None:
-    out = g.last
-    if out is not None and out.finish_reason is not None and str(out.finish_reason) == "error":
-        raise APIError(500, f"generation failed: {out.error}", type="server_error")
-    if out is not None and str(out.finish_reason) == "cancelled":
+    if g.outcome == "error":
+        raise APIError(500, f"generation failed: {g.last.error}", type="server_error")
+    if g.outcome == "cancelled":
         raise APIError(503, "the request was cancelled: the server is shutting down", type="server_error",
                        code="server_shutdown")
 

@@ -67,12 +67,6 @@ class CompletionRequest:
         self.created = int(time.time())
 
 
-def _seeded(params: Any, k: int) -> Any:
-    from ..sampling import SamplingParams
-
-    return params if params.seed is None or k == 0 else SamplingParams.from_kwargs(params, seed=params.seed + k)
-
-
 def _logprobs(ctx: Any, outs: list, offset0: int) -> dict:
     tok = ctx.tokenizer
     tokens, lps, tops, offs = [], [], [], []
@@ -89,7 +83,7 @@ def _logprobs(ctx: Any, outs: list, offset0: int) -> dict:
 
 async def completions(ctx: Any, data: Any, disconnected: Any) -> Any:
     req = CompletionRequest(ctx, data)
-    gens = [Generation(ctx, p, _seeded(req.params, k), harmony=False)
+    gens = [Generation(ctx, p, req.params.for_index(k), harmony=False)
             for p in req.prompts for k in range(req.n)]
     if req.stream:
         return _stream(ctx, req, gens)

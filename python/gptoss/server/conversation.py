@@ -10,7 +10,7 @@ cache can reuse it.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from .. import harmony
 from ..chat import build_messages
@@ -112,10 +112,43 @@ def function_tools(tools: Optional[list], param: str = "tools") -> list[dict]:
     return out
 
 
+_STRUCTURED_FIELDS = ("response_format", "text.format", "tool_choice", "thinking_token_budget", "tools")
+
+
 def render_prompt(messages: Sequence[Any], tokenizer: Any, *, reasoning_effort: str, tools: Sequence[Any] = (),
-                  instructions: Optional[str] = None) -> list[int]:
+                  raw_tools: Sequence[Any] = (), instructions: Optional[str] = None, response_format: Any = None,
+                  tool_choice: Any = None, thinking_token_budget: Optional[int] = None,
+                  harmony_constraint: bool = False, format_field: str = "response_format"
+                  ) -> tuple[list[int], Callable[[], Any]]:
+    """(prompt tokens, a function making a fresh constraint for each sample, or returning None).
+    `tools` are the function tools the prompt declares, `raw_tools` the same as the request gave
+    them (with their ``strict``)."""
+    from ..structured import prepare_reply
+
     try:
         full = build_messages(messages, reasoning_effort=reasoning_effort, tools=tools, instructions=instructions)
     except ValueError as e:
         raise APIError(400, str(e), param="messages") from None
-    return list(harmony.render(full, for_completion=True, next_role="assistant", tokenizer=tokenizer))
+
+    def prepare() -> tuple[list, Any]:
+        return prepare_reply(full, tokenizer, tools=raw_tools, response_format=response_format,
+                             tool_choice=tool_choice, thinking_token_budget=thinking_token_budget,
+                             harmony_constraint=harmony_constraint)
+
+    try:
+        msgs, first = prepare()  # every structured-outputs error here, before anything is queued
+    except ValueError as e:
+        msg = str(e)
+        field = next((f for f in _STRUCTURED_FIELDS if f.split(".")[0] in msg), None)
+        if field == "response_format":
+            field = format_field
+        raise APIError(400, msg, param=field) from None
+    prompt = list(harmony.render(msgs, for_completion=True, next_role="assistant", tokenizer=tokenizer))
+    made = [first]
+
+    def constraint() -> Any:
+        if first is None:
+            return None
+        return made.pop() if made else prepare()[1]
+
+    return prompt, constraint

@@ -28,18 +28,24 @@ class Chunk:
 class Generation:
     """A request submitted to the engine, its reply parsed (`reply`) as it streams."""
 
-    def __init__(self, ctx: Any, prompt: list[int], params: SamplingParams, *, harmony: bool = True):
+    def __init__(self, ctx: Any, prompt: list[int], params: SamplingParams, *, harmony: bool = True,
+                 constraint: Any = None):
         ctx.check_room()
         self.ctx = ctx
         self.prompt = prompt
-        self.reply = ReplyStream(ctx.tokenizer) if harmony else None
+        self.stopped_by: Optional[str] = None  # the stop string that ended the visible text
+        self.reply = None
+        if harmony:  # stop strings apply to the text for the user, not to the reasoning
+            self.reply = ReplyStream(ctx.tokenizer, stop=tuple(params.stop or ()))
+            if params.stop:
+                params = SamplingParams.merged(params, stop=())
         self.t_submit = time.monotonic()
         self.first_token_at: Optional[float] = None
         self._last_token_at: Optional[float] = None
         self.last: Optional[RequestOutput] = None
         try:
             self.stream = ctx.engine.submit_async(Request(prompt, params, tokenizer=ctx.tokenizer,
-                                                          vocab_limit=ctx.vocab_limit))
+                                                          vocab_limit=ctx.vocab_limit, constraint=constraint))
         except ValueError as e:  # bad ids, context overflow, capacity: the client's request
             code = "context_length_exceeded" if "context" in str(e) else "invalid_value"
             raise APIError(400, str(e), code=code) from None
@@ -59,8 +65,11 @@ class Generation:
                 visible = (p.state == "content" and p.current_channel != "analysis" and p.current_recipient in (None, "all")
                            and tok < N_TEXT_TOKENS)
                 events += reply.feed(tok)
-                if visible and out.logprobs is not None:
+                if visible and out.logprobs is not None and reply.stopped is None:
                     lps.append((tok, out.logprobs[j]))
+                if reply.stopped is not None and self.stopped_by is None:
+                    self.stopped_by = reply.stopped
+                    self.stream.cancel()
             if out.finished:
                 self.last = out
                 if reply is not None:
@@ -73,7 +82,17 @@ class Generation:
 
     @property
     def finish_reason(self) -> str:
+        if self.stopped_by is not None:
+            return "stop"
         return openai_finish_reason(self.last, self.ctx.tokenizer, self.reply)
+
+    @property
+    def outcome(self) -> str:
+        """"ok", or why the engine ended it early: "error" or "cancelled" (shutting down)."""
+        r = str(self.last.finish_reason) if self.last is not None else "cancelled"
+        if self.stopped_by is not None or r not in ("error", "cancelled"):
+            return "ok"
+        return r
 
 
 def openai_finish_reason(out: Optional[RequestOutput], tokenizer: Any, reply: Optional[ReplyStream]) -> str:

@@ -53,12 +53,7 @@ class ResponsesRequest:
         self.tools = [t for t in tools if isinstance(t, dict) and t.get("type") == "function"]
         declared = function_tools(self.tools)
         tc = body.raw("tool_choice")
-        if tc not in (None, "auto", "none"):
-            raise invalid("tool_choice", f"tool_choice {tc!r} is not supported yet (only 'auto' and 'none')",
-                          code="unsupported_parameter")
         self.tool_choice = tc or "auto"
-        if tc == "none":
-            declared = []
         self.parallel_tool_calls = body.take_bool("parallel_tool_calls", True)
         reasoning = body.take_dict("reasoning") or {}
         effort = reasoning.get("effort")
@@ -66,11 +61,11 @@ class ResponsesRequest:
             raise invalid("reasoning.effort", f"'reasoning.effort' must be one of low, medium, high, got {effort!r}")
         self.effort = "low" if effort == "minimal" else (effort or ctx.reasoning_effort)
         self.summary = reasoning.get("summary")
-        text = body.take_dict("text") or {}
-        fmt = (text.get("format") or {}).get("type", "text") if isinstance(text.get("format"), dict) else "text"
-        if fmt != "text":
-            raise invalid("text.format", f"text.format {fmt!r} (structured outputs) is not supported yet",
-                          code="unsupported_parameter")
+        self.text = body.take_dict("text") or {}
+        fmt = self.text.get("format")
+        if fmt is not None and not isinstance(fmt, dict):
+            raise invalid("text.format", "'text.format' must be an object")
+        budget = body.take_int("thinking_token_budget", 0)
         self.max_output_tokens = body.take_int("max_output_tokens", 1)
         self.store = body.take_bool("store", True)
         self.previous_response_id = body.take_str("previous_response_id")
@@ -99,8 +94,10 @@ class ResponsesRequest:
         self.input_items = history + items
         stored = {it["id"]: it for it in history if isinstance(it, dict) and "id" in it}
         messages = input_messages(self.input_items, ctx.store.unseal, stored.get)
-        self.prompt = render_prompt(messages, ctx.tokenizer, reasoning_effort=self.effort, tools=declared,
-                                    instructions=self.instructions)
+        self.prompt, self.constraint = render_prompt(
+            messages, ctx.tokenizer, reasoning_effort=self.effort, tools=declared, raw_tools=self.tools,
+            instructions=self.instructions, response_format=fmt, tool_choice=tc, thinking_token_budget=budget,
+            harmony_constraint=ctx.harmony_constraint, format_field="text.format")
         self.id = _new_id("resp")
         self.created = int(time.time())
 
@@ -114,7 +111,8 @@ class ResponsesRequest:
                 "reasoning": {"effort": self.effort, "summary": self.summary},
                 "max_output_tokens": self.max_output_tokens, "previous_response_id": self.previous_response_id,
                 "store": self.store, "temperature": self.params.temperature, "top_p": self.params.top_p,
-                "text": {"format": {"type": "text"}}, "truncation": "disabled", "metadata": {}, "usage": usage}
+                "text": {"format": self.text.get("format") or {"type": "text"}}, "truncation": "disabled",
+                "metadata": {}, "usage": usage}
 
 
 class _Items:
@@ -214,6 +212,8 @@ def _final(ctx: Any, req: ResponsesRequest, gen: Generation, items: _Items) -> t
     """The finished response and its lifecycle event type."""
     out = gen.last
     reason = str(out.finish_reason) if out is not None else "cancelled"
+    if gen.stopped_by is not None:
+        reason = "stop"
     usage = _usage(gen)
     if reason == "error":
         resp = req.response(ctx, "failed", items.output(), usage, error={"code": "server_error", "message": str(out.error)})
@@ -237,7 +237,7 @@ async def responses(ctx: Any, data: Any, disconnected: Any) -> Any:
     if req.stream and len(req.prompt) >= ctx.max_context:
         return _failed_stream(ctx, req)
     ctx.check_prompt(req.prompt)
-    gen = Generation(ctx, req.prompt, req.params)
+    gen = Generation(ctx, req.prompt, req.params, constraint=req.constraint())
     if req.stream:
         return _stream(ctx, req, gen)
     try:

@@ -36,8 +36,10 @@ def load_context(args: Any) -> Any:
         raise ValueError(f"the model's vocabulary has {model.config.vocab_size} ids but harmony's special tokens "
                          f"need {tokenizer.n_vocab}: serve a checkpoint with the full vocabulary (a synthetic one: "
                          f"gptoss synthetic ... --vocab {tokenizer.n_vocab})")
+    hc = {"auto": None, "on": True, "off": False}[getattr(args, "harmony_constraint", "auto")]
     ctx = ServerContext(model, tokenizer, args.served_model_name, api_key=args.api_key,
-                        reasoning_effort=args.reasoning_effort, max_num_seqs=args.max_num_seqs)
+                        reasoning_effort=args.reasoning_effort, max_num_seqs=args.max_num_seqs,
+                        harmony_constraint=hc)
     log.info("model %s loaded (%s)", args.served_model_name, args.device)
     return ctx
 
