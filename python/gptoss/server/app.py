@@ -59,6 +59,9 @@ class ServerContext:
         # the CUDA device sampler does not take masks yet (a mask would pull every row's logits).
         self.harmony_constraint = (not getattr(model, "samples_on_device", False)) if harmony_constraint is None \
             else bool(harmony_constraint)
+        from ..structured.grammars import ll_tokenizer
+
+        ll_tokenizer(tokenizer)  # built once (seconds), now rather than in the first request
 
     def check_model(self, name: Optional[str]) -> None:
         if name != self.name:

@@ -98,7 +98,7 @@ def _usage(gens: list[Generation]) -> dict:
 
 async def chat_completions(ctx: Any, data: Any, disconnected: Any) -> Any:
     """The JSON response (a dict) or, for ``stream``, an async iterator of SSE chunks (dicts)."""
-    req = ChatRequest(ctx, data)
+    req = await asyncio.to_thread(ChatRequest, ctx, data)  # rendering and grammars: off the event loop
     gens = [Generation(ctx, req.prompt, req.params.for_index(i), constraint=req.constraint()) for i in range(req.n)]
     if req.stream:
         return _stream(ctx, req, gens)

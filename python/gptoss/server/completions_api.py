@@ -82,7 +82,7 @@ def _logprobs(ctx: Any, outs: list, offset0: int) -> dict:
 
 
 async def completions(ctx: Any, data: Any, disconnected: Any) -> Any:
-    req = CompletionRequest(ctx, data)
+    req = await asyncio.to_thread(CompletionRequest, ctx, data)  # rendering and grammars: off the event loop
     gens = [Generation(ctx, p, req.params.for_index(k), harmony=False)
             for p in req.prompts for k in range(req.n)]
     if req.stream:

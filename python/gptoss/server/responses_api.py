@@ -9,6 +9,7 @@ and last ``response.completed`` (or ``response.incomplete`` / ``response.failed`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -233,7 +234,7 @@ def _final(ctx: Any, req: ResponsesRequest, gen: Generation, items: _Items) -> t
 
 
 async def responses(ctx: Any, data: Any, disconnected: Any) -> Any:
-    req = ResponsesRequest(ctx, data)
+    req = await asyncio.to_thread(ResponsesRequest, ctx, data)  # rendering and grammars: off the event loop
     if req.stream and len(req.prompt) >= ctx.max_context:
         return _failed_stream(ctx, req)
     ctx.check_prompt(req.prompt)

@@ -63,6 +63,8 @@ def serve(args: Any) -> int:
                 # End every request first, off the signal handler (a step may be running).
                 threading.Thread(target=ctx.shutdown, name="gptoss-shutdown", daemon=True).start()
             super().handle_exit(sig, frame)
+            # A clean shutdown: exit 0 rather than have uvicorn raise the signal again at the end.
+            getattr(self, "_captured_signals", []).clear()
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10,
                             lifespan="off", access_log=False)
