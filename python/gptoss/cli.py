@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="requests running at once; more wait in the queue (default: 256)")
     sv.add_argument("--reasoning-effort", choices=["low", "medium", "high"], default="medium",
                     help="when a request does not say (default: medium)")
+    sv.add_argument("--builtin-tools", default="", metavar="LIST",
+                    help="built-in tools the server runs for Responses API requests that ask for them: "
+                         "'python' (code_interpreter, in the sandbox), 'browser' (web_search), or "
+                         "'python,browser' (default: none)")
+    sv.add_argument("--browser-index", default=None, metavar="FOLDER",
+                    help="the browser searches this folder's documents (default: the web backend of "
+                         "YDC_API_KEY / EXA_API_KEY)")
     sv.add_argument("--harmony-constraint", choices=["auto", "on", "off"], default="auto",
                     help="constrain the harmony headers the model writes (valid channels and recipients; "
                          "contents stay free), so that malformed headers cannot happen (default: auto, on "

@@ -38,7 +38,7 @@ class ServerContext:
     def __init__(self, model: Any, tokenizer: Any, name: str, *, api_key: Optional[str] = None,
                  reasoning_effort: str = "medium", max_num_seqs: int = 256,
                  max_waiting: int = DEFAULT_MAX_WAITING, engine: Any = None,
-                 harmony_constraint: Optional[bool] = None):
+                 harmony_constraint: Optional[bool] = None, tools: Any = None):
         from ..llm_engine import LLMEngine
         from .metrics import Metrics
         from .store import ResponseStore
@@ -53,7 +53,8 @@ class ServerContext:
         self.fingerprint = f"gptoss-{__version__}"
         self.created = int(time.time())
         self.metrics = Metrics(self)
-        self.store = ResponseStore()
+        self.tools = tools  # a ServerTools (builtin_tools.py): code_interpreter, web_search; None: neither
+        self.store = ResponseStore(on_forget=tools.release if tools is not None else None)
         self.shutting_down = False
         # Well-formed harmony headers by construction: on where sampling is on the host anyway;
         # the CUDA device sampler does not take masks yet (a mask would pull every row's logits).
@@ -82,9 +83,12 @@ class ServerContext:
                            type="server_error", code="server_overloaded", headers={"Retry-After": "1"})
 
     def shutdown(self) -> None:
-        """Ends every request (streams get an error event) and stops the engine loop."""
+        """Ends every request (streams get an error event), stops the engine loop, closes the
+        built-in tools (their sandboxes)."""
         self.shutting_down = True
         self.engine.close()
+        if self.tools is not None:
+            self.tools.close()
 
 
 class _Loading:

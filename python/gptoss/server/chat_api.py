@@ -78,10 +78,10 @@ class ChatRequest:
                                       logprobs=(self.top_logprobs or 0) if self.logprobs else None,
                                       tokenizer_vocab=ctx.vocab_limit)
         body.done()
-        self.prompt, self.constraint = render_prompt(
-            messages, ctx.tokenizer, reasoning_effort=effort, tools=tools, raw_tools=raw_tools,
-            response_format=response_format, tool_choice=tool_choice, thinking_token_budget=budget,
-            harmony_constraint=ctx.harmony_constraint)
+        p = render_prompt(messages, ctx.tokenizer, reasoning_effort=effort, tools=tools, raw_tools=raw_tools,
+                          response_format=response_format, tool_choice=tool_choice, thinking_token_budget=budget,
+                          harmony_constraint=ctx.harmony_constraint)
+        self.prompt, self.constraint = p.tokens, p.constraint
         ctx.check_prompt(self.prompt)
         self.id = "chatcmpl-" + uuid.uuid4().hex
         self.created = int(time.time())

@@ -10,6 +10,7 @@ cache can reuse it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from .. import harmony
@@ -115,40 +116,61 @@ def function_tools(tools: Optional[list], param: str = "tools") -> list[dict]:
 _STRUCTURED_FIELDS = ("response_format", "text.format", "tool_choice", "thinking_token_budget", "tools")
 
 
+@dataclass
+class Prompt:
+    """A rendered prompt: its harmony `messages` (system and developer first), its `tokens`, and
+    the reply's constraint (`constraint()` makes a fresh one per sample; None when none)."""
+
+    messages: list
+    tokens: list[int]
+    _prepare: Callable[[list], tuple[list, Any]]
+    _made: list
+
+    def constraint(self) -> Any:
+        if self._made:
+            return self._made.pop()
+        return self._prepare(self.messages)[1]
+
+    def followed_by(self, more: Sequence[Any], tokenizer: Any) -> "Prompt":
+        """The same conversation with `more` harmony messages (a tool call and its output)."""
+        msgs, first = self._prepare(list(self.messages) + list(more))
+        return Prompt(msgs, _render(msgs, tokenizer), self._prepare, [first])
+
+
+def _render(msgs: Sequence[Any], tokenizer: Any) -> list[int]:
+    return list(harmony.render(list(msgs), for_completion=True, next_role="assistant", tokenizer=tokenizer))
+
+
 def render_prompt(messages: Sequence[Any], tokenizer: Any, *, reasoning_effort: str, tools: Sequence[Any] = (),
                   raw_tools: Sequence[Any] = (), instructions: Optional[str] = None, response_format: Any = None,
                   tool_choice: Any = None, thinking_token_budget: Optional[int] = None,
-                  harmony_constraint: bool = False, format_field: str = "response_format"
-                  ) -> tuple[list[int], Callable[[], Any]]:
-    """(prompt tokens, a function making a fresh constraint for each sample, or returning None).
-    `tools` are the function tools the prompt declares, `raw_tools` the same as the request gave
-    them (with their ``strict``)."""
+                  harmony_constraint: bool = False, format_field: str = "response_format",
+                  builtin_tools: Sequence[str] = ()) -> Prompt:
+    """The prompt of a conversation (chat-style dicts or harmony messages, without the system
+    message). `tools` are the function tools the prompt declares, `raw_tools` the same as the
+    request gave them (with their ``strict``); `builtin_tools` ("browser", "python") are declared
+    in the system message."""
     from ..structured import prepare_reply
 
+    head = [harmony.Message("system", harmony.SystemContent(reasoning_effort=reasoning_effort,
+                                                             builtin_tools=tuple(builtin_tools)))]
     try:
-        full = build_messages(messages, reasoning_effort=reasoning_effort, tools=tools, instructions=instructions)
+        full = build_messages(head + list(messages), reasoning_effort=reasoning_effort, tools=tools,
+                              instructions=instructions)
     except ValueError as e:
         raise APIError(400, str(e), param="messages") from None
 
-    def prepare() -> tuple[list, Any]:
-        return prepare_reply(full, tokenizer, tools=raw_tools, response_format=response_format,
+    def prepare(msgs: list) -> tuple[list, Any]:
+        return prepare_reply(msgs, tokenizer, tools=raw_tools, response_format=response_format,
                              tool_choice=tool_choice, thinking_token_budget=thinking_token_budget,
                              harmony_constraint=harmony_constraint)
 
     try:
-        msgs, first = prepare()  # every structured-outputs error here, before anything is queued
+        msgs, first = prepare(full)  # every structured-outputs error here, before anything is queued
     except ValueError as e:
         msg = str(e)
         field = next((f for f in _STRUCTURED_FIELDS if f.split(".")[0] in msg), None)
         if field == "response_format":
             field = format_field
         raise APIError(400, msg, param=field) from None
-    prompt = list(harmony.render(msgs, for_completion=True, next_role="assistant", tokenizer=tokenizer))
-    made = [first]
-
-    def constraint() -> Any:
-        if first is None:
-            return None
-        return made.pop() if made else prepare()[1]
-
-    return prompt, constraint
+    return Prompt(msgs, _render(msgs, tokenizer), prepare, [first])

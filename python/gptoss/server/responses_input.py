@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
+from .. import harmony
 from .conversation import _text
 from .errors import invalid
 
@@ -28,8 +29,9 @@ def _reasoning_text(item: dict, where: str, unseal: Callable[[Any], Optional[str
 
 
 def input_messages(items: Any, unseal: Callable[[Any], Optional[str]],
-                   resolve: Callable[[str], Optional[dict]]) -> list[dict]:
-    """Chat-style message dicts for `gptoss.chat.build_messages`."""
+                   resolve: Callable[[str], Optional[dict]], earlier_calls: Optional[dict] = None) -> list[Any]:
+    """Chat-style message dicts (and harmony messages, for built-in tool calls) for
+    `gptoss.chat.build_messages`."""
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     if not isinstance(items, list):
@@ -37,7 +39,7 @@ def input_messages(items: Any, unseal: Callable[[Any], Optional[str]],
     out: list[dict] = []
     pending_reasoning: list[str] = []
     assistant: Optional[dict] = None  # the assistant turn being assembled (reasoning, calls)
-    call_names: dict[str, str] = {}
+    call_names: dict[str, str] = dict(earlier_calls or {})  # call_id -> function name
 
     def flush() -> None:
         nonlocal assistant
@@ -83,6 +85,19 @@ def input_messages(items: Any, unseal: Callable[[Any], Optional[str]],
             text = output if isinstance(output, str) else _text(output, f"{where}.output")
             flush()
             out.append({"role": "tool", "name": call_names[call_id], "content": text})
+        elif kind == "code_interpreter_call":
+            # The python tool's call and output, as the model writes and reads them.
+            code = item.get("code")
+            if not isinstance(code, str):
+                raise invalid(f"{where}.code", "a code_interpreter_call item needs its 'code'")
+            flush()
+            logs = "".join(o.get("logs", "") for o in item.get("outputs") or [] if isinstance(o, dict))
+            out.append(harmony.Message(role="assistant", content=code, channel="analysis", recipient="python",
+                                       content_type="code"))
+            out.append(harmony.Message(role="tool", content=logs, author_name="python", recipient="assistant",
+                                       channel="analysis"))
+        elif kind == "web_search_call":
+            flush()  # the page text the model read is not in the item: the call is left out
         elif kind == "message":
             role = item.get("role")
             if role not in ("user", "system", "developer", "assistant"):
@@ -102,7 +117,7 @@ def input_messages(items: Any, unseal: Callable[[Any], Optional[str]],
             raise invalid(f"{where}.type", f"input items of type {kind!r} are not supported",
                           code="unsupported_parameter")
     flush()
-    if not out:
+    if not out and items:
         raise invalid("input", "'input' is empty")
     return out
 

@@ -39,9 +39,32 @@ def load_context(args: Any) -> Any:
     hc = {"auto": None, "on": True, "off": False}[getattr(args, "harmony_constraint", "auto")]
     ctx = ServerContext(model, tokenizer, args.served_model_name, api_key=args.api_key,
                         reasoning_effort=args.reasoning_effort, max_num_seqs=args.max_num_seqs,
-                        harmony_constraint=hc)
+                        harmony_constraint=hc, tools=server_tools(args, tokenizer))
     log.info("model %s loaded (%s)", args.served_model_name, args.device)
     return ctx
+
+
+def server_tools(args: Any, tokenizer: Any) -> Any:
+    """The built-in tools `--builtin-tools` asks for (None: none)."""
+    kinds = {k.strip() for k in (getattr(args, "builtin_tools", "") or "").split(",") if k.strip()}
+    bad = kinds - {"python", "browser"}
+    if bad:
+        raise ValueError(f"--builtin-tools: unknown tool(s) {', '.join(sorted(bad))} (python, browser)")
+    if not kinds:
+        return None
+    from .builtin_tools import ServerTools
+
+    backend = None
+    if "browser" in kinds:
+        from ..tools import LocalSearchBackend
+        from ..tools.backends import web_backend_from_env
+
+        backend = LocalSearchBackend(args.browser_index) if args.browser_index else web_backend_from_env()
+    if "python" in kinds:
+        from ..tools import PythonTool
+
+        PythonTool.check_available()  # refuse to start rather than silently not run it
+    return ServerTools(python="python" in kinds, search_backend=backend, tokenizer=tokenizer)
 
 
 def serve(args: Any) -> int:

@@ -11,33 +11,60 @@ import hmac
 import json
 import os
 import threading
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-__all__ = ["ResponseStore"]
+__all__ = ["ResponseStore", "StoredResponse"]
+
+
+@dataclass
+class StoredResponse:
+    response: dict          # as the client got it
+    input_items: list       # the input items it answered (the chain's, in full)
+    messages: list          # the conversation as harmony messages, its reply included (no system)
+    conversation: str       # the first response id of its previous_response_id chain
 
 
 class ResponseStore:
-    """The most recent `capacity` stored responses, each with the input items it answered."""
+    """The most recent `capacity` stored responses. on_forget(conversation) is called when the
+    last stored response of a conversation leaves (its built-in tools can close)."""
 
-    def __init__(self, capacity: int = 1024):
+    def __init__(self, capacity: int = 1024, on_forget: Optional[Callable[[str], None]] = None):
         self.capacity = capacity
-        self._items: collections.OrderedDict[str, tuple[dict, list]] = collections.OrderedDict()
+        self.on_forget = on_forget
+        self._items: collections.OrderedDict[str, StoredResponse] = collections.OrderedDict()
+        self._per_conversation: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
         self._key = os.urandom(32)
 
-    def put(self, response: dict, input_items: list) -> None:
+    def put(self, entry: StoredResponse) -> None:
+        forgotten = []
         with self._lock:
-            self._items[response["id"]] = (response, input_items)
-            self._items.move_to_end(response["id"])
+            rid = entry.response["id"]
+            if rid not in self._items:
+                self._per_conversation[entry.conversation] += 1
+            self._items[rid] = entry
+            self._items.move_to_end(rid)
             while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+                _, old = self._items.popitem(last=False)
+                self._per_conversation[old.conversation] -= 1
+                if self._per_conversation[old.conversation] <= 0:
+                    del self._per_conversation[old.conversation]
+                    forgotten.append(old.conversation)
+        for c in forgotten:
+            if self.on_forget is not None:
+                self.on_forget(c)
 
-    def get(self, response_id: str) -> Optional[tuple[dict, list]]:
+    def get(self, response_id: str) -> Optional[StoredResponse]:
         with self._lock:
             v = self._items.get(response_id)
             if v is not None:
                 self._items.move_to_end(response_id)
             return v
+
+    def has_conversation(self, conversation: str) -> bool:
+        with self._lock:
+            return conversation in self._per_conversation
 
     # -- reasoning handed back by the client ---------------------------------------------------
     def seal(self, text: str) -> str:
