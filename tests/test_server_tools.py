@@ -83,3 +83,86 @@ def test_tools_the_server_does_not_run_are_ignored(tokenizer):  # noqa: F811
     with running_server(ServerContext(model, tokenizer, "m", harmony_constraint=False)) as base:
         r = openai_client(base).responses.create(model="m", input="hi", tools=TOOLS, temperature=0)
     assert r.status == "completed" and r.output_text == "Hello there! ☃"
+
+
+# ---------------------------------------------------------------------------- MCP tool servers
+MCP_SERVER = r'''
+import sys
+from mcp.server.mcpserver import MCPServer
+
+srv = MCPServer("calc")
+
+
+@srv.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+srv.run(transport="streamable-http", port=int(sys.argv[1]))
+'''
+
+
+@pytest.fixture(scope="module")
+def mcp_url(tmp_path_factory):
+    import subprocess
+    import sys
+    import time
+
+    import httpx2 as httpx
+
+    pytest.importorskip("mcp")
+    from server_harness import free_port
+
+    port = free_port()
+    script = tmp_path_factory.mktemp("mcp") / "server.py"
+    script.write_text(MCP_SERVER)
+    proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/mcp"
+    deadline = time.time() + 60
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            break
+        except httpx.TransportError:
+            assert proc.poll() is None and time.time() < deadline, "the MCP server did not start"
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_mcp_tools_are_offered_as_functions_and_run(tokenizer, mcp_url):  # noqa: F811
+    from fake_model import FakeModel
+    from gptoss.server.mcp_tools import MCPTools
+    from test_chat import VOCAB, harmony_script
+
+    mcp = MCPTools(mcp_url).load()
+    assert mcp.tools["add"]["parameters"]["required"] == ["a", "b"]
+    model = FakeModel(VOCAB, max_context=4096, script=harmony_script(tokenizer, {
+        "add 2 and 3": "<|channel|>analysis<|message|>Use add.<|end|><|start|>assistant<|channel|>commentary "
+                       "to=functions.add <|constrain|>json<|message|>{\"a\": 2, \"b\": 3}<|call|>",
+        "5": "<|channel|>final<|message|>The sum is 5.<|return|>"}))
+    seen = []
+    orig = model.step
+
+    def spy(batch):
+        batch = list(batch)
+        seen.append(tokenizer.decode(list(batch[0][0].tokens) + list(batch[0][1])))
+        return orig(batch)
+
+    model.step = spy
+    with running_server(ServerContext(model, tokenizer, "m", mcp=mcp)) as base:
+        client = openai_client(base)
+        r = client.responses.create(model="m", input="add 2 and 3", temperature=0)
+        with client.responses.stream(model="m", input="add 2 and 3", temperature=0) as s:
+            kinds = [e.type for e in s]
+    assert "## functions" in seen[0] and "type add = (_: {" in seen[0]  # declared to the model
+    assert [o.type for o in r.output] == ["reasoning", "mcp_call", "message"]
+    call = r.output[1]
+    assert call.name == "add" and call.output == "5" and not call.error and call.server_label == "mcp"
+    assert r.output_text == "The sum is 5."
+    for k in ("response.mcp_call.in_progress", "response.mcp_call_arguments.delta", "response.mcp_call_arguments.done",
+              "response.mcp_call.completed"):
+        assert k in kinds, k

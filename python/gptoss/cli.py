@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--browser-index", default=None, metavar="FOLDER",
                     help="the browser searches this folder's documents (default: the web backend of "
                          "YDC_API_KEY / EXA_API_KEY)")
+    sv.add_argument("--tool-server", default=None, metavar="URL",
+                    help="an MCP server (streamable HTTP, e.g. http://127.0.0.1:8001/mcp) whose tools the model "
+                         "may call in Responses API requests, run by this server (default: none)")
     sv.add_argument("--harmony-constraint", choices=["auto", "on", "off"], default="auto",
                     help="constrain the harmony headers the model writes (valid channels and recipients; "
                          "contents stay free), so that malformed headers cannot happen (default: auto, on "

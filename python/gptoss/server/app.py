@@ -38,7 +38,7 @@ class ServerContext:
     def __init__(self, model: Any, tokenizer: Any, name: str, *, api_key: Optional[str] = None,
                  reasoning_effort: str = "medium", max_num_seqs: int = 256,
                  max_waiting: int = DEFAULT_MAX_WAITING, engine: Any = None,
-                 harmony_constraint: Optional[bool] = None, tools: Any = None):
+                 harmony_constraint: Optional[bool] = None, tools: Any = None, mcp: Any = None):
         from ..llm_engine import LLMEngine
         from .metrics import Metrics
         from .store import ResponseStore
@@ -54,6 +54,7 @@ class ServerContext:
         self.created = int(time.time())
         self.metrics = Metrics(self)
         self.tools = tools  # a ServerTools (builtin_tools.py): code_interpreter, web_search; None: neither
+        self.mcp = mcp      # an MCPTools (mcp_tools.py): an MCP server's tools, offered as functions
         self.store = ResponseStore(on_forget=tools.release if tools is not None else None)
         self.shutting_down = False
         # Well-formed harmony headers by construction: on where sampling is on the host anyway;

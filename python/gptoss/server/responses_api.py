@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Optional
 
+from ..chat import tool_result
 from ..reply import ContentDelta, ReasoningDelta, ToolCall, ToolCallBegin, ToolCallDelta
 from .builtin_tools import TOOL_TYPES
 from .conversation import function_tools, render_prompt
@@ -38,6 +39,7 @@ UNSUPPORTED = {"background": "responses run in the foreground", "conversation": 
 _OTHER_TOOLS = {"local_shell", "file_search", "mcp", "computer_use_preview", "image_generation", "custom", "shell",
                 "apply_patch"}
 MAX_TOOL_STEPS = 16
+_SERVER_CALLS = ("code_interpreter_call", "web_search_call", "mcp_call")  # run by the server
 
 
 def _new_id(prefix: str) -> str:
@@ -62,7 +64,11 @@ class ResponsesRequest:
             else:
                 raise invalid(f"tools[{i}].type", f"unknown tool type {kind!r}")
         self.tools = [t for t in tools if isinstance(t, dict) and t.get("type") == "function"]
-        declared = function_tools(self.tools)
+        # The MCP server's tools are offered too (the request's own function of a name wins).
+        own = {t.get("name") for t in self.tools}
+        mcp = [t for n, t in (ctx.mcp.tools.items() if ctx.mcp is not None else []) if n not in own]
+        self.mcp_names = {t["name"] for t in mcp}
+        declared = function_tools(self.tools + mcp)
         tc = body.raw("tool_choice")
         self.tool_choice = tc or "auto"
         self.parallel_tool_calls = body.take_bool("parallel_tool_calls", True)
@@ -179,6 +185,8 @@ class _Items:
                         "content_index": 0, "part": part})
         elif item["type"] == "code_interpreter_call":
             evs.append({"type": "response.code_interpreter_call.in_progress", "item_id": item["id"], "output_index": idx})
+        elif item["type"] == "mcp_call":
+            evs.append({"type": "response.mcp_call.in_progress", "item_id": item["id"], "output_index": idx})
         elif item["type"] == "web_search_call":
             evs.append({"type": "response.web_search_call.in_progress", "item_id": item["id"], "output_index": idx})
         return evs
@@ -187,12 +195,12 @@ class _Items:
         """Ends the open item (a built-in call stays open until `tool_done`, unless `final`: the
         response ends without running it)."""
         item = self.open
-        if item is None or (not final and item["type"] in ("code_interpreter_call", "web_search_call")):
+        if item is None or (not final and item["type"] in _SERVER_CALLS):
             return []
         self.open = None
         idx = self._idx
         evs = []
-        if item["type"] in ("code_interpreter_call", "web_search_call"):
+        if item["type"] in _SERVER_CALLS:
             item["status"] = "incomplete"
             return [{"type": "response.output_item.done", "output_index": idx, "item": item}]
         if item["type"] == "message":
@@ -241,6 +249,9 @@ class _Items:
             if ev.recipient.startswith("browser.") and "browser" in self.req.builtin:
                 return self._start({"type": "web_search_call", "id": _new_id("ws"), "_recipient": ev.recipient,
                                     "action": {"type": "search", "query": ""}})
+            if ev.recipient == f"functions.{ev.name}" and ev.name in self.req.mcp_names:
+                return self._start({"type": "mcp_call", "id": _new_id("mcp"), "server_label": self.ctx.mcp.label,
+                                    "name": ev.name, "arguments": "", "output": None, "error": None})
             return self._start({"type": "function_call", "id": _new_id("fc"), "call_id": ev.call_id,
                                 "name": ev.name, "arguments": ""})
         if isinstance(ev, ToolCallDelta) and self.open is not None:
@@ -252,6 +263,10 @@ class _Items:
             if kind == "code_interpreter_call":
                 self.open["code"] += ev.text
                 return [{"type": "response.code_interpreter_call_code.delta", "item_id": self.open["id"],
+                         "output_index": idx, "delta": ev.text}]
+            if kind == "mcp_call":
+                self.open["arguments"] += ev.text
+                return [{"type": "response.mcp_call_arguments.delta", "item_id": self.open["id"],
                          "output_index": idx, "delta": ev.text}]
             return []
         if isinstance(ev, ToolCall) and self.open is not None:
@@ -268,19 +283,29 @@ class _Items:
             if kind == "web_search_call":
                 self.open["_arguments"] = ev.arguments
                 return [{"type": "response.web_search_call.searching", "item_id": self.open["id"], "output_index": idx}]
+            if kind == "mcp_call":
+                self.open["arguments"] = ev.arguments
+                return [{"type": "response.mcp_call_arguments.done", "item_id": self.open["id"], "output_index": idx,
+                         "arguments": ev.arguments}]
         return []
 
-    def builtin_call_open(self) -> bool:
-        return self.open is not None and self.open["type"] in ("code_interpreter_call", "web_search_call")
+    def server_call_open(self) -> Optional[str]:
+        """The kind of call the server runs that is waiting for its output, if any."""
+        kind = self.open["type"] if self.open is not None else None
+        return kind if kind in _SERVER_CALLS else None
 
-    def tool_done(self, output: str, browser: Any) -> list[dict]:
-        """The open built-in call ran: its output (python) or action (browser) and its end."""
+    def tool_done(self, output: str, browser: Any = None, error: Optional[str] = None) -> list[dict]:
+        """The open call the server ran: its output (python, MCP) or action (browser) and its end."""
         item, self.open = self.open, None
         idx = self._idx
         evs = []
         if item["type"] == "code_interpreter_call":
             item["outputs"] = [{"type": "logs", "logs": output}]
             evs.append({"type": "response.code_interpreter_call.completed", "item_id": item["id"], "output_index": idx})
+        elif item["type"] == "mcp_call":
+            item["output"], item["error"] = output, error
+            evs.append({"type": "response.mcp_call.failed" if error else "response.mcp_call.completed",
+                        "item_id": item["id"], "output_index": idx})
         else:
             item["action"] = _web_action(item["_recipient"], item.get("_arguments", ""), browser)
             evs.append({"type": "response.web_search_call.completed", "item_id": item["id"], "output_index": idx})
@@ -383,14 +408,22 @@ async def _run(ctx: Any, req: ResponsesRequest, gen: Generation) -> AsyncIterato
                         yield numbered(out)
             usage = _add_usage(usage, gen)
             calls = gen.reply.tool_calls
-            if not (items.builtin_call_open() and calls and gen.finish_reason == "tool_calls"
-                    and steps < MAX_TOOL_STEPS):
+            kind = items.server_call_open()
+            if not (kind and calls and gen.finish_reason == "tool_calls" and steps < MAX_TOOL_STEPS):
                 break
             steps += 1
-            result = await asyncio.to_thread(tools.run, calls[-1])
-            for out in items.tool_done(result.output, tools.browser):
+            call = calls[-1]
+            if kind == "mcp_call":
+                output, error = await ctx.mcp.call(call.name, call.arguments)
+                evs = items.tool_done(output, error=error)
+                message = tool_result(call, output)
+            else:
+                result = await asyncio.to_thread(tools.run, call)
+                evs = items.tool_done(result.output, tools.browser)
+                message = result.message
+            for out in evs:
                 yield numbered(out)
-            prompt = prompt.followed_by(gen.reply.messages() + [result.message], ctx.tokenizer)
+            prompt = prompt.followed_by(gen.reply.messages() + [message], ctx.tokenizer)
             ctx.check_prompt(prompt.tokens)
             gen = Generation(ctx, prompt.tokens, req.params, constraint=prompt.constraint())
         for out in items.close(final=True):

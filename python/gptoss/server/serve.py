@@ -39,7 +39,7 @@ def load_context(args: Any) -> Any:
     hc = {"auto": None, "on": True, "off": False}[getattr(args, "harmony_constraint", "auto")]
     ctx = ServerContext(model, tokenizer, args.served_model_name, api_key=args.api_key,
                         reasoning_effort=args.reasoning_effort, max_num_seqs=args.max_num_seqs,
-                        harmony_constraint=hc, tools=server_tools(args, tokenizer))
+                        harmony_constraint=hc, tools=server_tools(args, tokenizer), mcp=mcp_tools(args))
     log.info("model %s loaded (%s)", args.served_model_name, args.device)
     return ctx
 
@@ -65,6 +65,16 @@ def server_tools(args: Any, tokenizer: Any) -> Any:
 
         PythonTool.check_available()  # refuse to start rather than silently not run it
     return ServerTools(python="python" in kinds, search_backend=backend, tokenizer=tokenizer)
+
+
+def mcp_tools(args: Any) -> Any:
+    """The tools of the MCP server `--tool-server` names (None: none)."""
+    url = getattr(args, "tool_server", None)
+    if not url:
+        return None
+    from .mcp_tools import MCPTools
+
+    return MCPTools(url).load()
 
 
 def serve(args: Any) -> int:
