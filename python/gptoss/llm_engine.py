@@ -129,12 +129,19 @@ class LLMEngine:
     # ------------------------------------------------------------------ client side
     def submit(self, request: Request) -> RequestStream:
         """Queue `request`; returns its (synchronous) stream of outputs."""
-        return self._submit(request, None)
+        return self._submit([request], None)[0]
 
     def submit_many(self, requests: list[Request]) -> list[RequestStream]:
         """Queue several requests at once (they start in the same step); all are checked first."""
-        states = [self.scheduler.make_state(r) for r in requests]
-        streams = [RequestStream(self, st, None) for st in states]
+        return self._submit(requests, None)
+
+    def submit_async(self, request: Request) -> RequestStream:
+        """Queue `request` from asyncio code; returns a stream to ``async for`` over."""
+        return self._submit([request], asyncio.get_running_loop())[0]
+
+    def _submit(self, requests: list[Request], loop: Optional[asyncio.AbstractEventLoop]) -> list[RequestStream]:
+        states = [self.scheduler.make_state(r) for r in requests]  # raises on bad input; nothing queued
+        streams = [RequestStream(self, st, loop) for st in states]
         with self._lock:
             if self._closed:
                 raise RuntimeError("the engine is closed")
@@ -147,24 +154,6 @@ class LLMEngine:
             self._start()
         self._wake.set()
         return streams
-
-    def submit_async(self, request: Request) -> RequestStream:
-        """Queue `request` from asyncio code; returns a stream to ``async for`` over."""
-        return self._submit(request, asyncio.get_running_loop())
-
-    def _submit(self, request: Request, loop: Optional[asyncio.AbstractEventLoop]) -> RequestStream:
-        st = self.scheduler.make_state(request)  # raises on bad input; nothing queued
-        stream = RequestStream(self, st, loop)
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the engine is closed")
-            if st.id in self._streams:
-                raise ValueError(f"request id {st.id!r} is already in use")
-            self._streams[st.id] = stream
-            self._inbox.append(("add", st))
-            self._start()
-        self._wake.set()
-        return stream
 
     def cancel(self, request_id: str) -> None:
         """Ends the request (finish reason "cancelled") at the next step boundary."""

@@ -8,7 +8,6 @@ fragments); anything else the model writes for the user is ``content``.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from typing import Any, AsyncIterator, Optional
@@ -16,7 +15,7 @@ from typing import Any, AsyncIterator, Optional
 from ..reply import ContentDelta, ReasoningDelta, ToolCall, ToolCallBegin, ToolCallDelta
 from .conversation import chat_messages, function_tools, render_prompt
 from .errors import APIError, invalid
-from .generation import Generation
+from .generation import Generation, interleaved
 from .params import REASONING_EFFORTS, Body, sampling_params
 
 __all__ = ["chat_completions"]
@@ -121,7 +120,7 @@ async def _whole(ctx: Any, req: ChatRequest, gens: list[Generation], disconnecte
                     content.append(ev.text)
                 elif isinstance(ev, ReasoningDelta):
                     reasoning.append(ev.text)
-        _check_failed(g)
+        g.raise_if_failed()
         msg: dict[str, Any] = {"role": "assistant", "content": "".join(content) if content or not g.reply.tool_calls
                                else None}
         if reasoning:
@@ -138,40 +137,19 @@ async def _whole(ctx: Any, req: ChatRequest, gens: list[Generation], disconnecte
             "choices": [dict(index=i, **c) for i, c in enumerate(choices)], "usage": _usage(gens)}
 
 
-def _check_failed(g: Generation) -> None:
-    if g.outcome == "error":
-        raise APIError(500, f"generation failed: {g.last.error}", type="server_error")
-    if g.outcome == "cancelled":
-        raise APIError(503, "the request was cancelled: the server is shutting down", type="server_error",
-                       code="server_shutdown")
-
-
 async def _stream(ctx: Any, req: ChatRequest, gens: list[Generation]) -> AsyncIterator[dict]:
     def chunk(i: int, delta: dict, finish: Optional[str] = None, logprobs: Any = None) -> dict:
         return {"id": req.id, "object": "chat.completion.chunk", "created": req.created, "model": ctx.name,
                 "system_fingerprint": ctx.fingerprint,
                 "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(i: int, g: Generation) -> None:
-        try:
-            async for ch in g.chunks():
-                await queue.put((i, ch))
-        finally:
-            await queue.put((i, None))
-
-    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
     try:
         for i in range(len(gens)):
             yield chunk(i, {"role": "assistant", "content": ""})
-        left = len(gens)
-        while left:
-            i, ch = await queue.get()
+        async for i, ch in interleaved(gens):
             g = gens[i]
             if ch is None:
-                left -= 1
-                _check_failed(g)
+                g.raise_if_failed()
                 yield chunk(i, {}, g.finish_reason)
                 continue
             lp = ({"content": _logprobs(ctx.tokenizer, ch.logprobs, req.top_logprobs or 0)}
@@ -187,8 +165,7 @@ async def _stream(ctx: Any, req: ChatRequest, gens: list[Generation]) -> AsyncIt
                                                    "function": {"name": ev.name, "arguments": ""}}]})
                 elif isinstance(ev, ToolCallDelta):
                     deltas.append({"tool_calls": [{"index": ev.index, "function": {"arguments": ev.text}}]})
-                elif isinstance(ev, ToolCall):
-                    pass  # its pieces went out already
+                # ToolCall: its pieces went out already
             for j, d in enumerate(deltas):
                 yield chunk(i, d, logprobs=lp if j == 0 else None)
             if not deltas and lp is not None:
@@ -196,12 +173,6 @@ async def _stream(ctx: Any, req: ChatRequest, gens: list[Generation]) -> AsyncIt
         if req.include_usage:
             yield {"id": req.id, "object": "chat.completion.chunk", "created": req.created, "model": ctx.name,
                    "system_fingerprint": ctx.fingerprint, "choices": [], "usage": _usage(gens)}
-    finally:
-        for t in tasks:
-            t.cancel()
+    finally:  # the client may go before the first chunk
         for g in gens:
             g.cancel()
-
-
-def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"

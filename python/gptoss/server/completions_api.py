@@ -8,7 +8,7 @@ import uuid
 from typing import Any, AsyncIterator
 
 from .errors import invalid
-from .generation import Generation
+from .generation import Generation, interleaved
 from .params import Body, sampling_params
 
 __all__ = ["completions"]
@@ -110,7 +110,7 @@ async def _whole(ctx: Any, req: CompletionRequest, gens: list) -> dict:
             text.append(out.text)
             if out.logprobs is not None:
                 pairs += zip(out.tokens, out.logprobs)
-        _check(g)
+        g.raise_if_failed()
         head = ctx.tokenizer.decode(g.prompt) if req.echo else ""
         return {"text": head + "".join(text), "finish_reason": g.finish_reason,
                 "logprobs": _logprobs(ctx, pairs, len(head)) if req.logprobs is not None else None}
@@ -121,38 +121,19 @@ async def _whole(ctx: Any, req: CompletionRequest, gens: list) -> dict:
             "choices": [dict(index=i, **c) for i, c in enumerate(choices)], "usage": _usage(gens)}
 
 
-def _check(g: Generation) -> None:
-    from .chat_api import _check_failed
-
-    _check_failed(g)
-
-
 async def _stream(ctx: Any, req: CompletionRequest, gens: list) -> AsyncIterator[dict]:
-    queue: asyncio.Queue = asyncio.Queue()
-
     def chunk(i: int, text: str, finish: Any = None, logprobs: Any = None) -> dict:
         return {"id": req.id, "object": "text_completion", "created": req.created, "model": ctx.name,
                 "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
 
-    async def pump(i: int, g: Generation) -> None:
-        try:
-            async for ch in g.chunks():
-                await queue.put((i, ch))
-        finally:
-            await queue.put((i, None))
-
-    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
     try:
         if req.echo:
             for i, g in enumerate(gens):
                 yield chunk(i, ctx.tokenizer.decode(g.prompt))
-        left = len(gens)
-        while left:
-            i, ch = await queue.get()
+        async for i, ch in interleaved(gens):
             g = gens[i]
             if ch is None:
-                left -= 1
-                _check(g)
+                g.raise_if_failed()
                 yield chunk(i, "", g.finish_reason)
                 continue
             out = ch.output
@@ -163,8 +144,6 @@ async def _stream(ctx: Any, req: CompletionRequest, gens: list) -> AsyncIterator
         if req.include_usage:
             yield {"id": req.id, "object": "text_completion", "created": req.created, "model": ctx.name,
                    "choices": [], "usage": _usage(gens)}
-    finally:
-        for t in tasks:
-            t.cancel()
+    finally:  # the client may go before the first chunk
         for g in gens:
             g.cancel()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
@@ -13,7 +14,7 @@ from ..sampling import Sample, SamplingParams
 from ..tokenizer import N_TEXT_TOKENS
 from .errors import APIError
 
-__all__ = ["Chunk", "Generation", "openai_finish_reason"]
+__all__ = ["Chunk", "Generation", "interleaved", "openai_finish_reason"]
 
 
 @dataclass
@@ -86,6 +87,14 @@ class Generation:
             return "stop"
         return openai_finish_reason(self.last, self.ctx.tokenizer, self.reply)
 
+    def raise_if_failed(self) -> None:
+        """An APIError when the engine ended it early: failed (500) or cancelled by shutdown (503)."""
+        if self.outcome == "error":
+            raise APIError(500, f"generation failed: {self.last.error}", type="server_error")
+        if self.outcome == "cancelled":
+            raise APIError(503, "the request was cancelled: the server is shutting down", type="server_error",
+                           code="server_shutdown")
+
     @property
     def outcome(self) -> str:
         """"ok", or why the engine ended it early: "error" or "cancelled" (shutting down)."""
@@ -93,6 +102,32 @@ class Generation:
         if self.stopped_by is not None or r not in ("error", "cancelled"):
             return "ok"
         return r
+
+
+async def interleaved(gens: list[Generation]) -> AsyncIterator[tuple[int, Optional[Chunk]]]:
+    """The chunks of several generations (the ``n`` choices of one request) as they come:
+    (index, chunk), and (index, None) once that generation has ended. Stopping early cancels them."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, g: Generation) -> None:
+        try:
+            async for ch in g.chunks():
+                await queue.put((i, ch))
+        finally:
+            await queue.put((i, None))
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        left = len(gens)
+        while left:
+            i, ch = await queue.get()
+            left -= ch is None
+            yield i, ch
+    finally:
+        for t in tasks:
+            t.cancel()
+        for g in gens:
+            g.cancel()
 
 
 def openai_finish_reason(out: Optional[RequestOutput], tokenizer: Any, reply: Optional[ReplyStream]) -> str:
