@@ -299,3 +299,60 @@ def test_health_version_metrics(server, client):
                  "e2e_request_latency_seconds", "request_queue_time_seconds"):
         assert f"gptoss:{name}" in text, name
     assert 'gptoss:request_success_total{finished_reason="length",model_name="gpt-oss-test"}' in text
+
+
+def _oh_conversations(oh):
+    """(chat messages, tools, the same conversation in openai-harmony's types)."""
+    sys_ = oh.Message.from_role_and_content(oh.Role.SYSTEM, oh.SystemContent.new().with_reasoning_effort(
+        oh.ReasoningEffort.MEDIUM))
+    user = lambda t: oh.Message.from_role_and_content(oh.Role.USER, t)  # noqa: E731
+    asst = lambda t, ch: oh.Message.from_role_and_content(oh.Role.ASSISTANT, t).with_channel(ch)  # noqa: E731
+    def dev(text=None, tools=False):
+        c = oh.DeveloperContent.new().with_instructions(text) if text else oh.DeveloperContent.new()
+        if tools:
+            c = c.with_function_tools([oh.ToolDescription.new(WEATHER["name"], WEATHER["description"],
+                                                              parameters=WEATHER["parameters"])])
+        return oh.Message.from_role_and_content(oh.Role.DEVELOPER, c)
+
+    return [
+        ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], None,
+         [sys_, dev("Be brief."), user("hi")]),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello.", "reasoning": "Greet."},
+          {"role": "user", "content": "again"}], None,
+         [sys_, user("hi"), asst("Greet.", "analysis"), asst("Hello.", "final"), user("again")]),
+        ([{"role": "developer", "content": "Use tools."}, {"role": "user", "content": "weather in Paris?"}], TOOLS,
+         [sys_, dev("Use tools.", tools=True), user("weather in Paris?")]),
+        ([{"role": "user", "content": "weather in Paris?"},
+          {"role": "assistant", "reasoning": "Need weather.", "content": None, "tool_calls": [
+              {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+          {"role": "tool", "tool_call_id": "c1", "content": '{"temp": 20}'}], TOOLS,
+         [sys_, dev(tools=True), user("weather in Paris?"), asst("Need weather.", "analysis"),
+          asst('{"city": "Paris"}', "commentary").with_recipient("functions.get_weather").with_content_type(
+              "<|constrain|>json"),
+          oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, "functions.get_weather"), '{"temp": 20}')
+          .with_channel("commentary").with_recipient("assistant")]),
+    ]
+
+
+def test_prompts_are_token_identical_to_openai_harmony(client, scripted, tokenizer, harmony_env):  # noqa: F811
+    import openai_harmony as oh
+
+    seen = []
+    orig = scripted.step
+
+    def spy(batch):
+        batch = list(batch)
+        seen.append(list(batch[0][0].tokens) + list(batch[0][1]))
+        return orig(batch)
+
+    scripted.step = spy
+    try:
+        for messages, tools, convo in _oh_conversations(oh):
+            seen.clear()
+            kw = {"tools": tools} if tools else {}
+            client.chat.completions.create(model="gpt-oss-test", messages=messages, max_tokens=1, **kw)
+            want = harmony_env.render_conversation_for_completion(oh.Conversation.from_messages(convo),
+                                                                  oh.Role.ASSISTANT)
+            assert seen[0] == list(want), tokenizer.decode(seen[0])
+    finally:
+        scripted.step = orig
