@@ -91,20 +91,9 @@ __device__ void merge_pair(const AttnArgs& a, int row, int h, int D, int lane) {
 }
 
 // After a block wrote its partials (a.arrivals set): the last of its group's splits to arrive,
-// per KV head, merges them all (the merge kernel's work without its launch) and resets the count
-// for the next launch.
+// per KV head, merges them all (the merge kernel's work without its launch).
 __device__ void merge_if_last(const AttnArgs& a, const BlockWork& w, int D) {
-  __shared__ bool last;
-  __threadfence();  // this block's partials are visible device-wide before it counts itself in
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int32_t* count = a.arrivals + int64_t(blockIdx.x) * w.n_kv + w.kvh;
-    last = atomicAdd(count, 1) == a.n_splits - 1;
-    if (last) *count = 0;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_block_arrives(a.arrivals + int64_t(blockIdx.x) * w.n_kv + w.kvh, a.n_splits)) return;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int c = warp; c < w.ncomb; c += kWarps) merge_pair(a, w.g.row0 + c / w.G, w.kvh * w.G + c % w.G, D, lane);
 }
@@ -470,9 +459,7 @@ size_t attn_smem() {
 
 template <int D, typename KV>
 void allow_smem() {
-  const size_t smem = attn_smem<D>();
-  if (smem > 48 * 1024)
-    CUDA_CHECK(cudaFuncSetAttribute(attn_kernel<D, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  allow_dynamic_smem(attn_kernel<D, KV>, attn_smem<D>());
 }
 
 // The kernels' shared-memory opt-in, once per device (outside any graph capture: the engine
@@ -482,8 +469,8 @@ void prepare_device() {
     allow_smem<32, float>(); allow_smem<32, uint16_t>();
     allow_smem<64, float>(); allow_smem<64, uint16_t>();
     allow_smem<128, float>(); allow_smem<128, uint16_t>();
-    CUDA_CHECK(cudaFuncSetAttribute(attn_tc_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tc::kBytes)));
-    CUDA_CHECK(cudaFuncSetAttribute(attn_tc_kernel<uint16_t>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tc::kBytes)));
+    allow_dynamic_smem(attn_tc_kernel<float>, tc::kBytes);
+    allow_dynamic_smem(attn_tc_kernel<uint16_t>, tc::kBytes);
   });
 }
 
@@ -546,6 +533,18 @@ void attention(const AttnArgs& a, cudaStream_t st) {
   if (a.n_splits == 1 || a.arrivals) return;  // the attention kernel wrote the output
   dim3 grid(a.T, int(cdiv(a.n_heads, kWarps)));
   launch_kernel(attn_combine_kernel, grid, kThreads, 0, st, a, D);
+}
+
+void attention_kernels(std::vector<KernelEntry>& v) {
+  GPTOSS_KERNEL_ENTRY(v, kThreads, attn_kernel<32, float>);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, attn_kernel<32, uint16_t>);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, attn_kernel<64, float>);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, attn_kernel<64, uint16_t>);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, attn_kernel<128, float>);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, attn_kernel<128, uint16_t>);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, attn_tc_kernel<float>);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, attn_tc_kernel<uint16_t>);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, attn_combine_kernel);
 }
 
 }  // namespace gptoss::cuda

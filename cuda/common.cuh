@@ -147,6 +147,15 @@ void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cud
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...));
 }
 
+// Dynamic shared memory of a kernel: the default limit is 48 KiB for static and dynamic shared
+// memory together (the kernel's own __shared__ arrays count too), so the opt-in is set for every
+// kernel that takes dynamic shared memory, to exactly what it launches with; outside any graph
+// capture (once_per_device). Over the device's opt-in limit it fails here, not at the launch.
+template <typename F>
+void allow_dynamic_smem(F* kernel, size_t bytes) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
 inline int device_sm_count() {
   static std::mutex mu;
   static std::vector<int> sms;
@@ -156,6 +165,30 @@ inline int device_sm_count() {
   if (sms.size() <= size_t(dev)) sms.resize(size_t(dev) + 1, 0);
   if (sms[size_t(dev)] == 0) CUDA_CHECK(cudaDeviceGetAttribute(&sms[size_t(dev)], cudaDevAttrMultiProcessorCount, dev));
   return sms[size_t(dev)];
+}
+
+// "The last block merges": the blocks of a group each store partial results, count themselves in
+// on `counter` (zero before the launch), and the last to arrive reads every block's partials.
+// Every thread of the block calls it after its own stores; it returns the same in all of them.
+// The barrier orders all of the block's stores before thread 0's fence (a fence covers what its
+// thread has synchronised with), so they are visible device-wide before the count; in the last
+// block thread 0 fences again after the count, and the barrier after it orders the others'
+// partials before every thread's reads (as cooperative groups' grid sync does). The last block
+// leaves the counter at zero for the next launch. Blocks that do not call it must not be counted
+// in `blocks`.
+__device__ __forceinline__ bool last_block_arrives(int32_t* counter, int blocks) {
+  __shared__ bool last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(counter, 1) == blocks - 1;
+    if (last) {
+      *counter = 0;
+      __threadfence();
+    }
+  }
+  __syncthreads();
+  return last;
 }
 
 __device__ __forceinline__ float bf16_bits_to_float(uint32_t h) { return __uint_as_float(h << 16); }

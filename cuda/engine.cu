@@ -209,8 +209,9 @@ struct CudaEngine::Impl {
     unembed = alloc<uint16_t>(cfg.vocab * H, "the unembedding", c);
     final_norm = alloc<float>(H, "the final norm", c);
     inv_freq = alloc<float>(cfg.head_dim / 2, "rope frequencies", c);
-    if (!dry)
-      CUDA_CHECK(cudaMemcpy(inv_freq, cfg.inv_freq.data(), cfg.inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice));
+    if (!dry)  // on the engine stream, as every other upload (upload and generate wait for it)
+      CUDA_CHECK(cudaMemcpyAsync(inv_freq, cfg.inv_freq.data(), cfg.inv_freq.size() * sizeof(float),
+                                 cudaMemcpyHostToDevice, stream));
     layers.resize(size_t(cfg.n_layers));
     for (int64_t l = 0; l < cfg.n_layers; ++l) {
       DevLayer& L = layers[size_t(l)];
@@ -308,6 +309,13 @@ struct CudaEngine::Impl {
   }
 
   // ---- workspace and KV cache -----------------------------------------------------------------
+  // Zeroes device memory on the engine stream: a cudaMemset would run on the legacy default
+  // stream, which the engine's non-blocking stream is not ordered with. alloc_workspace waits
+  // for them once at its end.
+  void zero(void* p, size_t bytes) {
+    if (!dry) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
+  }
+
   void alloc_workspace() {
     const int64_t T = opt.max_chunk_tokens, H = cfg.hidden, I = cfg.inter, K = cfg.top_k, Q = cfg.q_dim();
     const int64_t QKV = Q + 2 * cfg.kv_dim(), P = T * K;
@@ -335,15 +343,15 @@ struct CudaEngine::Impl {
     tiles.tile_count = alloc<int32_t>(mt, "moe tiles", c);
     tiles.n_tiles = alloc<int32_t>(1, "moe tiles", c);
     attn_arrivals = alloc<int32_t>(T * cfg.n_kv, "attention arrival counts", c);
-    if (!dry) CUDA_CHECK(cudaMemset(attn_arrivals, 0, size_t(T * cfg.n_kv) * 4));
+    zero(attn_arrivals, size_t(T * cfg.n_kv) * 4);
     moe_arrivals = alloc<int32_t>(1, "expert arrival count", c);
-    if (!dry) CUDA_CHECK(cudaMemset(moe_arrivals, 0, 4));
+    zero(moe_arrivals, 4);
     argmax_scr.rows = int(std::min<int64_t>(T, kLogitRows));
     argmax_scr.splits = 64;
     argmax_scr.val = alloc<float>(int64_t(argmax_scr.rows) * argmax_scr.splits, "argmax scratch", c);
     argmax_scr.idx = alloc<int32_t>(int64_t(argmax_scr.rows) * argmax_scr.splits, "argmax scratch", c);
     argmax_scr.arrivals = alloc<int32_t>(argmax_scr.rows, "argmax scratch", c);
-    if (!dry) CUDA_CHECK(cudaMemset(argmax_scr.arrivals, 0, size_t(argmax_scr.rows) * 4));
+    zero(argmax_scr.arrivals, size_t(argmax_scr.rows) * 4);
     SampleScratch& ss = sample_scr;
     ss.rows = int(std::min<int64_t>(T, kSampleSplitRows));
     ss.splits = 64;
@@ -358,11 +366,12 @@ struct CudaEngine::Impl {
     ss.row_max = alloc<float>(ss.rows, "sampling scratch", c);
     ss.row_nv = alloc<uint32_t>(ss.rows, "sampling scratch", c);
     ss.arrivals = alloc<int32_t>(ss.rows, "sampling scratch", c);
-    if (!dry) CUDA_CHECK(cudaMemset(ss.arrivals, 0, size_t(ss.rows) * 4));
+    zero(ss.arrivals, size_t(ss.rows) * 4);
     router_scr.rows = router_split_rows();
     router_scr.logits = alloc<float>(int64_t(router_scr.rows) * cfg.n_experts, "router scratch", c);
     router_scr.arrivals = alloc<int32_t>(router_scr.rows, "router scratch", c);
-    if (!dry) CUDA_CHECK(cudaMemset(router_scr.arrivals, 0, size_t(router_scr.rows) * 4));
+    zero(router_scr.arrivals, size_t(router_scr.rows) * 4);
+    if (!dry) CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
   void alloc_kv() {
@@ -506,7 +515,15 @@ struct CudaEngine::Impl {
       CUDA_CHECK(cudaEventCreate(&e));
       prof_events.push_back(e);
     }
-    CUDA_CHECK(cudaEventRecord(prof_events[i], stream));
+    // A plain record on a capturing stream only marks a point of the capture (for other streams
+    // to wait on): the graph gets no node and a replay records nothing. An external record is a
+    // node of the graph, recorded at each replay.
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &cs));
+    if (cs == cudaStreamCaptureStatusActive)
+      CUDA_CHECK(cudaEventRecordWithFlags(prof_events[i], stream, cudaEventRecordExternal));
+    else
+      CUDA_CHECK(cudaEventRecord(prof_events[i], stream));
     prof_labels.push_back(label);
   }
 
@@ -1120,6 +1137,24 @@ void CudaEngine::set_max_chunk_tokens(int64_t n) {
 std::vector<int64_t> CudaEngine::graph_stats() const {
   std::lock_guard<std::mutex> g(p_->mu);
   return {p_->graphs_captured, p_->graph_launches, int64_t(p_->graphs.size())};
+}
+
+std::pair<int64_t, int64_t> CudaEngine::arrival_counters() {
+  std::lock_guard<std::mutex> g(p_->mu);
+  Impl& im = *p_;
+  CUDA_CHECK(cudaSetDevice(im.opt.device));
+  CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  const std::pair<const int32_t*, int64_t> all[] = {
+      {im.attn_arrivals, im.Tmax * im.cfg.n_kv}, {im.moe_arrivals, 1}, {im.argmax_scr.arrivals, im.argmax_scr.rows},
+      {im.sample_scr.arrivals, im.sample_scr.rows}, {im.router_scr.arrivals, im.router_scr.rows}};
+  int64_t n = 0, nonzero = 0;
+  for (const auto& [p, len] : all) {
+    std::vector<int32_t> h(static_cast<size_t>(len));
+    CUDA_CHECK(cudaMemcpy(h.data(), p, size_t(len) * 4, cudaMemcpyDeviceToHost));
+    n += len;
+    for (int32_t v : h) nonzero += v != 0;
+  }
+  return {n, nonzero};
 }
 
 void CudaEngine::synchronize() {

@@ -146,6 +146,10 @@ class CudaEngine {
   void set_profile(bool on);
   std::vector<std::tuple<std::string, double, int64_t>> profile() const;
   void synchronize();
+  // The arrival counters of the "last block merges" kernels (attention splits, router, mlp2
+  // combine, argmax and sampling slices) after the stream drains: (how many, how many non-zero).
+  // Every launch leaves them at zero; a counter left non-zero would break the next step.
+  std::pair<int64_t, int64_t> arrival_counters();
 
   struct Impl;
 

@@ -147,6 +147,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32) qkv_rope_kernel(QkvRopeArgs a
 // into three bf16 parts (split3_bf16x2), so the products are fp32's. A block computes 32
 // outputs for 8 rows; its 8 warps take every 8th 32-k step and add their partial sums in warp
 // order. Needs 16-byte aligned rows (K % 8 == 0).
+// Tensor cores do not round each addition: an MMA aligns its products and the accumulator to the
+// largest exponent among them and truncates what falls below fp32's width. Over a whole row
+// (~100 MMAs at K = 4096) one accumulator would lose up to an ulp of the running sum per MMA, all
+// towards zero; so each 32-k step starts from zero (its smallest parts first) and is added into
+// an fp32 sum, which rounds to nearest: the error stays that of an fp32 sum over the steps.
 constexpr int kMmaWarps = 8, kMmaOut = 32, kMmaRows = 8;
 
 struct GemvMmaArgs {
@@ -162,8 +167,8 @@ struct GemvMmaArgs {
   bool pre;  // prefetch this block's weights before waiting (programmatic dependent launch)
 };
 
-// c[t] += the products of 32 k-values: w[2t], w[2t+1] = rows g, g+8 of output tile t (8 k each,
-// lane q's share), (u, v) = this lane's 8 activations of row g. k is numbered so that lane q's
+// c[t] += the products of 32 k-values, summed on their own first: w[2t], w[2t+1] = rows g, g+8
+// of output tile t (8 k each, lane q's share), (u, v) = this lane's 8 activations of row g. k is numbered so that lane q's
 // 8 values are its own: in step s, B rows (2q, 2q+1) are k (8q+4s, 8q+4s+1) and rows
 // (2q+8, 2q+9) are k (8q+4s+2, 8q+4s+3), the order of the loaded bf16 pairs.
 // SPLIT false: the activations as one bf16 (round to nearest), one MMA per step instead of three.
@@ -185,11 +190,14 @@ __device__ __forceinline__ void mma_step32(float (&c)[2][4], const uint4 (&w)[4]
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
     const uint4 &r0 = w[2 * t], &r1 = w[2 * t + 1];
+    float s[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      mma_bf16_16816(c[t], {r0.x, r1.x, r0.y, r1.y}, b[p][0]);
-      mma_bf16_16816(c[t], {r0.z, r1.z, r0.w, r1.w}, b[p][1]);
+    for (int p = P - 1; p >= 0; --p) {  // lo, mid, hi: the small products before the large
+      mma_bf16_16816(s, {r0.x, r1.x, r0.y, r1.y}, b[p][0]);
+      mma_bf16_16816(s, {r0.z, r1.z, r0.w, r1.w}, b[p][1]);
     }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) c[t][i] += s[i];
   }
 }
 
@@ -282,13 +290,10 @@ void tc_launch(const TcArgs& a, unsigned row_tiles, cudaStream_t st) {
 
 template <int BMODE, int EPI>
 void prepare_instances() {
-  auto raise = [](auto* fn, size_t smem) {
-    if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  };
-  raise(tc_gemm_kernel<Tile32x128, BMODE, EPI>, Tile32x128::smem(BMODE));
-  raise(tc_gemm_kernel<Tile64x64, BMODE, EPI>, Tile64x64::smem(BMODE));
-  raise(tc_gemm_kernel<Tile64x128, BMODE, EPI>, Tile64x128::smem(BMODE));
-  raise(tc_gemm_kernel<Tile128x128, BMODE, EPI>, Tile128x128::smem(BMODE));
+  allow_dynamic_smem(tc_gemm_kernel<Tile32x128, BMODE, EPI>, Tile32x128::smem(BMODE));
+  allow_dynamic_smem(tc_gemm_kernel<Tile64x64, BMODE, EPI>, Tile64x64::smem(BMODE));
+  allow_dynamic_smem(tc_gemm_kernel<Tile64x128, BMODE, EPI>, Tile64x128::smem(BMODE));
+  allow_dynamic_smem(tc_gemm_kernel<Tile128x128, BMODE, EPI>, Tile128x128::smem(BMODE));
 }
 
 template <int BMODE, int EPI>
@@ -376,6 +381,40 @@ void qkv_rope(const QkvRopeArgs& a, cudaStream_t st) {
 void moe_gemm(bool mlp1, int tiles, const TcArgs& a, unsigned row_tiles, cudaStream_t st) {
   if (mlp1) launch_tiles<TCB_MXFP4, TCE_SWIGLU>(tiles, a, row_tiles, st);
   else launch_tiles<TCB_MXFP4, TCE_MOE_OUT>(tiles, a, row_tiles, st);
+}
+
+namespace {
+template <class C, int BMODE, int EPI>
+void tc_entry(std::vector<KernelEntry>& v, const char* tile, const char* mode) {
+  v.push_back(KernelEntry{std::string("tc_gemm_kernel<") + tile + ", " + mode + ">",
+                          reinterpret_cast<const void*>(tc_gemm_kernel<C, BMODE, EPI>), C::kThreads});
+}
+template <int BMODE, int EPI>
+void tc_entries(std::vector<KernelEntry>& v, const char* mode) {
+  tc_entry<Tile32x128, BMODE, EPI>(v, "Tile32x128", mode);
+  tc_entry<Tile64x64, BMODE, EPI>(v, "Tile64x64", mode);
+  tc_entry<Tile64x128, BMODE, EPI>(v, "Tile64x128", mode);
+  tc_entry<Tile128x128, BMODE, EPI>(v, "Tile128x128", mode);
+}
+}  // namespace
+
+void gemm_kernels(std::vector<KernelEntry>& v) {
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, gemv_bf16_kernel<1, EPI_STORE>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, gemv_bf16_kernel<1, EPI_ADD>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, gemv_bf16_kernel<8, EPI_STORE>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, gemv_bf16_kernel<8, EPI_ADD>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, qkv_rope_kernel<1, float>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, qkv_rope_kernel<kQkvRopeRows, float>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, qkv_rope_kernel<1, uint16_t>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, qkv_rope_kernel<kQkvRopeRows, uint16_t>);
+  GPTOSS_KERNEL_ENTRY(v, kMmaWarps * 32, gemv_mma_kernel<EPI_STORE, true>);
+  GPTOSS_KERNEL_ENTRY(v, kMmaWarps * 32, gemv_mma_kernel<EPI_STORE, false>);
+  GPTOSS_KERNEL_ENTRY(v, kMmaWarps * 32, gemv_mma_kernel<EPI_ADD, true>);
+  GPTOSS_KERNEL_ENTRY(v, kMmaWarps * 32, gemv_mma_kernel<EPI_ADD, false>);
+  tc_entries<TCB_BF16, TCE_STORE>(v, "TCB_BF16, TCE_STORE");
+  tc_entries<TCB_BF16, TCE_ADD>(v, "TCB_BF16, TCE_ADD");
+  tc_entries<TCB_MXFP4, TCE_SWIGLU>(v, "TCB_MXFP4, TCE_SWIGLU");
+  tc_entries<TCB_MXFP4, TCE_MOE_OUT>(v, "TCB_MXFP4, TCE_MOE_OUT");
 }
 
 }  // namespace gptoss::cuda

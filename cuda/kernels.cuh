@@ -7,7 +7,26 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <string>
+#include <vector>
+
 namespace gptoss::cuda {
+
+// ---- every kernel (the GPU check reads their attributes: registers, local memory) -----------
+struct KernelEntry {
+  std::string name;
+  const void* fn;
+  int threads;  // the block size it is launched with
+};
+#define GPTOSS_KERNEL_ENTRY(list, threads, ...) \
+  (list).push_back(::gptoss::cuda::KernelEntry{#__VA_ARGS__, reinterpret_cast<const void*>(__VA_ARGS__), (threads)})
+// Each file's own (ops.cu, attention.cu, gemm.cu, moe.cu, sampling.cu); all_kernels: all of them.
+void ops_kernels(std::vector<KernelEntry>& out);
+void attention_kernels(std::vector<KernelEntry>& out);
+void gemm_kernels(std::vector<KernelEntry>& out);
+void moe_kernels(std::vector<KernelEntry>& out);
+void sampling_kernels(std::vector<KernelEntry>& out);
+std::vector<KernelEntry> all_kernels();
 
 // ---- ops.cu --------------------------------------------------------------------------------
 // x[t, :] = E[tok[t], :]  (bf16 table)
@@ -155,8 +174,12 @@ int moe_max_tiles(int P, int E, int tile);
 // max_tiles.
 void moe_plan(MoeTiles& mt, bool tensor_cores, int P, int E, int tiles = TILES_AUTO);
 int moe_gemv_tile();  // pairs per tile on the GEMV path (the smallest tile: bounds max_tiles)
-// Whether this device's tensor cores take fp16 subnormal inputs, which the experts' decode GEMV
-// relies on (probed once per device; not during a graph capture).
+// What 16 products of the fp16 subnormal 2^-15 and 1 sum to on a tensor core (one MMA), with the
+// subnormals in the A operand (out[0]) and in B (out[1]): 2^-11 where they are taken as they
+// are, 0 where they are flushed. Not during a graph capture.
+void subnormal_probe(float out[2]);
+// Whether this device's tensor cores take fp16 subnormal inputs in both operands, which the
+// experts' decode GEMV relies on (subnormal_probe, once per device).
 bool moe_gemv_exact();
 void moe_route(const int32_t* idx, int P, int E, const MoeTiles& mt, cudaStream_t st);
 

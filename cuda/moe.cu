@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kRouterThreads) router_kernel(const float* xin
 
 // Grid (rows, E / 4): block y computes experts 4y .. 4y+3 of its row into logits[row, :] (each
 // block normalises the row itself; block 0 stores t); the last block of a row to arrive picks
-// the top k from all E and resets the row's arrival count for the next launch.
+// the top k from all E.
 __global__ void __launch_bounds__(kSplitThreads) router_split_kernel(const float* xin, const float* norm_w, float eps,
                                                                      float* tout, int H, const uint16_t* W,
                                                                      const float* b, int E, int k, int32_t* idx,
@@ -104,7 +104,6 @@ __global__ void __launch_bounds__(kSplitThreads) router_split_kernel(const float
   grid_dependency_wait();
   extern __shared__ __align__(16) float sx[];  // [H] the normalised row (norm_w), [E] logits, [k] ids
   __shared__ float red[32];
-  __shared__ bool last;
   const float* x = xin + int64_t(row) * H;
   float* lg = sx;
   if (norm_w) {
@@ -119,19 +118,12 @@ __global__ void __launch_bounds__(kSplitThreads) router_split_kernel(const float
     const float s = router_logit(x, W + int64_t(e) * H, H, vec, lane);
     if (lane == 0) logits[int64_t(row) * E + e] = s + b[e];
   }
-  __threadfence();  // this block's logits are visible device-wide before it counts itself in
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&arrivals[row], 1) == int(gridDim.y) - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_block_arrives(&arrivals[row], int(gridDim.y))) return;
   const volatile float* all = logits + int64_t(row) * E;
   for (int i = threadIdx.x; i < E; i += kSplitThreads) lg[i] = all[i];
   __syncthreads();
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == 0)
     router_pick(lg, E, k, reinterpret_cast<int*>(lg + E), idx + int64_t(row) * k, w + int64_t(row) * k);
-    arrivals[row] = 0;
-  }
 }
 
 __global__ void __launch_bounds__(1024) route_kernel(const int32_t* idx, int P, int E, MoeTiles mt) {
@@ -322,30 +314,29 @@ __global__ void __launch_bounds__(kGemvWarps * 32) moe_gemv_kernel(MoeGemvArgs a
     }
     if (a.comb.arrivals) {  // one token: the last block to finish adds the k outputs into x, normalises
       __shared__ float red[32];
-      __shared__ bool last;
-      __threadfence();  // this block's outputs are visible device-wide before it counts itself in
-      __syncthreads();
-      if (threadIdx.x == 0) last = atomicAdd(a.comb.arrivals, 1) == int(gridDim.x * gridDim.y) - 1;
-      __syncthreads();
-      if (!last) return;
-      __threadfence();
+      if (!last_block_arrives(a.comb.arrivals, int(gridDim.x * gridDim.y))) return;
       block_add_rmsnorm(a.comb.x, static_cast<const volatile float*>(a.Y), a.mt.direct, N, a.comb.norm_w, a.comb.eps,
                         a.comb.t, red);
-      if (threadIdx.x == 0) *a.comb.arrivals = 0;
     }
   }
 }
 
-// The decode GEMV's E2M1 -> fp16 decode hands E2M1's +-0.5 to the tensor cores as the fp16
-// subnormal +-2^-15. One warp checks that they take it as it is: 16 products of 2^-15 and 1 sum
-// to 2^-11, or to 0 where subnormal inputs were flushed.
+// The decode GEMV hands fp16 subnormals to the tensor cores in both operands: the E2M1 -> fp16
+// decode turns E2M1's +-0.5 into +-2^-15 (A), and the hi/lo split of the activations makes the
+// lo part of most of them, and both parts of the smallest, subnormal (B). One warp checks that
+// either operand takes them as they are: 16 products of 2^-15 and 1 sum to 2^-11 (out[0]: the
+// subnormals in A, out[1]: in B), or to 0 where subnormal inputs are flushed.
 __global__ void subnormal_probe_kernel(float* out) {
   uint32_t h[4];
-  e2m1x8_to_half2(0x11111111u, h);  // every element 0.5
-  const uint32_t one = pack_half2(1.f, 1.f);
-  float c[4] = {0.f, 0.f, 0.f, 0.f};
+  e2m1x8_to_half2(0x11111111u, h);  // every element 0.5, times 2^-14: 2^-15
+  const uint32_t one = pack_half2(1.f, 1.f), tiny = h[0];
+  float c[4] = {0.f, 0.f, 0.f, 0.f}, d[4] = {0.f, 0.f, 0.f, 0.f};
   mma_f16_16816(c, {h[0], h[1], h[2], h[3]}, {one, one});
-  if (threadIdx.x == 0) out[0] = c[0];
+  mma_f16_16816(d, {one, one, one, one}, {tiny, tiny});
+  if (threadIdx.x == 0) {
+    out[0] = c[0];
+    out[1] = d[0];
+  }
 }
 
 void check_mx(const MxWeights& w) {
@@ -401,6 +392,16 @@ void norm_router(const float* x, int T, int H, const float* norm_w, float eps, f
 
 int moe_gemv_tile() { return kMoeTT; }
 
+void subnormal_probe(float out[2]) {
+  float* d = nullptr;
+  CUDA_CHECK(cudaMalloc(&d, 2 * sizeof(float)));
+  subnormal_probe_kernel<<<1, 32, 0, 0>>>(d);
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess) e = cudaMemcpy(out, d, 2 * sizeof(float), cudaMemcpyDeviceToHost);
+  cudaFree(d);
+  CUDA_CHECK(e);
+}
+
 bool moe_gemv_exact() {
   static std::mutex mu;
   static std::vector<int> known;  // per device: 0 unknown, 1 exact, 2 flushes
@@ -409,15 +410,9 @@ bool moe_gemv_exact() {
   std::lock_guard<std::mutex> g(mu);
   if (size_t(dev) >= known.size()) known.resize(size_t(dev) + 1, 0);
   if (!known[size_t(dev)]) {
-    float* d = nullptr;
-    CUDA_CHECK(cudaMalloc(&d, sizeof(float)));
-    float v = 0.f;
-    subnormal_probe_kernel<<<1, 32, 0, 0>>>(d);
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess) e = cudaMemcpy(&v, d, sizeof(float), cudaMemcpyDeviceToHost);
-    cudaFree(d);
-    CUDA_CHECK(e);
-    known[size_t(dev)] = v == 1.f / 2048.f ? 1 : 2;
+    float v[2];
+    subnormal_probe(v);
+    known[size_t(dev)] = v[0] == 1.f / 2048.f && v[1] == 1.f / 2048.f ? 1 : 2;
   }
   return known[size_t(dev)] == 1;
 }
@@ -495,6 +490,21 @@ bool moe_mlp2(const float* act, const MoeTiles& mt, const MxWeights& w, const fl
   dim3 grid(unsigned(cdiv(w.N, kGemvRows)), unsigned(mt.max_tiles));
   launch_kernel(moe_gemv_instance<false>(w, split), grid, kGemvWarps * 32, 0, st, a);
   return fuse;
+}
+
+void moe_kernels(std::vector<KernelEntry>& v) {
+  GPTOSS_KERNEL_ENTRY(v, kRouterThreads, router_kernel);
+  GPTOSS_KERNEL_ENTRY(v, kSplitThreads, router_split_kernel);
+  GPTOSS_KERNEL_ENTRY(v, 1024, route_kernel);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, moe_gemv_kernel<true, 90, true>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, moe_gemv_kernel<true, 90, false>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, moe_gemv_kernel<true, 0, true>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, moe_gemv_kernel<true, 0, false>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, moe_gemv_kernel<false, 90, true>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, moe_gemv_kernel<false, 90, false>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, moe_gemv_kernel<false, 0, true>);
+  GPTOSS_KERNEL_ENTRY(v, kGemvWarps * 32, moe_gemv_kernel<false, 0, false>);
+  GPTOSS_KERNEL_ENTRY(v, 32, subnormal_probe_kernel);
 }
 
 }  // namespace gptoss::cuda

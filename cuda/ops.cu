@@ -124,12 +124,11 @@ __global__ void __launch_bounds__(1024) argmax_kernel(const float* logits, int64
 
 // Few rows: grid (R, S), block s takes slice s of its row, so a row streams through S SMs
 // instead of one; the last of a row's blocks to finish picks from the S partials (in slice
-// order, so ties still go to the lower index) and resets the row's arrival count.
+// order, so ties still go to the lower index).
 constexpr int kArgmaxSplitThreads = 256;
 __global__ void __launch_bounds__(kArgmaxSplitThreads) argmax_split_kernel(const float* logits, int64_t V,
                                                                            int32_t* out, ArgmaxScratch scr) {
   grid_dependency_wait();
-  __shared__ bool last;
   const int r = blockIdx.x, s = blockIdx.y, S = int(gridDim.y);
   const int64_t len = (V + S - 1) / S;
   float b;
@@ -138,12 +137,8 @@ __global__ void __launch_bounds__(kArgmaxSplitThreads) argmax_split_kernel(const
   if (threadIdx.x == 0) {
     scr.val[r * S + s] = b;
     scr.idx[r * S + s] = ix;
-    __threadfence();  // the partial is visible device-wide before the block counts itself in
-    last = atomicAdd(&scr.arrivals[r], 1) == S - 1;
   }
-  __syncthreads();
-  if (!last || threadIdx.x != 0) return;
-  __threadfence();
+  if (!last_block_arrives(&scr.arrivals[r], S) || threadIdx.x != 0) return;
   const volatile float* vals = scr.val + r * S;
   const volatile int32_t* ids = scr.idx + r * S;
   float bb = -INFINITY;
@@ -157,7 +152,6 @@ __global__ void __launch_bounds__(kArgmaxSplitThreads) argmax_split_kernel(const
     }
   }
   out[r] = bx < 0 ? 0 : bx;
-  scr.arrivals[r] = 0;
 }
 
 // ---- hash-based random numbers: value i of stream (seed, stream) ----------------------------
@@ -269,6 +263,29 @@ void fill_scales(uint8_t* p, int64_t n, int base, uint64_t seed, uint64_t stream
 }  // namespace gptoss::cuda
 
 namespace gptoss::cuda {
+void ops_kernels(std::vector<KernelEntry>& v) {
+  GPTOSS_KERNEL_ENTRY(v, 256, embedding_kernel);
+  GPTOSS_KERNEL_ENTRY(v, 256, add_rmsnorm_kernel);
+  GPTOSS_KERNEL_ENTRY(v, 256, rope_kv_kernel<float>);
+  GPTOSS_KERNEL_ENTRY(v, 256, rope_kv_kernel<uint16_t>);
+  GPTOSS_KERNEL_ENTRY(v, kArgmaxSplitThreads, argmax_split_kernel);
+  GPTOSS_KERNEL_ENTRY(v, 1024, argmax_kernel);
+  GPTOSS_KERNEL_ENTRY(v, 256, fill_normal_bf16_kernel);
+  GPTOSS_KERNEL_ENTRY(v, 256, fill_normal_f32_kernel);
+  GPTOSS_KERNEL_ENTRY(v, 256, fill_bytes_kernel);
+  GPTOSS_KERNEL_ENTRY(v, 256, fill_scales_kernel);
+}
+
+std::vector<KernelEntry> all_kernels() {
+  std::vector<KernelEntry> v;
+  ops_kernels(v);
+  attention_kernels(v);
+  gemm_kernels(v);
+  moe_kernels(v);
+  sampling_kernels(v);
+  return v;
+}
+
 // Throws a clear error when this build has no kernel image for the device's architecture.
 void check_kernel_image(int device) {
   cudaFuncAttributes attr;

@@ -448,7 +448,6 @@ struct SplitShared {
   u64 red[kWarps];
   float redf[kWarps];
   int redi[kWarps];
-  bool last;
 };
 
 __device__ __forceinline__ void slice_bounds(int n, int s, int S, int& lo, int& hi) {
@@ -480,12 +479,8 @@ __global__ void __launch_bounds__(kThreads) sample_stats_kernel(const float* log
   if (threadIdx.x == 0) {
     scr.part_max[r * S + s] = mx;
     scr.part_n[r * S + s] = uint32_t(nv);
-    __threadfence();  // the partial is visible device-wide before the block counts itself in
-    sm.last = atomicAdd(&scr.arrivals[r], 1) == S - 1;
   }
-  __syncthreads();
-  if (!sm.last || threadIdx.x != 0) return;
-  __threadfence();
+  if (!last_block_arrives(&scr.arrivals[r], S) || threadIdx.x != 0) return;
   const volatile float* pm = scr.part_max + r * S;
   const volatile uint32_t* pn = scr.part_n + r * S;
   float m = -INFINITY;
@@ -493,7 +488,6 @@ __global__ void __launch_bounds__(kThreads) sample_stats_kernel(const float* log
   for (int k = 0; k < S; ++k) m = fmaxf(m, pm[k]), total += pn[k];
   scr.row_max[r] = m;
   scr.row_nv[r] = total;
-  scr.arrivals[r] = 0;
 }
 
 // Grid (R, S): each slice's candidates, in order, into its own place of the row's staging
@@ -525,14 +519,8 @@ __global__ void __launch_bounds__(kThreads) sample_compact_kernel(const float* l
     if (keep) sv[at] = x, si[at] = i;
     count += total;
   }
-  if (threadIdx.x == 0) {
-    scr.part_n[r * S + s] = uint32_t(count);
-    __threadfence();
-    sm.last = atomicAdd(&scr.arrivals[r], 1) == S - 1;
-  }
-  __syncthreads();
-  if (!sm.last) return;
-  __threadfence();
+  if (threadIdx.x == 0) scr.part_n[r * S + s] = uint32_t(count);
+  if (!last_block_arrives(&scr.arrivals[r], S)) return;
   const volatile uint32_t* pn = scr.part_n + r * S;
   int off = 0;
   for (int k = 0; k < S; ++k) {
@@ -547,10 +535,7 @@ __global__ void __launch_bounds__(kThreads) sample_compact_kernel(const float* l
     }
     off += cnt;
   }
-  if (threadIdx.x == 0) {
-    scr.cand_n[r] = off;
-    scr.arrivals[r] = 0;
-  }
+  if (threadIdx.x == 0) scr.cand_n[r] = off;
 }
 
 }  // namespace
@@ -763,6 +748,15 @@ void restore_penalties(float* logits, int R, int64_t V, const int32_t* off, cons
                        cudaStream_t st) {
   if (R <= 0) return;
   launch_kernel(restore_kernel, R, 256, 0, st, logits, V, off, id, saved);
+}
+
+void sampling_kernels(std::vector<KernelEntry>& v) {
+  GPTOSS_KERNEL_ENTRY(v, kThreads, sample_kernel);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, sample_stats_kernel);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, sample_compact_kernel);
+  GPTOSS_KERNEL_ENTRY(v, kThreads, logprobs_kernel);
+  GPTOSS_KERNEL_ENTRY(v, 256, penalties_kernel);
+  GPTOSS_KERNEL_ENTRY(v, 256, restore_kernel);
 }
 
 }  // namespace gptoss::cuda
