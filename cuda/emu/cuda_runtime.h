@@ -4,11 +4,30 @@
 // Every CUDA thread of a block is a fiber (its own stack, cooperative switching); a block's
 // fibers run on one OS thread until each has finished or waits at a barrier, so __syncthreads
 // and the warp shuffles have their real semantics (a shuffle is a warp barrier with an exchange
-// slot). Blocks run one after the other, in an order shuffled per launch, so `__shared__` can be
-// a function-local static.
+// slot). Blocks start in an order shuffled per launch and are interleaved: a block that does an
+// atomic on global memory may be held there while other blocks run (up to 4 blocks in flight;
+// the first ones to arrive are held the longest), so a block that counts itself in before all
+// its stores are done is caught by the block that arrives last. Each block in flight has its
+// own static and dynamic shared memory (translate.cmake turns `__shared__ T x[...]` into a
+// reference into the block's arena).
+// Global memory has a store-visibility model: a block's stores become visible to other blocks
+// only when one of its threads calls __threadfence, or when it exits (kernel end), never through
+// a plain store or an atomic alone. Device memory is mapped read-only to kernels; the first store
+// of a block to a page faults, the page becomes the block's private copy, and a fence or the
+// block's exit merges the bytes it changed into what every other block sees (a block that is
+// held keeps its copies to itself). So a missing fence, or stores that the fence does not cover
+// (no barrier between the other threads' stores and the fencing thread), leave the last block
+// reading stale partials. Atomics on global memory act on the visible memory at once.
+// The legacy default stream (0) is asynchronous: its memsets and copies run when something waits
+// for it (a synchronising call, a kernel on stream 0, a blocking stream), not before work on a
+// cudaStreamNonBlocking stream, so work that relies on an order between the two is caught.
+// An event recorded on a capturing stream by cudaEventRecord marks the capture only (no graph
+// node): it is never recorded by a replay, and elapsed times involving it fail, as on CUDA;
+// cudaEventRecordWithFlags(..., cudaEventRecordExternal) records at each replay.
 // What it checks beyond running the code: launch limits (block <= 1024 threads, grid y/z <=
-// 65535, dynamic shared memory <= 48 KiB unless raised by cudaFuncSetAttribute, 227 KiB at
-// most), barriers that not every live thread reaches (deadlock), ldmatrix row alignment, copies
+// 65535, static + dynamic shared memory <= 48 KiB unless the dynamic limit is raised by
+// cudaFuncSetAttribute, 227 KiB at most; the static size is measured as the blocks declare it),
+// barriers that not every live thread reaches (deadlock), ldmatrix row alignment, copies
 // whose pointers are not device memory of the right extent, raw pointer kernel arguments that
 // are not device memory, guard pages around every allocation (an overrun faults), vector loads
 // and stores (float4, uint4, ...) at addresses not aligned to their size (they trap: the emulator
@@ -19,11 +38,16 @@
 // they land only at __pipeline_wait_prior), kernels launched with a programmatic dependency
 // (cudaLaunchKernelEx) in which a thread never calls cudaGridDependencySynchronize. A fault
 // names the launch and thread.
-// What it cannot check: timing, register and occupancy limits, memory-model races between
-// blocks (blocks never overlap here), the hardware's own fragment layouts.
+// What it cannot check: timing, register and occupancy limits, the acquire side of the memory
+// model (a block sees every store published before it reads, fence or not), races between the
+// threads of a block on global memory, the hardware's own fragment layouts. MMAs are exact by
+// default; emu_set_mma_mode("hardware") aligns and truncates them as tensor cores do (mma_sync.h).
 //
 // Environment: GPTOSS_EMU_MEMORY_GIB (device memory, default 4), GPTOSS_EMU_SMS (multiprocessors,
-// default 132), GPTOSS_EMU_SM (compute capability, default 90), GPTOSS_EMU_VERBOSE (print errors).
+// default 132), GPTOSS_EMU_SM (compute capability, default 90), GPTOSS_EMU_VERBOSE (print errors),
+// GPTOSS_EMU_MMA (the MMA mode at start: exact, hardware, flush_a, flush_b), GPTOSS_EMU_INFLIGHT
+// (blocks in flight, default 4; 1: one after the other), GPTOSS_EMU_VISIBILITY=0 (stores visible
+// at once: no read-only mapping, no page faults).
 //
 // Built only into the test backend `gptoss._core.cuda_emu` (see cuda/CMakeLists.txt), with
 // -Dcuda=cuda_emu so its symbols never meet the real backend's.
@@ -45,7 +69,9 @@
 #define __forceinline__ inline
 #define __noinline__
 #define __launch_bounds__(...)
-#define __shared__ static
+// Static shared memory is rewritten by translate.cmake (GPTOSS_SHARED below); a declaration it did
+// not see (a header not in cuda/emu/CMakeLists.txt's list) fails to compile here.
+#define __shared__ __shared__memory_declaration_not_translated_by_cuda_emu
 #define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
 
@@ -119,11 +145,15 @@ struct cudaDeviceProp {
   int l2CacheSize;
 };
 struct cudaFuncAttributes {
-  size_t sharedSizeBytes = 0;
+  size_t sharedSizeBytes = 0;  // static shared memory (as far as the blocks run so far declared it)
+  size_t constSizeBytes = 0;
+  size_t localSizeBytes = 0;
   int maxThreadsPerBlock = 1024;
   int numRegs = 0;
-  size_t maxDynamicSharedSizeBytes = 48 * 1024;
+  int ptxVersion = 0, binaryVersion = 0;
+  int maxDynamicSharedSizeBytes = 48 * 1024;
 };
+enum cudaEventRecordFlags : unsigned { cudaEventRecordDefault = 0, cudaEventRecordExternal = 1 };
 
 namespace gptoss_emu {
 struct Stream;
@@ -174,11 +204,13 @@ cudaError_t cudaGraphDestroy(cudaGraph_t g);
 cudaError_t cudaEventCreate(cudaEvent_t* e);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t st = nullptr);
+cudaError_t cudaEventRecordWithFlags(cudaEvent_t e, cudaStream_t st = nullptr, unsigned flags = 0);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b);
 
 namespace gptoss_emu {
 cudaError_t func_set_max_dynamic_smem(const void* fn, int bytes);
+cudaError_t func_get_attributes(cudaFuncAttributes* a, const void* fn);
 }
 template <typename F>
 inline cudaError_t cudaFuncSetAttribute(F* fn, cudaFuncAttribute attr, int value) {
@@ -187,9 +219,7 @@ inline cudaError_t cudaFuncSetAttribute(F* fn, cudaFuncAttribute attr, int value
 }
 template <typename F>
 inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, F* fn) {
-  (void)fn;
-  *a = cudaFuncAttributes{};
-  return cudaSuccess;
+  return gptoss_emu::func_get_attributes(a, reinterpret_cast<const void*>(fn));
 }
 
 // ---- the emulator's device side ------------------------------------------------------------
@@ -198,7 +228,22 @@ namespace gptoss_emu {
 const uint3& thread_idx();
 const uint3& block_idx();
 void* dynamic_smem();
+// The calling block's instance of the static shared variable declared at `tag` (GPTOSS_SHARED):
+// bytes of its arena, uninitialised (poisoned) when the block first declares it.
+void* block_shared(const void* tag, size_t bytes, size_t align);
 void syncthreads();
+// __threadfence: the calling block's stores so far become visible to every block.
+void threadfence();
+// Where an atomic on global memory reads and writes (AtomicSite), then atomic_done: the atomic is
+// visible at once; the block may be held there while others run.
+struct AtomicSite {
+  char* visible;  // the value every block sees
+  char* base;     // the block's base copy of the page (so the merge does not repeat it), or null
+  char* view;     // the block's own view of it, or null (then `visible` is its view)
+};
+bool is_block_shared(const void* p);  // in the calling block's shared memory (static or dynamic)
+AtomicSite atomic_site(void* p, size_t bytes);
+void atomic_done();
 // Every live lane of the calling warp deposits `bits`; returns the bits of lane `src` (its own
 // when src is out of the warp).
 uint64_t warp_exchange(uint64_t bits, int src_lane);
@@ -322,6 +367,14 @@ inline void cudaGridDependencySynchronize() { gptoss_emu::grid_dependency_wait()
   ::gptoss_emu::make_launcher(dim3(grid), dim3(block), size_t(smem), (stream), __VA_ARGS__)
 // extern __shared__ T name[];
 #define GPTOSS_DYNAMIC_SMEM(T, name) T* name = static_cast<T*>(::gptoss_emu::dynamic_smem())
+// __shared__ [__align__(A)] T name dims;  (dims: [n][m]... or nothing): the block's own instance.
+#define GPTOSS_SHARED_A(A, T, name, dims)                                                                 \
+  static char name##_gptoss_emu_tag;                                                                     \
+  using name##_gptoss_emu_type = T dims;                                                                 \
+  name##_gptoss_emu_type& name = *static_cast<name##_gptoss_emu_type*>(::gptoss_emu::block_shared(        \
+      &name##_gptoss_emu_tag, sizeof(name##_gptoss_emu_type),                                           \
+      alignof(name##_gptoss_emu_type) > size_t(A) ? alignof(name##_gptoss_emu_type) : size_t(A)))
+#define GPTOSS_SHARED(T, name, dims) GPTOSS_SHARED_A(1, T, name, dims)
 
 #define threadIdx (::gptoss_emu::thread_idx())
 #define blockIdx (::gptoss_emu::block_idx())
@@ -330,7 +383,7 @@ inline void cudaGridDependencySynchronize() { gptoss_emu::grid_dependency_wait()
 extern dim3 blockDim, gridDim;
 
 inline void __syncthreads() { gptoss_emu::syncthreads(); }
-inline void __threadfence() {}  // blocks run one after the other: their writes are already in order
+inline void __threadfence() { gptoss_emu::threadfence(); }
 template <typename T>
 inline T __shfl_xor_sync(unsigned, T v, int mask, int = 32) {
   return gptoss_emu::shfl_bits(v, gptoss_emu::lane_id() ^ mask);
@@ -374,18 +427,34 @@ inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
   for (int j = 0; j < 4; ++j) r |= unsigned((v >> (8 * ((s >> (4 * j)) & 7u))) & 0xffu) << (8 * j);
   return r;
 }
-// Fibers switch only at barriers, so a read-modify-write is atomic.
+// Fibers switch only at barriers (and after an atomic on global memory), so a read-modify-write
+// is atomic. On global memory it acts on what every block sees (AtomicSite).
+namespace gptoss_emu {
+template <typename T, typename F>
+inline T atomic_rmw(T* p, F f) {
+  if (is_block_shared(p)) {
+    const T old = *p;
+    *p = f(old);
+    return old;
+  }
+  const AtomicSite s = atomic_site(p, sizeof(T));
+  T old;
+  memcpy(&old, s.visible, sizeof(T));
+  const T nv = f(old);
+  memcpy(s.visible, &nv, sizeof(T));
+  if (s.base) memcpy(s.base, &nv, sizeof(T));
+  if (s.view) memcpy(s.view, &nv, sizeof(T));
+  atomic_done();
+  return old;
+}
+}  // namespace gptoss_emu
 template <typename T>
 inline T atomicAdd(T* p, T v) {
-  const T old = *p;
-  *p = old + v;
-  return old;
+  return gptoss_emu::atomic_rmw(p, [v](T old) { return T(old + v); });
 }
 template <typename T>
 inline T atomicMax(T* p, T v) {
-  const T old = *p;
-  if (v > old) *p = v;
-  return old;
+  return gptoss_emu::atomic_rmw(p, [v](T old) { return v > old ? v : old; });
 }
 template <typename A, typename B>
 inline std::common_type_t<A, B> min(A a, B b) {
