@@ -192,6 +192,34 @@ void register_kernels(py::module_& k) {
       },
       py::arg("x"), py::arg("blocks"), py::arg("scales"), py::arg("bias") = py::none(), py::arg("tensor_cores") = false,
       py::arg("tiles") = 0, py::arg("split") = true);
+  k.def("subnormal_probe", [] {
+    float v[2];
+    test::subnormal_probe(v);
+    return py::make_tuple(v[0], v[1]);
+  }, "(A, B): what 16 products of the fp16 subnormal 2^-15 and 1 sum to on a tensor core with the subnormals in "
+     "operand A / B: 2^-11 where they are taken as they are, 0 where flushed");
+  k.def("kernel_attributes", [] {
+    py::list out;
+    for (const auto& a : test::kernel_attributes()) {
+      py::dict d;
+      d["name"] = a.name;
+      d["launch_threads"] = a.launch_threads;
+      d["max_threads"] = a.max_threads;
+      d["regs"] = a.regs;
+      d["local_bytes"] = a.local_bytes;
+      d["static_shared_bytes"] = a.static_shared_bytes;
+      d["const_bytes"] = a.const_bytes;
+      d["max_dynamic_shared_bytes"] = a.max_dynamic_shared_bytes;
+      out.append(d);
+    }
+    return out;
+  }, "every kernel's cudaFuncGetAttributes (registers, local memory, ...) and the block size it is launched with");
+  k.def("shared_memory_optin", &test::shared_memory_optin, py::arg("dynamic_bytes"),
+        "a kernel with 1 KiB of static shared memory and dynamic_bytes more, its limit set as the GEMMs set theirs; "
+        "returns the sum of both (256 * 2 + dynamic_bytes / 4)");
+  k.def("merge_pattern", &test::merge_pattern, py::arg("variant"), py::arg("blocks"),
+        "the last-block-merges pattern: 0 right (last_block_arrives), 1 no barrier before the fence, 2 no fence; "
+        "returns the last block's sum of every block's stores");
   k.def("argmax", [](arr<float> logits, bool split) {
     need(logits.ndim() == 2, "argmax: logits [R, V]");
     py::array_t<int32_t> out(logits.shape(0));
@@ -288,7 +316,10 @@ void register_kernels(py::module_& k) {
 
 #ifdef GPTOSS_CUDA_EMU
 namespace gptoss_emu {
-uint64_t prefetch_count();  // cuda/emu/emu.cc
+uint64_t prefetch_count();  // cuda/emu/emu_blocks.cc
+uint64_t held_count();
+uint64_t private_page_count();  // cuda/emu/emu_memory.cc
+std::string set_mma_mode(const std::string& mode);  // cuda/emu/emu.cc
 }
 #endif
 
@@ -296,6 +327,14 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
   using cuda::CudaEngine;
 #ifdef GPTOSS_CUDA_EMU
   m.def("emu_prefetch_count", &gptoss_emu::prefetch_count, "L2 prefetch ranges the emulator has checked so far");
+  m.def("emu_held_count", &gptoss_emu::held_count,
+        "times a block was held at an atomic on global memory while other blocks ran (interleaving)");
+  m.def("emu_private_page_count", &gptoss_emu::private_page_count,
+        "pages that blocks stored to before a fence made them visible (the store-visibility model)");
+  m.def("emu_set_mma_mode", &gptoss_emu::set_mma_mode, py::arg("mode"),
+        "MMA arithmetic: 'exact' (default) or 'hardware' (aligned to the largest exponent and truncated per "
+        "instruction, as tensor cores), optionally '+flush_a' / '+flush_b' (fp16 subnormal inputs of that operand "
+        "read as zero); returns the previous mode");
 #endif
   m.def("cuda_device_count", &cuda::device_count, "Number of visible CUDA devices (0 without a driver or GPU)");
   m.def("cuda_device_description", &cuda::device_description, py::arg("device") = 0);
@@ -385,6 +424,11 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
         d["cached"] = v[2];
         return d;
       })
+      .def("arrival_counters", [](CudaEngine& e) {
+        py::gil_scoped_release nogil;
+        return e.arrival_counters();
+      }, "(counters, non-zero counters) of the last-block-merges kernels once the stream drains (all zero "
+         "between steps)")
       .def("synchronize", [](CudaEngine& e) {
         py::gil_scoped_release nogil;
         e.synchronize();

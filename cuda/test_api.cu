@@ -345,4 +345,89 @@ void logprobs(const float* logits, int R, int64_t V, int vocab_limit, const int3
   dv.to_host(top_lp, top);
 }
 
+void subnormal_probe(float out[2]) {
+  require_device();
+  cuda::subnormal_probe(out);
+}
+
+std::vector<KernelAttributes> kernel_attributes() {
+  require_device();
+  std::vector<KernelAttributes> v;
+  for (const KernelEntry& k : all_kernels()) {
+    cudaFuncAttributes a;
+    CUDA_CHECK(cudaFuncGetAttributes(&a, k.fn));
+    v.push_back(KernelAttributes{k.name, k.threads, a.maxThreadsPerBlock, a.numRegs, int64_t(a.localSizeBytes),
+                                 int64_t(a.sharedSizeBytes), int64_t(a.constSizeBytes), a.maxDynamicSharedSizeBytes});
+  }
+  return v;
+}
+
+namespace {
+constexpr int kOptinThreads = 256, kOptinStatic = 256;  // 256 floats: 1 KiB of static shared memory
+
+__global__ void smem_optin_kernel(int n_dyn, float* out) {
+  __shared__ float st[kOptinStatic];
+  extern __shared__ __align__(16) float dyn_smem[];
+  for (int i = threadIdx.x; i < kOptinStatic; i += kOptinThreads) st[i] = 2.f;
+  for (int i = threadIdx.x; i < n_dyn; i += kOptinThreads) dyn_smem[i] = 1.f;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  float s = 0.f;
+  for (int i = 0; i < kOptinStatic; ++i) s += st[i];
+  for (int i = 0; i < n_dyn; ++i) s += dyn_smem[i];
+  out[0] = s;
+}
+
+constexpr int kMergeThreads = 256;
+
+__global__ void merge_pattern_kernel(int variant, float* part, int32_t* counter, double* out) {
+  const int b = blockIdx.x, t = threadIdx.x, nb = int(gridDim.x);
+  part[b * kMergeThreads + t] = float(b * kMergeThreads + t);
+  bool last;
+  if (variant == 0) {
+    last = last_block_arrives(counter, nb);
+  } else {  // the two ways it goes wrong
+    __shared__ bool l;
+    if (variant == 2) __syncthreads();
+    if (t == 0) {
+      if (variant == 1) __threadfence();
+      l = atomicAdd(counter, 1) == nb - 1;
+    }
+    __syncthreads();
+    last = l;
+    if (last) __threadfence();
+  }
+  if (!last || t != 0) return;
+  const volatile float* p = part;
+  double s = 0.0;
+  for (int i = 0; i < nb * kMergeThreads; ++i) s += p[i];
+  out[0] = s;
+  *counter = 0;
+}
+}  // namespace
+
+float shared_memory_optin(int dynamic_bytes) {
+  require_device();
+  GPTOSS_CHECK_ARG(dynamic_bytes >= 0 && dynamic_bytes % 4 == 0, "shared_memory_optin: bytes, a multiple of 4");
+  allow_dynamic_smem(smem_optin_kernel, size_t(dynamic_bytes));
+  Buf out(4);
+  launch_kernel(smem_optin_kernel, 1, kOptinThreads, size_t(dynamic_bytes), 0, dynamic_bytes / 4, out.as<float>());
+  float v = 0.f;
+  out.to_host(&v, 4);
+  return v;
+}
+
+double merge_pattern(int variant, int blocks) {
+  GPTOSS_CHECK_ARG(variant >= 0 && variant <= 2 && blocks > 0 && blocks <= 4096, "merge_pattern: variant 0-2, 1-4096 blocks");
+  Buf part(size_t(blocks) * kMergeThreads * 4), counter(4), out(8);
+  CUDA_CHECK(cudaMemset(part.p, 0, part.bytes));
+  CUDA_CHECK(cudaMemset(counter.p, 0, 4));
+  CUDA_CHECK(cudaMemset(out.p, 0, 8));
+  launch_kernel(merge_pattern_kernel, blocks, kMergeThreads, 0, 0, variant, part.as<float>(), counter.as<int32_t>(),
+                out.as<double>());
+  double v = 0.0;
+  out.to_host(&v, 8);
+  return v;
+}
+
 }  // namespace gptoss::cuda::test

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace gptoss::cuda::test {
 
@@ -46,5 +48,26 @@ void sample(const float* logits, int R, int64_t V, const float* temperature, con
 // cuda::logprobs_rows on logits [R, V], token [R]: chosen_lp [R], top_ids and top_lp [R, n].
 void logprobs(const float* logits, int R, int64_t V, int vocab_limit, const int32_t* token, int n, float* chosen_lp,
               int32_t* top_ids, float* top_lp);
+
+// cuda::subnormal_probe: what 16 products of 2^-15 and 1 sum to on a tensor core with the fp16
+// subnormals in the A operand (out[0]) and in B (out[1]); 2^-11 where they are taken.
+void subnormal_probe(float out[2]);
+// Every kernel's attributes (cudaFuncGetAttributes) and the block size it is launched with.
+struct KernelAttributes {
+  std::string name;
+  int launch_threads, max_threads, regs;
+  int64_t local_bytes, static_shared_bytes, const_bytes;
+  int max_dynamic_shared_bytes;
+};
+std::vector<KernelAttributes> kernel_attributes();
+// A kernel with 1 KiB of static shared memory and `dynamic_bytes` of dynamic shared memory, its
+// limit set by allow_dynamic_smem (as the GEMMs' and attention's): every thread writes its share
+// of both, and thread 0 returns their sum (the dynamic part holds 1, the static part 2 a float).
+float shared_memory_optin(int dynamic_bytes);
+// The "last block merges" pattern (blocks of 256 threads each store 256 floats, the last block
+// to count itself in sums them all), as last_block_arrives does it (variant 0) and as it goes
+// wrong: 1 = thread 0 fences and counts in with no barrier after the other threads' stores, 2 = a
+// barrier but no fence. Returns the last block's sum (right: blocks * 256 * (blocks * 256 - 1) / 2).
+double merge_pattern(int variant, int blocks);
 
 }  // namespace gptoss::cuda::test
