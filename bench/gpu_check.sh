@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a bare CUDA box (python3, pip, nvcc): builds the extension for the local
-# GPU only, runs the CUDA tests, benchmarks full-size synthetic gpt-oss-20b and -120b generated
-# on the device, prints a compact table last. Everything is logged under $OUT (default
+# GPU only, answers the riskiest questions first (bench/gpu_checks.py: PASS/FAIL lines), runs the
+# CUDA tests, benchmarks full-size synthetic gpt-oss-20b and -120b generated on the device, and
+# prints a compact table last, the checks at its top. Everything is logged under $OUT (default
 # ./gpu_out). Each step has its own timeout, cut to what is left of the 8-minute budget
 # (GPU_CHECK_BUDGET seconds), so one hang does not eat the rest.
 #
@@ -86,7 +87,14 @@ print("smoke forward rel err", float(np.abs(a - b).max() / np.abs(b).max()),
 PY
 log "$(tail -3 "$OUT/smoke.txt")"
 
-# 4. CUDA tests
+# 4. the riskiest questions first (subnormals, arrival counters, sampling paths, launch modes,
+# GEMV/GEMM error, kernel attributes): one PASS/FAIL line each, at the top of the final table
+log "gpu_checks"
+timeout $(budget 90 170) python3 -u bench/gpu_checks.py --out "$OUT" > "$OUT/checks.log" 2>&1
+log "gpu_checks rc=$?: $(tail -1 "$OUT/checks.log")"
+grep -E "^(PASS|FAIL) " "$OUT/checks.log" | tee -a "$SUM"
+
+# 5. CUDA tests
 log "pytest -m cuda tests/test_cuda.py"
 timeout $(budget 200 180) python3 -m pytest -m cuda tests/test_cuda.py -q -rfE -p no:cacheprovider --maxfail=60 --durations=15 \
   > "$OUT/pytest.log" 2>&1
@@ -94,7 +102,7 @@ RC=$?
 log "pytest rc=$RC: $(tail -1 "$OUT/pytest.log")"
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30 | tee -a "$SUM"
 
-# 5. benchmarks (each bounded)
+# 6. benchmarks (each bounded)
 for M in gpt-oss-20b gpt-oss-120b; do
   log "bench $M"
   if [ $M = gpt-oss-20b ]; then T=$(budget 110 95); else T=$(budget 150 5); fi
@@ -103,6 +111,6 @@ for M in gpt-oss-20b gpt-oss-120b; do
   tail -3 "$OUT/bench_$M.log" | cut -c1-400
 done
 
-# 6. compact table
+# 7. compact table
 python3 bench/gpu_table.py "$OUT" | tee -a "$SUM"
 log "done (pytest rc=$RC)"

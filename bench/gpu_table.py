@@ -1,6 +1,7 @@
-"""The tables that bench/gpu_check.sh prints last: one row per figure in the bench_<model>.jsonl
-files that bench/bench_cuda.py wrote into DIR, the details first and the compact summary
-(bandwidth, matmul peak, prefill, decode, memory, errors) last.
+"""The tables that bench/gpu_check.sh prints last: the PASS/FAIL lines of bench/gpu_checks.py
+(DIR/checks.jsonl) at the top, then one row per figure in the bench_<model>.jsonl files that
+bench/bench_cuda.py wrote into DIR, the details first and the compact summary (bandwidth,
+matmul peak, prefill, decode, memory, errors) last.
 
     python bench/gpu_table.py DIR
 """
@@ -70,9 +71,26 @@ def rows_of(r: dict) -> list[tuple[str, str, str]]:
 HEADLINE = ("copy_bandwidth", "matmul_peak", "load", "prefill", "decode", "memory", "error")
 
 
+def checks(out: str) -> list[str]:
+    """One line per check of gpu_checks.py; a line saying they did not run when there are none."""
+    lines = []
+    try:
+        with open(os.path.join(out, "checks.jsonl")) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if r.get("what") == "check":
+                    lines.append(f"{'PASS' if r.get('ok') else 'FAIL'} {r.get('name')}: {r.get('figure')}")
+    except OSError:
+        pass
+    return lines or ["FAIL checks: bench/gpu_checks.py wrote no result"]
+
+
 def table(out: str) -> str:
-    """The details (variants, tile shapes, per-kernel profiles) first, then the compact table of
-    the headline figures last."""
+    """The checks first, the details (variants, tile shapes, per-kernel profiles) next, then the
+    compact table of the headline figures last."""
     head = f"{'model':<14}{'figure':<26}{'value':<16}note"
     detail, main = [head], [head]
     for path in sorted(glob.glob(os.path.join(out, "bench_*.jsonl"))):
@@ -84,7 +102,7 @@ def table(out: str) -> str:
                 continue
             for fig, val, note in rows_of(r):
                 (main if r.get("what") in HEADLINE else detail).append(f"{model:<14}{fig:<26}{val:<16}{note}")
-    return "\n".join(["-- details --"] + detail + ["", "-- summary --"] + main)
+    return "\n".join(["-- checks --"] + checks(out) + ["", "-- details --"] + detail + ["", "-- summary --"] + main)
 
 
 if __name__ == "__main__":

@@ -1084,6 +1084,38 @@ def test_gpu_benchmark_script_dry_run(tmp_path):
                    "TFLOP/s", "decode b17 tiles 32x128", "decode b17 experts GEMV", "pdl=on", "pdl=on +prefetch", "qkv+rope unfused", "one-part act", "b1 experts mlp1", "b17 qkv", "p40 experts mlp1", "decode b1 ctx72", "graphs=on", "graphs=off", "top-p sampled", "decode b2 ctx40",
                    "device memory used", "copy bandwidth"):
         assert figure in t.stdout, (figure, t.stdout)
+    assert "FAIL checks: bench/gpu_checks.py wrote no result" in t.stdout  # not run yet
+
+
+def test_gpu_checks_rehearsal(tmp_path):
+    """bench/gpu_checks.py (the first minute of bench/gpu_check.sh) passes every check on the
+    emulator at small sizes, and its lines head the final table; on a machine without a GPU each
+    check fails cleanly with its reason."""
+    if not _emu_available():
+        pytest.skip("built without the CUDA emulator")
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "bench", "gpu_checks.py")
+    r = subprocess.run([sys.executable, script, "--device", "cuda-emu", "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=900, env=_child_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    t = subprocess.run([sys.executable, os.path.join(root, "bench", "gpu_table.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    lines = t.stdout.splitlines()
+    assert lines[0] == "-- checks --"
+    names = ["subnormal probes", "arrival counters", "sampling compaction", "launch modes",
+             "error: dense GEMV (1 row)", "error: dense tensor-core GEMV (8 rows)", "error: dense tensor-core GEMM (64 rows)",
+             "error: experts GEMV (8 rows)", "error: experts GEMM (64 rows)", "kernel attributes"]
+    assert len(lines) > len(names) and all(ln.startswith(f"PASS {n}: ") for ln, n in zip(lines[1:], names)), t.stdout
+    if core is not None and getattr(core, "cuda_device_count", lambda: 0)() == 0:
+        gpu = tmp_path / "gpu"
+        r = subprocess.run([sys.executable, script, "--device", "cuda", "--out", str(gpu)],
+                           capture_output=True, text=True, timeout=120, env=_child_env())
+        assert r.returncode == 1, r.stdout + r.stderr
+        fails = [ln for ln in r.stdout.splitlines() if ln.startswith("FAIL ")]
+        assert len(fails) == len(names) and all("error:" in ln for ln in fails), r.stdout
 
 
 @cuda_test
