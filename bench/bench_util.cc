@@ -32,6 +32,18 @@ CacheSlot& cache_slot() {
   return s;
 }
 
+std::string take_flag(int* argc, char** argv, const std::string& name, const std::string& def) {
+  const std::string prefix = "--" + name + "=";
+  std::string v = def;
+  int w = 1;
+  for (int i = 1; i < *argc; ++i) {
+    if (std::strncmp(argv[i], prefix.c_str(), prefix.size()) == 0) v = argv[i] + prefix.size();
+    else argv[w++] = argv[i];
+  }
+  *argc = w;
+  return v;
+}
+
 const MachineLimits& limits() { return g_limits; }
 
 void measure_limits(const Options& opt) {

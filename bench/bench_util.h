@@ -22,14 +22,17 @@ struct Options {
 };
 // Removes the flags it knows from argv (argc updated) and returns them.
 Options parse_options(int* argc, char** argv);
+// Removes every "--<name>=VALUE" from argv and returns the last VALUE (`def` if none).
+std::string take_flag(int* argc, char** argv, const std::string& name, const std::string& def);
 
 // Registers a benchmark timed in wall-clock time (the kernels run on all OpenMP threads), in
 // microseconds; one iteration in smoke mode.
 template <class... A>
-void add(const Options& opt, const std::string& name, A&&... a) {
+benchmark::internal::Benchmark* add(const Options& opt, const std::string& name, A&&... a) {
   auto* b = benchmark::RegisterBenchmark(name.c_str(), std::forward<A>(a)...);
   b->UseRealTime()->Unit(benchmark::kMicrosecond);
   if (opt.smoke) b->Iterations(1);
+  return b;
 }
 
 // Read bandwidth (GB/s) and fp32 FMA peak (GFLOP/s) of this machine, measured once at start-up
