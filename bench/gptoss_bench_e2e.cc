@@ -12,8 +12,8 @@
 // Before timing, the engine's logits are checked for consistency: the last row of an
 // all-logits prefill of 8 tokens must match 7 tokens of prefill followed by one decode step
 // (different kernel paths: GEMM vs GEMV, prefill vs decode attention). --gptoss_logits_out
-// writes that prefill's logits (float32, row-major [8, vocab]) for an outside comparison
-// (tests/test_cpp_bench.py compares them with gptoss.Model).
+// writes that prefill's 8 token ids (int32) and then its logits (float32, row-major [8, vocab])
+// for an outside comparison (tests/test_cpp_bench.py compares them with gptoss.Model).
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -85,8 +85,10 @@ std::string check_engine(Engine& e, const std::string& logits_out) {
   e.free_sequence(b);
   if (!logits_out.empty()) {
     FILE* f = std::fopen(logits_out.c_str(), "wb");
-    if (!f || std::fwrite(all.data(), sizeof(float), all.size(), f) != all.size()) return "cannot write " + logits_out;
-    std::fclose(f);
+    const bool ok = f && std::fwrite(t.data(), sizeof(int32_t), t.size(), f) == t.size() &&
+                    std::fwrite(all.data(), sizeof(float), all.size(), f) == all.size();
+    if (f) std::fclose(f);
+    if (!ok) return "cannot write " + logits_out;
   }
   double ss = 0, worst = 0;
   const float* ref = all.data() + (n - 1) * V;

@@ -128,8 +128,8 @@ void BM_attention(benchmark::State& s, const Options& opt, int64_t ctx, int64_t 
 }  // namespace
 
 void register_attention(const Options& opt) {
-  const std::vector<int64_t> ctxs = opt.smoke ? std::vector<int64_t>{64} : std::vector<int64_t>{1024, 8192, 32768};
-  const std::vector<int64_t> prefills = opt.smoke ? std::vector<int64_t>{16} : std::vector<int64_t>{512, 2048};
+  const std::vector<int64_t> ctxs = opt.smoke ? std::vector<int64_t>{kWindow + 32} : std::vector<int64_t>{1024, 8192, 32768};
+  const std::vector<int64_t> prefills = opt.smoke ? std::vector<int64_t>{kWindow + 32} : std::vector<int64_t>{512, 2048};
   for (int64_t window : {int64_t(0), kWindow}) {
     const std::string kind = window > 0 ? "window" : "full";
     for (int64_t ctx : ctxs)
