@@ -33,6 +33,9 @@ def _unavailable(why: str) -> None:
 def bench_dir() -> Path:
     if shutil.which("cmake") is None:
         _unavailable("cmake is not installed")
+    version = subprocess.run(["cmake", "--version"], capture_output=True, text=True).stdout.split()[2]
+    if tuple(int(x) for x in version.split(".")[:2]) < (3, 26):
+        _unavailable(f"cmake {version} is older than the 3.26 CMakeLists.txt needs (pip install cmake)")
     conf = subprocess.run(["cmake", "--preset", "bench"], cwd=ROOT, capture_output=True, text=True)
     if conf.returncode != 0:
         if "Google Benchmark" in conf.stderr:
