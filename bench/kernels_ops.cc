@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "bench_util.h"
+#include "checkpoint_dir.h"
 #include "cpu/ops.h"
 
 namespace gptoss::bench {
@@ -34,28 +35,12 @@ void BM_rmsnorm(benchmark::State& s, int64_t T) {
   count_bytes(s, 4.0 * (2 * T * H + H));
 }
 
-// YaRN frequencies of gpt-oss (theta 150000, factor 32, beta 32 / 1, original context 4096).
-std::vector<float> yarn_inv_freq(float* conc) {
-  const int64_t d = kHeadDim;
-  const double base = 150000.0, factor = 32.0, orig = 4096.0;
-  auto corr = [&](double rot) { return d * std::log(orig / (rot * 2 * M_PI)) / (2 * std::log(base)); };
-  const double low = std::max(corr(32.0), 0.0), high = std::min(corr(1.0), double(d - 1));
-  std::vector<float> f(size_t(d / 2));
-  for (int64_t i = 0; i < d / 2; ++i) {
-    const float freq = std::pow(float(base), float(2 * i) / float(d));
-    const double ramp = std::clamp((double(i) - low) / (high - low), 0.0, 1.0);
-    f[size_t(i)] = float(1.0 / (factor * freq) * ramp + 1.0 / freq * (1 - ramp));
-  }
-  *conc = float(0.1 * std::log(factor) + 1.0);
-  return f;
-}
-
 // Table for T positions (a decode step at position 4000, or a prefill from 0), then the rotation
 // of the q and k rows.
 void BM_rope(benchmark::State& s, int64_t T) {
   const int64_t half = kHeadDim / 2;
-  float conc;
-  const std::vector<float> inv = yarn_inv_freq(&conc);
+  float conc;  // gpt-oss's YaRN: theta 150000, factor 32, beta 32 / 1, original context 4096
+  const std::vector<float> inv = yarn_inv_freq(kHeadDim, 150000.0f, 32.0f, 32.0f, 1.0f, 4096, false, &conc);
   std::vector<int64_t> pos(static_cast<size_t>(T));
   std::iota(pos.begin(), pos.end(), T == 1 ? 4000 : 0);
   std::vector<float> q0(size_t(T * kQDim)), k0(size_t(T * kKvDim)), cs(size_t(T * kHeadDim));
