@@ -1,5 +1,5 @@
 """Structured outputs: mask cost per token on the o200k_harmony vocabulary, and constrained vs
-unconstrained decode at batch 1.
+unconstrained decode at batch 1 and (through the engine) batch 16.
 
     python bench/bench_structured.py [--vocab-file o200k_base.tiktoken] [--preset tiny]
                                      [--checkpoint DIR] [--decode 64] [--repeat 3]
@@ -169,6 +169,52 @@ def decode_rates(model, tok, n: int, repeat: int) -> list[tuple[str, float, floa
     return out
 
 
+def batch_rates(model, tok, batch: int, n: int) -> list[tuple[str, float, float, float]]:
+    """(scenario, aggregate tokens/s, mask ms per constrained token p50, p99) for `batch`
+    requests started together through the engine (continuous batching), all constrained to a
+    JSON schema or none; the masks are timed where the runner computes them."""
+    from gptoss import harmony, runner
+    from gptoss.request import Request
+    from gptoss.sampling import SamplingParams
+
+    msgs = build_messages([{"role": "user", "content": "Make a record for Ada Lovelace."}])
+    free_string = {"type": "object", "properties": {"bio": {"type": "string"}}, "required": ["bio"]}
+    kw = dict(thinking_token_budget=0, response_format={
+        "type": "json_schema", "json_schema": {"name": "bio", "schema": free_string}})
+    full, _ = prepare_reply(msgs, tok, **kw)
+    prompt = harmony.render(full, for_completion=True, tokenizer=tok)
+    per_token: list[float] = []
+    inner = runner._masks
+
+    def timed_masks(items):
+        t0 = time.perf_counter()
+        out = inner(items)
+        per_token.append((time.perf_counter() - t0) / max(1, len(items)))
+        return out
+
+    out = []
+    runner._masks = timed_masks
+    try:
+        for name, constrained in (("unconstrained", False), ("JSON schema (budget 0)", True)):
+            per_token.clear()
+            reqs = [Request(prompt, SamplingParams(temperature=1.0, seed=i, max_tokens=n, stop_token_ids=()),
+                            tokenizer=tok, constraint=prepare_reply(msgs, tok, **kw)[1] if constrained else None)
+                    for i in range(batch)]
+            t0 = time.perf_counter()
+            streams = model.engine.submit_many(reqs)
+            toks = 0
+            for st in streams:
+                for o in st:
+                    toks += len(o.tokens)
+            dt = time.perf_counter() - t0
+            p50 = pct(per_token, 50) / 1e3 if per_token else 0.0
+            p99 = pct(per_token, 99) / 1e3 if per_token else 0.0
+            out.append((name, toks / dt, p50, p99))
+    finally:
+        runner._masks = inner
+    return out
+
+
 def overlap(model, tok, n: int) -> dict[str, float]:
     """Median ms of a CPU decode step, a JSON mask, both in sequence (what a CPU engine does),
     the mask on a worker during the step, and the mask on a worker during a simulated 1 ms
@@ -270,6 +316,8 @@ def main() -> int:
     ap.add_argument("--decode", type=int, default=64, help="tokens per decode run")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--batch", type=lambda v: [int(x) for x in v.split(",") if x], default=[16],
+                    help="batch sizes of the engine runs, comma-separated (default 16)")
     args = ap.parse_args()
 
     tok = tokenizer(args.vocab_file)
@@ -309,6 +357,14 @@ def main() -> int:
     base = rates[0][1]
     for name, ms, _ in rates:
         print(f"| {name} | {ms:.2f} | {1e3 / ms:.1f} | {100 * (ms / base - 1):+.1f}% |")
+    for b in args.batch:
+        print(f"\ndecode at batch {b} (requests started together, {args.decode} tokens each, prefill included)")
+        print("| run | tokens/s | vs unconstrained | mask ms per constrained token p50 / p99 |")
+        print("|---|---|---|---|")
+        rows = batch_rates(model, tok, b, args.decode)
+        for name, rate, p50, p99 in rows:
+            print(f"| {name} | {rate:.1f} | {100 * (rows[0][1] / rate - 1):+.1f}% | "
+                  + (f"{p50:.3f} / {p99:.3f} |" if p50 else "- |"))
     print("\noverlap (median ms):")
     for k, v in overlap(model, tok, 40).items():
         print(f"  {k}: {v:.3f}")
