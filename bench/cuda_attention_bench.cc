@@ -172,7 +172,7 @@ void bm_attn(benchmark::State& s, const Options& opt, AttnCase c, const std::str
 
 void register_attention(const Options& opt) {
   const std::vector<int64_t> decode_ctx = opt.smoke ? std::vector<int64_t>{150} : std::vector<int64_t>{1024, 8192, 32768};
-  const std::vector<int64_t> prefill = opt.smoke ? std::vector<int64_t>{40} : std::vector<int64_t>{512, 2048};
+  const std::vector<int64_t> prefill = opt.smoke ? std::vector<int64_t>{136} : std::vector<int64_t>{512, 2048};
   for (bool bf16 : {false, true})
     for (int window : {0, int(kWindow)})
       for (int64_t L : decode_ctx) {
