@@ -38,7 +38,7 @@ def pct(xs: list, q: float) -> float:
 async def one(client: httpx.AsyncClient, args, rng: random.Random, out: dict) -> None:
     prompt = " ".join(rng.choice(WORDS) for _ in range(args.prompt_tokens))
     body = {"model": args.model, "max_tokens": args.max_tokens, "temperature": 1.0, "stream": True,
-            "seed": rng.randrange(1 << 30)}
+            "stream_options": {"include_usage": True}, "seed": rng.randrange(1 << 30)}
     if args.endpoint == "chat":
         body["messages"] = [{"role": "user", "content": prompt}]
         path = "/v1/chat/completions"
@@ -48,7 +48,7 @@ async def one(client: httpx.AsyncClient, args, rng: random.Random, out: dict) ->
     if args.ignore_eos:
         body["ignore_eos"] = True  # llama-server: generate exactly max_tokens
     t0 = time.perf_counter()
-    last, n = None, 0
+    last, n, usage = None, 0, None
     async with client.stream("POST", args.base_url + path, json=body, headers=args.headers) as r:
         if r.status_code != 200:
             out["errors"].append(r.status_code)
@@ -58,6 +58,7 @@ async def one(client: httpx.AsyncClient, args, rng: random.Random, out: dict) ->
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             ch = json.loads(line[6:])
+            usage = ch.get("usage") or usage
             choices = ch.get("choices") or []
             if not choices:
                 continue
@@ -73,12 +74,16 @@ async def one(client: httpx.AsyncClient, args, rng: random.Random, out: dict) ->
                 out["itl"].append(now - last)
             last = now
             n += 1
+    # A chunk may carry several tokens: count tokens from the usage the server reports.
     out["chunks"] += n
+    out["tokens"] += usage["completion_tokens"] if usage and usage.get("completion_tokens") else n
+    if usage and usage.get("prompt_tokens"):
+        out["prompt_tokens"].append(usage["prompt_tokens"])
     out["done"] += 1
 
 
 async def run_level(args, conc: int) -> dict:
-    out = {"ttft": [], "itl": [], "chunks": 0, "done": 0, "errors": []}
+    out = {"ttft": [], "itl": [], "chunks": 0, "tokens": 0, "prompt_tokens": [], "done": 0, "errors": []}
     rng = random.Random(conc)
     limits = httpx.Limits(max_connections=conc + 8, max_keepalive_connections=conc + 8)
     async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as client:
@@ -90,7 +95,9 @@ async def run_level(args, conc: int) -> dict:
         await asyncio.gather(*(stream() for _ in range(conc)))
         wall = time.perf_counter() - t0
     return dict(concurrency=conc, requests=out["done"], errors=out["errors"], wall_s=wall,
-                output_tok_s=out["chunks"] / wall, ttft_p50=pct(out["ttft"], 50), ttft_p99=pct(out["ttft"], 99),
+                output_tokens=out["tokens"], mean_prompt_tokens=statistics.fmean(out["prompt_tokens"] or [0]),
+                tokens_per_chunk=out["tokens"] / max(out["chunks"], 1),
+                output_tok_s=out["tokens"] / wall, ttft_p50=pct(out["ttft"], 50), ttft_p99=pct(out["ttft"], 99),
                 itl_p50=pct(out["itl"], 50), itl_p99=pct(out["itl"], 99))
 
 
@@ -116,7 +123,9 @@ def main() -> int:
         results.append(r)
         print(f"concurrency {conc:3d}: {r['output_tok_s']:8.2f} output tok/s  TTFT p50 {r['ttft_p50']:.3f} s "
               f"p99 {r['ttft_p99']:.3f} s  ITL p50 {r['itl_p50'] * 1e3:.1f} ms p99 {r['itl_p99'] * 1e3:.1f} ms  "
-              f"({r['requests']} requests, {len(r['errors'])} errors, {r['wall_s']:.1f} s)", flush=True)
+              f"({r['requests']} requests of {r['mean_prompt_tokens']:.0f} prompt tokens, {r['output_tokens']} "
+              f"tokens, {r['tokens_per_chunk']:.2f} per chunk, "
+              f"{len(r['errors'])} errors, {r['wall_s']:.1f} s)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
