@@ -361,7 +361,13 @@ class Sandbox:
         Path(etc_dir, "hosts").write_text("127.0.0.1 localhost sandbox\n::1 localhost\n")
         for name in ("passwd", "group", "hosts"):
             a += ["--ro-bind", os.path.join(etc_dir, name), f"/etc/{name}"]
-        # The interpreter's folders, at their own paths; their parents are made traversable
+        a += ["--proc", "/proc", "--dev", "/dev",
+              "--perms", "1777", "--size", str(64 * MIB), "--tmpfs", "/dev/shm",
+              "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
+              "--perms", "0755", "--dir", "/mnt",
+              "--bind", data_dir, Sandbox.MNT_DATA]
+        # The interpreter's folders, at their own paths, mounted after the private /tmp so that
+        # a virtual environment under /tmp stays visible; their parents are made traversable
         # (bwrap would create them mode 0700, unreadable for the sandbox user).
         py = [p for p in _python_paths(python) if not _under(p, bound)]
         py = [p for p in py if not _under(p, [q for q in py if q != p])]
@@ -369,7 +375,7 @@ class Sandbox:
         for p in py:
             parents = []
             q = os.path.dirname(p)
-            while q not in ("/", "") and not _under(q, bound):
+            while q not in ("/", "/tmp", "") and not _under(q, bound):
                 parents.append(q)
                 q = os.path.dirname(q)
             for d in reversed(parents):
@@ -377,11 +383,6 @@ class Sandbox:
                     a += ["--perms", "0755", "--dir", d]
                     made.add(d)
             a += ["--ro-bind", p, p]
-        a += ["--proc", "/proc", "--dev", "/dev",
-              "--perms", "1777", "--size", str(64 * MIB), "--tmpfs", "/dev/shm",
-              "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
-              "--perms", "0755", "--dir", "/mnt",
-              "--bind", data_dir, Sandbox.MNT_DATA]
         for host, inside in extra_rw:
             a += ["--perms", "0755", "--dir", os.path.dirname(inside), "--bind", host, inside]
         a += ["--remount-ro", "/", "--chdir", "/"]
