@@ -48,7 +48,9 @@ void register_engine_bindings(py::module_& m) {
       .def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,
                        const std::string& layout, int64_t block_size, int64_t kv_cache_bytes,
                        int64_t window_retain, int64_t max_chunk_tokens, int threads, bool populate,
-                       bool int8_decode, bool prefix_cache) {
+                       bool int8_decode, bool prefix_cache, const std::string& precision) {
+             if (precision != "fp32" && precision != "bf16")
+               throw InvalidArgument("precision must be 'fp32' or 'bf16', got '" + precision + "'");
              auto src = std::make_unique<TensorSource>();
              {
                py::gil_scoped_release nogil;  // mapping (and populating) large files takes a moment
@@ -67,6 +69,7 @@ void register_engine_bindings(py::module_& m) {
              opt.kv_cache_bytes = kv_cache_bytes;
              opt.threads = threads;
              opt.int8_decode = int8_decode;
+             opt.precision = precision == "bf16" ? cpu::Precision::Bf16 : cpu::Precision::Fp32;
              ModelConfig cfg = config_from_dict(config);
              py::gil_scoped_release nogil;  // quantizing (int8_decode) takes a moment
              return std::make_unique<Engine>(std::move(cfg), std::move(src), layout, opt);
@@ -74,7 +77,8 @@ void register_engine_bindings(py::module_& m) {
            py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
            py::arg("block_size") = 16, py::arg("kv_cache_bytes") = int64_t(4) << 30,
            py::arg("window_retain") = 256, py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0,
-           py::arg("populate") = false, py::arg("int8_decode") = false, py::arg("prefix_cache") = true)
+           py::arg("populate") = false, py::arg("int8_decode") = false, py::arg("prefix_cache") = true,
+           py::arg("precision") = "fp32")
       .def("new_sequence", &Engine::new_sequence)
       .def("fork", &Engine::fork)
       .def("free", &Engine::free_sequence)
@@ -85,6 +89,9 @@ void register_engine_bindings(py::module_& m) {
       .def_property_readonly("num_sequences", &Engine::num_sequences)
       .def("kv_stats", &Engine::kv_stats)
       .def_property_readonly("int8_decode", &Engine::int8_decode)
+      .def_property_readonly("precision",
+                             [](const Engine& e) { return e.precision() == cpu::Precision::Bf16 ? "bf16" : "fp32"; },
+                             "the arithmetic of the larger products: 'bf16' only where the CPU has AVX512_BF16")
       .def(
           "step",
           [](Engine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,
@@ -122,11 +129,16 @@ void register_engine_bindings(py::module_& m) {
     py::gil_scoped_release nogil;
     return cpu::measure_peak_gflops();
   }, "fp32 FMA GFLOP/s on all threads at the SIMD width in use");
+  m.def("measure_peak_gflops_bf16", []() {
+    py::gil_scoped_release nogil;
+    return cpu::measure_peak_gflops_bf16();
+  }, "bf16 dot-product (vdpbf16ps) GFLOP/s on all threads; 0 without AVX512_BF16");
   m.def("build_info", []() {
     py::dict d;
     d["version"] = GPTOSS_VERSION;
     d["compiler"] = GPTOSS_COMPILER;
     d["simd"] = cpu::simd_level();
+    d["cpu_bf16_dot"] = cpu::bf16_dot_available();
 #ifdef GPTOSS_WITH_CUDA
     d["cuda"] = true;
     d["cuda_archs"] = std::string(GPTOSS_CUDA_ARCHS);

@@ -65,7 +65,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
   const bool q8 = !q8_layers_.empty() && T <= opt_.int8_max_tokens;
   auto dense = [&](const float* X, int64_t K_, const uint16_t* W, const cpu::Q8Matrix* Wq, int64_t N, float* Y) {
     if (q8) cpu::matmul_q8(X, T, K_, *Wq, Y, N);
-    else cpu::matmul_bf16(X, T, K_, K_, W, N, K_, nullptr, Y, N);
+    else cpu::matmul_bf16(X, T, K_, K_, W, N, K_, nullptr, Y, N, opt_.precision);
   };
 
   cpu::embedding(tok.data(), T, w_.embed, H, x);
@@ -106,7 +106,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
 
     // ---- MoE block
     cpu::rmsnorm(x, T, H, L.mlp_norm.data(), c.rms_eps, t);
-    cpu::matmul_bf16(t, T, H, H, L.router_w, E, H, nullptr, rl, E);
+    cpu::matmul_bf16(t, T, H, H, L.router_w, E, H, nullptr, rl, E);  // fp32 always (EngineOptions)
     add_bias_rows(rl, T, E, L.router_b.data());
     cpu::router_topk_softmax(rl, T, E, K, ridx, rw);
 
@@ -131,11 +131,11 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
         xin = xg;
       }
       cpu::matmul_mxfp4(xin, m, H, H, L.mlp1_blocks + e * 2 * I * nb1 * 16, L.mlp1_scales + e * 2 * I * nb1,
-                        2 * I, nullptr, h1, 2 * I);
+                        2 * I, nullptr, h1, 2 * I, opt_.precision);
       add_bias_rows(h1, m, 2 * I, L.mlp1_b.data() + e * 2 * I);
       cpu::swiglu(h1, m, I, c.swiglu_alpha, c.swiglu_limit, act);
       cpu::matmul_mxfp4(act, m, I, I, L.mlp2_blocks + e * H * nb2 * 16, L.mlp2_scales + e * H * nb2, H,
-                        nullptr, y, H);
+                        nullptr, y, H, opt_.precision);
       const float* b2 = L.mlp2_b.data() + e * H;
       for (int64_t j = 0; j < m; ++j) {
         const int64_t r = sel[j] / K;
@@ -169,7 +169,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
     for (int64_t j = 0; j < R; ++j) std::memcpy(xg + j * H, x + rows[j] * H, H * sizeof(float));
     cpu::rmsnorm(xg, R, H, w_.final_norm.data(), c.rms_eps, xg);
     if (q8) cpu::matmul_q8(xg, R, H, q8_unembed_, out0, c.vocab);
-    else cpu::matmul_bf16(xg, R, H, H, w_.unembed, c.vocab, H, nullptr, out0, c.vocab);
+    else cpu::matmul_bf16(xg, R, H, H, w_.unembed, c.vocab, H, nullptr, out0, c.vocab, opt_.precision);
   }
 
   // ---- commit the new tokens to their sequences

@@ -20,6 +20,7 @@ Engine::Engine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::st
   GPTOSS_CHECK_ARG(opt_.kv.block_size > 0 && opt_.kv.block_size <= 4096, "block_size must be in [1, 4096]");
   w_ = bind_weights(cfg_, *src_, layout);
   if (opt_.threads > 0) omp_set_num_threads(opt_.threads);
+  if (!cpu::bf16_dot_available()) opt_.precision = cpu::Precision::Fp32;
 
   if (opt_.int8_decode && cpu::q8_available() && cfg_.hidden % 32 == 0 && cfg_.q_dim() % 32 == 0) {
     const int64_t H = cfg_.hidden, Q = cfg_.q_dim(), KV = cfg_.kv_dim();

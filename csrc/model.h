@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cpu/matmul.h"
 #include "cpu/matmul_q8.h"
 #include "kv_cache.h"
 #include "safetensors.h"
@@ -69,6 +70,10 @@ struct EngineOptions {
   // cost. Prefill keeps the exact bf16 weights. Needs AVX-512; ignored otherwise.
   bool int8_decode = false;
   int64_t int8_max_tokens = 8;
+  // The attention, expert and unembedding products of steps of more than a few tokens (prefill,
+  // batched decode): exact fp32, or bf16 dot products (cpu::Precision; Bf16 is kept only where
+  // the CPU has AVX512_BF16). The router always runs in fp32: its top-k choice is discrete.
+  cpu::Precision precision = cpu::Precision::Fp32;
 };
 
 // One entry of a batched step: run `n` tokens of sequence `seq`, return logits for the last
@@ -122,6 +127,7 @@ class Engine {
   // KV cache blocks: [used, allocated, cap] of the full pool, then of the window pool.
   std::vector<int64_t> kv_stats() const { std::lock_guard<std::mutex> g(mu_); return seqs_->stats(); }
   bool int8_decode() const { return !q8_layers_.empty(); }
+  cpu::Precision precision() const { return opt_.precision; }
 
  private:
   void forward_chunk(const std::vector<Chunk>& chunks, float* out);

@@ -161,7 +161,7 @@ def convert_original_to_hf(src: str, dst: str) -> None:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
 
-def _load(hf_dir: str):
+def _load(hf_dir: str, dtype: str = "float32"):
     import torch
     from transformers import GptOssForCausalLM, Mxfp4Config
     from transformers.utils import logging as hf_logging
@@ -180,7 +180,7 @@ def _load(hf_dir: str):
     model, info = GptOssForCausalLM.from_pretrained(
         hf_dir,
         config=config,
-        **{dtype_kw: torch.float32},
+        **{dtype_kw: getattr(torch, dtype)},
         attn_implementation="eager",
         experts_implementation="eager",
         quantization_config=Mxfp4Config(dequantize=True),
@@ -192,23 +192,25 @@ def _load(hf_dir: str):
         raise RuntimeError(f"transformers did not load {hf_dir} cleanly: {bad}")
     model.eval()
     for p in model.parameters():
-        if p.dtype != torch.float32:
-            raise RuntimeError(f"parameter in {p.dtype}, expected float32")
+        if p.dtype != getattr(torch, dtype):
+            raise RuntimeError(f"parameter in {p.dtype}, expected {dtype}")
     if model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr():
         raise RuntimeError("transformers tied lm_head to embed_tokens")
     return model
 
 
-def hf_model(checkpoint_dir: str):
-    """The transformers model for `checkpoint_dir` (HF or original layout), cached."""
-    key = os.path.realpath(checkpoint_dir)
+def hf_model(checkpoint_dir: str, dtype: str = "float32"):
+    """The transformers model for `checkpoint_dir` (HF or original layout) with its parameters and
+    computation in `dtype` ("float32" or "bfloat16"), cached."""
+    path = os.path.realpath(checkpoint_dir)
+    key = path if dtype == "float32" else f"{path}@{dtype}"
     if key not in _MODELS:
-        d = key
+        d = path
         if not _is_hf_dir(d):
             d = tempfile.mkdtemp(prefix="gptoss-hfref-")
             _TMPDIRS.append(d)
-            convert_original_to_hf(key, d)
-        _MODELS[key] = _load(d)
+            convert_original_to_hf(path, d)
+        _MODELS[key] = _load(d, dtype)
     return _MODELS[key]
 
 
@@ -217,14 +219,16 @@ def clear_cache(checkpoint_dir: "str | None" = None) -> None:
     if checkpoint_dir is None:
         _MODELS.clear()
     else:
-        _MODELS.pop(os.path.realpath(checkpoint_dir), None)
+        path = os.path.realpath(checkpoint_dir)
+        for key in [k for k in _MODELS if k == path or k.startswith(path + "@")]:
+            del _MODELS[key]
 
 
-def hf_logits(checkpoint_dir: str, tokens: Sequence[int]) -> np.ndarray:
-    """float32 logits [T, vocab] for `tokens` at positions 0..T-1."""
+def hf_logits(checkpoint_dir: str, tokens: Sequence[int], dtype: str = "float32") -> np.ndarray:
+    """float32 logits [T, vocab] for `tokens` at positions 0..T-1 (computed in `dtype`)."""
     import torch
 
-    model = hf_model(checkpoint_dir)
+    model = hf_model(checkpoint_dir, dtype)
     ids = torch.tensor([list(tokens)], dtype=torch.long)
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=False)

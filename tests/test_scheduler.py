@@ -193,7 +193,7 @@ def test_async_streams_from_an_event_loop():
     m = _model()
     rng = np.random.default_rng(4)
     prompts = [_toks(int(rng.integers(1, 30)), rng) for _ in range(5)]
-    want = [_alone(m, p, SamplingParams(seed=i, max_tokens=7, stop_token_ids=()))[0] for i, p in enumerate(prompts)]
+    want = [_alone(m, p, SamplingParams(seed=i, max_tokens=24, stop_token_ids=()))[0] for i, p in enumerate(prompts)]
 
     async def main():
         eng = LLMEngine(m)
@@ -208,7 +208,7 @@ def test_async_streams_from_an_event_loop():
 
         async def one(i, p):
             toks = []
-            async for out in eng.submit_async(Request(p, SamplingParams(seed=i, max_tokens=7, stop_token_ids=()))):
+            async for out in eng.submit_async(Request(p, SamplingParams(seed=i, max_tokens=24, stop_token_ids=()))):
                 toks += out.tokens
             return toks
 

@@ -13,8 +13,10 @@
 //       for k: xt = XT[k][t0 : t0+32] (2 vectors); for each row r: acc[r][:] += Wd[r][k] * xt
 //     Accumulators are kept transposed in a per-thread YT[r][t] buffer across K chunks, and
 //     written to Y (+ bias) at the end. Compute-bound.
-// All paths accumulate in fp32 with products of exact fp32 values (bf16 and E2M1 x 2^e convert
-// exactly), so results differ from the double-precision oracles only by fp32 rounding.
+//     Precision::Bf16 on AVX512_BF16: the same driver on words of two bf16 values of adjacent k
+//     (matmul_bf16dot.cc), activations rounded to bf16, twice the multiply-adds per instruction.
+// The fp32 paths accumulate in fp32 with products of exact fp32 values (bf16 and E2M1 x 2^e
+// convert exactly), so results differ from the double-precision oracles only by fp32 rounding.
 #include "cpu/matmul.h"
 
 // GCC 12 reports false "may be used uninitialized" warnings inside the intrinsic headers when they
@@ -33,6 +35,7 @@
 
 #include "common.h"
 #include "cpu/simd.h"
+#include "cpu/transpose_avx512.h"
 
 namespace gptoss::cpu {
 
@@ -70,6 +73,16 @@ const char* simd_name(Simd s) {
 }
 
 const char* simd_level() { return simd_name(active_simd()); }
+
+bool bf16dot_active() {
+  static const bool cpu = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  return cpu && active_simd() == Simd::Avx512;
+}
+
+bool bf16_dot_available() { return bf16dot_active(); }
 
 // =============================== reference oracles ===========================================
 
@@ -213,7 +226,6 @@ void mxfp4_scalar(const float* X, int64_t T, int64_t K, int64_t ldx, const uint8
 // Strides are compile-time constants (the driver lays its buffers out this way), so the 12
 // broadcast addresses are one base register plus constant displacements:
 //   xt: [kc][16*NV], wd: [R][kWdStride], yt: [R][16*NV].
-constexpr int64_t kWdStride = 256;
 
 template <int R, int NV>
 GPTOSS_TARGET_AVX512 void gemm_kernel_avx512(const float* xt, int64_t, const float* wd, int64_t,
@@ -290,34 +302,6 @@ GPTOSS_TARGET_AVX2 void gemm_kernel_avx2(const float* xt, int64_t, const float* 
 // token group g of 16 (8 for AVX2) at column g*16 - p0 of the panel starting at token p0.
 // Tokens >= tcn are zero. With permute32 each 32-block of k is reordered to [even16 | odd16].
 
-GPTOSS_TARGET_AVX512 static inline void transpose16_avx512(__m512 r[16]) {
-  __m512 t[16], u[16];
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; i += 4) {
-    __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
-    __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
-    u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));      // column 4L+0 of rows i..i+3
-    u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));  // column 4L+1
-    u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));  // column 4L+2
-    u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));  // column 4L+3
-  }
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
-    __m512 w0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
-    __m512 v1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
-    __m512 w1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
-    r[j] = _mm512_shuffle_f32x4(v0, v1, 0x88);
-    r[8 + j] = _mm512_shuffle_f32x4(v0, v1, 0xDD);
-    r[4 + j] = _mm512_shuffle_f32x4(w0, w1, 0x88);
-    r[12 + j] = _mm512_shuffle_f32x4(w0, w1, 0xDD);
-  }
-}
 
 GPTOSS_TARGET_AVX512 void pack_xt_avx512(const float* X, int64_t ldx, int64_t tcn, int64_t tpad,
                                          int64_t K, int64_t kb0, int64_t kb1, bool permute32,
@@ -445,6 +429,7 @@ struct GemmIsaImpl {
   int max_nv;
   GemmKernel kernel[5];
   PackFn pack;
+  int kpw = 1;  // elements of k per 32-bit word of XT and Wd: 1 (fp32), 2 (bf16 pairs)
 };
 
 static const GemmIsaImpl kGemmAvx512 = {
@@ -454,6 +439,9 @@ static const GemmIsaImpl kGemmAvx512 = {
 static const GemmIsaImpl kGemmAvx2 = {
     6, 8, 2, {nullptr, gemm_kernel_avx2<6, 1>, gemm_kernel_avx2<6, 2>, nullptr, nullptr},
     pack_xt_avx2};
+static const GemmIsaImpl kGemmBf16dot = {
+    12, 16, 2, {nullptr, kBf16dotKernel12x1, kBf16dotKernel12x2, nullptr, nullptr},
+    pack_xt_bf16dot, 2};
 
 namespace {
 
@@ -467,9 +455,14 @@ struct WeightSource {
   const uint8_t* scales = nullptr;
   int64_t K = 0;
   Simd simd = Simd::Scalar;
+  bool bf16dot = false;  // tiles of bf16 pairs; k0, kc in words (2 elements)
 
+  // k0, kc in words of the tile (elements, or pairs of them with bf16dot).
   void convert(int64_t n0, int64_t nrows, int64_t k0, int64_t kc, float* wd, int64_t ldwd) const {
-    if (W) {
+    if (bf16dot) {
+      if (W) bf16dot_tile_bf16(W, ldw, K, n0, nrows, k0, kc, wd, ldwd);
+      else bf16dot_tile_mxfp4(blocks, scales, K, n0, nrows, k0, kc, wd, ldwd);
+    } else if (W) {
       if (simd == Simd::Avx512) bf16_tile_avx512(W, ldw, n0, nrows, k0, kc, wd, ldwd);
       else bf16_tile_avx2(W, ldw, n0, nrows, k0, kc, wd, ldwd);
     } else {
@@ -481,6 +474,10 @@ struct WeightSource {
   // returns the new count (at most cap).
   int64_t lines(int64_t n0, int64_t nrows, int64_t k0, int64_t kc, const char** out, int64_t cnt,
                 int64_t cap) const {
+    if (bf16dot) {
+      k0 *= 2;
+      kc = std::min(2 * kc, K - k0);
+    }
     for (int64_t r = 0; r < nrows; ++r) {
       const char* p;
       int64_t bytes;
@@ -517,9 +514,11 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
   const int R = isa.rows, TV = isa.tok_vec;
   const int64_t TB = int64_t(TV) * isa.max_nv;
   const int nthreads = omp_get_max_threads();
-  // K chunk: the largest multiple of 32 <= kMaxKc that splits K into near-equal chunks.
-  const int64_t nkc = std::max<int64_t>(1, (K + kMaxKc - 1) / kMaxKc);
-  const int64_t KC = std::max<int64_t>(32, ((K + nkc - 1) / nkc + 31) / 32 * 32);
+  // The k extent in words of XT and Wd (isa.kpw elements each); below, k is counted in words.
+  const int64_t Kw = (K + isa.kpw - 1) / isa.kpw;
+  // K chunk: the largest multiple of 32 <= kMaxKc that splits Kw into near-equal chunks.
+  const int64_t nkc = std::max<int64_t>(1, (Kw + kMaxKc - 1) / kMaxKc);
+  const int64_t KC = std::max<int64_t>(32, ((Kw + nkc - 1) / nkc + 31) / 32 * 32);
   // Rows per super-tile: enough tiles to keep every thread busy.
   int64_t NC = std::min<int64_t>(kSuperRows, ((N + nthreads - 1) / nthreads + R - 1) / R * R);
   NC = std::max<int64_t>(NC, R);
@@ -533,8 +532,8 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
   const size_t wd_size = size_t(ncpad) * size_t(kWdStride);
   const size_t yt_size = size_t(ncpad) * size_t(tchunk);
   static thread_local FloatBuf buf;
-  float* XT = buf.get(size_t(K) * size_t(tchunk) + size_t(nt) * (wd_size + yt_size));
-  float* thread_bufs = XT + size_t(K) * size_t(tchunk);
+  float* XT = buf.get(size_t(Kw) * size_t(tchunk) + size_t(nt) * (wd_size + yt_size));
+  float* thread_bufs = XT + size_t(Kw) * size_t(tchunk);
 
   for (int64_t tc0 = 0; tc0 < T; tc0 += tchunk) {
     const int64_t tcn = std::min(tchunk, T - tc0);
@@ -544,7 +543,7 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
       // Pack XT (k permuted within 32-blocks for MXFP4), zero padded to tpad tokens.
       {
         int64_t b0, b1;
-        split_rows((K + 31) / 32, omp_get_num_threads(), omp_get_thread_num(), 1, &b0, &b1);
+        split_rows((Kw + 31) / 32, omp_get_num_threads(), omp_get_thread_num(), 1, &b0, &b1);
         if (b0 < b1) isa.pack(X + tc0 * ldx, ldx, tcn, tpad, K, b0 * 32, b1 * 32, permute32, TB, XT);
       }
 #pragma omp barrier
@@ -557,25 +556,25 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
         const int64_t n0 = tile * NC;
         const int64_t nrows = std::min(NC, N - n0);
         const int64_t nrpad = (nrows + R - 1) / R * R;
-        for (int64_t k0 = 0; k0 < K; k0 += KC) {
-          const int64_t kc = std::min(KC, K - k0);
+        for (int64_t k0 = 0; k0 < Kw; k0 += KC) {
+          const int64_t kc = std::min(KC, Kw - k0);
           src.convert(n0, nrows, k0, kc, wd, kWdStride);
           for (int64_t r = nrows; r < nrpad; ++r)
             std::memset(wd + r * kWdStride, 0, sizeof(float) * kc);
           // The W bytes of the next tile step, prefetched a few rows per micro-kernel call.
           int64_t pn0 = n0, pk0 = k0 + KC, prow = 0, prows = 0;
-          if (pk0 >= K) {
+          if (pk0 >= Kw) {
             pn0 = n0 + NC;
             pk0 = 0;
           }
           if (tile + (pn0 != n0 ? 1 : 0) < te) prows = std::min(NC, N - pn0);
-          const int64_t pkc = std::min(KC, K - pk0);
+          const int64_t pkc = std::min(KC, Kw - pk0);
           const int64_t ncalls = ((tpad + TB - 1) / TB) * (nrpad / R);
           const int64_t per_call = (prows + ncalls - 1) / std::max<int64_t>(ncalls, 1);
           for (int64_t t0 = 0; t0 < tpad; t0 += TB) {
             const int64_t w = std::min(TB, tpad - t0);
             GemmKernel kern = isa.kernel[w / TV];
-            const float* xp = XT + t0 * K + k0 * w;
+            const float* xp = XT + t0 * Kw + k0 * w;
             float* yp = yt + t0 * ncpad;
             for (int64_t r0 = 0; r0 < nrpad; r0 += R) {
               int64_t npf = 0;
@@ -611,7 +610,9 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
 // of kSmallT* (4) tokens and decodes them in registers. Above, the GEMM path converts each weight
 // tile to fp32 once per call and pads the tokens to a multiple of 16. Crossovers measured on Zen 5
 // (one core, weights from DRAM): bf16 between T = 8 and 12 (the bf16 passes are memory bound),
-// MXFP4 about T = 30 (decoding in registers costs little next to writing fp32 tiles).
+// MXFP4 about T = 30 (decoding in registers costs little next to writing fp32 tiles); on bf16 dot
+// products the MXFP4 GEMM is twice as fast and takes over above T = 8 (about 10 with the weights
+// in cache).
 #ifndef GPTOSS_GEMV_MAX_T_BF16
 #define GPTOSS_GEMV_MAX_T_BF16 8
 #endif
@@ -620,13 +621,22 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
 #endif
 constexpr int64_t kGemvMaxTBf16 = GPTOSS_GEMV_MAX_T_BF16;
 constexpr int64_t kGemvMaxTMxfp4 = GPTOSS_GEMV_MAX_T_MXFP4;
+constexpr int64_t kGemvMaxTMxfp4Bf16dot = 8;
 
 void matmul_bf16(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W, int64_t N,
-                 int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy) {
+                 int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy, Precision precision) {
   if (T <= 0 || N <= 0) return;
   const Simd simd = active_simd();
   if (simd == Simd::Scalar) return bf16_scalar(X, T, K, ldx, W, N, ldw, bias, Y, ldy);
+  const bool bf16dot = precision == Precision::Bf16 && bf16dot_active();
   if (T <= kGemvMaxTBf16 || K == 0) {
+    if (bf16dot) {  // the same bf16 activations as the GEMM, on the exact fp32 dot products
+      static thread_local FloatBuf xr_buf;
+      float* xr = xr_buf.get(size_t(T) * size_t(K) + 1);
+      round_rows_bf16(X, T, K, ldx, xr);
+      X = xr;
+      ldx = K;
+    }
     const int nt = threads_for(N * K * 2, (N + 3) / 4);
 #pragma omp parallel num_threads(nt)
     {
@@ -644,18 +654,23 @@ void matmul_bf16(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16
   src.ldw = ldw;
   src.K = K;
   src.simd = simd;
-  gemm(simd == Simd::Avx512 ? kGemmAvx512 : kGemmAvx2, src, false, X, T, K, ldx, N, bias, Y, ldy);
+  src.bf16dot = bf16dot;
+  gemm(src.bf16dot ? kGemmBf16dot : simd == Simd::Avx512 ? kGemmAvx512 : kGemmAvx2, src, false, X, T, K,
+       ldx, N, bias, Y, ldy);
 }
 
 void matmul_mxfp4(const float* X, int64_t T, int64_t K, int64_t ldx, const uint8_t* blocks,
-                  const uint8_t* scales, int64_t N, const uint16_t* bias, float* Y, int64_t ldy) {
+                  const uint8_t* scales, int64_t N, const uint16_t* bias, float* Y, int64_t ldy,
+                  Precision precision) {
   if (T <= 0 || N <= 0) return;
   const Simd simd = active_simd();
   if (simd == Simd::Scalar) return mxfp4_scalar(X, T, K, ldx, blocks, scales, N, bias, Y, ldy);
-  if (T <= kGemvMaxTMxfp4 || K == 0) {
+  const bool bf16dot = precision == Precision::Bf16 && bf16dot_active() && mxfp4_bf16_exact(scales, N * (K / 32));
+  if (T <= (bf16dot ? kGemvMaxTMxfp4Bf16dot : kGemvMaxTMxfp4) || K == 0) {
     static thread_local FloatBuf xp_buf;
     float* xp = xp_buf.get(size_t(T) * size_t(K) + 1);
     permute_x_mxfp4(X, T, K, ldx, xp);
+    if (bf16dot) round_rows_bf16(xp, T, K, K, xp);  // as the bf16 GEMM reads them
     const int nt = threads_for(N * (K / 32) * 17, (N + 3) / 4);
 #pragma omp parallel num_threads(nt)
     {
@@ -673,7 +688,9 @@ void matmul_mxfp4(const float* X, int64_t T, int64_t K, int64_t ldx, const uint8
   src.scales = scales;
   src.K = K;
   src.simd = simd;
-  gemm(simd == Simd::Avx512 ? kGemmAvx512 : kGemmAvx2, src, true, X, T, K, ldx, N, bias, Y, ldy);
+  src.bf16dot = bf16dot;
+  if (src.bf16dot) gemm(kGemmBf16dot, src, false, X, T, K, ldx, N, bias, Y, ldy);
+  else gemm(simd == Simd::Avx512 ? kGemmAvx512 : kGemmAvx2, src, true, X, T, K, ldx, N, bias, Y, ldy);
 }
 
 }  // namespace gptoss::cpu

@@ -84,6 +84,12 @@ XArg get_x(const py::handle& obj) {
   return x;
 }
 
+gptoss::cpu::Precision get_precision(const std::string& p) {
+  if (p == "fp32") return gptoss::cpu::Precision::Fp32;
+  if (p == "bf16") return gptoss::cpu::Precision::Bf16;
+  throw InvalidArgument("precision must be 'fp32' or 'bf16', got '" + p + "'");
+}
+
 const uint16_t* get_bias(const py::object& obj, int64_t N, py::array* keep) {
   if (obj.is_none()) return nullptr;
   *keep = as_array<uint16_t>(obj, "bias", "uint16 (bf16 bits)");
@@ -96,7 +102,8 @@ const uint16_t* get_bias(const py::object& obj, int64_t N, py::array* keep) {
 
 template <bool kRef>
 py::array_t<float> matmul_bf16_py(const py::object& xo, const py::object& wo,
-                                  const py::object& bo) {
+                                  const py::object& bo, const std::string& precision) {
+  const auto prec = get_precision(precision);
   XArg x = get_x(xo);
   py::array w = as_array<uint16_t>(wo, "w", "uint16 (bf16 bits)");
   if (w.ndim() != 2) throw InvalidArgument("w must be 2-D [N, K], got shape " + shape_str(w));
@@ -114,14 +121,16 @@ py::array_t<float> matmul_bf16_py(const py::object& xo, const py::object& wo,
   {
     py::gil_scoped_release nogil;
     if (kRef) gptoss::cpu::matmul_bf16_ref(x.p, x.T, x.K, x.ld, wp, N, ldw, bias, yp, N);
-    else gptoss::cpu::matmul_bf16(x.p, x.T, x.K, x.ld, wp, N, ldw, bias, yp, N);
+    else gptoss::cpu::matmul_bf16(x.p, x.T, x.K, x.ld, wp, N, ldw, bias, yp, N, prec);
   }
   return y;
 }
 
 template <bool kRef>
 py::array_t<float> matmul_mxfp4_py(const py::object& xo, const py::object& bo,
-                                   const py::object& so, const py::object& biaso) {
+                                   const py::object& so, const py::object& biaso,
+                                   const std::string& precision) {
+  const auto prec = get_precision(precision);
   XArg x = get_x(xo);
   if (x.K % 32 != 0)
     throw InvalidArgument("matmul_mxfp4 needs K to be a multiple of 32, got K = " +
@@ -147,7 +156,7 @@ py::array_t<float> matmul_mxfp4_py(const py::object& xo, const py::object& bo,
   {
     py::gil_scoped_release nogil;
     if (kRef) gptoss::cpu::matmul_mxfp4_ref(x.p, x.T, x.K, x.ld, bp, sp, N, bias, yp, N);
-    else gptoss::cpu::matmul_mxfp4(x.p, x.T, x.K, x.ld, bp, sp, N, bias, yp, N);
+    else gptoss::cpu::matmul_mxfp4(x.p, x.T, x.K, x.ld, bp, sp, N, bias, yp, N, prec);
   }
   return y;
 }
@@ -156,17 +165,24 @@ py::array_t<float> matmul_mxfp4_py(const py::object& xo, const py::object& bo,
 
 void register_matmul_bindings(py::module_& m) {
   m.def("matmul_bf16", &matmul_bf16_py<false>, py::arg("x"), py::arg("w"),
-        py::arg("bias") = py::none(),
-        "Y[T,N] = x[T,K] @ w[N,K]^T + bias; w and bias are bf16 bit patterns (uint16).");
+        py::arg("bias") = py::none(), py::arg("precision") = "fp32",
+        "Y[T,N] = x[T,K] @ w[N,K]^T + bias; w and bias are bf16 bit patterns (uint16). "
+        "precision 'bf16': x rounded to bf16 and bf16 dot products where the CPU has AVX512_BF16 "
+        "(the GEMM path, more than a few tokens), else as 'fp32'.");
   m.def("matmul_bf16_ref", &matmul_bf16_py<true>, py::arg("x"), py::arg("w"),
-        py::arg("bias") = py::none(), "Scalar double-accumulation oracle for matmul_bf16.");
+        py::arg("bias") = py::none(), py::arg("precision") = "fp32",
+        "Scalar double-accumulation oracle for matmul_bf16 (precision is ignored).");
   m.def("matmul_mxfp4", &matmul_mxfp4_py<false>, py::arg("x"), py::arg("blocks"),
-        py::arg("scales"), py::arg("bias") = py::none(),
+        py::arg("scales"), py::arg("bias") = py::none(), py::arg("precision") = "fp32",
         "Y[T,N] = x[T,K] @ W^T + bias with W in packed MXFP4 (blocks [N,K/32,16], scales "
-        "[N,K/32] E8M0); bias is bf16 bits (uint16).");
+        "[N,K/32] E8M0); bias is bf16 bits (uint16). precision as for matmul_bf16 (an MXFP4 "
+        "matrix with a scale byte below 2 takes the fp32 path).");
   m.def("matmul_mxfp4_ref", &matmul_mxfp4_py<true>, py::arg("x"), py::arg("blocks"),
-        py::arg("scales"), py::arg("bias") = py::none(),
-        "Scalar double-accumulation oracle for matmul_mxfp4.");
+        py::arg("scales"), py::arg("bias") = py::none(), py::arg("precision") = "fp32",
+        "Scalar double-accumulation oracle for matmul_mxfp4 (precision is ignored).");
+  m.def("bf16_dot_available", &gptoss::cpu::bf16_dot_available,
+        "whether precision='bf16' runs on bf16 dot products here (AVX512_BF16, not lowered by "
+        "GPTOSS_SIMD)");
   m.def("simd_level", &gptoss::cpu::simd_level,
         "SIMD path the kernels take: 'avx512', 'avx2' or 'scalar' (GPTOSS_SIMD=avx2|scalar "
         "in the environment forces a narrower one; re-read on every call).");

@@ -81,6 +81,19 @@ double fma_avx512(int64_t iters) {
   return double(s) * 0 + double(iters) * 12 * 16 * 2;
 }
 
+// vdpbf16ps: 16 lanes x 2 multiply-adds each.
+__attribute__((target("avx512f,avx512bf16")))
+double dpbf16_avx512(int64_t iters) {
+  __m512 a[12];
+  const __m512bh b = (__m512bh)_mm512_set1_epi32(0x3f803f80), c = (__m512bh)_mm512_set1_epi32(0x33d633d6);
+  for (int k = 0; k < 12; ++k) a[k] = _mm512_set1_ps(float(k));
+  for (int64_t i = 0; i < iters; ++i)
+    for (int k = 0; k < 12; ++k) a[k] = _mm512_dpbf16_ps(a[k], b, c);
+  float s = 0.f, t[16];
+  for (int k = 0; k < 12; ++k) { _mm512_storeu_ps(t, a[k]); s += t[0]; }
+  return double(s) * 0 + double(iters) * 12 * 16 * 4;
+}
+
 __attribute__((target("avx2,fma")))
 double fma_avx2(int64_t iters) {
   __m256 a[12];
@@ -163,6 +176,19 @@ double measure_peak_gflops() {
         flops += double(iters) * 2 + a * 0;
       }
     }
+    best = std::max(best, flops / (now() - t0) / 1e9);
+  }
+  return best;
+}
+
+double measure_peak_gflops_bf16() {
+  if (!bf16_dot_available()) return 0.0;
+  const int64_t iters = 20'000'000;
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    double flops = 0, t0 = now();
+#pragma omp parallel reduction(+ : flops)
+    flops += dpbf16_avx512(iters);
     best = std::max(best, flops / (now() - t0) / 1e9);
   }
   return best;

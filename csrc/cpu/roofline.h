@@ -13,5 +13,8 @@ double measure_read_bandwidth(int64_t bytes, int reps);
 double measure_copy_bandwidth(int64_t bytes, int reps);
 // fp32 GFLOP/s of independent FMA chains on all threads at the widest SIMD width available.
 double measure_peak_gflops();
+// GFLOP/s (2 per multiply-add) of independent vdpbf16ps chains on all threads; 0 without
+// AVX512_BF16 (cpu::bf16_dot_available()).
+double measure_peak_gflops_bf16();
 
 }  // namespace gptoss::cpu

@@ -11,6 +11,8 @@
 
 #define GPTOSS_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #define GPTOSS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define GPTOSS_TARGET_AVX512BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
 namespace gptoss::cpu {
 
@@ -22,6 +24,9 @@ enum class Simd : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 // supports is clamped to what it supports.
 Simd active_simd();
 const char* simd_name(Simd s);
+// Whether the bf16 dot-product GEMM can run: the CPU has AVX512_BF16 and active_simd() is AVX-512
+// (GPTOSS_SIMD=avx2 or scalar turns it off too).
+bool bf16dot_active();
 
 // E2M1 values of the 16 nibbles (spec section 4).
 inline constexpr float kMxfp4Table[16] = {+0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
@@ -60,6 +65,26 @@ alignas(64) inline constexpr E8m0Table kE8m0 = make_e8m0_table();
 using GemmKernel = void (*)(const float* xt, int64_t ldxt, const float* wd, int64_t ldwd,
                             int64_t kc, float* yt, int64_t ldyt, bool acc,
                             const char* const* pf, int64_t npf);
+// Row stride of the converted W tile, a compile-time constant so that the micro-kernels' row
+// addresses are constant displacements; also the largest K chunk (in words) of a tile.
+inline constexpr int64_t kWdStride = 256;
+
+// The bf16 dot-product GEMM (matmul_bf16dot.cc): the same driver, on words of two bf16 values
+// of adjacent k (K in elements; k0, kc, kb0, kb1 in words; the tiles' words in natural pair
+// order, so permute32 is ignored). A 12-row micro-kernel for 16 or 32 tokens.
+extern const GemmKernel kBf16dotKernel12x1, kBf16dotKernel12x2;
+void pack_xt_bf16dot(const float* X, int64_t ldx, int64_t tcn, int64_t tpad, int64_t K,
+                     int64_t kb0, int64_t kb1, bool permute32, int64_t TB, float* XT);
+void bf16dot_tile_bf16(const uint16_t* W, int64_t ldw, int64_t K, int64_t n0, int64_t nrows,
+                       int64_t k0, int64_t kc, float* wd, int64_t ldwd);
+void bf16dot_tile_mxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t K, int64_t n0,
+                        int64_t nrows, int64_t k0, int64_t kc, float* wd, int64_t ldwd);
+// out[t][k] (row stride K) = X[t][k] rounded to bf16 (nearest even), as fp32: the activations of
+// the few-token products under Precision::Bf16, so that they compute what the bf16 GEMM does.
+void round_rows_bf16(const float* X, int64_t T, int64_t K, int64_t ldx, float* out);
+// Whether every value of an MXFP4 matrix with these scale bytes is exact in bf16 as
+// vdpbf16ps reads it (no subnormals: every scale byte >= 2).
+bool mxfp4_bf16_exact(const uint8_t* scales, int64_t n);
 
 // Per-ISA GEMV-style kernels for small T (dot products along K, weights decoded once and applied
 // to every token). They compute rows [n0, n1) of Y for all T tokens, in passes over the weights

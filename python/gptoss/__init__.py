@@ -19,7 +19,9 @@ __all__ = ["Model", "Sequence", "ModelConfig", "CheckpointError", "ContextOverfl
 
 
 def build_info() -> dict[str, Any]:
-    """Version, compiler, SIMD level in use, and whether/for which architectures CUDA was built."""
+    """Version, compiler, SIMD level in use, ``cpu_bf16_dot`` (whether the CPU's larger products
+    can run on bf16 dot products: ``Model(precision="bf16")``), and whether/for which
+    architectures CUDA was built."""
     from . import _core  # type: ignore[attr-defined]
 
     return dict(_core.build_info())

@@ -76,6 +76,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-decode", action="store_true",
                    help="faster CPU decode with int8 copies of the dense matrices (approximate; "
                         "prefill stays exact; default: off)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="arithmetic of the matrix products: fp32 (exact, the default) or bf16 (bf16 "
+                        "dot products on CPUs with AVX512_BF16: prefill twice as fast, ~1e-2 relative "
+                        "error, less than the model run in bf16)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: Optional[int]) -> None:
@@ -232,6 +236,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
         kw["threads"] = args.threads
     if args.int8_decode:
         kw["int8_decode"] = True
+    if getattr(args, "precision", None):
+        kw["precision"] = args.precision
     model = Model(args.model, **kw)
     return model, tokenizer
 

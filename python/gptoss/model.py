@@ -201,13 +201,23 @@ class Model:
             own (see `tokenizer`).
         prefix_cache: keep the KV blocks of finished prefixes (whole blocks) while the cache has
             room, so that `new_sequence(prefix=...)` finds them again (default: on).
+        precision: arithmetic of the CPU's matrix products. "fp32" (default): exact products
+            of fp32 activations; logits match `transformers` in fp32 to ~2e-6 relative.
+            "bf16": activations rounded to bf16, multiplied on the CPU's bf16 dot products
+            (AVX512_BF16) with fp32 sums: prefill and batched steps twice as fast; logits then
+            differ from fp32 by 3e-3 to 2e-2 relative, 1.4-5x less than `transformers` run in
+            bf16 (csrc/cpu/bf16_dot.md). Needs AVX512_BF16 (ValueError otherwise; see
+            `gptoss.build_info()["cpu_bf16_dot"]`). The router always runs in fp32. On CUDA,
+            "bf16" runs the tensor-core products on plain bf16 operands instead of the hi/lo
+            split (fp32-level).
     """
 
     def __init__(self, path: Union[str, os.PathLike], device: str = "cpu", max_context: Optional[int] = None,
                  threads: Optional[int] = None, kv_cache_bytes: Optional[int] = None, block_size: int = 16,
                  window_retain: int = 256, max_chunk_tokens: Optional[int] = None, preload: bool = True,
                  progress: Optional[bool] = None, int8_decode: bool = False,
-                 tokenizer: Union[None, str, os.PathLike, Any] = None, prefix_cache: bool = True, *,
+                 tokenizer: Union[None, str, os.PathLike, Any] = None, prefix_cache: bool = True,
+                 precision: Optional[str] = None, *,
                  _config: Optional[ModelConfig] = None,
                  _arrays: Optional[dict] = None, _synthetic_seed: Optional[int] = None) -> None:
         self._engine: Any = None
@@ -215,6 +225,7 @@ class Model:
         self._tokenizer: Any = None
         self._tokenizer_searched = False
         cuda = _check_device(device)
+        precision = _check_precision(precision, cuda is not None)
         if tokenizer is not None:
             if isinstance(tokenizer, (str, os.PathLike)):
                 from .tokenizer import load_tokenizer
@@ -257,12 +268,22 @@ class Model:
                 cuda_graphs=os.environ.get("GPTOSS_CUDA_GRAPHS", "1") != "0", prefix_cache=bool(prefix_cache))
             if os.environ.get("GPTOSS_PDL", "0") == "1":  # programmatic dependent launch (sm_90+), measured option
                 self._engine.set_pdl(True)  # with the weight kernels' L2 prefetch before they wait
+            if precision == "bf16":
+                self._engine.set_tc_split(False)
+            self._precision = precision
         else:
             self._engine = _core().Engine(
                 cdict, files, _arrays, self.layout, block_size=block_size,
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else _default_kv_bytes(),
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0,
-                populate=populate, int8_decode=bool(int8_decode), prefix_cache=bool(prefix_cache))
+                populate=populate, int8_decode=bool(int8_decode), prefix_cache=bool(prefix_cache),
+                precision=precision)
+            self._precision = str(self._engine.precision)
+
+    @property
+    def precision_active(self) -> str:
+        """The arithmetic of this model's larger products: "fp32" or "bf16" (`Model(precision=)`)."""
+        return self._precision
 
     @property
     def engine(self) -> Any:
@@ -508,6 +529,18 @@ def cuda_memory_plan(config: Union[str, ModelConfig], max_chunk_tokens: int = 20
     return dict(backend.cuda_memory_plan(_engine_config(cfg, cfg.max_position_embeddings), block_size=block_size,
                                          window_retain=window_retain, max_chunk_tokens=max_chunk_tokens,
                                          kv_dtype=kv_dtype))
+
+
+def _check_precision(precision: Optional[str], cuda: bool) -> str:
+    """The precision a Model runs with: the one asked for (checked), else fp32."""
+    if precision is None:
+        return "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "bf16" and not cuda and not _core().kernels.bf16_dot_available():
+        raise ValueError("precision='bf16' needs a CPU with AVX512_BF16 (bf16 dot products); this one has "
+                         "none (or GPTOSS_SIMD lowers the SIMD level): use precision='fp32'")
+    return precision
 
 
 def _check_device(device: str) -> Optional[tuple[Any, int]]:

@@ -30,6 +30,10 @@ def load_context(args: Any) -> Any:
         kw["kv_cache_bytes"] = args.kv_cache_bytes
     if args.context is not None:
         kw["max_context"] = args.context
+    if getattr(args, "int8_decode", False):
+        kw["int8_decode"] = True
+    if getattr(args, "precision", None):
+        kw["precision"] = args.precision
     model = Model(args.model, **kw)
     tokenizer = load_tokenizer(checkpoint_dir=model.checkpoint_dir, vocab_file=args.vocab_file)
     if model.config.vocab_size < max(tokenizer.special_tokens.values()) + 1:

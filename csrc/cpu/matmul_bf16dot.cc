@@ -1,0 +1,161 @@
+// The bf16 dot-product GEMM pieces (AVX512_BF16, `vdpbf16ps`): the same driver as the fp32 GEMM
+// (matmul.cc), on words that each hold a pair of bf16 values of adjacent k.
+//
+//   XT[kw][t]  = (bf16(X[t][2kw]), bf16(X[t][2kw+1]))   activations rounded to nearest even
+//   Wd[r][kw]  = (W[r][2kw], W[r][2kw+1])               bf16 weights as stored; MXFP4 values
+//                                                        E2M1 * 2^e are exact in bf16
+//   YT[r][t]  += sum_kw dot2(Wd[r][kw], XT[kw][t])       fp32 accumulation
+//
+// One vdpbf16ps does 32 multiply-adds where an fp32 FMA does 16. The pairs are the storage order
+// of both operands (a bf16 row's adjacent elements; an MXFP4 byte's two nibbles), so weights need
+// no permutation. vdpbf16ps reads bf16 subnormals as zero: an MXFP4 matrix with a scale byte
+// below 2 (values under 2^-126) is not exact in bf16 and is left to the fp32 path.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/simd.h"
+#include "cpu/transpose_avx512.h"
+
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace gptoss::cpu {
+
+namespace {
+
+// Mask of the first n (0..16) lanes.
+inline __mmask16 first16(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+inline __mmask32 first32(int64_t n) {
+  return n >= 32 ? __mmask32(0xFFFFFFFFu) : n <= 0 ? __mmask32(0) : __mmask32((1ull << n) - 1ull);
+}
+
+template <int R, int NV>
+GPTOSS_TARGET_AVX512BF16 void gemm_kernel(const float* xt, int64_t, const float* wd, int64_t,
+                                          int64_t kc, float* yt, int64_t, bool acc,
+                                          const char* const* pf, int64_t npf) {
+  constexpr int64_t LD = 16 * NV;
+  __m512 c[R][NV];
+  if (acc) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_loadu_ps(yt + r * LD + 16 * v);
+  } else {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    if (k < npf) _mm_prefetch(pf[k], _MM_HINT_T1);
+    __m512bh x[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) x[v] = (__m512bh)_mm512_loadu_ps(xt + k * LD + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512bh w = (__m512bh)_mm512_set1_ps(wd[r * kWdStride + k]);  // one bf16 pair
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbf16_ps(c[r][v], w, x[v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(yt + r * LD + 16 * v, c[r][v]);
+}
+
+}  // namespace
+
+const GemmKernel kBf16dotKernel12x1 = gemm_kernel<12, 1>;
+const GemmKernel kBf16dotKernel12x2 = gemm_kernel<12, 2>;
+
+GPTOSS_TARGET_AVX512BF16 void pack_xt_bf16dot(const float* X, int64_t ldx, int64_t tcn, int64_t tpad,
+                                              int64_t K, int64_t kb0, int64_t kb1, bool,
+                                              int64_t TB, float* XT) {
+  const int64_t Kw = (K + 1) / 2;
+  for (int64_t kb = kb0; kb < kb1; kb += 32) {  // 32 words = 64 elements of k
+    const int64_t kwn = std::min<int64_t>(32, Kw - kb);
+    const int64_t e0 = 2 * kb, en = K - e0;       // elements of this block present in X
+    const __mmask16 m0 = first16(en), m1 = first16(en - 16), m2 = first16(en - 32), m3 = first16(en - 48);
+    for (int64_t t16 = 0; t16 < tpad; t16 += 16) {
+      const int64_t p0 = t16 / TB * TB, w = std::min(TB, tpad - p0), col = t16 - p0;
+      float* panel = XT + p0 * Kw + col;
+      __m512 a[16], b[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) {
+        if (t16 + i < tcn) {
+          const float* s = X + (t16 + i) * ldx + e0;
+          a[i] = (__m512)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, s + 16), _mm512_maskz_loadu_ps(m0, s));
+          b[i] = (__m512)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m3, s + 48), _mm512_maskz_loadu_ps(m2, s + 32));
+        } else {
+          a[i] = _mm512_setzero_ps();
+          b[i] = _mm512_setzero_ps();
+        }
+      }
+      transpose16_avx512(a);
+      for (int64_t kk = 0; kk < std::min<int64_t>(16, kwn); ++kk) _mm512_storeu_ps(panel + (kb + kk) * w, a[kk]);
+      if (kwn > 16) {
+        transpose16_avx512(b);
+        for (int64_t kk = 0; kk < kwn - 16; ++kk) _mm512_storeu_ps(panel + (kb + 16 + kk) * w, b[kk]);
+      }
+    }
+  }
+}
+
+GPTOSS_TARGET_AVX512BF16 void bf16dot_tile_bf16(const uint16_t* W, int64_t ldw, int64_t K, int64_t n0,
+                                                int64_t nrows, int64_t k0, int64_t kc, float* wd,
+                                                int64_t ldwd) {
+  for (int64_t r = 0; r < nrows; ++r) {
+    const uint16_t* w = W + (n0 + r) * ldw + 2 * k0;
+    float* d = wd + r * ldwd;
+    const int64_t en = std::min(2 * kc, K - 2 * k0);  // elements present (odd K: the last pair's
+    for (int64_t k = 0; k < kc; k += 16) {             // high half is zero)
+      const __m512i v = _mm512_maskz_loadu_epi16(first32(en - 2 * k), w + 2 * k);
+      _mm512_mask_storeu_ps(d + k, first16(kc - k), _mm512_castsi512_ps(v));
+    }
+  }
+}
+
+GPTOSS_TARGET_AVX512BF16 void bf16dot_tile_mxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t K,
+                                                 int64_t n0, int64_t nrows, int64_t k0, int64_t kc,
+                                                 float* wd, int64_t ldwd) {
+  const __m512 table = _mm512_loadu_ps(kMxfp4Table);
+  const int64_t nb = K / 32;  // k0, kc in words: 16 per block
+  for (int64_t r = 0; r < nrows; ++r) {
+    const uint8_t* bl = blocks + ((n0 + r) * nb + k0 / 16) * 16;
+    const uint8_t* sc = scales + (n0 + r) * nb + k0 / 16;
+    float* d = wd + r * ldwd;
+    for (int64_t b = 0; b < kc / 16; ++b) {
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bl + 16 * b)));
+      const __m512 s = _mm512_set1_ps(kE8m0.v[sc[b]]);
+      // E2M1 * 2^e is exact in fp32 and its top 16 bits are the exact bf16: the even element
+      // (low nibble) goes to the low half of the word, the odd one to the high half.
+      const __m512i lo = _mm512_castps_si512(_mm512_mul_ps(_mm512_permutexvar_ps(v, table), s));
+      const __m512i hi = _mm512_castps_si512(_mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table), s));
+      const __m512i pair = _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_srli_epi32(lo, 16), hi);
+      _mm512_storeu_ps(d + 16 * b, _mm512_castsi512_ps(pair));
+    }
+  }
+}
+
+GPTOSS_TARGET_AVX512BF16 void round_rows_bf16(const float* X, int64_t T, int64_t K, int64_t ldx, float* out) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 m = first16(K - k);
+      const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, X + t * ldx + k));
+      _mm512_mask_storeu_ps(out + t * K + k, m, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+}
+
+bool mxfp4_bf16_exact(const uint8_t* scales, int64_t n) {
+  uint8_t lo = 255;
+  for (int64_t i = 0; i < n; ++i) lo = std::min(lo, scales[i]);
+  return n == 0 || lo >= 2;
+}
+
+}  // namespace gptoss::cpu
