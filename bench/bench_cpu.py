@@ -68,6 +68,43 @@ def timed_decode(seq, logits: np.ndarray, n: int) -> tuple[np.ndarray, list[floa
     return logits, times
 
 
+def compare_precisions(models: dict, prompts: list[int], batches: list[int], rng, c: ModelConfig) -> dict:
+    """Prefill of each prompt length and batched greedy decode with each model, alternating
+    (model order, then reversed) so that a drift of the machine hits both alike."""
+    pre: dict = {str(n): {p: [] for p in models} for n in prompts}
+    for n in prompts:
+        toks = [int(t) for t in rng.integers(0, c.vocab_size, n)]
+        for order in (list(models), list(models)[::-1]):
+            for p in order:
+                s = models[p].new_sequence()
+                t0 = time.perf_counter()
+                s.prefill(toks)
+                pre[str(n)][p].append(time.perf_counter() - t0)
+                s.free()
+    prefill = {n: {p: {"s": min(v), "tok_s": int(n) / min(v), "GFLOPs": prefill_flops(c, int(n)) / min(v) / 1e9}
+                   for p, v in row.items()} for n, row in pre.items()}
+    dec: dict = {}
+    for b in batches:
+        dec[str(b)] = {}
+        for p, mod in models.items():
+            root = mod.new_sequence()
+            root.prefill([int(t) for t in rng.integers(0, c.vocab_size, 32)])
+            seqs = [root.fork() for _ in range(b)]
+            nxt = [int(t) for t in rng.integers(0, c.vocab_size, b)]
+            bt = []
+            for i in range(5):  # the first step is a warm-up
+                t0 = time.perf_counter()
+                outs = mod.step([(q, [tok]) for q, tok in zip(seqs, nxt)])
+                if i:
+                    bt.append(time.perf_counter() - t0)
+                nxt = [int(np.argmax(o)) for o in outs]
+            for q in seqs:
+                q.free()
+            root.free()
+            dec[str(b)][p] = b / statistics.median(bt)
+    return {"prefill": prefill, "decode_batch": dec}
+
+
 def proc_status() -> dict[str, float]:
     """RSS figures of this process in GB (VmHWM = peak RSS; RssAnon = private memory)."""
     out = {}
@@ -91,6 +128,11 @@ def main() -> int:
     ap.add_argument("--batch", type=lambda v: [int(x) for x in v.split(",") if x], default=[8, 32],
                     help="batched-decode sizes, comma-separated (empty to skip)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--precision", type=lambda v: [x for x in v.split(",") if x], default=["fp32"],
+                    help="Model(precision=...) of the main run (the first); with two (fp32,bf16) also a "
+                         "side-by-side table: prefill of each --compare-prompts length and batched decode "
+                         "at each --batch size, the models alternating")
+    ap.add_argument("--compare-prompts", type=lambda v: [int(x) for x in v.split(",") if x], default=[512, 2048])
     ap.add_argument("--int8-decode", action="store_true",
                     help="also time batch-1 decode with Model(..., int8_decode=True), alternating with the exact model")
     args = ap.parse_args()
@@ -118,9 +160,11 @@ def main() -> int:
     # timed phases and use the median of the samples.
     bw_samples = [_core.measure_read_bandwidth(1 << 30, 3)]
     peak = _core.measure_peak_gflops()
+    peak_bf16 = _core.measure_peak_gflops_bf16()
 
     t0 = time.time()
-    m = gptoss.Model(ckpt, max_context=max(4096, args.prompt + 64), threads=args.threads, progress=True)
+    ctx_max = max(4096, args.prompt + 64, *(p + 64 for p in args.compare_prompts))
+    m = gptoss.Model(ckpt, max_context=ctx_max, threads=args.threads, progress=True, precision=args.precision[0])
     load_s = time.time() - t0
     mem_load = proc_status()
     ckpt_bytes = sum(os.path.getsize(os.path.join(m.checkpoint_dir, f))
@@ -179,6 +223,16 @@ def main() -> int:
 
     mem_end = proc_status()  # before a second model maps the checkpoint again
 
+    # Precisions side by side: one model each (the checkpoint's pages are shared), alternating.
+    prec_res = None
+    if len(args.precision) > 1:
+        models = {args.precision[0]: m}
+        for p in args.precision[1:]:
+            models[p] = gptoss.Model(ckpt, max_context=ctx_max, threads=args.threads, precision=p)
+        prec_res = compare_precisions(models, args.compare_prompts, args.batch, rng, c)
+        for p in args.precision[1:]:
+            del models[p]
+
     # Opt-in int8 decode, timed in alternation with the exact model (the bandwidth drifts).
     int8_res = None
     if args.int8_decode:
@@ -210,7 +264,8 @@ def main() -> int:
         decode_long_context=long_ctx, decode_long_tok_s=1.0 / long_step,
         decode_long_fraction_of_bandwidth=long_bytes / long_step / 1e9 / bw,
         decode_batch_tok_s={str(k): v for k, v in batch_res.items()},
-        int8_decode_vs_exact_tok_s=int8_res,
+        int8_decode_vs_exact_tok_s=int8_res, peak_bf16_GFLOPs=peak_bf16, precision=args.precision[0],
+        precisions=prec_res,
     )
     print(f"\ngptoss CPU benchmark: {args.preset if not args.checkpoint else ckpt} "
           f"({c.num_hidden_layers} layers, {c.num_experts} experts), {info['simd']}, {info['openmp_threads']} threads")
@@ -228,6 +283,17 @@ def main() -> int:
           f"{long_bytes / 1e9:.3f} GB/token = {100 * long_bytes / long_step / 1e9 / bw:.0f}% of bandwidth")
     for bsz, tps in batch_res.items():
         print(f"  decode  (batch {bsz}, ctx ~34): {tps:.1f} tok/s total ({tps / bsz:.2f} per sequence)")
+    if prec_res:
+        print(f"  precisions side by side (fp32 FMA peak {peak:.0f}, bf16 dot-product peak {peak_bf16:.0f} GFLOP/s):")
+        for n in args.compare_prompts:
+            row = prec_res["prefill"][str(n)]
+            print(f"    prefill {n}: " + "; ".join(
+                f"{p} {r['tok_s']:.1f} tok/s ({r['GFLOPs']:.0f} GFLOP/s = {100 * r['GFLOPs'] / peak:.0f}% of fp32 peak"
+                + (f", {100 * r['GFLOPs'] / peak_bf16:.0f}% of bf16 peak" if peak_bf16 and p == "bf16" else "") + ")"
+                for p, r in row.items()))
+        for b in args.batch:
+            row = prec_res["decode_batch"][str(b)]
+            print(f"    decode batch {b}: " + "; ".join(f"{p} {v:.1f} tok/s" for p, v in row.items()))
     if int8_res:
         print(f"  decode  (batch 1, int8_decode=True, alternating with the exact model): {int8_res['int8']:.2f} tok/s "
               f"vs {int8_res['exact']:.2f} exact")

@@ -7,7 +7,9 @@
 // 2. T = 1 GEMV for the gpt-oss-20b decode shapes: GB/s of weight bytes read and % of the
 //    measured read bandwidth. Enough copies of each matrix are cycled so that the working set
 //    exceeds the caches (weights come from DRAM, as in real decoding).
-// 3. GEMM (T = 64, 512) for 2880x2880 and 5760x2880, bf16 and MXFP4: GFLOP/s and % of peak.
+// 3. GEMM (T = 64, 512) for 2880x2880 and 5760x2880, bf16 and MXFP4: GFLOP/s and % of peak, on
+//    the fp32 path and, where the CPU has AVX512_BF16, on bf16 dot products (precision bf16,
+//    against the measured vdpbf16ps peak) side by side.
 //
 // GPTOSS_SIMD=avx2|scalar selects a narrower kernel path; OMP_NUM_THREADS sets the threads.
 #include <immintrin.h>
@@ -24,12 +26,14 @@
 #include <vector>
 
 #include "cpu/matmul.h"
+#include "cpu/roofline.h"
 
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 using gptoss::cpu::matmul_bf16;
 using gptoss::cpu::matmul_mxfp4;
+using gptoss::cpu::Precision;
 
 namespace {
 
@@ -359,7 +363,7 @@ GemvResult bench_gemv_mxfp4(int64_t N, int64_t K, size_t min_set, ReadRef& ref) 
           rb / r.best / 1e9, rb / r.median / 1e9, t.best * 1e6};
 }
 
-double bench_gemm(bool mxfp4, int64_t T, int64_t N, int64_t K, double min_time) {
+double bench_gemm(bool mxfp4, int64_t T, int64_t N, int64_t K, double min_time, Precision prec) {
   const size_t nb = size_t(K) / 32;
   uint16_t* w = nullptr;
   uint8_t *blocks = nullptr, *scales = nullptr;
@@ -379,8 +383,8 @@ double bench_gemm(bool mxfp4, int64_t T, int64_t N, int64_t K, double min_time) 
   fill_f32(x, size_t(T) * K, 10);
   double t = best_time(
       [&] {
-        if (mxfp4) matmul_mxfp4(x, T, K, K, blocks, scales, N, bias, y, N);
-        else matmul_bf16(x, T, K, K, w, N, K, bias, y, N);
+        if (mxfp4) matmul_mxfp4(x, T, K, K, blocks, scales, N, bias, y, N, prec);
+        else matmul_bf16(x, T, K, K, w, N, K, bias, y, N, prec);
       },
       3, min_time);
   std::free(w);
@@ -423,6 +427,8 @@ int main(int argc, char** argv) {
   const bool scalar = std::strcmp(level, "scalar") == 0;
   const double peak = scalar ? 0.0 : measure_fma_peak(avx512);
   if (peak > 0) std::printf("fp32 FMA peak (%s): %.0f GFLOP/s\n", avx512 ? "AVX-512" : "AVX2", peak);
+  const double peak_bf16 = gptoss::cpu::measure_peak_gflops_bf16();
+  if (peak_bf16 > 0) std::printf("bf16 dot-product peak (vdpbf16ps): %.0f GFLOP/s\n", peak_bf16);
 
   const size_t min_set = size_t(quick ? 128 : 256) << 20;
   if (only.empty() || only == "gemv") {
@@ -451,15 +457,23 @@ int main(int argc, char** argv) {
     }
   }
   if (only.empty() || only == "gemm") {
-    std::printf("\nGEMM (best of >= 3 calls)                 %10s %8s\n", "GFLOP/s", "%peak");
+    std::printf("\nGEMM (best of >= 3 calls)                 %10s %8s", "GFLOP/s", "%peak");
+    if (peak_bf16 > 0) std::printf(" | %14s %8s %8s", "bf16 GFLOP/s", "%peak", "speedup");
+    std::printf("\n");
     for (int64_t T : {int64_t(64), int64_t(512)})
       for (bool mx : {false, true})
         for (int64_t N : {int64_t(2880), int64_t(5760)}) {
-          double g = bench_gemm(mx, T, N, 2880, quick ? 0.1 : 0.3);
+          const double mt = quick ? 0.1 : 0.3;
+          double g = bench_gemm(mx, T, N, 2880, mt, Precision::Fp32);
           char name[64];
           std::snprintf(name, sizeof name, "%s T=%-4lld %lldx2880", mx ? "mxfp4" : "bf16 ",
                         (long long)T, (long long)N);
-          std::printf("  %-40s %10.1f %7.1f%%\n", name, g, peak > 0 ? 100.0 * g / peak : 0.0);
+          std::printf("  %-40s %10.1f %7.1f%%", name, g, peak > 0 ? 100.0 * g / peak : 0.0);
+          if (peak_bf16 > 0) {
+            double b = bench_gemm(mx, T, N, 2880, mt, Precision::Bf16);
+            std::printf(" | %14.1f %7.1f%% %7.2fx", b, 100.0 * b / peak_bf16, b / g);
+          }
+          std::printf("\n");
         }
   }
   return 0;
