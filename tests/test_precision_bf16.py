@@ -93,3 +93,15 @@ def test_precision_arguments(make_checkpoint):
             del os.environ["GPTOSS_SIMD"]
         else:
             os.environ["GPTOSS_SIMD"] = old
+
+
+@pytest.mark.skipif(not gptoss.build_info().get("cuda_emu"), reason="no CUDA emulator in this build")
+def test_cuda_bf16_runs_the_tensor_cores_on_plain_bf16():
+    """On CUDA, precision='bf16' turns off the hi/lo split (one MMA on bf16 operands): a prefill
+    long enough for the tensor-core GEMMs (over 8 rows) moves, within bf16's error."""
+    toks = _tokens(1024, 24, 9)
+    exact = gptoss.Model.synthetic("tiny", seed=9, device="cuda-emu", kv_cache_bytes=1 << 22)
+    bf = gptoss.Model.synthetic("tiny", seed=9, device="cuda-emu", kv_cache_bytes=1 << 22, precision="bf16")
+    assert exact.precision_active == "fp32" and bf.precision_active == "bf16"
+    a, b = exact.forward(toks), bf.forward(toks)
+    assert 1e-6 < _rel(b, a) < 5e-2
