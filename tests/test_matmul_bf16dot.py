@@ -129,20 +129,26 @@ def test_mxfp4_subnormal_scales_take_the_fp32_path(bad):
 
 
 def test_few_tokens_round_the_activations_too():
-    """Steps of a few tokens keep the fp32 dot products, on activations rounded as the bf16 GEMM
-    rounds them: a row computes the same thing whatever the size of its step."""
+    """Steps of a few tokens (decode) use the same bf16 activations: the dense GEMV is the fp32
+    one on rounded inputs; the MXFP4 one runs on bf16 dot products in one pass over the weights.
+    A row computes the same products whatever the size of its step."""
     rng = np.random.default_rng(9)
     w = rand_bf16(rng, (50, 300))
     blocks, scales = rand_mxfp4(rng, 50, 320)
-    for T in (1, 4, 8):
-        for x, f in ((rand_x(rng, T, 300), lambda x, p: K_.matmul_bf16(x, w, precision=p)),
-                     (rand_x(rng, T, 320), lambda x, p: K_.matmul_mxfp4(x, blocks, scales, precision=p))):
-            xr = x_bf16(x).astype(np.float32)
-            y = f(x, "bf16")
-            assert np.array_equal(y, f(xr, "fp32"))
-            assert not np.array_equal(y, f(x, "fp32"))
-            big = np.concatenate([x, rand_x(rng, 40, x.shape[1])])  # the same rows in a GEMM step
-            np.testing.assert_allclose(f(big, "bf16")[:T], y, rtol=2e-5, atol=2e-5)
+    w64 = dequant_mxfp4(blocks, scales)
+    for T in (1, 2, 4, 5, 8):
+        x = rand_x(rng, T, 300)
+        y = K_.matmul_bf16(x, w, precision="bf16")
+        assert np.array_equal(y, K_.matmul_bf16(x_bf16(x).astype(np.float32), w))
+        big = np.concatenate([x, rand_x(rng, 40, 300)])  # the same rows in a GEMM step
+        np.testing.assert_allclose(K_.matmul_bf16(big, w, precision="bf16")[:T], y, rtol=2e-5, atol=2e-5)
+        x = rand_x(rng, T, 320)
+        b = rand_bf16(rng, (50,))
+        y = K_.matmul_mxfp4(x, blocks, scales, b, precision="bf16")
+        check_bf16_path(y, x, w64, bf16_to_f64(b))
+        big = np.concatenate([x, rand_x(rng, 40, 320)])
+        np.testing.assert_allclose(K_.matmul_mxfp4(big, blocks, scales, b, precision="bf16")[:T], y,
+                                   rtol=2e-5, atol=2e-5)
 
 
 def test_lower_simd_level_turns_it_off():
@@ -167,3 +173,16 @@ def test_bad_precision():
         K_.matmul_bf16(x, w, precision="fp16")
     with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16'"):
         K_.matmul_mxfp4(x, np.ones((3, 2, 16), np.uint8), np.ones((3, 2), np.uint8), precision="")
+
+
+@pytest.mark.parametrize("T", range(1, 9))
+@pytest.mark.parametrize("K,N,lo,hi", [(32, 13, 2, 252), (2880, 6, 117, 124), (96, 2, 2, 20), (64, 9, 230, 252)])
+def test_mxfp4_gemv_one_pass(T, K, N, lo, hi):
+    """The few-token MXFP4 kernel (bf16 weights looked up with the scale in their exponent) over
+    every scale byte that is exact in bf16, rows in groups and alone."""
+    rng = np.random.default_rng(100 * T + K + N)
+    blocks, scales = rand_mxfp4(rng, N, K, lo, hi)
+    w64 = dequant_mxfp4(blocks, scales)
+    x = (rand_x(rng, T, K) * np.float32(2.0 ** ((127 - hi) // 2))).astype(np.float32)
+    y = K_.matmul_mxfp4(x, blocks, scales, None, precision="bf16")
+    check_bf16_path(y, x, w64)

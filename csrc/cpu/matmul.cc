@@ -621,7 +621,6 @@ void gemm(const GemmIsaImpl& isa, const WeightSource& src, bool permute32, const
 #endif
 constexpr int64_t kGemvMaxTBf16 = GPTOSS_GEMV_MAX_T_BF16;
 constexpr int64_t kGemvMaxTMxfp4 = GPTOSS_GEMV_MAX_T_MXFP4;
-constexpr int64_t kGemvMaxTMxfp4Bf16dot = 8;
 
 void matmul_bf16(const float* X, int64_t T, int64_t K, int64_t ldx, const uint16_t* W, int64_t N,
                  int64_t ldw, const uint16_t* bias, float* Y, int64_t ldy, Precision precision) {
@@ -666,11 +665,23 @@ void matmul_mxfp4(const float* X, int64_t T, int64_t K, int64_t ldx, const uint8
   const Simd simd = active_simd();
   if (simd == Simd::Scalar) return mxfp4_scalar(X, T, K, ldx, blocks, scales, N, bias, Y, ldy);
   const bool bf16dot = precision == Precision::Bf16 && bf16dot_active() && mxfp4_bf16_exact(scales, N * (K / 32));
-  if (T <= (bf16dot ? kGemvMaxTMxfp4Bf16dot : kGemvMaxTMxfp4) || K == 0) {
+  if (bf16dot && T <= kBf16dotGemvMaxT && K > 0) {  // one pass over the weights for every token
+    static thread_local FloatBuf xw_buf;
+    float* xw = xw_buf.get(size_t(T) * size_t(K / 2) + 1);
+    pack_x_bf16_pairs(X, T, K, ldx, xw);
+    const int nt = threads_for(N * (K / 32) * 17, (N + 3) / 4);
+#pragma omp parallel num_threads(nt)
+    {
+      int64_t n0, n1;
+      split_rows(N, omp_get_num_threads(), omp_get_thread_num(), 4, &n0, &n1);
+      if (n0 < n1) mxfp4_rows_bf16dot(xw, T, K, blocks, scales, bias, Y, ldy, n0, n1);
+    }
+    return;
+  }
+  if (K == 0 || (!bf16dot && T <= kGemvMaxTMxfp4)) {
     static thread_local FloatBuf xp_buf;
     float* xp = xp_buf.get(size_t(T) * size_t(K) + 1);
     permute_x_mxfp4(X, T, K, ldx, xp);
-    if (bf16dot) round_rows_bf16(xp, T, K, K, xp);  // as the bf16 GEMM reads them
     const int nt = threads_for(N * (K / 32) * 17, (N + 3) / 4);
 #pragma omp parallel num_threads(nt)
     {

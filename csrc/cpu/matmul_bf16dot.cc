@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common.h"
 #include "cpu/simd.h"
 #include "cpu/transpose_avx512.h"
 
@@ -69,7 +70,99 @@ GPTOSS_TARGET_AVX512BF16 void gemm_kernel(const float* xt, int64_t, const float*
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(yt + r * LD + 16 * v, c[r][v]);
 }
 
+// bf16 bits of the 16 E2M1 values (spec section 4), in lanes 0..15 for vpermw.
+alignas(64) constexpr uint16_t kE2m1Bf16[32] = {0x0000, 0x3F00, 0x3F80, 0x3FC0, 0x4000, 0x4040, 0x4080, 0x40C0,
+                                                0x8000, 0xBF00, 0xBF80, 0xBFC0, 0xC000, 0xC040, 0xC080, 0xC0C0};
+// What a scale byte s adds to a nonzero bf16 bit pattern: (s - 127) in the exponent field.
+struct ShiftTable {
+  int16_t v[256];
+};
+constexpr ShiftTable make_shift_table() {
+  ShiftTable t{};
+  for (int s = 0; s < 256; ++s) t.v[s] = int16_t((s - 127) * 128);
+  return t;
+}
+alignas(64) constexpr ShiftTable kScaleShift = make_shift_table();
+
+// R rows x TT tokens of the MXFP4 GEMV on bf16 pairs: per 32-element block and row, the 32
+// weights are looked up as bf16 (vpermw of a table whose exponents carry the block's scale) in
+// pair order, and one vdpbf16ps per token consumes them.
+template <int R, int TT>
+GPTOSS_TARGET_AVX512BF16 inline void mxfp4_dot_rows(const float* xw, int64_t K, const uint8_t* blocks,
+                                                    const uint8_t* scales, const uint16_t* bias, float* Y,
+                                                    int64_t ldy, int64_t n) {
+  const __m512i table = _mm512_load_si512(kE2m1Bf16);
+  const __m512i nib = _mm512_set1_epi32(0x000F000F);
+  const int64_t nb = K / 32, Kw = K / 2;
+  const uint8_t* bl = blocks + n * nb * 16;
+  const uint8_t* sc = scales + n * nb;
+  __m512 acc[R][TT];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const char* pf = reinterpret_cast<const char*>(bl) + 4 * R * nb * 16;  // 4 row groups ahead
+  for (int64_t b = 0; b < nb; ++b) {
+    if (R * 16 * b % 64 == 0) _mm_prefetch(pf + R * 16 * b, _MM_HINT_T0);
+    __m512bh x[TT];
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) x[t] = (__m512bh)_mm512_loadu_ps(xw + t * Kw + 16 * b);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bl + (r * nb + b) * 16)));
+      // word 2j: low nibble of byte j (element 2j), word 2j + 1: its high nibble
+      const __m512i idx = _mm512_ternarylogic_epi32(v, _mm512_slli_epi32(v, 12), nib, 0xA8);  // (a | b) & c
+      const __m512i tab = _mm512_mask_add_epi16(table, __mmask32(0xFEFE), table,
+                                                _mm512_set1_epi16(kScaleShift.v[sc[r * nb + b]]));
+      const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(idx, tab);
+#pragma GCC unroll 16
+      for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w, x[t]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const float bv = bias ? bf16_to_f32(bias[n + r]) : 0.0f;
+#pragma GCC unroll 16
+    for (int t = 0; t < TT; ++t) Y[t * ldy + n + r] = _mm512_reduce_add_ps(acc[r][t]) + bv;
+  }
+}
+
+template <int TT>
+GPTOSS_TARGET_AVX512BF16 void mxfp4_dot_rows_tt(const float* xw, int64_t K, const uint8_t* blocks,
+                                                const uint8_t* scales, const uint16_t* bias, float* Y, int64_t ldy,
+                                                int64_t n0, int64_t n1) {
+  constexpr int R = TT <= 4 ? 4 : 2;  // R x TT accumulators stay in registers
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) mxfp4_dot_rows<R, TT>(xw, K, blocks, scales, bias, Y, ldy, n);
+  for (; n < n1; ++n) mxfp4_dot_rows<1, TT>(xw, K, blocks, scales, bias, Y, ldy, n);
+}
+
 }  // namespace
+
+GPTOSS_TARGET_AVX512BF16 void pack_x_bf16_pairs(const float* X, int64_t T, int64_t K, int64_t ldx, float* xw) {
+  const int64_t Kw = (K + 1) / 2;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; k += 32) {
+      const float* s = X + t * ldx + k;
+      const __m512 w = (__m512)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(first16(K - k - 16), s + 16),
+                                                   _mm512_maskz_loadu_ps(first16(K - k), s));
+      _mm512_mask_storeu_ps(xw + t * Kw + k / 2, first16(Kw - k / 2), w);
+    }
+}
+
+void mxfp4_rows_bf16dot(const float* xw, int64_t T, int64_t K, const uint8_t* blocks, const uint8_t* scales,
+                        const uint16_t* bias, float* Y, int64_t ldy, int64_t n0, int64_t n1) {
+  switch (T) {
+    case 1: return mxfp4_dot_rows_tt<1>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
+    case 2: return mxfp4_dot_rows_tt<2>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
+    case 3: return mxfp4_dot_rows_tt<3>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
+    case 4: return mxfp4_dot_rows_tt<4>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
+    case 5: return mxfp4_dot_rows_tt<5>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
+    case 6: return mxfp4_dot_rows_tt<6>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
+    case 7: return mxfp4_dot_rows_tt<7>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
+    default: return mxfp4_dot_rows_tt<8>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
+  }
+}
 
 const GemmKernel kBf16dotKernel12x1 = gemm_kernel<12, 1>;
 const GemmKernel kBf16dotKernel12x2 = gemm_kernel<12, 2>;
