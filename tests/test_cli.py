@@ -322,3 +322,21 @@ def test_cli_bad_checkpoint_subprocess(tmp_path, o200k_vocab_file):  # noqa: F81
                 stdin="hi\n")
     assert r.returncode == 1 and r.stderr.startswith("gptoss: error:")
     assert "Traceback" not in r.stderr
+
+
+@needs_core
+def test_cli_precision_option(tiny_full_vocab):
+    """--precision reaches the model: bf16 where the CPU can (else a one-line error), a bad value
+    is a usage error."""
+    from gptoss import _core
+
+    args = ["generate", "--model", str(tiny_full_vocab), "--max-tokens", "3", "--temperature", "0",
+            "--precision", "bf16", "The sky is"]
+    r = _gptoss(args)
+    if _core.kernels.bf16_dot_available():
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip()
+    else:
+        assert r.returncode == 1 and "needs a CPU with AVX512_BF16" in r.stderr
+    r = _gptoss(args[:-2] + ["fp16", "The sky is"])
+    assert r.returncode == 2 and "invalid choice" in r.stderr
