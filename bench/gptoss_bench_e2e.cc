@@ -7,7 +7,7 @@
 //   gptoss_bench_e2e --gptoss_checkpoint=DIR [--gptoss_prompt=512] [--gptoss_context=64]
 //                    [--gptoss_batch=1,8] [--gptoss_threads=N] [--gptoss_logits_out=FILE]
 //                    [--gptoss_prefill_iters=3] [--gptoss_decode_iters=32]
-//                    [--gptoss_smoke] [Google Benchmark flags]
+//                    [--gptoss_precision=fp32|bf16] [--gptoss_smoke] [Google Benchmark flags]
 //
 // Before timing, the engine's logits are checked for consistency: the last row of an
 // all-logits prefill of 8 tokens must match 7 tokens of prefill followed by one decode step
@@ -172,12 +172,13 @@ int main(int argc, char** argv) {
   const std::string logits_out = take_flag(&argc, argv, "gptoss_logits_out", "");
   const int64_t prefill_iters = std::stoll(take_flag(&argc, argv, "gptoss_prefill_iters", "3"));
   const int64_t decode_iters = std::stoll(take_flag(&argc, argv, "gptoss_decode_iters", "32"));
+  const std::string precision = take_flag(&argc, argv, "gptoss_precision", "fp32");
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   if (dir.empty()) {
     std::fprintf(stderr, "usage: %s --gptoss_checkpoint=DIR [--gptoss_prompt=N] [--gptoss_context=N] "
                  "[--gptoss_batch=1,8] [--gptoss_threads=N] [--gptoss_logits_out=FILE] [--gptoss_prefill_iters=3] "
-                 "[--gptoss_decode_iters=32] [--gptoss_smoke] "
+                 "[--gptoss_decode_iters=32] [--gptoss_precision=fp32|bf16] [--gptoss_smoke] "
                  "[benchmark flags]\n", argv[0]);
     return 2;
   }
@@ -186,6 +187,8 @@ int main(int argc, char** argv) {
     EngineOptions eo;
     eo.threads = threads;
     eo.kv.prefix_cache = false;  // every prefill is computed, none is served from the cache
+    if (precision != "fp32" && precision != "bf16") throw std::invalid_argument("--gptoss_precision: fp32 or bf16");
+    eo.precision = precision == "bf16" ? cpu::Precision::Bf16 : cpu::Precision::Fp32;
     g.file_bytes = ck.file_bytes;
     g.engine = std::make_unique<Engine>(std::move(ck.config), std::move(ck.tensors), "hf", eo);
     g.invalid = check_engine(*g.engine, logits_out);
@@ -196,6 +199,7 @@ int main(int argc, char** argv) {
   if (!g.invalid.empty()) std::fprintf(stderr, "validation failed: %s\n", g.invalid.c_str());
   const ModelConfig& c = g.engine->config();
   benchmark::AddCustomContext("checkpoint", dir);
+  benchmark::AddCustomContext("precision", g.engine->precision() == cpu::Precision::Bf16 ? "bf16" : "fp32");
   benchmark::AddCustomContext("checkpoint_GB", std::to_string(double(g.file_bytes) / 1e9));
   benchmark::AddCustomContext("layers_experts_vocab", std::to_string(c.n_layers) + "/" + std::to_string(c.n_experts) +
                                                           "/" + std::to_string(c.vocab));

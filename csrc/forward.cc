@@ -101,6 +101,9 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
     cpu::attention(q, Q, T, pos.data(), views.data(), c.n_heads, c.n_kv, D, c.attn_scale, L.sinks.data(),
                    sliding ? c.window : 0, att);
     dense(att, Q, L.o_w, LQ ? &LQ->o : nullptr, H, tmp);
+    // The element-wise passes run on every thread for longer steps (each would otherwise leave
+    // the other threads waiting).
+#pragma omp parallel for if (T > 8)
     for (int64_t r = 0; r < T; ++r)
       for (int64_t i = 0; i < H; ++i) x[r * H + i] += tmp[r * H + i] + L.o_b[i];
 
@@ -127,6 +130,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
       const int32_t* sel = order.data() + offsets[e];
       const float* xin = t;
       if (!(m == T && T == 1)) {
+#pragma omp parallel for if (m > 8)
         for (int64_t j = 0; j < m; ++j) std::memcpy(xg + j * H, t + (sel[j] / K) * H, H * sizeof(float));
         xin = xg;
       }
@@ -137,6 +141,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
       cpu::matmul_mxfp4(act, m, I, I, L.mlp2_blocks + e * H * nb2 * 16, L.mlp2_scales + e * H * nb2, H,
                         nullptr, y, H, opt_.precision);
       const float* b2 = L.mlp2_b.data() + e * H;
+#pragma omp parallel for if (m > 8)  // distinct rows: a token picks an expert once
       for (int64_t j = 0; j < m; ++j) {
         const int64_t r = sel[j] / K;
         const float wgt = rw[sel[j]];
@@ -145,6 +150,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
         for (int64_t i = 0; i < H; ++i) dst[i] += (src[i] + b2[i]) * wgt;
       }
     }
+#pragma omp parallel for if (T > 8)
     for (int64_t i = 0; i < T * H; ++i) x[i] += moe[i];
   }
 

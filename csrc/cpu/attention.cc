@@ -229,9 +229,11 @@ void attention(const float* q, int64_t ldq, int64_t T, const int64_t* pos, const
 #pragma omp parallel if (tasks > 1)
   {
     std::vector<float> scores(size_t(G * max_n));
+    // KV-head-major order: consecutive tasks read the same head's keys and values (a long
+    // prompt's K and V of one head fit in L2; all heads' do not).
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t t = task / n_kv, g = task % n_kv;
+      const int64_t t = task % T, g = task / T;
       const int64_t hi = pos[t];
       const int64_t lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
       Task a{q + t * ldq + g * G * D, &views[t], g, G, n_kv, D, scale, sinks + g * G, lo, hi,

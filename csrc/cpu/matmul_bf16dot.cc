@@ -84,15 +84,25 @@ constexpr ShiftTable make_shift_table() {
 }
 alignas(64) constexpr ShiftTable kScaleShift = make_shift_table();
 
-// R rows x TT tokens of the MXFP4 GEMV on bf16 pairs: per 32-element block and row, the 32
-// weights are looked up as bf16 (vpermw of a table whose exponents carry the block's scale) in
-// pair order, and one vdpbf16ps per token consumes them.
+// The 32 values of one MXFP4 block (16 bytes, scale byte s) as 16 words of bf16 pairs: looked up
+// with vpermw in a table of the E2M1 values whose exponents carry the scale (a masked vpaddw;
+// the zeros stay zero), word j = (element 2j: the low nibble of byte j, element 2j + 1: its high
+// nibble). Exact for s in [2, 252] (mxfp4_bf16_exact).
+GPTOSS_TARGET_AVX512BF16 inline __m512i mxfp4_block_bf16_pairs(const uint8_t* block, uint8_t s) {
+  const __m512i table = _mm512_load_si512(kE2m1Bf16);
+  const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block)));
+  const __m512i idx = _mm512_ternarylogic_epi32(v, _mm512_slli_epi32(v, 12), _mm512_set1_epi32(0x000F000F),
+                                                0xA8);  // (a | b) & c
+  const __m512i tab = _mm512_mask_add_epi16(table, __mmask32(0xFEFE), table, _mm512_set1_epi16(kScaleShift.v[s]));
+  return _mm512_permutexvar_epi16(idx, tab);
+}
+
+// R rows x TT tokens of the MXFP4 GEMV on bf16 pairs: per block and row, the 32 weights are
+// looked up as bf16 pairs and one vdpbf16ps per token consumes them.
 template <int R, int TT>
 GPTOSS_TARGET_AVX512BF16 inline void mxfp4_dot_rows(const float* xw, int64_t K, const uint8_t* blocks,
                                                     const uint8_t* scales, const uint16_t* bias, float* Y,
                                                     int64_t ldy, int64_t n) {
-  const __m512i table = _mm512_load_si512(kE2m1Bf16);
-  const __m512i nib = _mm512_set1_epi32(0x000F000F);
   const int64_t nb = K / 32, Kw = K / 2;
   const uint8_t* bl = blocks + n * nb * 16;
   const uint8_t* sc = scales + n * nb;
@@ -109,12 +119,7 @@ GPTOSS_TARGET_AVX512BF16 inline void mxfp4_dot_rows(const float* xw, int64_t K, 
     for (int t = 0; t < TT; ++t) x[t] = (__m512bh)_mm512_loadu_ps(xw + t * Kw + 16 * b);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bl + (r * nb + b) * 16)));
-      // word 2j: low nibble of byte j (element 2j), word 2j + 1: its high nibble
-      const __m512i idx = _mm512_ternarylogic_epi32(v, _mm512_slli_epi32(v, 12), nib, 0xA8);  // (a | b) & c
-      const __m512i tab = _mm512_mask_add_epi16(table, __mmask32(0xFEFE), table,
-                                                _mm512_set1_epi16(kScaleShift.v[sc[r * nb + b]]));
-      const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(idx, tab);
+      const __m512bh w = (__m512bh)mxfp4_block_bf16_pairs(bl + (r * nb + b) * 16, sc[r * nb + b]);
 #pragma GCC unroll 16
       for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w, x[t]);
     }
@@ -217,22 +222,13 @@ GPTOSS_TARGET_AVX512BF16 void bf16dot_tile_bf16(const uint16_t* W, int64_t ldw, 
 GPTOSS_TARGET_AVX512BF16 void bf16dot_tile_mxfp4(const uint8_t* blocks, const uint8_t* scales, int64_t K,
                                                  int64_t n0, int64_t nrows, int64_t k0, int64_t kc,
                                                  float* wd, int64_t ldwd) {
-  const __m512 table = _mm512_loadu_ps(kMxfp4Table);
   const int64_t nb = K / 32;  // k0, kc in words: 16 per block
   for (int64_t r = 0; r < nrows; ++r) {
     const uint8_t* bl = blocks + ((n0 + r) * nb + k0 / 16) * 16;
     const uint8_t* sc = scales + (n0 + r) * nb + k0 / 16;
     float* d = wd + r * ldwd;
-    for (int64_t b = 0; b < kc / 16; ++b) {
-      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bl + 16 * b)));
-      const __m512 s = _mm512_set1_ps(kE8m0.v[sc[b]]);
-      // E2M1 * 2^e is exact in fp32 and its top 16 bits are the exact bf16: the even element
-      // (low nibble) goes to the low half of the word, the odd one to the high half.
-      const __m512i lo = _mm512_castps_si512(_mm512_mul_ps(_mm512_permutexvar_ps(v, table), s));
-      const __m512i hi = _mm512_castps_si512(_mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table), s));
-      const __m512i pair = _mm512_mask_blend_epi16(__mmask32(0xAAAAAAAAu), _mm512_srli_epi32(lo, 16), hi);
-      _mm512_storeu_ps(d + 16 * b, _mm512_castsi512_ps(pair));
-    }
+    for (int64_t b = 0; b < kc / 16; ++b)
+      _mm512_storeu_ps(d + 16 * b, _mm512_castsi512_ps(mxfp4_block_bf16_pairs(bl + 16 * b, sc[b])));
   }
 }
 

@@ -91,6 +91,7 @@ void router_topk_softmax(const float* logits, int64_t T, int64_t E, int64_t k, i
 
 GPTOSS_CLONES
 void swiglu(const float* h, int64_t T, int64_t I, float alpha, float limit, float* out) {
+#pragma omp parallel for if (T > 8)
   for (int64_t t = 0; t < T; ++t) {
     const float* ht = h + t * 2 * I;
     float* ot = out + t * I;
