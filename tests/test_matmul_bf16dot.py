@@ -175,7 +175,7 @@ def test_bad_precision():
         K_.matmul_mxfp4(x, np.ones((3, 2, 16), np.uint8), np.ones((3, 2), np.uint8), precision="")
 
 
-@pytest.mark.parametrize("T", range(1, 9))
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 6, 7, 8, 9, 12])
 @pytest.mark.parametrize("K,N,lo,hi", [(32, 13, 2, 252), (2880, 6, 117, 124), (96, 2, 2, 20), (64, 9, 230, 252)])
 def test_mxfp4_gemv_one_pass(T, K, N, lo, hi):
     """The few-token MXFP4 kernel (bf16 weights looked up with the scale in their exponent) over

@@ -157,6 +157,8 @@ GPTOSS_TARGET_AVX512BF16 void pack_x_bf16_pairs(const float* X, int64_t T, int64
 
 void mxfp4_rows_bf16dot(const float* xw, int64_t T, int64_t K, const uint8_t* blocks, const uint8_t* scales,
                         const uint16_t* bias, float* Y, int64_t ldy, int64_t n0, int64_t n1) {
+  for (; T > 8; T -= 8, xw += 8 * (K / 2), Y += 8 * ldy)  // passes of 8 tokens
+    mxfp4_dot_rows_tt<8>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
   switch (T) {
     case 1: return mxfp4_dot_rows_tt<1>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
     case 2: return mxfp4_dot_rows_tt<2>(xw, K, blocks, scales, bias, Y, ldy, n0, n1);
