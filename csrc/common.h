@@ -39,7 +39,6 @@ static inline uint16_t f32_to_bf16(float f) {
 
 // y[t, :] += b for T rows of N contiguous floats.
 static inline void add_bias_rows(float* y, int64_t T, int64_t N, const float* b) {
-#pragma omp parallel for if (T * N > (1 << 16))
   for (int64_t t = 0; t < T; ++t)
     for (int64_t n = 0; n < N; ++n) y[t * N + n] += b[n];
 }
