@@ -68,6 +68,26 @@ def timed_decode(seq, logits: np.ndarray, n: int) -> tuple[np.ndarray, list[floa
     return logits, times
 
 
+def batched_decode_tok_s(m, bsz: int, rng, c: ModelConfig) -> float:
+    """Total tok/s of greedy decode steps over bsz forks of one 32-token prompt (median of 4
+    steps after a warm-up)."""
+    root = m.new_sequence()
+    root.prefill([int(t) for t in rng.integers(0, c.vocab_size, 32)])
+    seqs = [root.fork() for _ in range(bsz)]
+    nxt = [int(t) for t in rng.integers(0, c.vocab_size, bsz)]
+    bt = []
+    for i in range(5):  # the first step is a warm-up
+        t0 = time.perf_counter()
+        outs = m.step([(q, [tok]) for q, tok in zip(seqs, nxt)])
+        if i:
+            bt.append(time.perf_counter() - t0)
+        nxt = [int(np.argmax(o)) for o in outs]
+    for q in seqs:
+        q.free()
+    root.free()
+    return bsz / statistics.median(bt)
+
+
 def compare_precisions(models: dict, prompts: list[int], batches: list[int], rng, c: ModelConfig) -> dict:
     """Prefill of each prompt length and batched greedy decode with each model, alternating
     (model order, then reversed) so that a drift of the machine hits both alike."""
@@ -87,21 +107,7 @@ def compare_precisions(models: dict, prompts: list[int], batches: list[int], rng
     for b in batches:
         dec[str(b)] = {}
         for p, mod in models.items():
-            root = mod.new_sequence()
-            root.prefill([int(t) for t in rng.integers(0, c.vocab_size, 32)])
-            seqs = [root.fork() for _ in range(b)]
-            nxt = [int(t) for t in rng.integers(0, c.vocab_size, b)]
-            bt = []
-            for i in range(5):  # the first step is a warm-up
-                t0 = time.perf_counter()
-                outs = mod.step([(q, [tok]) for q, tok in zip(seqs, nxt)])
-                if i:
-                    bt.append(time.perf_counter() - t0)
-                nxt = [int(np.argmax(o)) for o in outs]
-            for q in seqs:
-                q.free()
-            root.free()
-            dec[str(b)][p] = b / statistics.median(bt)
+            dec[str(b)][p] = batched_decode_tok_s(mod, b, rng, c)
     return {"prefill": prefill, "decode_batch": dec}
 
 
@@ -205,21 +211,7 @@ def main() -> int:
     # Batched decode: forks of one prompt, one token each per step.
     batch_res = {}
     for bsz in args.batch:
-        root = m.new_sequence()
-        root.prefill([int(t) for t in rng.integers(0, c.vocab_size, 32)])
-        seqs = [root.fork() for _ in range(bsz)]
-        nxt = [int(t) for t in rng.integers(0, c.vocab_size, bsz)]
-        bt = []
-        for i in range(5):  # the first step is a warm-up
-            t0 = time.perf_counter()
-            outs = m.step([(q, [tok]) for q, tok in zip(seqs, nxt)])
-            if i:
-                bt.append(time.perf_counter() - t0)
-            nxt = [int(np.argmax(o)) for o in outs]
-        for q in seqs:
-            q.free()
-        root.free()
-        batch_res[bsz] = bsz / statistics.median(bt)
+        batch_res[bsz] = batched_decode_tok_s(m, bsz, rng, c)
 
     mem_end = proc_status()  # before a second model maps the checkpoint again
 
