@@ -50,7 +50,7 @@ TILES = ((1, "64x64"), (2, "64x128"), (3, "128x128"), (4, "32x128"))  # set_gemm
 
 
 def kind_bytes(cfg, B: int, ctx: int, kv_elem: int) -> dict[str, float]:
-    """Bytes one decode step of B rows reads, per kernel kind of CudaEngine.profile (all layers)."""
+    """Bytes one decode step of B rows reads, per kernel kind of Engine.profile (all layers)."""
     H, I, E, k, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.experts_per_token, cfg.num_hidden_layers
     Q = cfg.num_attention_heads * cfg.head_dim
     KV = cfg.num_key_value_heads * cfg.head_dim
@@ -69,7 +69,7 @@ def kind_bytes(cfg, B: int, ctx: int, kv_elem: int) -> dict[str, float]:
 
 
 def kind_flops(cfg, n: int) -> dict[str, float]:
-    """Model FLOPs of an n-token prefill per kernel kind of CudaEngine.profile."""
+    """Model FLOPs of an n-token prefill per kernel kind of Engine.profile."""
     H, I, k, L = cfg.hidden_size, cfg.intermediate_size, cfg.experts_per_token, cfg.num_hidden_layers
     Q = cfg.num_attention_heads * cfg.head_dim
     KV = cfg.num_key_value_heads * cfg.head_dim

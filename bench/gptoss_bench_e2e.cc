@@ -1,4 +1,4 @@
-// End-to-end benchmark of the C++ engine (csrc/model.h) on a checkpoint directory, without
+// End-to-end benchmark of the C++ engine (csrc/engine_core.h on the CPU runner) on a checkpoint directory, without
 // Python: prefill, batch-1 decode and batched decode, in tokens/s and as a fraction of the
 // machine's limits (batch-1 decode: bytes of active weights + KV cache per token against the
 // read bandwidth; prefill: FLOPs against the FMA peak), the same models as bench/bench_cpu.py
@@ -24,13 +24,13 @@
 #include "bench_util.h"
 #include "checkpoint_dir.h"
 #include "common.h"
-#include "model.h"
+#include "cpu_runner.h"
 
 namespace gptoss::bench {
 namespace {
 
 struct Setup {
-  std::unique_ptr<Engine> engine;
+  std::unique_ptr<EngineCore> engine;
   int64_t file_bytes = 0;
   std::string invalid;  // why the consistency check failed ("" = passed)
 };
@@ -72,7 +72,7 @@ double prefill_flops(const ModelConfig& c, int64_t n) {
 }
 
 // The consistency check described at the top; returns "" or what failed.
-std::string check_engine(Engine& e, const std::string& logits_out) {
+std::string check_engine(EngineCore& e, const std::string& logits_out) {
   const int64_t V = e.config().vocab, n = 8;
   const std::vector<int32_t> t = tokens_for(n, V, 1);
   std::vector<float> all(size_t(n * V)), last(static_cast<size_t>(V));
@@ -108,7 +108,7 @@ std::string check_engine(Engine& e, const std::string& logits_out) {
 
 void BM_prefill(benchmark::State& s, int64_t n) {
   if (!g.invalid.empty()) return s.SkipWithError(("validation failed: " + g.invalid).c_str());
-  Engine& e = *g.engine;
+  EngineCore& e = *g.engine;
   const std::vector<int32_t> t = tokens_for(n, e.config().vocab, 2);
   std::vector<float> logits(size_t(e.config().vocab));
   for (auto _ : s) {
@@ -124,7 +124,7 @@ void BM_prefill(benchmark::State& s, int64_t n) {
 // rewound to `context`, so every step runs at the same context length.
 void BM_decode(benchmark::State& s, int64_t batch, int64_t context) {
   if (!g.invalid.empty()) return s.SkipWithError(("validation failed: " + g.invalid).c_str());
-  Engine& e = *g.engine;
+  EngineCore& e = *g.engine;
   const int64_t V = e.config().vocab;
   std::vector<int64_t> seqs;
   std::vector<std::vector<int32_t>> next;
@@ -190,7 +190,7 @@ int main(int argc, char** argv) {
     if (precision != "fp32" && precision != "bf16") throw std::invalid_argument("--gptoss_precision: fp32 or bf16");
     eo.precision = precision == "bf16" ? cpu::Precision::Bf16 : cpu::Precision::Fp32;
     g.file_bytes = ck.file_bytes;
-    g.engine = std::make_unique<Engine>(std::move(ck.config), std::move(ck.tensors), "hf", eo);
+    g.engine = make_cpu_engine(std::move(ck.config), std::move(ck.tensors), "hf", eo);
     g.invalid = check_engine(*g.engine, logits_out);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: %s\n", dir.c_str(), e.what());
@@ -199,7 +199,7 @@ int main(int argc, char** argv) {
   if (!g.invalid.empty()) std::fprintf(stderr, "validation failed: %s\n", g.invalid.c_str());
   const ModelConfig& c = g.engine->config();
   benchmark::AddCustomContext("checkpoint", dir);
-  benchmark::AddCustomContext("precision", g.engine->precision() == cpu::Precision::Bf16 ? "bf16" : "fp32");
+  benchmark::AddCustomContext("precision", g.engine->runner().precision());
   benchmark::AddCustomContext("checkpoint_GB", std::to_string(double(g.file_bytes) / 1e9));
   benchmark::AddCustomContext("layers_experts_vocab", std::to_string(c.n_layers) + "/" + std::to_string(c.n_experts) +
                                                           "/" + std::to_string(c.vocab));

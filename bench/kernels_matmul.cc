@@ -1,6 +1,6 @@
 // Matrix products at the gpt-oss shapes (csrc/cpu/matmul.h): bf16 GEMV (decode) and GEMM
 // (prefill), and the MXFP4 experts: decode reads only the top-4 experts of a token, prefill
-// groups the tokens by expert (as forward.cc does) so each expert's weights are read once.
+// groups the tokens by expert (as cpu_forward.cc does) so each expert's weights are read once.
 // Decode figures are bytes/s against the measured read bandwidth, prefill FLOP/s against the
 // measured FMA peak. Each benchmark checks its output against the scalar reference first.
 #include <algorithm>
@@ -103,7 +103,7 @@ struct Experts {
 };
 
 // mlp1 -> SwiGLU -> mlp2 for m gathered rows on expert e (biases are added by the caller in
-// forward.cc, so they are not part of the kernel).
+// cpu_forward.cc, so they are not part of the kernel).
 void expert_mlp(const Experts& x, int64_t e, const float* in, int64_t m, float* h1, float* act, float* out) {
   matmul_mxfp4(in, m, kHidden, kHidden, x.blocks1(e), x.scales1(e), 2 * kInter, nullptr, h1, 2 * kInter);
   cpu::swiglu(h1, m, kInter, 1.702f, 7.0f, act);

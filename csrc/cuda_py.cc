@@ -1,7 +1,7 @@
 // Python bindings of the CUDA backend (compiled only with GPTOSS_WITH_CUDA), and a second time
 // for the CPU emulation of that backend (GPTOSS_CUDA_EMU: `cuda` is then #defined to
 // `cuda_emu`, and the functions register into _core.cuda_emu; see cuda/emu/):
-//   _core.CudaEngine         same methods as _core.Engine (+ step_argmax, memory_info, device_name)
+//   _core.cuda_engine        an _core.Engine on the CUDA runner
 //   _core.cuda_device_count  number of visible devices (0 without driver/GPU; never raises)
 //   _core.cuda_kernels       each kernel on numpy inputs (copy in, run, copy out), for tests
 #if defined(GPTOSS_WITH_CUDA) || defined(GPTOSS_CUDA_EMU)
@@ -24,14 +24,6 @@ using namespace gptoss;
 namespace {
 
 using namespace gptoss::py_common;
-
-// Ctrl-C during a long step: polled between chunks, with the GIL released around the step
-// (the Python error set by PyErr_CheckSignals is raised when the step unwinds).
-bool check_signals() {
-  py::gil_scoped_acquire gil;
-  if (PyErr_CheckSignals() == 0) return false;
-  throw py::error_already_set();
-}
 
 void need(bool c, const std::string& msg) {
   if (!c) throw InvalidArgument(msg);
@@ -324,7 +316,6 @@ std::string set_mma_mode(const std::string& mode);  // cuda/emu/emu.cc
 #endif
 
 void GPTOSS_CUDA_REGISTER(py::module_& m) {
-  using cuda::CudaEngine;
 #ifdef GPTOSS_CUDA_EMU
   m.def("emu_prefetch_count", &gptoss_emu::prefetch_count, "L2 prefetch ranges the emulator has checked so far");
   m.def("emu_held_count", &gptoss_emu::held_count,
@@ -343,170 +334,35 @@ void GPTOSS_CUDA_REGISTER(py::module_& m) {
       [](const py::dict& config, int64_t block_size, int64_t window_retain, int64_t max_chunk_tokens,
          const std::string& kv_dtype) {
         const auto opt = make_opts(block_size, 0, window_retain, max_chunk_tokens, 0, kv_dtype, true);
-        return CudaEngine::memory_plan(config_from_dict(config), opt);
+        return cuda::CudaRunner::memory_plan(config_from_dict(config), opt);
       },
       py::arg("config"), py::arg("block_size") = 16, py::arg("window_retain") = 256,
       py::arg("max_chunk_tokens") = 512, py::arg("kv_dtype") = "float32",
       "Device bytes of a model (weights, workspace, KV per token / per sequence) without a device");
 
-  py::class_<CudaEngine> engine(m, "CudaEngine");
-  bind_prefix_cache(engine);
-  engine
-      .def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,
-                       const std::string& layout, int64_t block_size, int64_t kv_cache_bytes, int64_t window_retain,
-                       int64_t max_chunk_tokens, int threads, int device, const std::string& kv_dtype,
-                       py::object synthetic_seed, bool cuda_graphs, bool prefix_cache) {
-             auto opt =
-                 make_opts(block_size, kv_cache_bytes, window_retain, max_chunk_tokens, device, kv_dtype, cuda_graphs);
-             opt.prefix_cache = prefix_cache;
-             ModelConfig cfg = config_from_dict(config);
-             if (!synthetic_seed.is_none()) {
-               const uint64_t seed = synthetic_seed.cast<uint64_t>();
-               py::gil_scoped_release nogil;
-               return std::make_unique<CudaEngine>(std::move(cfg), seed, opt);
-             }
-             // The arrays are only read during construction (uploaded), under the GIL.
-             auto src = tensor_source(files, arrays, /*keep_alive=*/false);
-             return std::make_unique<CudaEngine>(std::move(cfg), std::move(src), layout, opt);
-           }),
-           py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
-           py::arg("block_size") = 16, py::arg("kv_cache_bytes") = 0, py::arg("window_retain") = 256,
-           py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0, py::arg("device") = 0,
-           py::arg("kv_dtype") = "float32", py::arg("synthetic_seed") = py::none(), py::arg("cuda_graphs") = true,
-           py::arg("prefix_cache") = true)
-      .def("new_sequence", &CudaEngine::new_sequence)
-      .def("fork", &CudaEngine::fork)
-      .def("free", &CudaEngine::free_sequence)
-      .def("truncate", &CudaEngine::truncate)
-      .def("length", &CudaEngine::length)
-      .def("has_sequence", &CudaEngine::has_sequence)
-      .def("tokens", [](const CudaEngine& e, int64_t s) { return e.tokens(s); })
-      .def_property_readonly("num_sequences", &CudaEngine::num_sequences)
-      .def("kv_stats", &CudaEngine::kv_stats)
-      .def("memory_info", &CudaEngine::memory_info)
-      .def("device_name", &CudaEngine::device_name)
-      .def("set_cuda_graphs", &CudaEngine::set_graphs, py::arg("enabled"))
-      .def("set_max_chunk_tokens", &CudaEngine::set_max_chunk_tokens, py::arg("n"))
-      .def("set_tc_split", &CudaEngine::set_tc_split, py::arg("split"),
-           "tensor-core GEMMs and prefill attention on hi/lo operands (True, default: fp32-level) or bf16 (False)")
-      .def("set_profile", &CudaEngine::set_profile, py::arg("enabled"),
-           "device time per kernel kind of the following steps (benchmarks); resets the totals")
-      .def("profile", [](const CudaEngine& e) {
-        py::dict d;
-        int64_t steps = 0;
-        for (const auto& [name, ms, n] : e.profile()) {
-          if (name == "steps") steps = n;
-          else d[py::str(name)] = py::make_tuple(ms, n);
+  // The engine (the one _core.Engine class) on this backend's runner.
+  m.def(
+      "cuda_engine",
+      [](const py::dict& config, const std::vector<std::string>& files, py::object arrays, const std::string& layout,
+         int64_t block_size, int64_t kv_cache_bytes, int64_t window_retain, int64_t max_chunk_tokens, int device,
+         const std::string& kv_dtype, py::object synthetic_seed, bool cuda_graphs, bool prefix_cache) {
+        auto opt = make_opts(block_size, kv_cache_bytes, window_retain, max_chunk_tokens, device, kv_dtype, cuda_graphs);
+        opt.prefix_cache = prefix_cache;
+        ModelConfig cfg = config_from_dict(config);
+        if (!synthetic_seed.is_none()) {
+          const uint64_t seed = synthetic_seed.cast<uint64_t>();
+          py::gil_scoped_release nogil;
+          return cuda::make_cuda_engine(std::move(cfg), seed, opt);
         }
-        d["steps"] = steps;
-        return d;
-      }, "{kernel kind: (device ms summed, intervals), 'steps': profiled steps}")
-      .def("set_fuse_qkv_rope", &CudaEngine::set_fuse_qkv_rope, py::arg("enabled"),
-           "decode steps: QKV projection, RoPE and KV store in one kernel (default) or two")
-      .def("set_moe_gemv_tokens", &CudaEngine::set_moe_gemv_tokens, py::arg("n"),
-           "steps of up to n tokens run the experts on the GEMV path, longer ones on the tensor-core "
-           "GEMM (default: while the pairs average at most 8 per expert, 8 E / k tokens, at least 8)")
-      .def("moe_gemv_tokens", &CudaEngine::moe_gemv_tokens,
-           "steps of up to this many tokens run the experts on the GEMV path (default: while the pairs "
-           "average at most 8 per expert)")
-      .def("moe_gemv_available", &CudaEngine::moe_gemv_available,
-           "whether the experts' decode GEMV runs here (tensor cores that take fp16 subnormals)")
-      .def("set_pdl", &CudaEngine::set_pdl, py::arg("enabled"), py::arg("prefetch") = true,
-           "programmatic dependent launch between kernels (sm_90+); returns whether it is in use. "
-           "prefetch: the weight-streaming kernels first ask L2 for their weights, then wait")
-      .def("set_gemm_tiles", &CudaEngine::set_gemm_tiles, py::arg("tiles"),
-           "tensor-core block tile: 0 auto (default), 1 64x64, 2 64x128, 3 128x128, 4 32x128")
-      .def("graph_stats", [](const CudaEngine& e) {
-        const auto v = e.graph_stats();
-        py::dict d;
-        d["captured"] = v[0];
-        d["launches"] = v[1];
-        d["cached"] = v[2];
-        return d;
-      })
-      .def("arrival_counters", [](CudaEngine& e) {
-        py::gil_scoped_release nogil;
-        return e.arrival_counters();
-      }, "(counters, non-zero counters) of the last-block-merges kernels once the stream drains (all zero "
-         "between steps)")
-      .def("synchronize", [](CudaEngine& e) {
-        py::gil_scoped_release nogil;
-        e.synchronize();
-      })
-      .def(
-          "step",
-          [](CudaEngine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,
-             const std::vector<bool>& all_logits) {
-            Items it = make_items(e.config().vocab, seqs, toks, all_logits);
-            py::array_t<float> out({e.logits_rows(it.items), e.config().vocab});
-            float* o = out.mutable_data();
-            {
-              py::gil_scoped_release nogil;
-              e.step(it.items, o, check_signals);
-            }
-            return out;
-          },
-          py::arg("seqs"), py::arg("tokens"), py::arg("all_logits"))
-      .def(
-          "step_argmax",
-          [](CudaEngine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks) {
-            Items it = make_items(e.config().vocab, seqs, toks, std::vector<bool>(seqs.size(), false));
-            py::array_t<int32_t> out(int64_t(seqs.size()));
-            int32_t* o = out.mutable_data();
-            {
-              py::gil_scoped_release nogil;
-              e.step_argmax(it.items, o, check_signals);
-            }
-            return out;
-          },
-          py::arg("seqs"), py::arg("tokens"), "Greedy next token (argmax on the device) after each item")
-      .def(
-          "step_sample",
-          [](CudaEngine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,
-             arr<float> temperature, arr<int32_t> top_k, arr<float> top_p, arr<float> min_p, arr<float> u,
-             arr<int32_t> vocab_limit, int logprobs, py::object pen_off, py::object pen_id,
-             py::object pen_val) -> py::object {
-            const size_t n = seqs.size();
-            need(size_t(temperature.size()) == n && size_t(top_k.size()) == n && size_t(top_p.size()) == n &&
-                     size_t(min_p.size()) == n && size_t(u.size()) == n && size_t(vocab_limit.size()) == n,
-                 "step_sample: one value of each parameter per sequence");
-            need(logprobs >= -1 && logprobs <= 20, "step_sample: logprobs must be -1 (none) or 0..20");
-            std::vector<CudaEngine::SampleParams> sp(n);
-            for (size_t i = 0; i < n; ++i)
-              sp[i] = CudaEngine::SampleParams{temperature.data()[i], top_k.data()[i], top_p.data()[i],
-                                               min_p.data()[i], u.data()[i], vocab_limit.data()[i]};
-            Items it = make_items(e.config().vocab, seqs, toks, std::vector<bool>(n, false));
-            const py::ssize_t rows = static_cast<py::ssize_t>(n), top = std::max(logprobs, 0);
-            py::array_t<int32_t> out(rows);
-            py::array_t<float> chosen(rows), top_lp({rows, top});
-            py::array_t<int32_t> top_ids({rows, top});
-            int32_t* o = out.mutable_data();
-            float* c = chosen.mutable_data();
-            int32_t* ti = top_ids.mutable_data();
-            float* tl = top_lp.mutable_data();
-            CudaEngine::Penalties pen;
-            const bool has_pen = !pen_off.is_none();
-            if (has_pen) {
-              auto po = pen_off.cast<arr<int32_t>>();
-              auto pi = pen_id.cast<arr<int32_t>>();
-              auto pv = pen_val.cast<arr<float>>();
-              pen.off.assign(po.data(), po.data() + po.size());
-              pen.id.assign(pi.data(), pi.data() + pi.size());
-              pen.val.assign(pv.data(), pv.data() + pv.size());
-            }
-            {
-              py::gil_scoped_release nogil;
-              e.step_sample(it.items, sp, o, check_signals, logprobs, c, ti, tl, has_pen ? &pen : nullptr);
-            }
-            if (logprobs < 0) return std::move(out);
-            return py::make_tuple(out, chosen, top_ids, top_lp);
-          },
-          py::arg("seqs"), py::arg("tokens"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
-          py::arg("min_p"), py::arg("u"), py::arg("vocab_limit"), py::arg("logprobs") = -1,
-          py::arg("pen_off") = py::none(), py::arg("pen_id") = py::none(), py::arg("pen_val") = py::none(),
-          "Next token drawn on the device after each item (sampling.py steps 4-8 with the given uniform u); "
-          "logprobs >= 0: (tokens, chosen logprob, top ids, top logprobs) of the raw logits; pen_*: the "
-          "penalty CSR (item i: entries pen_off[i]..pen_off[i+1] of pen_id, pen_val [.,3] = rep, sub, bias)");
+        // The arrays are only read during construction (uploaded), under the GIL.
+        auto src = tensor_source(files, arrays, /*keep_alive=*/false);
+        return cuda::make_cuda_engine(std::move(cfg), std::move(src), layout, opt);
+      },
+      py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
+      py::arg("block_size") = 16, py::arg("kv_cache_bytes") = 0, py::arg("window_retain") = 256,
+      py::arg("max_chunk_tokens") = 512, py::arg("device") = 0, py::arg("kv_dtype") = "float32",
+      py::arg("synthetic_seed") = py::none(), py::arg("cuda_graphs") = true, py::arg("prefix_cache") = true,
+      "An Engine on a CUDA device: weights uploaded from the files or arrays, or made there from synthetic_seed");
 
   py::module_ k = m.def_submodule("cuda_kernels", "CUDA kernels on numpy inputs (copy in, run, copy out), for tests");
   register_kernels(k);

@@ -1,4 +1,5 @@
-// Python bindings of the Engine, build info and the exception mapping.
+// Python bindings of the engine (one class whatever the backend; the CPU's constructor here, the
+// CUDA factories in cuda_py.cc), build info and the exception mapping.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -6,8 +7,8 @@
 #include "common.h"
 #include "cpu/matmul.h"
 #include "cpu/roofline.h"
+#include "cpu_runner.h"
 #include "engine_py_common.h"
-#include "model.h"
 
 #include <omp.h>
 
@@ -43,79 +44,45 @@ void register_engine_bindings(py::module_& m) {
     }
   });
 
-  py::class_<Engine> engine(m, "Engine");
-  engine
-      .def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,
-                       const std::string& layout, int64_t block_size, int64_t kv_cache_bytes,
-                       int64_t window_retain, int64_t max_chunk_tokens, int threads, bool populate,
-                       bool int8_decode, bool prefix_cache, const std::string& precision) {
-             if (precision != "fp32" && precision != "bf16")
-               throw InvalidArgument("precision must be 'fp32' or 'bf16', got '" + precision + "'");
-             auto src = std::make_unique<TensorSource>();
-             {
-               py::gil_scoped_release nogil;  // mapping (and populating) large files takes a moment
-               for (const auto& f : files) src->files.push_back(std::make_unique<SafetensorsFile>(f, populate));
-             }
-             if (!arrays.is_none()) {
-               auto mem = tensor_source({}, arrays, /*keep_alive=*/true);
-               src->memory = std::move(mem->memory);
-               src->keepalive = std::move(mem->keepalive);
-             }
-             EngineOptions opt;
-             opt.kv.block_size = block_size;
-             opt.kv.window_retain = window_retain;
-             opt.kv.max_chunk_tokens = max_chunk_tokens;
-             opt.kv.prefix_cache = prefix_cache;
-             opt.kv_cache_bytes = kv_cache_bytes;
-             opt.threads = threads;
-             opt.int8_decode = int8_decode;
-             opt.precision = precision == "bf16" ? cpu::Precision::Bf16 : cpu::Precision::Fp32;
-             ModelConfig cfg = config_from_dict(config);
-             py::gil_scoped_release nogil;  // quantizing (int8_decode) takes a moment
-             return std::make_unique<Engine>(std::move(cfg), std::move(src), layout, opt);
-           }),
-           py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
-           py::arg("block_size") = 16, py::arg("kv_cache_bytes") = int64_t(4) << 30,
-           py::arg("window_retain") = 256, py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0,
-           py::arg("populate") = false, py::arg("int8_decode") = false, py::arg("prefix_cache") = true,
-           py::arg("precision") = "fp32")
-      .def("new_sequence", &Engine::new_sequence)
-      .def("fork", &Engine::fork)
-      .def("free", &Engine::free_sequence)
-      .def("truncate", &Engine::truncate)
-      .def("length", &Engine::length)
-      .def("has_sequence", &Engine::has_sequence)
-      .def("tokens", [](const Engine& e, int64_t s) { return e.tokens(s); })
-      .def_property_readonly("num_sequences", &Engine::num_sequences)
-      .def("kv_stats", &Engine::kv_stats)
-      .def_property_readonly("int8_decode", &Engine::int8_decode)
-      .def_property_readonly("precision",
-                             [](const Engine& e) { return e.precision() == cpu::Precision::Bf16 ? "bf16" : "fp32"; },
-                             "the arithmetic of the larger products: 'bf16' only where the CPU has AVX512_BF16")
-      .def(
-          "step",
-          [](Engine& e, const std::vector<int64_t>& seqs, const std::vector<arr<int64_t>>& toks,
-             const std::vector<bool>& all_logits) {
-            const int64_t vocab = e.config().vocab;
-            Items it = make_items(vocab, seqs, toks, all_logits);
-            const auto& items = it.items;
-            py::array_t<float> out({e.logits_rows(items), vocab});
-            float* o = out.mutable_data();
-            {
-              py::gil_scoped_release nogil;
-              // Ctrl-C during a long prefill: checked between chunks (the Python error set by
-              // PyErr_CheckSignals is raised when the step unwinds).
-              e.step(items, o, [] {
-                py::gil_scoped_acquire gil;
-                if (PyErr_CheckSignals() == 0) return false;
-                throw py::error_already_set();
-              });
-            }
-            return out;
-          },
-          py::arg("seqs"), py::arg("tokens"), py::arg("all_logits"));
-  bind_prefix_cache(engine);
-
+  py::class_<EngineCore> engine(m, "Engine",
+                                "The engine: sequences in a paged KV cache and batched steps, on the runner of "
+                                "its backend (Engine(...) on the CPU; cuda_engine(...) on a CUDA device)");
+  engine.def(py::init([](const py::dict& config, const std::vector<std::string>& files, py::object arrays,
+                         const std::string& layout, int64_t block_size, int64_t kv_cache_bytes,
+                         int64_t window_retain, int64_t max_chunk_tokens, int threads, bool populate,
+                         bool int8_decode, bool prefix_cache, const std::string& precision) {
+               if (precision != "fp32" && precision != "bf16")
+                 throw InvalidArgument("precision must be 'fp32' or 'bf16', got '" + precision + "'");
+               auto src = std::make_unique<TensorSource>();
+               {
+                 py::gil_scoped_release nogil;  // mapping (and populating) large files takes a moment
+                 for (const auto& f : files) src->files.push_back(std::make_unique<SafetensorsFile>(f, populate));
+               }
+               if (!arrays.is_none()) {
+                 auto mem = tensor_source({}, arrays, /*keep_alive=*/true);
+                 src->memory = std::move(mem->memory);
+                 src->keepalive = std::move(mem->keepalive);
+               }
+               EngineOptions opt;
+               opt.kv.block_size = block_size;
+               opt.kv.window_retain = window_retain;
+               opt.kv.max_chunk_tokens = max_chunk_tokens;
+               opt.kv.prefix_cache = prefix_cache;
+               opt.kv_cache_bytes = kv_cache_bytes;
+               opt.threads = threads;
+               opt.int8_decode = int8_decode;
+               opt.precision = precision == "bf16" ? cpu::Precision::Bf16 : cpu::Precision::Fp32;
+               ModelConfig cfg = config_from_dict(config);
+               py::gil_scoped_release nogil;  // quantizing (int8_decode) takes a moment
+               return make_cpu_engine(std::move(cfg), std::move(src), layout, opt);
+             }),
+             py::arg("config"), py::arg("files"), py::arg("arrays") = py::none(), py::arg("layout") = "hf",
+             py::arg("block_size") = 16, py::arg("kv_cache_bytes") = int64_t(4) << 30,
+             py::arg("window_retain") = 256, py::arg("max_chunk_tokens") = 512, py::arg("threads") = 0,
+             py::arg("populate") = false, py::arg("int8_decode") = false, py::arg("prefix_cache") = true,
+             py::arg("precision") = "fp32",
+             "An engine on the CPU (the weights read in place from the files or arrays)");
+  bind_engine(engine);
   m.def("measure_read_bandwidth", [](int64_t bytes, int reps) {
     py::gil_scoped_release nogil;
     return cpu::measure_read_bandwidth(bytes, reps);

@@ -1,5 +1,5 @@
-// Binding helpers shared by the CPU Engine (engine_py.cc) and the CudaEngine (cuda_py.cc):
-// the config dict, tensors handed over from Python, and step() arguments.
+// Binding helpers shared by the engine's constructors (engine_py.cc, cuda_py.cc) and its methods
+// (engine_class_py.cc): the config dict, tensors handed over from Python, and step() arguments.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common.h"
+#include "engine_core.h"
 #include "model.h"
 
 namespace gptoss::py_common {
@@ -122,36 +123,7 @@ inline Items make_items(int64_t vocab, const std::vector<int64_t>& seqs, const s
   return r;
 }
 
-// The prefix-cache methods, the same on every engine class.
-template <typename E, typename... Opts>
-void bind_prefix_cache(py::class_<E, Opts...>& c) {
-  c.def(
-       "new_sequence_cached",
-       [](E& e, const arr<int64_t>& toks) {
-         if (toks.ndim() != 1) throw InvalidArgument("new_sequence_cached: tokens must be 1-D");
-         std::vector<int32_t> t(size_t(toks.shape(0)));
-         for (size_t i = 0; i < t.size(); ++i) {
-           const int64_t v = toks.data()[i];
-           if (v < 0 || v > INT32_MAX) throw InvalidArgument("token id " + std::to_string(v) + " is out of range");
-           t[i] = int32_t(v);
-         }
-         int64_t reused = 0;
-         const int64_t seq = e.new_sequence_from_cache(t, &reused);
-         return py::make_tuple(seq, reused);
-       },
-       py::arg("tokens"),
-       "(sequence id, tokens it already holds): a new sequence with the longest cached prefix of tokens")
-      .def("prefix_cache_stats",
-           [](const E& e) {
-             const PrefixCacheStats st = e.prefix_cache_stats();
-             py::dict d;
-             d["kept_blocks"] = st.kept_blocks;
-             d["registered_blocks"] = st.registered_blocks;
-             d["query_tokens"] = st.query_tokens;
-             d["hit_tokens"] = st.hit_tokens;
-             return d;
-           })
-      .def("clear_prefix_cache", &E::clear_prefix_cache);
-}
+// The methods of _core.Engine (engine_class_py.cc): whichever backend constructed it.
+void bind_engine(py::class_<EngineCore>& c);
 
 }  // namespace gptoss::py_common

@@ -1,4 +1,4 @@
-// CudaEngine: every kernel of one forward pass over the rows `meta` describes, and of the head
+// CudaRunner: every kernel of one forward pass over the rows `meta` describes, and of the head
 // (unembedding, argmax or sampling, log-probabilities).
 #include <algorithm>
 #include <cmath>
@@ -8,7 +8,7 @@
 
 namespace gptoss::cuda {
 
-void CudaEngine::Impl::enqueue_forward(const Shape& p) {
+void CudaRunner::Impl::enqueue_forward(const Shape& p) {
   const ModelConfig& c = cfg;
   const int64_t H = c.hidden, Q = c.q_dim(), KV = c.kv_dim(), QKV = Q + 2 * KV, D = c.head_dim;
   const int64_t K = c.top_k, B = opt.block_size;
@@ -105,27 +105,27 @@ void CudaEngine::Impl::enqueue_forward(const Shape& p) {
   if (p.R > 0 && p.R <= kLogitRows) enqueue_head(p, 0, p.R);
 }
 
-void CudaEngine::Impl::enqueue_head(const Shape& p, int r0, int n) {
+void CudaRunner::Impl::enqueue_head(const Shape& p, int r0, int n) {
   const ModelConfig& c = cfg;
   const int Hi = int(c.hidden);
   cudaStream_t st = stream;
   dense(t, Hi, meta + o_lr(p) + r0, n, Hi, unembed, Hi, int(c.vocab), nullptr, logits, int(c.vocab), EPI_STORE, st, 0,
         opt.tc_split, opt.gemm_tiles);
   mark("unembedding");
-  if (p.mode == ARGMAX) argmax_rows(logits, n, c.vocab, argmax_out + r0, st, &argmax_scr);
-  if (p.mode == ARGMAX) mark("argmax");
+  if (p.mode == StepOutput::Argmax) argmax_rows(logits, n, c.vocab, argmax_out + r0, st, &argmax_scr);
+  if (p.mode == StepOutput::Argmax) mark("argmax");
   const int32_t* pen_off = meta + o_pen(p) + r0;  // absolute entry indices of this piece's rows
   const int32_t* pen_id = meta + o_pen(p) + p.R + 1;
   const float* pen_val = reinterpret_cast<const float*>(meta + o_pen(p) + p.R + 1 + p.pe);
   if (p.pe > 0) apply_penalties(logits, n, c.vocab, pen_off, pen_id, pen_val, pen_saved, st);
-  if (p.mode == SAMPLE)
-    sample_rows(logits, n, c.vocab, reinterpret_cast<const SP*>(meta + o_sp(p)) + r0, argmax_out + r0, st,
+  if (p.mode == StepOutput::Sample)
+    sample_rows(logits, n, c.vocab, reinterpret_cast<const SampleParams*>(meta + o_sp(p)) + r0, argmax_out + r0, st,
                 &sample_scr);
   if (p.pe > 0 && p.lpn >= 0) restore_penalties(logits, n, c.vocab, pen_off, pen_id, pen_saved, st);
-  if (p.mode == SAMPLE && p.lpn >= 0)  // of the raw logits, for the sampled tokens
+  if (p.mode == StepOutput::Sample && p.lpn >= 0)  // of the raw logits, for the sampled tokens
     logprobs_rows(logits, n, c.vocab, p.lpl, argmax_out + r0, p.lpn, lp_chosen + r0,
                   lp_ids + int64_t(r0) * p.lpn, lp_top + int64_t(r0) * p.lpn, st);
-  if (p.mode == SAMPLE) mark(p.lpn >= 0 ? "sampling + logprobs" : "sampling");
+  if (p.mode == StepOutput::Sample) mark(p.lpn >= 0 ? "sampling + logprobs" : "sampling");
 }
 
 }  // namespace gptoss::cuda

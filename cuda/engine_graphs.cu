@@ -1,4 +1,4 @@
-// CudaEngine: decode steps captured once per launch shape and replayed as CUDA graphs, and the
+// CudaRunner: decode steps captured once per launch shape and replayed as CUDA graphs, and the
 // profiler (events between kernel groups).
 #include <algorithm>
 #include <cmath>
@@ -8,12 +8,12 @@
 
 namespace gptoss::cuda {
 
-void CudaEngine::Impl::drop_graphs() {
+void CudaRunner::Impl::drop_graphs() {
   for (auto& kv : graphs) cudaGraphExecDestroy(kv.second);
   graphs.clear();
 }
 
-void CudaEngine::Impl::mark(const char* label) {
+void CudaRunner::Impl::mark(const char* label) {
   if (!prof_on) return;
   const size_t i = prof_labels.size();
   if (i == prof_events.size()) {
@@ -33,7 +33,7 @@ void CudaEngine::Impl::mark(const char* label) {
   prof_labels.push_back(label);
 }
 
-void CudaEngine::Impl::run_profiled(const Shape& p) {
+void CudaRunner::Impl::run_profiled(const Shape& p) {
   CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   cudaGraph_t g = nullptr;
   prof_on = true;
@@ -55,7 +55,7 @@ void CudaEngine::Impl::run_profiled(const Shape& p) {
   CUDA_CHECK(cudaGraphLaunch(prof_exec, stream));
 }
 
-void CudaEngine::Impl::collect_profile() {
+void CudaRunner::Impl::collect_profile() {
   if (!prof_pending) return;
   prof_pending = false;
   if (prof_exec) cudaGraphExecDestroy(prof_exec);
@@ -70,14 +70,14 @@ void CudaEngine::Impl::collect_profile() {
   ++prof_steps;
 }
 
-void CudaEngine::Impl::drop_profile() {
+void CudaRunner::Impl::drop_profile() {
   if (prof_exec) cudaGraphExecDestroy(prof_exec);
   prof_exec = nullptr;
   for (cudaEvent_t e : prof_events) cudaEventDestroy(e);
   prof_events.clear();
 }
 
-void CudaEngine::Impl::run_graph(const Shape& p) {
+void CudaRunner::Impl::run_graph(const Shape& p) {
   auto it = graphs.find(p);
   if (it == graphs.end()) {
     if (graphs.size() >= kMaxGraphs) drop_graphs();

@@ -1,8 +1,8 @@
-// CudaEngine's internals, shared by its parts (one concern each):
-//   engine.cu          the public methods (locking, sequences through SequenceTable, options)
+// CudaRunner's internals, shared by its parts (one concern each):
+//   engine.cu          the public methods (construction, the runner interface, options)
 //   engine_weights.cu  the device, the weights (uploaded or generated on the device)
 //   engine_memory.cu   the workspace, the KV cache, the step metadata buffers
-//   engine_plan.cu     a step: chunks (SequenceTable) serialised into `meta` (the step plan)
+//   engine_plan.cu     a chunk: its StepPlan serialised into `meta`, run, outputs copied back
 //   engine_graphs.cu   CUDA graphs of decode steps, and the profiler's events
 //   engine_forward.cu  the kernels of one forward pass and of the head
 #pragma once
@@ -49,7 +49,7 @@ struct DevLayer {
   uint8_t *mlp1_blocks, *mlp1_scales, *mlp2_blocks, *mlp2_scales;
 };
 
-struct CudaEngine::Impl {
+struct CudaRunner::Impl {
   ModelConfig cfg;
   CudaEngineOptions opt;
   int sm_count = 0, cc_major = 0;
@@ -67,10 +67,7 @@ struct CudaEngine::Impl {
 
   // KV cache
   std::vector<int64_t> full_layers, win_layers;
-  std::unique_ptr<DevPool> kv_pool;  // both groups of layers draw blocks from it
-  std::unique_ptr<PoolView> full_pool, win_pool;
-  std::unique_ptr<SequenceTable> seqs;  // after the pools: destroyed first
-  std::mutex mu;                        // serialises the public methods
+  std::unique_ptr<DevPool> kv_pool;  // both groups of layers draw blocks from it (engine core)
 
   // workspace (sized for max_chunk_tokens rows)
   int64_t Tmax = 0, part_cap = 0;
@@ -131,20 +128,9 @@ struct CudaEngine::Impl {
   void alloc_workspace();
   void alloc_kv();
 
-  // ---- a step: validated and chunked by the shared SequenceTable (csrc/kv_cache.h)
-  // out: logits rows; else out_tok: one token per item, the argmax (sp null) or sampled with
-  // sp[item] (all_logits is then ignored, so output row == item index).
-  using SP = ::gptoss::cuda::SampleParams;  // the kernel's (kernels.cuh), not CudaEngine's
-  // Host outputs of the device logprobs (n < 0: none), one row per item.
-  struct LogprobOut {
-    int n = -1, vocab_limit = 0;
-    float* chosen = nullptr;  // [items]
-    int32_t* ids = nullptr;   // [items * n]
-    float* top = nullptr;     // [items * n]
-    const Penalties* pen = nullptr;  // and the sampler's penalties (per item; may be null)
-  };
-  void run(const std::vector<StepItem>& items_in, float* out, int32_t* out_tok, const SP* sp,
-           const std::function<bool()>& interrupted, const LogprobOut& lp);
+  // ---- a step: one chunk's StepPlan serialised into `meta`, run eagerly or as a graph, its
+  // outputs copied back.
+  void forward_chunk(const StepPlan& plan, const StepOutputs& out);
   void ensure_meta(int64_t n);
   void ensure_pen_saved(int64_t n);
 
@@ -152,11 +138,11 @@ struct CudaEngine::Impl {
   // and replayed. Everything a kernel reads that changes from step to step (tokens, positions,
   // block tables, attention groups) is in `meta`, whose layout depends only on the shape; the
   // attention splits are cut per group on the device (AttnArgs::split_len = 0).
-  enum Mode : int { LOGITS = 0, ARGMAX = 1, SAMPLE = 2 };
   struct Shape {
-    int T, ng, R, nsf, nsw, mode;
-    int lpn, lpl;  // SAMPLE: top logprobs per row (-1: no logprobs) and their vocab_limit
-    // SAMPLE: room for the chunk's penalty entries, a power of two >= 64 (0: none), so that a
+    int T, ng, R, nsf, nsw;
+    StepOutput mode;
+    int lpn, lpl;  // Sample: top logprobs per row (-1: no logprobs) and their vocab_limit
+    // Sample: room for the chunk's penalty entries, a power of two >= 64 (0: none), so that a
     // graph serves every step whose entries fit; the CSR offsets say how many are real.
     int pe = 0;
     bool operator<(const Shape& o) const {
@@ -164,8 +150,7 @@ struct CudaEngine::Impl {
              std::tie(o.T, o.ng, o.R, o.nsf, o.nsw, o.mode, o.lpn, o.lpl, o.pe);
     }
   };
-  static constexpr int kSpInts = int(sizeof(SP) / 4);
-  static_assert(sizeof(SP) % 4 == 0, "SampleParams is copied as int32 words");
+  static constexpr int kSpInts = int(sizeof(SampleParams) / 4);
   std::map<Shape, cudaGraphExec_t> graphs;
   int64_t graphs_captured = 0, graph_launches = 0;
   static constexpr int kGraphMaxT = 256;
@@ -196,7 +181,7 @@ struct CudaEngine::Impl {
   void drop_profile();
 
   // Metadata layout: tok[T] pos[T] row_full[T] row_win[T] groups_full[ng] groups_win[ng]
-  // logit_rows[R] sample_params[R] (SAMPLE only) tables[...] (the full-attention tables, then the
+  // logit_rows[R] sample_params[R] (Sample only) tables[...] (the full-attention tables, then the
   // window tables).
   static int64_t o_pos(const Shape& p) { return p.T; }
   static int64_t o_rf(const Shape& p) { return 2 * int64_t(p.T); }
@@ -205,12 +190,10 @@ struct CudaEngine::Impl {
   static int64_t o_gw(const Shape& p) { return o_gf(p) + 4 * int64_t(p.ng); }
   static int64_t o_lr(const Shape& p) { return o_gw(p) + 4 * int64_t(p.ng); }
   static int64_t o_sp(const Shape& p) { return o_lr(p) + p.R; }
-  static int64_t o_pen(const Shape& p) { return o_sp(p) + (p.mode == SAMPLE ? int64_t(kSpInts) * p.R : 0); }
+  static int64_t o_pen(const Shape& p) { return o_sp(p) + (p.mode == StepOutput::Sample ? int64_t(kSpInts) * p.R : 0); }
   // penalty CSR: off[R + 1] (from 0), id[pe], val[3 pe]
   static int64_t o_tab(const Shape& p) { return o_pen(p) + (p.pe > 0 ? int64_t(p.R + 1) + 4 * int64_t(p.pe) : 0); }
 
-  void forward_chunk(const std::vector<Chunk>& chunks, float* out, int32_t* out_tok, const SP* sp,
-                     const LogprobOut& lp);
   int plan_splits(const Shape& p, int max_span) const;
   void run_graph(const Shape& p);
 

@@ -1,4 +1,4 @@
-// CudaEngine: the workspace (sized for max_chunk_tokens rows), the paged KV cache and the
+// CudaRunner: the workspace (sized for max_chunk_tokens rows), the paged KV cache and the
 // step metadata buffers.
 #include <algorithm>
 #include <cmath>
@@ -8,11 +8,11 @@
 
 namespace gptoss::cuda {
 
-void CudaEngine::Impl::zero(void* p, size_t bytes) {
+void CudaRunner::Impl::zero(void* p, size_t bytes) {
   if (!dry) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
 }
 
-void CudaEngine::Impl::alloc_workspace() {
+void CudaRunner::Impl::alloc_workspace() {
   const int64_t T = opt.max_chunk_tokens, H = cfg.hidden, I = cfg.inter, K = cfg.top_k, Q = cfg.q_dim();
   const int64_t QKV = Q + 2 * cfg.kv_dim(), P = T * K;
   Tmax = T;
@@ -70,7 +70,7 @@ void CudaEngine::Impl::alloc_workspace() {
   if (!dry) CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-void CudaEngine::Impl::alloc_kv() {
+void CudaRunner::Impl::alloc_kv() {
   full_layers.assign(size_t(cfg.n_layers), -1);
   win_layers.assign(size_t(cfg.n_layers), -1);
   int64_t nf = 0, nw = 0;
@@ -97,17 +97,9 @@ void CudaEngine::Impl::alloc_kv() {
                       "); free another model's memory or lower max_chunk_tokens");
   char* base = alloc<char>(blocks * block * int64_t(eb), "the KV cache", &kv_bytes);
   kv_pool = std::make_unique<DevPool>(blocks, block, eb, base, stream);
-  full_pool = std::make_unique<PoolView>(*kv_pool, nf > 0);
-  win_pool = std::make_unique<PoolView>(*kv_pool, nw > 0);
-  KVOptions ko;
-  ko.block_size = opt.block_size;
-  ko.window_retain = opt.window_retain;
-  ko.max_chunk_tokens = opt.max_chunk_tokens;
-  ko.prefix_cache = opt.prefix_cache;
-  seqs = std::make_unique<SequenceTable>(cfg, ko, *full_pool, *win_pool);
 }
 
-void CudaEngine::Impl::ensure_meta(int64_t n) {
+void CudaRunner::Impl::ensure_meta(int64_t n) {
   if (n <= meta_cap) return;
   const int64_t cap = std::max<int64_t>({n, meta_cap * 2, int64_t(1) << 16});
   drop_graphs();  // they hold the old metadata pointers
@@ -121,7 +113,7 @@ void CudaEngine::Impl::ensure_meta(int64_t n) {
   meta_cap = staging_cap = cap;
 }
 
-void CudaEngine::Impl::ensure_pen_saved(int64_t n) {
+void CudaRunner::Impl::ensure_pen_saved(int64_t n) {
   if (n <= pen_cap) return;
   const int64_t cap = std::max<int64_t>({n, 2 * pen_cap, 4096});
   drop_graphs();  // they hold the old pointer

@@ -1,4 +1,4 @@
-// CudaEngine: the device (checks, kernels prepared, stream) and the weights, uploaded as the
+// CudaRunner: the device (checks, kernels prepared, stream) and the weights, uploaded as the
 // checkpoint stores them or generated on the device.
 #include <algorithm>
 #include <cmath>
@@ -8,7 +8,7 @@
 
 namespace gptoss::cuda {
 
-void CudaEngine::Impl::init_device() {
+void CudaRunner::Impl::init_device() {
   cfg.validate();
   GPTOSS_CHECK_ARG(opt.block_size > 0 && opt.block_size <= 4096, "block_size must be in [1, 4096]");
   GPTOSS_CHECK_ARG(opt.max_chunk_tokens > 0, "max_chunk_tokens must be positive");
@@ -53,7 +53,7 @@ void CudaEngine::Impl::init_device() {
   stream_set_pdl(stream, opt.pdl && cc_major >= 9, opt.pdl_prefetch);
 }
 
-void CudaEngine::Impl::alloc_weights() {
+void CudaRunner::Impl::alloc_weights() {
   const int64_t H = cfg.hidden, I = cfg.inter, E = cfg.n_experts, Q = cfg.q_dim(), KV = cfg.kv_dim();
   const int64_t QKV = Q + 2 * KV;
   size_t* c = &weight_bytes;
@@ -86,7 +86,7 @@ void CudaEngine::Impl::alloc_weights() {
   }
 }
 
-void CudaEngine::Impl::upload(const TensorSource& src, const std::string& layout) {
+void CudaRunner::Impl::upload(const TensorSource& src, const std::string& layout) {
   Weights hw = bind_weights(cfg, src, layout);  // validates names, shapes, dtypes
   alloc_weights();
   const int64_t H = cfg.hidden, I = cfg.inter, E = cfg.n_experts, Q = cfg.q_dim(), KV = cfg.kv_dim();
@@ -125,7 +125,7 @@ void CudaEngine::Impl::upload(const TensorSource& src, const std::string& layout
   }
 }
 
-void CudaEngine::Impl::generate(uint64_t seed) {
+void CudaRunner::Impl::generate(uint64_t seed) {
   alloc_weights();
   const int64_t H = cfg.hidden, I = cfg.inter, E = cfg.n_experts, Q = cfg.q_dim(), KV = cfg.kv_dim();
   const float fp4_rms = std::sqrt((0.f + .25f + 1.f + 2.25f + 4.f + 9.f + 16.f + 36.f) / 8.f);

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "step_plan.h"  // SampleParams, kMaxTopLogprobs
+
 namespace gptoss::cuda {
 
 // ---- every kernel (the GPU check reads their attributes: registers, local memory) -----------
@@ -229,7 +231,7 @@ void fill_scales(uint8_t* p, int64_t n, int base, uint64_t seed, uint64_t stream
 // Per row: top_k <= 0, top_p >= 1, min_p <= 0 are off; vocab_limit <= 0 means V; u in [0, 1) is
 // the uniform number the Python sampler would draw (u >= 1, e.g. a float64 draw rounded to float,
 // gives the last kept id, as sampling.py's clamp does).
-struct SampleParams { float temperature; int top_k; float top_p; float min_p; float u; int vocab_limit; };
+using ::gptoss::SampleParams;
 // out[r] = the token sampled from logits[r, :V] with params[r] (device array of R SampleParams):
 // temperature 0 = greedy argmax (lowest id on ties); otherwise python/gptoss/sampling.py steps 4-8.
 // fp32 throughout (sampling.py scales in float64), so a boundary case can rarely differ. out[r] = -1
@@ -253,7 +255,7 @@ struct SampleScratch {
 void sample_rows(const float* logits, int R, int64_t V, const SampleParams* params, int32_t* out, cudaStream_t st,
                  const SampleScratch* scratch = nullptr);
 
-constexpr int kMaxTopLogprobs = 20;
+using ::gptoss::kMaxTopLogprobs;
 // Log-probabilities of row r's raw logits (log_softmax over ids < vocab_limit; vocab_limit <= 0: all V),
 // as sampling.py's Sampler._with_logprobs: chosen_lp[r] = logprob of token[r] (-inf if token[r] is
 // outside [0, limit)); top_ids/top_lp[r * n + j] = the n most likely ids, descending, ties to the lower id

@@ -122,7 +122,7 @@ def test_cuda_backend_compiled_when_nvcc_present():
         pytest.skip("no nvcc on this machine")
     assert info["cuda"] is True, "nvcc is present but the CUDA backend was not compiled in"
     assert info["cuda_archs"]
-    assert hasattr(core, "CudaEngine") and hasattr(core, "cuda_kernels")
+    assert hasattr(core, "cuda_engine") and hasattr(core, "cuda_kernels")
     assert isinstance(core.cuda_device_count(), int)  # never raises, even without a driver
 
 
@@ -998,7 +998,7 @@ def test_models_fit_the_promised_gpus():
     from gptoss.model import cuda_memory_plan
 
     context = 512 << 20   # the CUDA context, cuBLAS-free: a generous allowance
-    margin = 512 << 20    # what the engine leaves free (CudaEngine alloc_kv)
+    margin = 512 << 20    # what the engine leaves free (the CUDA runner's alloc_kv)
     for name, gpu_bytes, want_tokens in (("gpt-oss-120b", 80e9, 64 * 1024), ("gpt-oss-20b", 16 * 2**30, 16 * 1024)):
         plan = cuda_memory_plan(name)
         cfg = gptoss.config.preset(name)

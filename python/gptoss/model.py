@@ -260,7 +260,7 @@ class Model:
             # GPTOSS_KV_DTYPE=bfloat16 halves it (default float32, as the CPU engine).
             # Decode steps replay captured CUDA graphs (GPTOSS_CUDA_GRAPHS=0 turns that off).
             backend, cuda_index = cuda
-            self._engine = backend.CudaEngine(
+            self._engine = backend.cuda_engine(
                 cdict, files, _arrays, self.layout, block_size=block_size,
                 kv_cache_bytes=int(kv_cache_bytes) if kv_cache_bytes is not None else 0,
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, device=cuda_index,
@@ -270,7 +270,6 @@ class Model:
                 self._engine.set_pdl(True)  # with the weight kernels' L2 prefetch before they wait
             if precision == "bf16":
                 self._engine.set_tc_split(False)
-            self._precision = precision
         else:
             self._engine = _core().Engine(
                 cdict, files, _arrays, self.layout, block_size=block_size,
@@ -278,7 +277,7 @@ class Model:
                 window_retain=window_retain, max_chunk_tokens=max_chunk_tokens, threads=threads or 0,
                 populate=populate, int8_decode=bool(int8_decode), prefix_cache=bool(prefix_cache),
                 precision=precision)
-            self._precision = str(self._engine.precision)
+        self._precision = str(self._engine.precision)
 
     @property
     def precision_active(self) -> str:
@@ -316,7 +315,7 @@ class Model:
     @property
     def int8_decode_active(self) -> bool:
         """Whether decode steps use the int8 weight copies (Model(..., int8_decode=True) on AVX-512)."""
-        return bool(getattr(self._engine, "int8_decode", False))
+        return bool(self._engine.int8_decode)
 
     @classmethod
     def synthetic(cls, preset_or_config: Union[str, ModelConfig, dict] = "tiny", seed: int = 0,
@@ -387,7 +386,7 @@ class Model:
     @property
     def samples_on_device(self) -> bool:
         """Whether `step_sample` runs on the device (the CUDA backends): only token ids come back."""
-        return hasattr(self._engine, "step_sample")
+        return bool(self._engine.samples_on_device)
 
     def step_sample(self, batch: Iterable[tuple[Sequence, TokenList]], params: list[dict]) -> list[Sample]:
         """Like `step`, but each pair's next token is drawn on the device and only the ids (and any
@@ -523,7 +522,8 @@ def cuda_memory_plan(config: Union[str, ModelConfig], max_chunk_tokens: int = 20
     window layers hold besides; both groups of layers draw from one KV budget)."""
     cfg = preset(config) if isinstance(config, str) else config
     core = _core()
-    backend = core if hasattr(core, "cuda_memory_plan") else getattr(core, "cuda_emu", None)
+    info = core.build_info()
+    backend = core if info["cuda"] else core.cuda_emu if info["cuda_emu"] else None
     if backend is None:
         raise RuntimeError("this gptoss build has neither the CUDA backend nor its emulator")
     return dict(backend.cuda_memory_plan(_engine_config(cfg, cfg.max_position_embeddings), block_size=block_size,
@@ -550,7 +550,7 @@ def _check_device(device: str) -> Optional[tuple[Any, int]]:
         return None
     if device == "cuda-emu":
         core = _core()
-        if not hasattr(core, "cuda_emu"):
+        if not core.build_info()["cuda_emu"]:
             raise RuntimeError("device='cuda-emu' requested but this build has no CUDA emulator "
                                "(build_info()['cuda_emu'] is False; it is built unless GPTOSS_CUDA_EMU=OFF)")
         return core.cuda_emu, 0
@@ -563,7 +563,7 @@ def _check_device(device: str) -> Optional[tuple[Any, int]]:
                 raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
         core = _core()
         info = core.build_info()
-        if not info.get("cuda") or not hasattr(core, "CudaEngine"):
+        if not info["cuda"]:
             raise RuntimeError("device='cuda' requested but this gptoss build has no CUDA backend "
                                "(build_info()['cuda'] is False); reinstall on a machine with nvcc")
         n = core.cuda_device_count()

@@ -1,20 +1,17 @@
-// The CPU Engine: weights, KV pools and batched steps (the forward pass itself is forward.cc).
-#include "model.h"
+// The CPU runner: weights, int8 copies, the host KV pool (the forward pass is cpu_forward.cc).
+#include "cpu_runner.h"
 
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
-#include <unordered_set>
 
 #include "common.h"
-#include "cpu/matmul.h"
-#include "cpu/ops.h"
 
 namespace gptoss {
 
-Engine::Engine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::string& layout, EngineOptions opt)
-    : cfg_(std::move(cfg)), opt_(opt), src_(std::move(src)) {
+CpuRunner::CpuRunner(const ModelConfig& cfg, std::unique_ptr<TensorSource> src, const std::string& layout,
+                     EngineOptions opt)
+    : cfg_(cfg), opt_(opt), src_(std::move(src)) {
   cfg_.validate();
   GPTOSS_CHECK_ARG(opt_.kv_cache_bytes > 0, "kv_cache_bytes must be positive");
   GPTOSS_CHECK_ARG(opt_.kv.block_size > 0 && opt_.kv.block_size <= 4096, "block_size must be in [1, 4096]");
@@ -44,20 +41,12 @@ Engine::Engine(ModelConfig cfg, std::unique_ptr<TensorSource> src, const std::st
   const int64_t block = std::max<int64_t>(1, std::max(nf, nw)) * per_layer;
   const int64_t blocks = std::max<int64_t>(2, opt_.kv_cache_bytes / (4 * block));
   kv_pool_ = std::make_unique<HostBlockPool>(block, blocks);
-  full_pool_ = std::make_unique<PoolView>(*kv_pool_, nf > 0);
-  win_pool_ = std::make_unique<PoolView>(*kv_pool_, nw > 0);
-  seqs_ = std::make_unique<SequenceTable>(cfg_, opt_.kv, *full_pool_, *win_pool_);
 }
 
-void Engine::step(const std::vector<StepItem>& items, float* out, const std::function<bool()>& interrupted) {
-  std::lock_guard<std::mutex> g(mu_);
-  seqs_->validate(items);  // a rejected call changes nothing
-  bool first = true;
-  seqs_->for_each_chunk(items, [&](const std::vector<Chunk>& group) {
-    if (!first && interrupted && interrupted()) throw Interrupted("step interrupted between chunks");
-    first = false;
-    forward_chunk(group, out);
-  });
+std::unique_ptr<EngineCore> make_cpu_engine(ModelConfig cfg, std::unique_ptr<TensorSource> src,
+                                            const std::string& layout, EngineOptions opt) {
+  auto runner = std::make_unique<CpuRunner>(cfg, std::move(src), layout, opt);
+  return std::make_unique<EngineCore>(std::move(cfg), opt.kv, std::move(runner));
 }
 
 }  // namespace gptoss

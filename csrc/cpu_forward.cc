@@ -1,41 +1,35 @@
-// One forward chunk: a ragged batch of token runs from distinct sequences, every layer, and
-// the logits the caller asked for. Spec section 2; activations fp32.
+// The CPU runner's forward pass over one chunk (a StepPlan): a ragged batch of token runs from
+// distinct sequences, every layer, and the logits the plan asks for. Spec section 2; fp32
+// activations.
 #include <algorithm>
 #include <cmath>
 
 #include "common.h"
-#include "cpu/matmul.h"
 #include "cpu/attention.h"
+#include "cpu/matmul.h"
 #include "cpu/ops.h"
-#include "model.h"
+#include "cpu_runner.h"
 
 namespace gptoss {
 
-void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
+void CpuRunner::forward(const StepPlan& plan, const StepOutputs& out) {
   const ModelConfig& c = cfg_;
   const int64_t H = c.hidden, I = c.inter, E = c.n_experts, K = c.top_k;
   const int64_t Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim, half = D / 2;
   const int64_t Bs = opt_.kv.block_size;
 
-  int64_t T = 0;
-  for (const auto& ch : chunks) T += ch.n;
-
-  // Per-row metadata; KV blocks for the new positions (copy-on-write for shared ones).
-  std::vector<int32_t> tok(T);
+  const int64_t T = plan.rows();
+  // Per row: its position and its sequence's block tables (the plan's, blocks already reserved).
+  const int32_t* tok = plan.tokens.data();
   std::vector<int64_t> pos(T);
-  std::vector<SequenceState*> row_seq(T);
-  {
-    int64_t r = 0;
-    for (const auto& ch : chunks) {
-      SequenceState& s = seqs_->at(ch.seq);
-      seqs_->reserve(s, s.len + ch.n);
-      for (int64_t i = 0; i < ch.n; ++i, ++r) {
-        tok[r] = ch.tokens[i];
-        pos[r] = s.len + i;
-        row_seq[r] = &s;
-      }
+  std::vector<const int32_t*> row_full(T), row_win(T);
+  for (const PlanRun& run : plan.runs)
+    for (int32_t i = 0; i < run.n; ++i) {
+      const int64_t r = run.first_row + i;
+      pos[r] = plan.positions[r];
+      row_full[r] = plan.full_tables.data() + run.full_off;
+      row_win[r] = plan.win_tables.data() + run.win_off;
     }
-  }
 
   // Activation buffers, carved out of one reusable allocation.
   const int64_t need = T * (H /*x*/ + H /*t*/ + Q /*q*/ + 2 * KV /*k,v*/ + Q /*att*/ + H /*tmp*/ + H /*moe*/ +
@@ -68,7 +62,7 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
     else cpu::matmul_bf16(X, T, K_, K_, W, N, K_, nullptr, Y, N, opt_.precision);
   };
 
-  cpu::embedding(tok.data(), T, w_.embed, H, x);
+  cpu::embedding(tok, T, w_.embed, H, x);
   cpu::rope_table(pos.data(), T, c.inv_freq.data(), half, c.rope_conc, cs);
 
   std::vector<cpu::KVLayerView> views(T);
@@ -92,11 +86,8 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
     cpu::rope_apply(k, T, KV, c.n_kv, half, cs);
 
     const int64_t li = sliding ? win_layers_[l] : full_layers_[l];
-    for (int64_t r = 0; r < T; ++r) {
-      SequenceState& s = *row_seq[r];
-      views[r] = {kv_pool_->block_ptrs(), sliding ? s.win_table.data() : s.full_table.data(),
-                  li * 2 * c.n_kv * Bs * D, Bs};
-    }
+    for (int64_t r = 0; r < T; ++r)
+      views[r] = {kv_pool_->block_ptrs(), sliding ? row_win[r] : row_full[r], li * 2 * c.n_kv * Bs * D, Bs};
     cpu::kv_store(k, KV, v, KV, T, pos.data(), views.data(), c.n_kv, D);
     cpu::attention(q, Q, T, pos.data(), views.data(), c.n_heads, c.n_kv, D, c.attn_scale, L.sinks.data(),
                    sliding ? c.window : 0, att);
@@ -155,31 +146,14 @@ void Engine::forward_chunk(const std::vector<Chunk>& chunks, float* out) {
   }
 
   // ---- logits for the rows that asked for them. Those rows are consecutive in the output.
-  std::vector<int64_t> rows;
-  float* out0 = nullptr;
-  {
-    int64_t r = 0;
-    for (const auto& ch : chunks) {
-      if (ch.all_logits || ch.last_of_item) {
-        if (!out0) out0 = out + ch.out_row * c.vocab;
-        if (ch.all_logits)
-          for (int64_t i = 0; i < ch.n; ++i) rows.push_back(r + i);
-        else
-          rows.push_back(r + ch.n - 1);
-      }
-      r += ch.n;
-    }
-  }
-  if (!rows.empty()) {
-    const int64_t R = int64_t(rows.size());
-    for (int64_t j = 0; j < R; ++j) std::memcpy(xg + j * H, x + rows[j] * H, H * sizeof(float));
+  if (!plan.out_rows.empty()) {
+    const int64_t R = int64_t(plan.out_rows.size());
+    float* out0 = out.logits + plan.out_row0 * c.vocab;
+    for (int64_t j = 0; j < R; ++j) std::memcpy(xg + j * H, x + int64_t(plan.out_rows[j]) * H, H * sizeof(float));
     cpu::rmsnorm(xg, R, H, w_.final_norm.data(), c.rms_eps, xg);
     if (q8) cpu::matmul_q8(xg, R, H, q8_unembed_, out0, c.vocab);
     else cpu::matmul_bf16(xg, R, H, H, w_.unembed, c.vocab, H, nullptr, out0, c.vocab, opt_.precision);
   }
-
-  // ---- commit the new tokens to their sequences
-  for (const auto& ch : chunks) seqs_->commit(ch);
 }
 
 }  // namespace gptoss
