@@ -229,3 +229,73 @@ def test_ctrl_c_stops_a_long_prefill_between_chunks():
     s = m.new_sequence()
     n = interrupt_prefill(s, toks, 0.2)
     np.testing.assert_allclose(s.decode(toks[n]), m.forward(toks[: n + 1])[-1], **TOL)
+
+
+def test_one_engine_class_for_every_backend():
+    """The CPU and the (emulated) CUDA engines are one _core.Engine on different runners, and say
+    what they can do; a device option or a device-side step on the CPU is a clear error that
+    changes nothing."""
+    from gptoss import _core as core
+
+    cfg = tiny_config("tiny")
+    cpu = gptoss.Model.synthetic(cfg, seed=3)
+    e = cpu._engine
+    assert type(e) is core.Engine and e.backend == "cpu" and not e.samples_on_device
+    assert e.precision == "fp32" and not cpu.samples_on_device
+    s = cpu.new_sequence()
+    s.prefill(_toks(5, 30))
+    before = (e.length(s._sid()), e.kv_stats())
+    calls = {"set_tc_split": (False,), "set_cuda_graphs": (True,), "set_profile": (True,), "profile": (),
+             "graph_stats": (), "memory_info": (), "synchronize": (), "set_gemm_tiles": (1,), "set_pdl": (True,),
+             "set_moe_gemv_tokens": (4,), "moe_gemv_tokens": (), "set_fuse_qkv_rope": (False,),
+             "arrival_counters": (), "device_name": (), "moe_gemv_available": ()}
+    for name, args in calls.items():
+        with pytest.raises(ValueError, match=f"{name}: this engine runs on the cpu"):
+            getattr(e, name)(*args)
+    one = np.ones(1, np.float32)
+    with pytest.raises(ValueError, match="returns logits only"):
+        e.step_argmax([s._sid()], [np.array([3], np.int64)])
+    with pytest.raises(ValueError, match="returns logits only"):
+        e.step_sample([s._sid()], [np.array([3], np.int64)], one, np.zeros(1, np.int32), one, one * 0,
+                      one * 0.5, np.zeros(1, np.int32))
+    assert (e.length(s._sid()), e.kv_stats()) == before
+    if not gptoss.build_info()["cuda_emu"]:
+        pytest.skip("this build has no CUDA emulator")
+    emu = gptoss.Model.synthetic(cfg, seed=3, device="cuda-emu")
+    d = emu._engine
+    assert type(d) is core.Engine and d.backend == "cuda_emu" and d.samples_on_device
+    assert d.precision == "fp32" and d.int8_decode is False
+    d.set_tc_split(False)
+    assert d.precision == "bf16"
+    d.set_tc_split(True)
+    assert set(d.graph_stats()) == {"captured", "launches", "cached"}
+
+
+def test_sequence_calls_do_not_wait_on_the_gil_of_a_long_step():
+    # A multi-chunk step takes the GIL between chunks (to poll Ctrl-C) while it holds the engine
+    # lock; a call from another thread must let go of the GIL while it waits for that lock.
+    import threading
+
+    m = gptoss.Model.synthetic(tiny_config("tiny"), seed=4, max_chunk_tokens=2)
+    e = m._engine
+    other = m.new_sequence()
+    other.prefill(_toks(3, 40))
+    s = m.new_sequence()
+    toks = _toks(400, 41)
+    done = threading.Event()
+
+    def prefill() -> None:
+        s.prefill(toks)
+        done.set()
+
+    t = threading.Thread(target=prefill)
+    t.start()
+    calls = 0
+    while not done.is_set() and calls < 20000:
+        e.length(other._sid())
+        e.kv_stats()
+        e.has_sequence(other._sid())
+        calls += 1
+    t.join(timeout=120)
+    assert not t.is_alive(), "the step and the sequence calls deadlocked"
+    assert len(s) == 400 and calls > 0
