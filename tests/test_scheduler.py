@@ -93,7 +93,8 @@ def test_preemption_under_a_tiny_kv_cache_keeps_every_request_exact():
     params = [SamplingParams(temperature=1.0, seed=i, max_tokens=24, stop_token_ids=()) for i in range(8)]
     want = [_alone(big, p, q)[0] for p, q in zip(prompts, params)]
     with LLMEngine(small) as eng:
-        streams = [eng.submit(Request(p, q)) for p, q in zip(prompts, params)]
+        # All in the same step: together they need more blocks than there are.
+        streams = eng.submit_many([Request(p, q) for p, q in zip(prompts, params)])
         got = [_collect(s)[0] for s in streams]
         assert eng.scheduler.num_preemptions > 0  # the budget forced some
     assert got == want

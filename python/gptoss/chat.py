@@ -51,6 +51,7 @@ from .generate import GenerationStream, Usage, check_vocab, model_max_context
 from .reply import ContentDelta, ReasoningDelta, ReplyStream, ToolCall
 from .sampling import SamplingParams
 from .structured import prepare_reply
+from .tokenizer import CALL_ID
 
 __all__ = [
     "ReasoningDelta",
@@ -378,7 +379,7 @@ def _check_room(model: Any, full: Sequence[Any], prompt: Sequence[int], tokenize
 
 def _events(gen: GenerationStream, tokenizer: Any, on_token: Optional[Callable[[int], None]] = None,
             stops: tuple = ()) -> Iterator[ChatEvent]:
-    call_id = getattr(tokenizer, "call", 200012)
+    call_id = getattr(tokenizer, "call", CALL_ID)
     rp = ReplyStream(tokenizer, stop=stops)
     last: Optional[int] = None
     try:

@@ -36,7 +36,6 @@ __all__ = ["main"]
 
 DIM, BOLD, RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
 # Raw completion stops on <|endoftext|> as well as the harmony end-of-turn tokens.
-GENERATE_STOP_TOKENS = (199999, 200002, 200012)
 CHAT_COMMANDS = (("/help", "this list"), ("/reset", "forget the conversation"), ("/exit", "quit"))
 # One set of labels, on a terminal or not; colour only adds emphasis.
 LABELS = {"reasoning": "Reasoning:", "assistant": "Assistant:", "commentary": "Assistant (commentary):"}
@@ -462,7 +461,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt_text = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt_text:
         raise CLIError("the prompt is empty")
-    params = _sampling(args, stop_token_ids=GENERATE_STOP_TOKENS, stop=args.stop)
+    from .sampling import COMPLETION_STOP_TOKEN_IDS
+
+    params = _sampling(args, stop_token_ids=COMPLETION_STOP_TOKEN_IDS, stop=args.stop)
     model, tokenizer = _load(args)
     tokens = tokenizer.encode(prompt_text, allowed_special="all" if args.allow_special else ())
     check_vocab(model, tokens, tokenizer)

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Iterable, Optional, Sequence as Seq, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence as Seq, Union
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from .checkpoint import open_checkpoint
 from .config import ModelConfig, preset
 from .errors import CheckpointError, ContextOverflowError
 from .hub import resolve_checkpoint
-from .sampling import Sample
+from .sampling import DeviceDraw, Sample
 
 __all__ = ["Model", "Sequence"]
 
@@ -388,22 +388,23 @@ class Model:
         """Whether `step_sample` runs on the device (the CUDA backends): only token ids come back."""
         return bool(self._engine.samples_on_device)
 
-    def step_sample(self, batch: Iterable[tuple[Sequence, TokenList]], params: list[dict]) -> list[Sample]:
+    def step_sample(self, batch: Iterable[tuple[Sequence, TokenList]],
+                    params: list[Union[DeviceDraw, Mapping[str, Any]]]) -> list[Sample]:
         """Like `step`, but each pair's next token is drawn on the device and only the ids (and any
-        requested log-probabilities) come back. params: one dict per pair with temperature, top_k
-        (0 = off), top_p, min_p, u (the uniform draw in [0, 1)), vocab_limit (0 = all ids) and
-        optionally logprobs (None or n <= 20); see `Sampler.device_params`. CUDA only."""
+        requested log-probabilities) come back. params: one `DeviceDraw` per pair (see
+        `Sampler.device_params`), or a mapping of its fields. CUDA only."""
         if not self.samples_on_device:
             raise RuntimeError("step_sample needs a CUDA device (this model runs on the CPU)")
         seqs, toks = self._unpack(batch, "step_sample")
         if len(params) != len(seqs):
-            raise ValueError("step_sample: one params dict per (sequence, tokens) pair")
+            raise ValueError("step_sample: one DeviceDraw per (sequence, tokens) pair")
         if not seqs:
             return []
-        cols = {k: [q[k] for q in params] for k in ("temperature", "top_k", "top_p", "min_p", "u", "vocab_limit")}
-        wants = [q.get("logprobs") for q in params]
+        draws = [q if isinstance(q, DeviceDraw) else DeviceDraw(**q) for q in params]
+        cols = {k: [getattr(q, k) for q in draws] for k in ("temperature", "top_k", "top_p", "min_p", "u", "vocab_limit")}
+        wants = [q.logprobs for q in draws]
         n = max((w for w in wants if w is not None), default=-1)
-        pen = self._penalty_csr([q.get("penalties") for q in params])
+        pen = self._penalty_csr([q.penalties for q in draws])
         res = self._engine.step_sample(seqs, toks, np.asarray(cols["temperature"], np.float32),
                                        np.asarray(cols["top_k"], np.int32), np.asarray(cols["top_p"], np.float32),
                                        np.asarray(cols["min_p"], np.float32), np.asarray(cols["u"], np.float32),

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Optional, Protocol, Sequence
 
-from .sampling import Sample
+from .sampling import GREEDY_DRAW, Sample
 from .scheduler import ScheduledItem
 
 __all__ = ["ModelRunner", "EngineRunner"]
 
-# Device params for a row whose output token is not wanted (a prompt chunk that is not the last):
-# greedy, so no random number of the request's stream is spent on it.
-_NO_SAMPLE = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, u=0.0, vocab_limit=0, logprobs=None,
-                  penalties=None)
 
 
 class ModelRunner(Protocol):
@@ -74,7 +70,7 @@ class EngineRunner:
         constrained = [it for it in items if it.sample and it.state.constraint is not None]
         if (self.on_device and not constrained
                 and all(it.state.sampler.device_params_ok for it in items if it.sample)):
-            params = [it.state.sampler.device_params(*_history(it.state)) if it.sample else _NO_SAMPLE
+            params = [it.state.sampler.device_params(*_history(it.state)) if it.sample else GREEDY_DRAW
                       for it in items]
             out = self.model.step_sample(pairs, params)
             return [s if it.sample else None for it, s in zip(items, out)]

@@ -48,19 +48,21 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .tokenizer import CALL_ID, ENDOFTEXT_ID, RETURN_ID
+
 __all__ = [
     "SamplingParams",
     "Sampler",
     "Sample",
+    "DeviceDraw",
     "DEFAULT_STOP_TOKEN_IDS",
-    "RETURN_TOKEN_ID",
-    "CALL_TOKEN_ID",
+    "COMPLETION_STOP_TOKEN_IDS",
 ]
 
-RETURN_TOKEN_ID = 200002  # <|return|>
-CALL_TOKEN_ID = 200012  # <|call|>
 # Harmony's `stop_tokens_for_assistant_actions`.
-DEFAULT_STOP_TOKEN_IDS: tuple[int, ...] = (RETURN_TOKEN_ID, CALL_TOKEN_ID)
+DEFAULT_STOP_TOKEN_IDS: tuple[int, ...] = (RETURN_ID, CALL_ID)
+# A raw completion (no chat rendering) also ends at <|endoftext|>.
+COMPLETION_STOP_TOKEN_IDS: tuple[int, ...] = (ENDOFTEXT_ID, RETURN_ID, CALL_ID)
 
 
 def _is_int(v: object) -> bool:
@@ -216,6 +218,28 @@ class Sample:
         return self.token
 
 
+@dataclass(frozen=True)
+class DeviceDraw:
+    """One row's draw on the device (`Model.step_sample`; the C++ ``SampleParams`` of
+    csrc/step_plan.h plus what the step returns besides the token): steps 4-8 of `Sampler.process`
+    with the uniform number `u` already drawn, and steps 1-3 as sparse `penalties`
+    ``(ids, repetition factor, amount to subtract, bias)``, or None."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0            # 0 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    u: float = 0.0            # in [0, 1)
+    vocab_limit: int = 0      # 0 = every id
+    logprobs: Optional[int] = None  # top log-probabilities to return (None: none)
+    penalties: Optional[tuple] = None
+
+
+# A row whose token is not wanted (a prompt chunk that is not the last): greedy, so no random
+# number of the request's stream is spent on it.
+GREEDY_DRAW = DeviceDraw()
+
+
 def _counts(ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
     arr = np.fromiter((int(t) for t in ids), dtype=np.int64)
     if arr.size == 0:
@@ -343,7 +367,7 @@ class Sampler:
         p = self.params
         return p.logprobs is None or p.logprobs <= 20
 
-    def device_params(self, generated: Sequence[int] = (), prompt: Sequence[int] = ()) -> dict:
+    def device_params(self, generated: Sequence[int] = (), prompt: Sequence[int] = ()) -> DeviceDraw:
         """The next draw's parameters for ``Model.step_sample``: the uniform ``u`` comes from this
         sampler's generator exactly as `sample` would take it (none for greedy), so a seeded run
         gives the same tokens on the host and on the device (up to fp32 rounding at a boundary).
@@ -353,9 +377,9 @@ class Sampler:
             raise ValueError("over 20 logprobs need the host sampler")
         p = self.params
         u = 0.0 if p.greedy else float(self.rng.random())
-        return dict(temperature=float(p.temperature), top_k=int(p.top_k or 0), top_p=float(p.top_p),
-                    min_p=float(p.min_p), u=min(u, 0.99999994), vocab_limit=int(self.vocab_limit or 0),
-                    logprobs=p.logprobs, penalties=self._penalty_entries(generated, prompt))
+        return DeviceDraw(temperature=float(p.temperature), top_k=int(p.top_k or 0), top_p=float(p.top_p),
+                          min_p=float(p.min_p), u=min(u, 0.99999994), vocab_limit=int(self.vocab_limit or 0),
+                          logprobs=p.logprobs, penalties=self._penalty_entries(generated, prompt))
 
     def _penalty_entries(self, generated: Sequence[int], prompt: Sequence[int]) -> Optional[tuple]:
         """Steps 1-3 as sparse edits (see `process`): sorted ids, repetition factor (1 = none),

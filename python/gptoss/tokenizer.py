@@ -38,6 +38,14 @@ __all__ = [
     "N_TEXT_TOKENS",
     "N_VOCAB",
     "SPECIAL_TOKENS",
+    "ENDOFTEXT_ID",
+    "RETURN_ID",
+    "CONSTRAIN_ID",
+    "CHANNEL_ID",
+    "START_ID",
+    "END_ID",
+    "MESSAGE_ID",
+    "CALL_ID",
     "Tokenizer",
     "TokenizerError",
     "load_tokenizer",
@@ -78,6 +86,16 @@ SPECIAL_TOKENS: dict[str, int] = {
     # Inherited from o200k_base's own specials (tiktoken keeps it).
     "<|endofprompt|>": 200018,
 }
+
+# The ids other modules need by name (harmony's stop tokens, the grammars' markers): from here only.
+ENDOFTEXT_ID = SPECIAL_TOKENS["<|endoftext|>"]
+RETURN_ID = SPECIAL_TOKENS["<|return|>"]
+CONSTRAIN_ID = SPECIAL_TOKENS["<|constrain|>"]
+CHANNEL_ID = SPECIAL_TOKENS["<|channel|>"]
+START_ID = SPECIAL_TOKENS["<|start|>"]
+END_ID = SPECIAL_TOKENS["<|end|>"]
+MESSAGE_ID = SPECIAL_TOKENS["<|message|>"]
+CALL_ID = SPECIAL_TOKENS["<|call|>"]
 
 
 class TokenizerError(ValueError):

@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator
 
+from ..sampling import COMPLETION_STOP_TOKEN_IDS
 from .errors import invalid
 from .generation import Generation, interleaved
 from .params import Body, sampling_params
@@ -16,7 +17,6 @@ __all__ = ["completions"]
 IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier")
 UNSUPPORTED = {"suffix": "no fill-in-the-middle", "best_of": "use n"}
 # Raw text stops at <|endoftext|> as well as harmony's end-of-turn tokens.
-STOP_TOKENS = (199999, 200002, 200012)
 
 
 def _prompts(ctx: Any, v: Any) -> list[list[int]]:
@@ -60,7 +60,7 @@ class CompletionRequest:
             raise invalid("stream_options", "'stream_options' is only allowed with 'stream': true")
         self.include_usage = bool((opts or {}).get("include_usage", False))
         self.params = sampling_params(body, max_tokens=16 if max_tokens is None else max_tokens,
-                                      stop_token_ids=STOP_TOKENS, logprobs=self.logprobs,
+                                      stop_token_ids=COMPLETION_STOP_TOKEN_IDS, logprobs=self.logprobs,
                                       tokenizer_vocab=ctx.vocab_limit)
         body.done()
         self.id = "cmpl-" + uuid.uuid4().hex

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Optional
 from ..request import FinishReason, Request, RequestOutput
 from ..reply import ReplyEvent, ReplyStream
 from ..sampling import Sample, SamplingParams
-from ..tokenizer import N_TEXT_TOKENS
+from ..tokenizer import CALL_ID, N_TEXT_TOKENS
 from .errors import APIError
 
 __all__ = ["Chunk", "Generation", "interleaved", "openai_finish_reason"]
@@ -135,7 +135,7 @@ def openai_finish_reason(out: Optional[RequestOutput], tokenizer: Any, reply: Op
         return "stop"
     r = out.finish_reason
     if r is FinishReason.STOP:
-        if out.stop_reason == getattr(tokenizer, "call", 200012) and reply is not None and reply.tool_calls:
+        if out.stop_reason == getattr(tokenizer, "call", CALL_ID) and reply is not None and reply.tool_calls:
             return "tool_calls"
         return "stop"
     if r in (FinishReason.LENGTH, FinishReason.CONTEXT_LENGTH):

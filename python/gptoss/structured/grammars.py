@@ -21,6 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from ..tokenizer import RETURN_ID
+
 __all__ = ["ll_tokenizer", "HeaderOption", "header_grammar", "json_grammar", "matcher",
            "JSON_WHITESPACE", "CONSTRAIN_JSON"]
 
@@ -67,7 +69,7 @@ def ll_tokenizer(tokenizer: Any) -> Any:
 
             _llguidance()
             # eos is never reached: every grammar here ends in an explicit harmony end token.
-            lt = lltokenizer_from_encoding(enc, n_vocab=enc.n_vocab, eos_token=200002,
+            lt = lltokenizer_from_encoding(enc, n_vocab=enc.n_vocab, eos_token=RETURN_ID,
                                            slices=_SLICES)
             _tok_cache[enc] = lt
     return lt

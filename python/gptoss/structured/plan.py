@@ -35,11 +35,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .formats import (FunctionSpec, OutputFormat, ToolChoice, check_budget, parse_response_format,
                       parse_tool_choice, parse_tools)
+from ..tokenizer import CALL_ID, END_ID, MESSAGE_ID, RETURN_ID, START_ID
 from .grammars import CONSTRAIN_JSON, HeaderOption, header_grammar, json_grammar, ll_tokenizer, matcher
 
 __all__ = ["ReplyPlan", "ContentRule", "plan_reply", "END", "RETURN", "CALL", "START", "MESSAGE"]
 
-RETURN, END, MESSAGE, START, CALL = 200002, 200007, 200008, 200006, 200012
+RETURN, END, MESSAGE, START, CALL = RETURN_ID, END_ID, MESSAGE_ID, START_ID, CALL_ID
 _CHANNELS = ("analysis", "commentary", "final")
 _BUILTIN_CONTENT_TYPES = ("", "code", "json", CONSTRAIN_JSON)
 

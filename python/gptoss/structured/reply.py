@@ -23,13 +23,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..tokenizer import N_TEXT_TOKENS as N_TEXT  # ids below are text; the rest are special
 from .constraint import ConstraintViolation, bitmask_words
 from .headers import real_recipient
 from .plan import CALL, END, MESSAGE, RETURN, START, ContentRule, ReplyPlan
 
 __all__ = ["ReplyConstraint"]
 
-N_TEXT = 199998  # ids below are text; the rest are harmony special tokens
 _MAX_FORCED = 64
 
 
