@@ -20,6 +20,9 @@ TOOLS = [{"type": "function", "function": WEATHER}]
 RESP_TOOLS = [{"type": "function", **WEATHER}]
 SECOND_CALL = ("<|channel|>analysis<|message|>Also Rome.<|end|><|start|>assistant<|channel|>commentary "
                "to=functions.get_weather <|constrain|>json<|message|>{\"city\": \"Rome\"}<|call|>")
+# Text that str.splitlines() breaks although JSON keeps it raw (NEL, line and paragraph separators),
+# next to the ones JSON escapes anyway.
+ODD_BREAKS = "one\x85two\u2028three\u2029four\x0bfive\x1csix\r\nseven"
 REPLIES = {
     "hi": REPLY,
     "weather in Paris?": CALL_REPLY,
@@ -33,6 +36,8 @@ REPLIES = {
     "bad recipient": "<|channel|>commentary to=<|message|>{}<|call|>",
     "nested start": "<|channel|>analysis<|message|>Hmm<|start|>assistant<|channel|>final<|message|>Ok.<|return|>",
     "long answer": "<|channel|>final<|message|>" + "alpha beta gamma delta epsilon " * 12 + "<|return|>",
+    "odd line breaks": f"<|channel|>analysis<|message|>{ODD_BREAKS}<|end|>"
+                       f"<|start|>assistant<|channel|>final<|message|>{ODD_BREAKS}<|return|>",
 }
 
 
@@ -108,6 +113,21 @@ def test_chat_stream_order_and_usage_chunk(client):
     assert reasoning == "User says hi. Respond." and content == "Hello there! ☃"
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
     assert not chunks[-1].choices and chunks[-1].usage.completion_tokens > 0
+
+
+def test_streams_keep_each_event_on_one_line_whatever_the_text(client, server):
+    # httpx's aiter_lines (like many SSE readers) splits on every str.splitlines() break.
+    body = {"model": "gpt-oss-test", "messages": _user("odd line breaks"), "temperature": 0, "stream": True}
+    with httpx.stream("POST", server[0] + "/v1/chat/completions", json=body) as r:
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert lines[-1] == "data: [DONE]" and all(ln.startswith("data: ") for ln in lines)
+    chunks = [json.loads(ln[6:]) for ln in lines[:-1]]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("reasoning") or "" for d in deltas) == ODD_BREAKS
+    assert "".join(d.get("content") or "" for d in deltas) == ODD_BREAKS
+    with client.responses.stream(model="gpt-oss-test", input="odd line breaks", temperature=0) as s:
+        text = "".join(ev.delta for ev in s if ev.type == "response.output_text.delta")
+    assert text == ODD_BREAKS == s.get_final_response().output_text
 
 
 def test_tool_call_whole_and_streamed(client):

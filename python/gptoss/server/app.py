@@ -147,14 +147,25 @@ def _disconnect_guard(request: Request) -> Callable[[Awaitable], Awaitable]:
     return guard
 
 
+# Characters that str.splitlines() (and so httpx's aiter_lines and many SSE readers) takes for a
+# line break although JSON leaves them raw; a model's text can hold any of them. Inside JSON they
+# can only sit in strings, where the escaped form means the same.
+_LINE_BREAKS_JSON_KEEPS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def sse_frame(obj: Any, named: bool) -> bytes:
+    """One server-sent event holding ``obj`` as JSON on a single line, whatever text it carries."""
+    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKS_JSON_KEEPS)
+    head = f"event: {obj.get('type', 'error')}\n" if named else ""
+    return (head + "data: " + data + "\n\n").encode()
+
+
 def _sse(events: Any, named: bool) -> StreamingResponse:
     """Server-sent events: ``data: {json}`` chunks (Chat Completions: then ``data: [DONE]``), or
     ``event: TYPE`` + ``data`` (Responses). A failure mid-stream becomes an error event."""
 
     def frame(obj: Any) -> bytes:
-        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-        head = f"event: {obj.get('type', 'error')}\n".encode() if named else b""
-        return head + b"data: " + data + b"\n\n"
+        return sse_frame(obj, named)
 
     async def body():
         try:
