@@ -1,5 +1,5 @@
 // The CPU kernel benchmarks (Google Benchmark): every kernel family of a gpt-oss layer at the
-// real gpt-oss-20b / gpt-oss-120b shapes. See README.md ("Benchmarks in C++").
+// real gpt-oss-20b / gpt-oss-120b shapes, and the engine core's own work per step. See README.md ("Benchmarks in C++").
 //
 //   gptoss_bench [--gptoss_smoke] [Google Benchmark flags, e.g. --benchmark_filter=gemv
 //                 --benchmark_format=json]
@@ -13,6 +13,7 @@ namespace gptoss::bench {
 void register_matmul(const Options& opt);
 void register_attention(const Options& opt);
 void register_ops(const Options& opt);
+void register_engine_core(const Options& opt);
 }  // namespace gptoss::bench
 
 int main(int argc, char** argv) {
@@ -23,6 +24,7 @@ int main(int argc, char** argv) {
   register_ops(opt);
   register_matmul(opt);
   register_attention(opt);
+  register_engine_core(opt);
   measure_limits(opt);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
