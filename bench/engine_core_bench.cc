@@ -1,7 +1,7 @@
 // The engine core's own work per step (csrc/engine_core.h): validation, chunking, the StepPlan,
 // the commit, on a runner that returns at once, at the gpt-oss-20b layout (24 layers
-// alternating full / window attention, 16-token blocks) with every sequence 2048 tokens deep.
-// Decode steps of B sequences; per_seq is the step's time over B. A GPU decodes a step in
+// alternating full / window attention, 16-token blocks): decode steps of B sequences, each
+// `ctx` to ctx + 64 tokens deep; per_seq is the step's time over B. A GPU decodes a step in
 // about a millisecond, which this must never hold back.
 #include <cstdint>
 #include <memory>
@@ -48,8 +48,9 @@ ModelConfig config_20b() {
   return c;
 }
 
-void BM_core_decode_step(benchmark::State& s, int64_t B) {
-  const int64_t context = 2048;
+constexpr int64_t kRewindEvery = 64;
+
+void BM_core_decode_step(benchmark::State& s, int64_t B, int64_t context) {
   auto runner_owned = std::make_unique<NullRunner>(int64_t(1) << 22);
   NullRunner* runner = runner_owned.get();
   KVOptions kv;
@@ -69,9 +70,16 @@ void BM_core_decode_step(benchmark::State& s, int64_t B) {
     s.SkipWithError("the null runner saw a wrong plan");
     return;
   }
+  int64_t steps = 0;
   for (auto _ : s) {
     core.step(items, out);
     benchmark::ClobberMemory();
+    if (++steps % kRewindEvery == 0) {  // back to the context, so that every step sees ~2k tokens
+      s.PauseTiming();
+      for (int64_t seq : seqs)
+        if (!core.truncate(seq, context)) s.SkipWithError("could not rewind a sequence");
+      s.ResumeTiming();
+    }
   }
   // Seconds per sequence (shown with an SI prefix: "1.2u" is 1.2 us).
   s.counters["per_seq"] =
@@ -81,8 +89,10 @@ void BM_core_decode_step(benchmark::State& s, int64_t B) {
 }  // namespace
 
 void register_engine_core(const Options& opt) {
-  for (int64_t B : {1, 64, 256})
-    add(opt, "engine_core/decode_step/B" + std::to_string(B), BM_core_decode_step, B);
+  const int64_t cases[][2] = {{1, 2048}, {64, 2048}, {256, 2048}, {64, 32768}};
+  for (const auto& c : cases)
+    add(opt, "engine_core/decode_step/B" + std::to_string(c[0]) + "/ctx" + std::to_string(c[1]),
+        BM_core_decode_step, c[0], c[1]);
 }
 
 }  // namespace gptoss::bench

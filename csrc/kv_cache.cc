@@ -323,12 +323,16 @@ void SequenceTable::commit(const Chunk& ch) {
 void SequenceTable::release_window(SequenceState& s) {
   const int64_t B = opt_.block_size;
   const int64_t keep_from = s.len - window_ - opt_.window_retain + 1;
-  for (int64_t bi = 0; bi < int64_t(s.win_table.size()); ++bi) {
-    if ((bi + 1) * B - 1 >= keep_from) break;
-    if (s.win_table[size_t(bi)] >= 0) {
-      win_.release(s.win_table[size_t(bi)]);
-      s.win_table[size_t(bi)] = -1;
-    }
+  if (keep_from < B) return;
+  // The released blocks are always a prefix of the table: find where it ends by walking back from
+  // the last block wholly before keep_from (O(newly released), not O(length)), then release the
+  // rest oldest first, as the prefix cache's least-recently-used order expects.
+  const int64_t end = std::min<int64_t>(keep_from / B, int64_t(s.win_table.size()));
+  int64_t first = end;
+  while (first > 0 && s.win_table[size_t(first - 1)] >= 0) --first;
+  for (int64_t bi = first; bi < end; ++bi) {
+    win_.release(s.win_table[size_t(bi)]);
+    s.win_table[size_t(bi)] = -1;
   }
 }
 
