@@ -17,6 +17,7 @@ from conftest import tiny_config
 from gptoss.errors import CapacityError, ContextOverflowError
 from gptoss.llm_engine import LLMEngine
 from gptoss.request import FinishReason, Request
+from gptoss.runner import EngineRunner
 from gptoss.sampling import SamplingParams
 
 BACKENDS = ["cpu", pytest.param("cuda-emu", marks=pytest.mark.slow)]
@@ -196,15 +197,26 @@ def test_async_streams_from_an_event_loop():
     prompts = [_toks(int(rng.integers(1, 30)), rng) for _ in range(5)]
     want = [_alone(m, p, SamplingParams(seed=i, max_tokens=24, stop_token_ids=()))[0] for i, p in enumerate(prompts)]
 
+    stepping, beat_in_step, waited = threading.Event(), threading.Event(), []
+
+    class WaitsForTheLoop(EngineRunner):
+        # Each step waits until the event loop has run during it: a step run on the loop would
+        # wait in vain.
+        def execute(self, items):
+            beat_in_step.clear()
+            stepping.set()
+            waited.append(beat_in_step.wait(10))
+            stepping.clear()
+            return super().execute(items)
+
     async def main():
-        eng = LLMEngine(m)
-        beats = 0
+        eng = LLMEngine(m, runner=WaitsForTheLoop(m))
         done = asyncio.Event()
 
-        async def heartbeat():  # the event loop stays responsive while the engine steps
-            nonlocal beats
+        async def heartbeat():
             while not done.is_set():
-                beats += 1
+                if stepping.is_set():
+                    beat_in_step.set()
                 await asyncio.sleep(0.001)
 
         async def one(i, p):
@@ -218,10 +230,10 @@ def test_async_streams_from_an_event_loop():
         done.set()
         await hb
         eng.close()
-        return got, beats
+        return got
 
-    got, beats = asyncio.run(main())
-    assert got == want and beats > 3
+    assert asyncio.run(main()) == want
+    assert len(waited) >= 24 and all(waited)  # the loop ran during every step
     with pytest.raises(TypeError, match="async for"):
         async def wrong():
             eng = LLMEngine(m)
