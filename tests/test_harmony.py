@@ -632,7 +632,7 @@ def test_header_variants_match_official(text: str, tokenizer, harmony_env) -> No
 
 
 def test_default_tokenizer_from_environment(o200k_vocab_dir, monkeypatch: pytest.MonkeyPatch, tokenizer) -> None:
-    monkeypatch.setattr(H, "_default_tok", None)
+    monkeypatch.setattr(H.messages, "_default_tok", None)  # the cached default, where it lives
     monkeypatch.delenv("GPTOSS_TIKTOKEN_VOCAB", raising=False)
     monkeypatch.setenv("TIKTOKEN_ENCODINGS_BASE", str(o200k_vocab_dir))
     msgs = [Message("user", "hi")]
