@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import threading
 import time
 
 import numpy as np
 
+from gptoss.config import preset
 from gptoss.llm_engine import LLMEngine
 from gptoss.request import Request
 from gptoss.sampling import Sample, SamplingParams
@@ -50,11 +50,13 @@ class _NullSeq:
 
 
 class NullModel:
-    """Enough of a model for the scheduler: sequences that hold nothing, an endless KV cache."""
+    """Enough of a model for the engine (gptoss.runner.StepModel, less the steps: NullRunner runs
+    them): gpt-oss-20b's shape, sequences that hold nothing, an endless KV cache."""
 
     max_context = 1 << 30
     block_size, window_retain, max_chunk_tokens = 16, 256, 2048
-    config = None
+    device, samples_on_device = "cpu", False
+    config = preset("gpt-oss-20b")
 
     def new_sequence(self, prefix=None):
         return _NullSeq()

@@ -25,6 +25,11 @@ class FakeConfig:
     vocab_size: int
     max_position_embeddings: int
     eos_token_id: Optional[int] = 200002
+    num_hidden_layers: int = 0  # no layers, so no sliding-window blocks to plan for
+    sliding_window: int = 0
+
+    def is_sliding(self, layer: int) -> bool:
+        return False
 
 
 class FakeSequence:
@@ -137,11 +142,15 @@ class FakeModel:
     def prefix_cache_stats(self) -> dict:
         return dict(kept_blocks=0, registered_blocks=0, query_tokens=self._queries, hit_tokens=self._hits)
 
-    # What the engine loop reads of a model.
+    # What the engine loop reads of a model (gptoss.runner.StepModel).
     block_size, window_retain, max_chunk_tokens = 16, 256, 512
+    device, samples_on_device = "cpu", False
 
     def kv_cache_stats(self) -> dict:
         return dict(full_blocks_max=1 << 30, full_blocks_used=0, window_blocks_used=0)
+
+    def step_sample(self, batch, params):
+        raise RuntimeError("step_sample needs a CUDA device (this model runs on the CPU)")
 
     def step(self, batch):
         self.step_calls += 1

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator, Optional
 
 from .request import FinishReason, Request, RequestOutput
-from .runner import EngineRunner, ModelRunner
+from .runner import EngineRunner, ModelRunner, StepModel
 from .scheduler import RequestState, Scheduler, SchedulerConfig, window_blocks
 
 __all__ = ["LLMEngine", "RequestStream", "EngineStats"]
@@ -106,15 +106,15 @@ class LLMEngine:
     runner: what runs the steps (default: the model itself, `EngineRunner`).
     """
 
-    def __init__(self, model: Any, *, max_num_seqs: int = 256, max_step_tokens: Optional[int] = None,
+    def __init__(self, model: StepModel, *, max_num_seqs: int = 256, max_step_tokens: Optional[int] = None,
                  runner: Optional[ModelRunner] = None):
         self.model = model
-        cfg = getattr(model, "config", None)
-        block = int(getattr(model, "block_size", 16))
-        chunk = int(max_step_tokens or getattr(model, "max_chunk_tokens", 512))
+        cfg = model.config
+        block = int(model.block_size)
+        chunk = int(max_step_tokens or model.max_chunk_tokens)
         win = 0
-        if hasattr(cfg, "is_sliding") and any(cfg.is_sliding(i) for i in range(cfg.num_hidden_layers)):
-            win = window_blocks(cfg.sliding_window, int(getattr(model, "window_retain", 256)), chunk, block)
+        if any(cfg.is_sliding(i) for i in range(cfg.num_hidden_layers)):
+            win = window_blocks(cfg.sliding_window, int(model.window_retain), chunk, block)
         self.scheduler = Scheduler(model, SchedulerConfig(max_num_seqs=max_num_seqs, max_step_tokens=chunk,
                                                           block_size=block, window_blocks=win))
         self.runner: ModelRunner = runner if runner is not None else EngineRunner(model)

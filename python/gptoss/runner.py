@@ -10,10 +10,42 @@ from __future__ import annotations
 
 from typing import Any, Optional, Protocol, Sequence
 
-from .sampling import GREEDY_DRAW, Sample
-from .scheduler import ScheduledItem
+import numpy as np
 
-__all__ = ["ModelRunner", "EngineRunner"]
+from .sampling import GREEDY_DRAW, DeviceDraw, Sample
+from .scheduler import KVCache, ScheduledItem
+
+__all__ = ["ModelShape", "StepModel", "ModelRunner", "EngineRunner"]
+
+
+class ModelShape(Protocol):
+    """What the engine reads of a model's config (`gptoss.ModelConfig` has it all)."""
+
+    vocab_size: int
+    max_position_embeddings: int
+    sliding_window: int
+    num_hidden_layers: int
+
+    def is_sliding(self, layer: int) -> bool: ...
+
+
+class StepModel(KVCache, Protocol):
+    """What the engine needs of a model (`gptoss.Model`; tests use doubles): its shape, its KV
+    cache's layout, and batched steps that return logits or, when `samples_on_device`, tokens
+    drawn on the device."""
+
+    config: ModelShape
+    device: str
+    samples_on_device: bool
+    block_size: int
+    window_retain: int
+    max_chunk_tokens: int
+
+    def step(self, batch: Sequence[tuple[Any, Sequence[int]]]) -> list[np.ndarray]: ...
+
+    def step_sample(self, batch: Sequence[tuple[Any, Sequence[int]]], params: Sequence[DeviceDraw]) -> list[Sample]: ...
+
+    def prefix_cache_stats(self) -> dict[str, int]: ...
 
 
 
@@ -59,11 +91,10 @@ class EngineRunner:
     (a GPU step leaves the host idle; on the CPU the step's threads use every core already, and
     one more thread slows the step more than the mask costs)."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: StepModel):
         self.model = model
-        self.on_device = bool(getattr(model, "samples_on_device", False))
-        dev = str(getattr(model, "device", "cpu"))
-        self.overlap_masks = dev.startswith("cuda") and dev != "cuda-emu"
+        self.on_device = bool(model.samples_on_device)
+        self.overlap_masks = model.device.startswith("cuda") and model.device != "cuda-emu"
 
     def execute(self, items: Sequence[ScheduledItem]) -> list[Optional[Sample]]:
         pairs = [(it.state.seq, it.tokens) for it in items]

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Awaitable, Callable, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,6 +23,10 @@ from starlette.routing import Route
 
 from .. import __version__
 from .errors import APIError, error_body, error_response
+
+if TYPE_CHECKING:
+    from ..runner import StepModel
+    from ..tokenizer import Tokenizer
 
 log = logging.getLogger("gptoss.server")
 
@@ -35,7 +39,7 @@ DEFAULT_MAX_WAITING = 1024
 class ServerContext:
     """What the endpoints share: the model, its tokenizer, the engine loop, the settings."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, *, api_key: Optional[str] = None,
+    def __init__(self, model: StepModel, tokenizer: Tokenizer, name: str, *, api_key: Optional[str] = None,
                  reasoning_effort: str = "medium", max_num_seqs: int = 256,
                  max_waiting: int = DEFAULT_MAX_WAITING, engine: Any = None,
                  harmony_constraint: Optional[bool] = None, tools: Any = None, mcp: Any = None):
@@ -59,7 +63,7 @@ class ServerContext:
         self.shutting_down = False
         # Well-formed harmony headers by construction: on where sampling is on the host anyway;
         # the CUDA device sampler does not take masks yet (a mask would pull every row's logits).
-        self.harmony_constraint = (not getattr(model, "samples_on_device", False)) if harmony_constraint is None \
+        self.harmony_constraint = (not model.samples_on_device) if harmony_constraint is None \
             else bool(harmony_constraint)
         from ..structured.grammars import ll_tokenizer
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
 
-from ..reply import ContentDelta, ReasoningDelta, ToolCall, ToolCallBegin, ToolCallDelta
+from ..reply import ContentDelta, ReasoningDelta, ToolCallBegin, ToolCallDelta
 from .conversation import chat_messages, function_tools, render_prompt
-from .errors import APIError, invalid
+from .errors import invalid
 from .generation import Generation, interleaved
 from .params import REASONING_EFFORTS, Body, sampling_params
+
+if TYPE_CHECKING:
+    from .app import ServerContext
 
 __all__ = ["chat_completions"]
 
@@ -49,7 +52,7 @@ def _logprobs(tokenizer: Any, pairs: list, top: int) -> list:
 
 
 class ChatRequest:
-    def __init__(self, ctx: Any, data: Any):
+    def __init__(self, ctx: ServerContext, data: Any):
         body = Body(data, ignored=IGNORED, unsupported=UNSUPPORTED)
         ctx.check_model(body.take_str("model", required=True))
         messages = chat_messages(body.take_list("messages", required=True))
@@ -95,7 +98,7 @@ def _usage(gens: list[Generation]) -> dict:
             "completion_tokens_details": {"reasoning_tokens": sum(g.reply.reasoning_tokens for g in gens)}}
 
 
-async def chat_completions(ctx: Any, data: Any, disconnected: Any) -> Any:
+async def chat_completions(ctx: ServerContext, data: Any, disconnected: Any) -> Any:
     """The JSON response (a dict) or, for ``stream``, an async iterator of SSE chunks (dicts)."""
     req = await asyncio.to_thread(ChatRequest, ctx, data)  # rendering and grammars: off the event loop
     gens = [Generation(ctx, req.prompt, req.params.for_index(i), constraint=req.constraint()) for i in range(req.n)]
@@ -108,7 +111,7 @@ async def chat_completions(ctx: Any, data: Any, disconnected: Any) -> Any:
             g.cancel()  # a no-op once finished; stops generation when the client went away
 
 
-async def _whole(ctx: Any, req: ChatRequest, gens: list[Generation], disconnected: Any) -> dict:
+async def _whole(ctx: ServerContext, req: ChatRequest, gens: list[Generation], disconnected: Any) -> dict:
     async def one(g: Generation) -> dict:
         content: list[str] = []
         reasoning: list[str] = []
@@ -137,7 +140,7 @@ async def _whole(ctx: Any, req: ChatRequest, gens: list[Generation], disconnecte
             "choices": [dict(index=i, **c) for i, c in enumerate(choices)], "usage": _usage(gens)}
 
 
-async def _stream(ctx: Any, req: ChatRequest, gens: list[Generation]) -> AsyncIterator[dict]:
+async def _stream(ctx: ServerContext, req: ChatRequest, gens: list[Generation]) -> AsyncIterator[dict]:
     def chunk(i: int, delta: dict, finish: Optional[str] = None, logprobs: Any = None) -> dict:
         return {"id": req.id, "object": "chat.completion.chunk", "created": req.created, "model": ctx.name,
                 "system_fingerprint": ctx.fingerprint,

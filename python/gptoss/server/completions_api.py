@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ..sampling import COMPLETION_STOP_TOKEN_IDS
 from .errors import invalid
 from .generation import Generation, interleaved
 from .params import Body, sampling_params
+
+if TYPE_CHECKING:
+    from .app import ServerContext
 
 __all__ = ["completions"]
 
@@ -19,7 +22,7 @@ UNSUPPORTED = {"suffix": "no fill-in-the-middle", "best_of": "use n"}
 # Raw text stops at <|endoftext|> as well as harmony's end-of-turn tokens.
 
 
-def _prompts(ctx: Any, v: Any) -> list[list[int]]:
+def _prompts(ctx: ServerContext, v: Any) -> list[list[int]]:
     """`prompt`: a string, an array of strings, an array of token ids, or an array of those."""
     if isinstance(v, str):
         v = [v]
@@ -46,7 +49,7 @@ def _prompts(ctx: Any, v: Any) -> list[list[int]]:
 
 
 class CompletionRequest:
-    def __init__(self, ctx: Any, data: Any):
+    def __init__(self, ctx: ServerContext, data: Any):
         body = Body(data, ignored=IGNORED, unsupported=UNSUPPORTED)
         ctx.check_model(body.take_str("model", required=True))
         self.prompts = _prompts(ctx, body.raw("prompt"))
@@ -67,7 +70,7 @@ class CompletionRequest:
         self.created = int(time.time())
 
 
-def _logprobs(ctx: Any, outs: list, offset0: int) -> dict:
+def _logprobs(ctx: ServerContext, outs: list, offset0: int) -> dict:
     tok = ctx.tokenizer
     tokens, lps, tops, offs = [], [], [], []
     off = offset0
@@ -81,7 +84,7 @@ def _logprobs(ctx: Any, outs: list, offset0: int) -> dict:
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs}
 
 
-async def completions(ctx: Any, data: Any, disconnected: Any) -> Any:
+async def completions(ctx: ServerContext, data: Any, disconnected: Any) -> Any:
     req = await asyncio.to_thread(CompletionRequest, ctx, data)  # rendering and grammars: off the event loop
     gens = [Generation(ctx, p, req.params.for_index(k), harmony=False)
             for p in req.prompts for k in range(req.n)]
@@ -102,7 +105,7 @@ def _usage(gens: list) -> dict:
             "prompt_tokens_details": {"cached_tokens": cached}}
 
 
-async def _whole(ctx: Any, req: CompletionRequest, gens: list) -> dict:
+async def _whole(ctx: ServerContext, req: CompletionRequest, gens: list) -> dict:
     async def one(g: Generation) -> dict:
         text, pairs = [], []
         async for ch in g.chunks():
@@ -121,7 +124,7 @@ async def _whole(ctx: Any, req: CompletionRequest, gens: list) -> dict:
             "choices": [dict(index=i, **c) for i, c in enumerate(choices)], "usage": _usage(gens)}
 
 
-async def _stream(ctx: Any, req: CompletionRequest, gens: list) -> AsyncIterator[dict]:
+async def _stream(ctx: ServerContext, req: CompletionRequest, gens: list) -> AsyncIterator[dict]:
     def chunk(i: int, text: str, finish: Any = None, logprobs: Any = None) -> dict:
         return {"id": req.id, "object": "text_completion", "created": req.created, "model": ctx.name,
                 "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}]}

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
 
 from ..request import FinishReason, Request, RequestOutput
 from ..reply import ReplyEvent, ReplyStream
 from ..sampling import Sample, SamplingParams
 from ..tokenizer import CALL_ID, N_TEXT_TOKENS
 from .errors import APIError
+
+if TYPE_CHECKING:
+    from .app import ServerContext
 
 __all__ = ["Chunk", "Generation", "interleaved", "openai_finish_reason"]
 
@@ -29,7 +32,7 @@ class Chunk:
 class Generation:
     """A request submitted to the engine, its reply parsed (`reply`) as it streams."""
 
-    def __init__(self, ctx: Any, prompt: list[int], params: SamplingParams, *, harmony: bool = True,
+    def __init__(self, ctx: ServerContext, prompt: list[int], params: SamplingParams, *, harmony: bool = True,
                  constraint: Any = None):
         ctx.check_room()
         self.ctx = ctx

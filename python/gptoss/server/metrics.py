@@ -4,10 +4,13 @@ scraped; per-request counters and histograms are recorded as requests finish."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from .app import ServerContext
 
 __all__ = ["Metrics", "CONTENT_TYPE"]
 
@@ -18,7 +21,7 @@ _LATENCY = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.
 
 
 class _EngineCollector:
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: ServerContext):
         self.ctx = ctx
 
     def collect(self):
@@ -47,7 +50,7 @@ class _EngineCollector:
 
 
 class Metrics:
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: ServerContext):
         self.registry = CollectorRegistry()
         r, lab = self.registry, ["model_name"]
         self.name = ctx.name

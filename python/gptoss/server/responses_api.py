@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Optional
 
 from ..chat import tool_result
 from ..reply import ContentDelta, ReasoningDelta, ToolCall, ToolCallBegin, ToolCallDelta
@@ -25,6 +25,9 @@ from .generation import Generation
 from .params import REASONING_EFFORTS, Body, sampling_params
 from .responses_input import input_messages, output_as_input
 from .store import StoredResponse
+
+if TYPE_CHECKING:
+    from .app import ServerContext
 
 log = logging.getLogger("gptoss.server")
 
@@ -47,7 +50,7 @@ def _new_id(prefix: str) -> str:
 
 
 class ResponsesRequest:
-    def __init__(self, ctx: Any, data: Any):
+    def __init__(self, ctx: ServerContext, data: Any):
         body = Body(data, ignored=IGNORED, unsupported=UNSUPPORTED)
         ctx.check_model(body.take_str("model", required=True))
         self.instructions = body.take_str("instructions")
@@ -127,7 +130,7 @@ class ResponsesRequest:
             harmony_constraint=ctx.harmony_constraint, format_field="text.format",
             builtin_tools=[k for k in ("browser", "python") if k in self.builtin])
 
-    def response(self, ctx: Any, status: str, output: list, usage: Optional[dict] = None,
+    def response(self, ctx: ServerContext, status: str, output: list, usage: Optional[dict] = None,
                  incomplete: Optional[str] = None, error: Optional[dict] = None) -> dict:
         return {"id": self.id, "object": "response", "created_at": self.created, "status": status,
                 "model": ctx.name, "output": output, "error": error,
@@ -163,7 +166,7 @@ def _web_action(recipient: str, arguments: str, browser: Any) -> dict:
 class _Items:
     """Output items built from reply events, with the stream events that announce them."""
 
-    def __init__(self, req: ResponsesRequest, ctx: Any):
+    def __init__(self, req: ResponsesRequest, ctx: ServerContext):
         self.req, self.ctx = req, ctx
         self.items: list[dict] = []
         self.open: Optional[dict] = None     # the item being written
@@ -330,7 +333,7 @@ def _add_usage(total: Optional[dict], gen: Generation) -> dict:
     return t
 
 
-def _final(ctx: Any, req: ResponsesRequest, gen: Generation, items: _Items, usage: dict) -> tuple[str, dict]:
+def _final(ctx: ServerContext, req: ResponsesRequest, gen: Generation, items: _Items, usage: dict) -> tuple[str, dict]:
     """The finished response and its lifecycle event type."""
     out = gen.last
     reason = str(out.finish_reason) if out is not None else "cancelled"
@@ -353,7 +356,7 @@ def _final(ctx: Any, req: ResponsesRequest, gen: Generation, items: _Items, usag
     return "response.completed", req.response(ctx, "completed", items.output(), usage)
 
 
-async def responses(ctx: Any, data: Any, disconnected: Any) -> Any:
+async def responses(ctx: ServerContext, data: Any, disconnected: Any) -> Any:
     req = await asyncio.to_thread(ResponsesRequest, ctx, data)  # rendering and grammars: off the event loop
     if req.stream and len(req.prompt.tokens) >= ctx.max_context:
         return _failed_stream(ctx, req)
@@ -372,7 +375,7 @@ async def responses(ctx: Any, data: Any, disconnected: Any) -> Any:
     return await disconnected(final())
 
 
-async def _failed_stream(ctx: Any, req: ResponsesRequest) -> AsyncIterator[dict]:
+async def _failed_stream(ctx: ServerContext, req: ResponsesRequest) -> AsyncIterator[dict]:
     seq = 0
     for kind, resp in (("response.created", req.response(ctx, "in_progress", [])),
                        ("response.failed", req.response(ctx, "failed", [], error={
@@ -383,7 +386,7 @@ async def _failed_stream(ctx: Any, req: ResponsesRequest) -> AsyncIterator[dict]
         seq += 1
 
 
-async def _run(ctx: Any, req: ResponsesRequest, gen: Generation) -> AsyncIterator[dict]:
+async def _run(ctx: ServerContext, req: ResponsesRequest, gen: Generation) -> AsyncIterator[dict]:
     """The response's stream events, the last one its lifecycle end (completed, incomplete or
     failed). Built-in tool calls run here, and generation continues after their output, at most
     MAX_TOOL_STEPS times."""
@@ -447,7 +450,7 @@ def _public(ev: dict) -> dict:
     return ev
 
 
-def get_response(ctx: Any, response_id: str) -> dict:
+def get_response(ctx: ServerContext, response_id: str) -> dict:
     v = ctx.store.get(response_id)
     if v is None:
         raise APIError(404, f"no stored response {response_id!r}", code="not_found")
