@@ -168,20 +168,17 @@ def _sse(events: Any, named: bool) -> StreamingResponse:
     """Server-sent events: ``data: {json}`` chunks (Chat Completions: then ``data: [DONE]``), or
     ``event: TYPE`` + ``data`` (Responses). A failure mid-stream becomes an error event."""
 
-    def frame(obj: Any) -> bytes:
-        return sse_frame(obj, named)
-
     async def body():
         try:
             async for obj in events:
-                yield frame(obj)
+                yield sse_frame(obj, named)
         except APIError as e:
             err = error_body(e.message, e.type, e.param, e.code)
-            yield frame({"type": "error", **err["error"]} if named else err)
+            yield sse_frame({"type": "error", **err["error"]} if named else err, named)
         except Exception:  # noqa: BLE001 - a bug of ours: say so, never a broken stream
             log.exception("stream failed")
             err = error_body("internal server error", "server_error")
-            yield frame({"type": "error", **err["error"]} if named else err)
+            yield sse_frame({"type": "error", **err["error"]} if named else err, named)
         if not named:
             yield b"data: [DONE]\n\n"
 
